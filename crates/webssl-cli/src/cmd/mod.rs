@@ -1,0 +1,6 @@
+//! One module per top-level command. Each exposes clap `Args`/`Command` and a `run` function.
+
+pub mod embed;
+pub mod eval;
+pub mod shards;
+pub mod synth;

@@ -1,0 +1,47 @@
+//! `webssl`: language-free visual representation learning at web scale.
+//!
+//! This binary only parses arguments and calls the libraries; every command lives in `cmd/`.
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "webssl", version, about = "Language-free visual representation learning (Web-DINO, Web-MAE, CLIP) at web scale")]
+struct Cli {
+    /// Log filter, e.g. `info`, `debug`, `webssl_data=trace` (also read from RUST_LOG).
+    #[arg(long, global = true, default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Extract features from images with a backbone checkpoint (HF or native layout).
+    Embed(cmd::embed::Args),
+    /// Build, inspect and benchmark WebDataset shards.
+    #[command(subcommand)]
+    Shards(cmd::shards::Command),
+    /// Generate synthetic web-like data (scenes, signs, documents, charts) as shards.
+    Synth(cmd::synth::Args),
+    /// Evaluate frozen encoders and score VQA predictions.
+    #[command(subcommand)]
+    Eval(cmd::eval::Command),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    match cli.command {
+        Command::Embed(args) => cmd::embed::run(args),
+        Command::Shards(c) => cmd::shards::run(c),
+        Command::Synth(args) => cmd::synth::run(args),
+        Command::Eval(c) => cmd::eval::run(c),
+    }
+}

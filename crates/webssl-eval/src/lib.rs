@@ -1,0 +1,4 @@
+//! webssl-eval: frozen-encoder evaluation (kNN, linear and dense probes with burn) and the tensor-free
+//! VQA scoring rules and reports.
+
+pub mod vqa;
