@@ -1,4 +1,5 @@
 //! webssl-eval: frozen-encoder evaluation (kNN, linear and dense probes with burn) and the tensor-free
 //! VQA scoring rules and reports.
 
+pub mod error;
 pub mod vqa;
