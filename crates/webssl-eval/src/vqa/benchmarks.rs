@@ -732,7 +732,7 @@ fn circular_score(items: &[Item<'_>], details: &mut BTreeMap<String, f64>) -> f6
 
 /// MMVP: consecutive records form a pair; a pair scores only if both are right.
 fn pair_score(b: Benchmark, items: &[Item<'_>]) -> Result<f64> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return Err(EvalError::Structure {
             benchmark: b.name().into(),
             message: format!(
