@@ -19,6 +19,9 @@ pub enum DataError {
     /// A malformed or truncated shard, index or member.
     #[error("shard {}: {reason}", path.display())]
     Shard { path: PathBuf, reason: String },
+    /// One sample that was skipped (duplicate member, missing caption, ...); `what` is `shard.tar:key`.
+    #[error("{what}: {reason}")]
+    Sample { what: String, reason: String },
     /// A configuration value that is out of range or inconsistent; names the field.
     #[error("invalid `{field}`: {reason}")]
     Config { field: String, reason: String },
