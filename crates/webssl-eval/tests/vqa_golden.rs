@@ -7,7 +7,9 @@ use std::sync::OnceLock;
 use serde_json::Value;
 use webssl_eval::vqa::io::{Annotation, Annotations, Prediction, Predictions};
 use webssl_eval::vqa::mcq::{self, McqStyle};
-use webssl_eval::vqa::{Benchmark, ScoreOptions, metrics, normalize, py, score_benchmark};
+use webssl_eval::vqa::{
+    Benchmark, Protocol, ScoreOptions, metrics, normalize, py, score_benchmark,
+};
 
 fn golden() -> &'static Value {
     static G: OnceLock<Value> = OnceLock::new();
@@ -506,7 +508,10 @@ fn whole_benchmarks_match_cambrian_programs() {
             b,
             &Annotations::new(anns, "golden").unwrap(),
             &Predictions::new(preds, "golden").unwrap(),
-            ScoreOptions { strict: true },
+            ScoreOptions {
+                strict: true,
+                protocol: Protocol::Cambrian,
+            },
         )
         .unwrap_or_else(|e| panic!("{b}: {e}"));
         let want = c["score"].as_f64().unwrap();
@@ -533,4 +538,68 @@ fn whole_benchmarks_match_cambrian_programs() {
         }
     }
     assert_eq!(seen.len(), 16, "all 16 benchmarks covered");
+}
+
+#[test]
+fn whole_benchmarks_match_lmms_eval_tasks() {
+    let all = cases("benchmarks_lmms");
+    for c in all {
+        let b = Benchmark::from_name(s(&c["benchmark"])).unwrap();
+        assert!(Protocol::LmmsEval.supports(b));
+        let anns: Vec<Annotation> = serde_json::from_value(c["annotations"].clone()).unwrap();
+        let preds: Vec<Prediction> = serde_json::from_value(c["predictions"].clone()).unwrap();
+        let (anns, preds) = (
+            Annotations::new(anns, "golden").unwrap(),
+            Predictions::new(preds, "golden").unwrap(),
+        );
+        let opts = ScoreOptions {
+            strict: true,
+            protocol: Protocol::LmmsEval,
+        };
+        let r = score_benchmark(b, &anns, &preds, opts).unwrap_or_else(|e| panic!("{b}: {e}"));
+        let want = c["score"].as_f64().unwrap();
+        assert!(
+            (r.score - want).abs() < 1e-9,
+            "{b} (lmms-eval): score {} want {want}",
+            r.score
+        );
+        // The two protocols must actually differ somewhere on these tricky answers.
+        let cambrian = score_benchmark(
+            b,
+            &anns,
+            &preds,
+            ScoreOptions {
+                strict: true,
+                protocol: Protocol::Cambrian,
+            },
+        );
+        if let Ok(cr) = cambrian {
+            assert_ne!(
+                cr.score, r.score,
+                "{b}: protocols agree on every tricky answer?"
+            );
+        }
+    }
+    // Benchmarks without a ported lmms-eval rule are refused, not silently scored the Cambrian way.
+    let anns = Annotations::new(
+        serde_json::from_value(serde_json::json!([{"question_id": 1, "answer": "A"}])).unwrap(),
+        "g",
+    )
+    .unwrap();
+    let preds = Predictions::new(
+        serde_json::from_value(serde_json::json!([{"question_id": 1, "prediction": "A"}])).unwrap(),
+        "g",
+    )
+    .unwrap();
+    let e = score_benchmark(
+        Benchmark::Seed,
+        &anns,
+        &preds,
+        ScoreOptions {
+            strict: false,
+            protocol: Protocol::LmmsEval,
+        },
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("not implemented"), "{e}");
 }

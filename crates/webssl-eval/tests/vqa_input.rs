@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use webssl_eval::error::EvalError;
-use webssl_eval::vqa::{Benchmark, ScoreOptions, discover_dir, score_files};
+use webssl_eval::vqa::{Benchmark, Protocol, ScoreOptions, discover_dir, score_files};
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
@@ -22,8 +22,14 @@ fn gqa_files(dir: &Path, preds: &str) -> (PathBuf, PathBuf) {
     (write(dir, "gqa.jsonl", preds), ann)
 }
 
-const LENIENT: ScoreOptions = ScoreOptions { strict: false };
-const STRICT: ScoreOptions = ScoreOptions { strict: true };
+const LENIENT: ScoreOptions = ScoreOptions {
+    strict: false,
+    protocol: Protocol::Cambrian,
+};
+const STRICT: ScoreOptions = ScoreOptions {
+    strict: true,
+    protocol: Protocol::Cambrian,
+};
 
 #[test]
 fn missing_predictions_count_as_wrong_and_are_reported() {

@@ -17,7 +17,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use webssl_eval::vqa::{self, Benchmark, BenchmarkReport, GroupTable, ScoreOptions};
+use webssl_eval::vqa::{self, Benchmark, BenchmarkReport, GroupTable, Protocol, ScoreOptions};
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -53,11 +53,16 @@ pub struct VqaScoreArgs {
     /// ones count as wrong and are reported).
     #[arg(long)]
     pub strict: bool,
+    /// Scoring rules: `cambrian` (the Web-SSL tables; all 16 benchmarks) or `lmms-eval` (MME, GQA,
+    /// ChartQA, TextVQA, DocVQA, CV-Bench 2D/3D only).
+    #[arg(long, default_value = "cambrian", value_parser = ["cambrian", "lmms-eval"])]
+    pub protocol: String,
 }
 
 fn run_vqa_score(args: VqaScoreArgs) -> anyhow::Result<()> {
     let opts = ScoreOptions {
         strict: args.strict,
+        protocol: Protocol::from_name(&args.protocol)?,
     };
     match (&args.benchmark, &args.dir) {
         (Some(name), None) => {
@@ -252,6 +257,53 @@ mod tests {
             e.contains("unknown benchmark") && e.contains("realworldqa"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn lmms_eval_protocol_is_selectable() {
+        let d = tempfile::tempdir().unwrap();
+        write(
+            d.path(),
+            "a.json",
+            r#"[{"question_id": 1, "answer": "(A)", "options": ["x", "y"]}]"#,
+        );
+        write(
+            d.path(),
+            "p.jsonl",
+            "{\"question_id\": 1, \"prediction\": \"x\"}\n",
+        );
+        let (p, a, out) = (
+            d.path().join("p.jsonl"),
+            d.path().join("a.json"),
+            d.path().join("r.json"),
+        );
+        let args = |proto: &'static str| {
+            parse(&[
+                "vqa-score",
+                "--benchmark",
+                "cvbench3d",
+                "--predictions",
+                p.to_str().unwrap(),
+                "--annotations",
+                a.to_str().unwrap(),
+                "--output",
+                out.to_str().unwrap(),
+                "--protocol",
+                proto,
+            ])
+            .unwrap()
+        };
+        let score = |proto| {
+            run(args(proto)).unwrap();
+            let v: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+            assert_eq!(v["protocol"], proto);
+            v["score"].as_f64().unwrap()
+        };
+        // The answer is the option text: Cambrian (Omni) accepts it, lmms-eval's letter regex reads "X".
+        assert_eq!(score("cambrian"), 100.0);
+        assert_eq!(score("lmms-eval"), 0.0);
+        assert!(parse(&["vqa-score", "--dir", "d", "--protocol", "vlmevalkit"]).is_err());
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! and the per-benchmark special cases (evaluation.md A.1, A.2; webssl-paper.md §6.1).
 //!
 //! Scoring follows the **Cambrian-local** protocol (cambrian-mllm/cambrian @ 539ffc3,
-//! `eval/eval/<bench>/<bench>_test.py`), which the Web-SSL numbers are based on. lmms-eval's variants
-//! of the rules are in [`super::metrics`] / [`super::mcq`] for comparison but are not wired here.
+//! `eval/eval/<bench>/<bench>_test.py`) by default, which the Web-SSL numbers are based on.
+//! [`Protocol::LmmsEval`] switches to lmms-eval's rules for the 7 benchmarks where they are ported
+//! (MME, GQA, ChartQA, TextVQA, DocVQA, CV-Bench 2D/3D) and refuses the others.
 //!
 //! # Annotation schema (one record per question; `question_id` always required)
 //!
@@ -221,11 +222,64 @@ impl FromStr for Benchmark {
     }
 }
 
-/// Behaviour on incomplete prediction sets.
+/// Which reference implementation's per-question rules to follow.
+///
+/// `Cambrian` (default) is what the Web-SSL tables are based on and covers all 16 benchmarks.
+/// `LmmsEval` follows lmms-eval @ 75571cf where its rule is a local, deterministic function that is
+/// ported here: MME (Otter yes/no parsing), GQA (`exact_match`, ignore case + punctuation, no strip),
+/// ChartQA (`relaxed_correctness`, `%` aware), TextVQA and DocVQA (same rules as Cambrian), CV-Bench
+/// 2D/3D (`_extract_answer_letter` vs `answer.strip("()")`; the `cv_bench_2d` task reports plain
+/// accuracy over both sources, not their mean). Other benchmarks are refused under `LmmsEval`: their
+/// lmms-eval scoring (VLMEvalKit `can_infer`, GPT answer extraction, MMVP's pattern cascade, ...) is
+/// not ported, and silently falling back to Cambrian's rule would mislabel the number.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    #[default]
+    Cambrian,
+    LmmsEval,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Cambrian => "cambrian",
+            Protocol::LmmsEval => "lmms-eval",
+        }
+    }
+
+    /// Parse `cambrian` or `lmms-eval` (also `lmms_eval`, `lmms`).
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name.to_lowercase().replace('_', "-").as_str() {
+            "cambrian" => Ok(Protocol::Cambrian),
+            "lmms-eval" | "lmms" => Ok(Protocol::LmmsEval),
+            _ => Err(EvalError::Mismatch {
+                benchmark: "-".into(),
+                message: format!("unknown protocol {name:?}; valid: cambrian, lmms-eval"),
+            }),
+        }
+    }
+
+    /// Whether this protocol has a ported rule for `b`.
+    pub fn supports(self, b: Benchmark) -> bool {
+        use Benchmark::*;
+        match self {
+            Protocol::Cambrian => true,
+            Protocol::LmmsEval => matches!(
+                b,
+                Mme | Gqa | ChartQa | TextVqa | DocVqa | CvBench2d | CvBench3d
+            ),
+        }
+    }
+}
+
+/// Scoring options.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ScoreOptions {
     /// Fail on missing predictions or predictions for unknown ids instead of reporting them.
     pub strict: bool,
+    /// Reference implementation to follow.
+    pub protocol: Protocol,
 }
 
 /// A count with a few example ids.
@@ -252,6 +306,7 @@ impl IdSample {
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchmarkReport {
     pub benchmark: Benchmark,
+    pub protocol: Protocol,
     pub display_name: &'static str,
     pub group: Group,
     pub metric: &'static str,
@@ -392,9 +447,41 @@ fn included(b: Benchmark, a: &Annotation) -> Result<bool> {
 }
 
 /// Score one included question: 1.0/0.0 for exact rules, [0, 1] for soft ones.
-fn score_item(b: Benchmark, a: &Annotation, pred: &str) -> Result<f64> {
+fn score_item(b: Benchmark, a: &Annotation, pred: &str, protocol: Protocol) -> Result<f64> {
     use Benchmark::*;
     let hit = |x: bool| if x { 1.0 } else { 0.0 };
+    if protocol == Protocol::LmmsEval {
+        match b {
+            Mme => {
+                // `gt_ans = doc["answer"].lower().strip().replace(".", "")`, asserted yes/no.
+                let gt = py::strip(&py::lower(req_answer(b, a)?)).replace('.', "");
+                if gt != "yes" && gt != "no" {
+                    return Err(bad(
+                        b,
+                        a,
+                        "answer",
+                        format!("{gt:?}: MME answers are yes/no"),
+                    ));
+                }
+                return Ok(hit(mcq::mme_otter_parse(pred).as_str() == gt));
+            }
+            Gqa => {
+                return Ok(hit(metrics::exact_match_hf(
+                    pred,
+                    req_answer(b, a)?,
+                    true,
+                    true,
+                )));
+            }
+            ChartQa => return Ok(hit(metrics::chartqa_lmms(pred, req_answer(b, a)?))),
+            CvBench2d | CvBench3d => {
+                let gt = req_answer(b, a)?.trim_matches(['(', ')']);
+                return Ok(hit(mcq::cv_bench_letter(pred) == gt));
+            }
+            // TextVQA and DocVQA use the same rules as Cambrian; the rest is refused earlier.
+            _ => {}
+        }
+    }
     Ok(match b {
         Mme | Gqa => hit(metrics::lower_rstrip_period_match(pred, req_answer(b, a)?)),
         MmBench => {
@@ -482,8 +569,8 @@ fn score_item(b: Benchmark, a: &Annotation, pred: &str) -> Result<f64> {
 
 /// Validate the fields a record needs even when its prediction is missing (so that a broken
 /// annotation file fails the same way whatever the predictions are).
-fn validate(b: Benchmark, a: &Annotation) -> Result<()> {
-    score_item(b, a, "").map(|_| ())
+fn validate(b: Benchmark, a: &Annotation, protocol: Protocol) -> Result<()> {
+    score_item(b, a, "", protocol).map(|_| ())
 }
 
 fn mean(xs: impl IntoIterator<Item = f64>) -> Option<f64> {
@@ -503,6 +590,21 @@ pub fn score_benchmark(
     opts: ScoreOptions,
 ) -> Result<BenchmarkReport> {
     let name = b.name().to_string();
+    if !opts.protocol.supports(b) {
+        return Err(EvalError::Mismatch {
+            benchmark: name,
+            message: format!(
+                "the {} protocol is not implemented for this benchmark (supported: {})",
+                opts.protocol.name(),
+                Benchmark::ALL
+                    .iter()
+                    .filter(|x| opts.protocol.supports(**x))
+                    .map(|x| x.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+    }
     let records = annotations.records();
     if records.is_empty() {
         return Err(EvalError::Empty {
@@ -527,13 +629,13 @@ pub fn score_benchmark(
             n_excluded += 1;
             continue;
         }
-        validate(b, a)?;
+        validate(b, a, opts.protocol)?;
         let value = match predictions.get(&a.question_id) {
             Some(p) => {
                 if py::strip(p).is_empty() {
                     empty += 1;
                 }
-                score_item(b, a, p)?
+                score_item(b, a, p, opts.protocol)?
             }
             None => {
                 missing.push(&a.question_id);
@@ -608,6 +710,8 @@ pub fn score_benchmark(
             details.insert("question_accuracy".into(), plain);
             pair_score(b, &items)?
         }
+        // lmms-eval's `cv_bench_2d` task: plain accuracy over both sources.
+        Benchmark::CvBench2d if opts.protocol == Protocol::LmmsEval => plain,
         Benchmark::CvBench2d => source_score(b, &items, &mut details)?,
         Benchmark::TextVqa => {
             let odd = items
@@ -627,6 +731,7 @@ pub fn score_benchmark(
     };
     Ok(BenchmarkReport {
         benchmark: b,
+        protocol: opts.protocol,
         display_name: b.display_name(),
         group: b.group(),
         metric: b.metric(),

@@ -41,7 +41,7 @@ pub mod py;
 use std::path::{Path, PathBuf};
 
 pub use aggregate::{Group, GroupTable};
-pub use benchmarks::{Benchmark, BenchmarkReport, ScoreOptions, score_benchmark};
+pub use benchmarks::{Benchmark, BenchmarkReport, Protocol, ScoreOptions, score_benchmark};
 pub use io::{Annotations, Predictions, read_annotations, read_predictions};
 
 use crate::error::{EvalError, Result};
