@@ -30,12 +30,23 @@ use serde_json::Value;
 use crate::resize::{Filter, crop_resize, resize};
 use crate::{DataError, Result};
 
+// Statistics are written as the references write them (Python floats = f64) and cast to f32, as
+// `torch.as_tensor(mean, dtype=float32)` / `np.array(mean, dtype=float32)` do; parsing the decimal
+// straight to f32 could round differently (double rounding) for some literals.
 /// ImageNet statistics (torchvision / dinov2 / MAE).
-pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+pub const IMAGENET_MEAN: [f32; 3] = [0.485f64 as f32, 0.456f64 as f32, 0.406f64 as f32];
+pub const IMAGENET_STD: [f32; 3] = [0.229f64 as f32, 0.224f64 as f32, 0.225f64 as f32];
 /// OpenAI CLIP statistics (MetaCLIP, HF `OPENAI_CLIP_MEAN/STD`).
-pub const CLIP_MEAN: [f32; 3] = [0.48145466, 0.4578275, 0.40821073];
-pub const CLIP_STD: [f32; 3] = [0.26862954, 0.26130258, 0.27577711];
+pub const CLIP_MEAN: [f32; 3] = [
+    0.48145466f64 as f32,
+    0.4578275f64 as f32,
+    0.40821073f64 as f32,
+];
+pub const CLIP_STD: [f32; 3] = [
+    0.26862954f64 as f32,
+    0.26130258f64 as f32,
+    0.27577711f64 as f32,
+];
 
 /// Output size of torchvision `Resize(size)` / HF `get_resize_output_image_size(size,
 /// default_to_square=False)`: the short side becomes `size`, the long side `int(size * long / short)`.
@@ -82,11 +93,11 @@ fn crop_axis(input: u32, out: u32, rule: CropRounding) -> (u32, u32, u32) {
             CropRounding::HuggingFace => d / 2,
             // round-half-to-even of d/2: d odd gives x.5, rounded to the even neighbour.
             CropRounding::Torchvision => {
-                if d % 2 == 0 {
+                if d.is_multiple_of(2) {
                     d / 2
                 } else {
                     let lo = d / 2;
-                    if lo % 2 == 0 { lo } else { lo + 1 }
+                    if lo.is_multiple_of(2) { lo } else { lo + 1 }
                 }
             }
         };
@@ -424,7 +435,7 @@ impl EvalTransform {
         let (mean, std) = if bool_field("do_normalize", true)? {
             let mean = parse_triple(get("image_mean"), "image_mean", defaults.mean)?;
             let std = parse_triple(get("image_std"), "image_std", defaults.std)?;
-            if std.iter().any(|s| *s == 0.0) {
+            if std.contains(&0.0) {
                 return Err(cfg_err("image_std", "must be non-zero"));
             }
             (mean, std)
