@@ -962,8 +962,9 @@ mod tests {
         assert_eq!(tars_in(dir.path()), vec!["shard-000000.tar".to_string()]);
         let n = ShardReader::open(dir.path().join("shard-000000.tar"))
             .unwrap()
-            .map(|r| r.unwrap())
-            .count();
+            .collect::<Result<Vec<_>>>()
+            .unwrap()
+            .len();
         assert_eq!(n, 2);
     }
 

@@ -298,7 +298,9 @@ pub fn iter_items_with(
     inputs: &[InputSpec],
     options: SourceOptions,
 ) -> impl Iterator<Item = Result<Item>> + Send + use<> {
-    inputs.to_vec().into_iter().flat_map(
+    // Owned copy: the stream must not borrow the caller's slice (it outlives it in loaders).
+    let owned: Vec<InputSpec> = inputs.to_vec();
+    owned.into_iter().flat_map(
         move |spec| -> Box<dyn Iterator<Item = Result<Item>> + Send> {
             match spec {
                 InputSpec::Folder(root) => match walk_images(&root) {
