@@ -669,13 +669,24 @@ pub fn score_benchmark(
     if opts.strict && (!missing.is_empty() || !unknown.is_empty()) {
         return Err(EvalError::Mismatch {
             benchmark: name,
-            message: format!(
-                "--strict: {} scored question(s) without a prediction (e.g. {}), {} prediction(s) for ids not in the annotations (e.g. {})",
-                missing.len(),
-                examples(&missing),
-                unknown.len(),
-                examples(&unknown)
-            ),
+            message: {
+                let mut parts = Vec::new();
+                if !missing.is_empty() {
+                    parts.push(format!(
+                        "{} scored question(s) without a prediction (e.g. {})",
+                        missing.len(),
+                        examples(&missing)
+                    ));
+                }
+                if !unknown.is_empty() {
+                    parts.push(format!(
+                        "{} prediction(s) for ids not in the annotations (e.g. {})",
+                        unknown.len(),
+                        examples(&unknown)
+                    ));
+                }
+                format!("--strict: {}", parts.join("; "))
+            },
         });
     }
     if !missing.is_empty() {
