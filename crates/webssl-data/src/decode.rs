@@ -110,6 +110,14 @@ pub fn decode_rgb(bytes: &[u8], what: &str, max_pixels: u64) -> Result<RgbImage>
     let (width, height) = image_dimensions(bytes, what)?;
     check_pixels(width, height, what, max_pixels)?;
     let mut reader = reader(bytes, what)?;
+    if reader.format() == Some(ImageFormat::Jpeg) && !jpeg_has_eoi_after_last_scan(bytes) {
+        // zune-jpeg pads a truncated scan with grey and succeeds; Pillow (libjpeg) raises
+        // "image file is truncated". Skipping is the safe choice for training data.
+        return Err(decode_err(
+            what,
+            "truncated JPEG (no end-of-image marker after the last scan)",
+        ));
+    }
     // The header was trusted for the cap; the limits make the decoder enforce the same dimensions
     // while it runs. `image`'s default 512 MiB allocation cap would reject legitimate images under
     // Pillow's cap (a 178 Mpx RGBA16 buffer is 1.4 GB), so we allow what the checked size needs.
@@ -124,6 +132,17 @@ pub fn decode_rgb(bytes: &[u8], what: &str, max_pixels: u64) -> Result<RgbImage>
     reader.limits(limits);
     let img = reader.decode().map_err(|e| decode_err(what, e))?;
     Ok(to_rgb_like_pil(img))
+}
+
+/// True when an `FF D9` (EOI) marker follows the last `FF DA` (start of scan). Entropy-coded data
+/// cannot contain either (0xFF is stuffed as `FF 00`), so the last SOS belongs to the main image
+/// even when an EXIF thumbnail (a complete JPEG with its own SOS/EOI) comes first.
+fn jpeg_has_eoi_after_last_scan(bytes: &[u8]) -> bool {
+    let last_sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    match last_sos {
+        Some(i) => bytes[i..].windows(2).any(|w| w == [0xFF, 0xD9]),
+        None => false,
+    }
 }
 
 /// Converts any decoded image to RGB8 with Pillow's `convert("RGB")` rules (module docs).
@@ -356,6 +375,26 @@ mod tests {
         }
     }
     // Measured against Pillow 13 (libjpeg-turbo): max 3, mean 0.35 (4:2:0 colour), 1 / 0.02 (gray, CMYK).
+    /// Every fixture cut in half must fail to decode, as in Pillow. Cut by 2 bytes, Pillow still
+    /// fails on JPEG (EOI gone) and WebP, but accepts GIF (trailer gone) and PNG (IEND cut); `png`
+    /// is stricter there, which only matters for already-damaged files.
+    #[test]
+    fn truncated_files_are_errors() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/decode");
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("decode.json")).unwrap()).unwrap();
+        for (name, case) in index["cases"].as_object().unwrap() {
+            let file = case["file"].as_str().unwrap();
+            let bytes = std::fs::read(dir.join(file)).unwrap();
+            let r = decode_rgb(&bytes[..bytes.len() / 2], name, DEFAULT_MAX_PIXELS);
+            assert!(r.is_err(), "{name} cut in half decoded");
+            if file.ends_with(".jpg") || file.ends_with(".webp") {
+                let r = decode_rgb(&bytes[..bytes.len() - 2], name, DEFAULT_MAX_PIXELS);
+                assert!(r.is_err(), "{name} without its last 2 bytes decoded");
+            }
+        }
+    }
+
     const JPEG_MAX_DIFF: i32 = 4;
     const JPEG_MEAN_DIFF: f64 = 0.5;
 }
