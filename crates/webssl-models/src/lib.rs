@@ -1,1 +1,13 @@
-//! placeholder
+//! webssl-models: the Web-DINO / Web-MAE Vision Transformer backbones on burn, their presets, and
+//! checkpoint I/O (HF and native layouts, load and export).
+
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod pos_embed;
+pub mod presets;
+pub mod vit;
+
+pub use config::{Ffn, Flavour, PosInterp, VitConfig};
+pub use error::{ModelError, Result};
+pub use vit::{Vit, VitOutput};
