@@ -272,6 +272,11 @@ fn exclusions_are_counted_not_scored() {
         "g1 fails on its second rotation, g2 is right"
     );
     assert_eq!(r.n_excluded, 1);
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("1 record(s) without a ground-truth answer"))
+    );
     assert!((r.details["accuracy"] - 200.0 / 3.0).abs() < 1e-9);
 }
 

@@ -709,6 +709,13 @@ pub fn score_benchmark(
         warnings.push(w);
     }
 
+    if b == Benchmark::MmBench && n_excluded > 0 {
+        // Expected for test-split rows; a misspelt `answer` key would land here too, so say it.
+        warnings.push(format!(
+            "{n_excluded} record(s) without a ground-truth answer were skipped (test-split rows)"
+        ));
+    }
+
     let mut details = BTreeMap::new();
     let plain = mean(items.iter().map(|i| i.value)).unwrap_or(0.0) * 100.0;
     let score = match b {
