@@ -410,7 +410,8 @@ fn clip8(v: i32) -> u8 {
     v.clamp(0, 255) as u8
 }
 
-/// Pillow `rgb2hsv_row` (types as in C: `float` locals, `double` literals).
+/// Pillow `rgb2hsv_row` (types as in C: `float` locals, `double` literals). Only the two channel
+/// ratios the branch uses are computed (each is the same `f32` division as in C).
 #[inline]
 fn rgb_to_hsv(r: u8, g: u8, b: u8) -> (u8, u8, u8) {
     let maxc = r.max(g).max(b);
@@ -420,17 +421,18 @@ fn rgb_to_hsv(r: u8, g: u8, b: u8) -> (u8, u8, u8) {
     }
     let cr = (maxc - minc) as f32;
     let s = cr / maxc as f32;
-    let rc = (maxc - r) as f32 / cr;
-    let gc = (maxc - g) as f32 / cr;
-    let bc = (maxc - b) as f32 / cr;
+    let ratio = |c: u8| (maxc - c) as f32 / cr;
     let h: f32 = if r == maxc {
-        bc - gc
+        ratio(b) - ratio(g)
     } else if g == maxc {
-        (2.0f64 + rc as f64 - bc as f64) as f32
+        (2.0f64 + ratio(r) as f64 - ratio(b) as f64) as f32
     } else {
-        (4.0f64 + gc as f64 - rc as f64) as f32
+        (4.0f64 + ratio(g) as f64 - ratio(r) as f64) as f32
     };
-    let h = ((h as f64 / 6.0 + 1.0) % 1.0) as f32; // C fmod == Rust % on f64
+    // C `fmod(h / 6.0 + 1.0, 1.0)`. The argument lies in [5/6, 11/6] (h ∈ [-1, 5]), where fmod is
+    // exactly `x - 1` for x ≥ 1 (Sterbenz) and `x` below: same bits, without the libm call.
+    let x = h as f64 / 6.0 + 1.0;
+    let h = (if x >= 1.0 { x - 1.0 } else { x }) as f32;
     (
         clip8((h as f64 * 255.0) as i32),
         clip8((s as f64 * 255.0) as i32),
@@ -438,27 +440,53 @@ fn rgb_to_hsv(r: u8, g: u8, b: u8) -> (u8, u8, u8) {
     )
 }
 
+/// Per-hue `(i % 6, f)` and per-saturation `fs` of Pillow's `hsv2rgb`, computed once with the C
+/// expressions (`i = floor((float)h * 6.0 / 255.0)`, `f = (float)h * 6.0 / 255.0 - (float)i`,
+/// `fs = (float)s / 255.0`).
+struct HsvTables {
+    sector: [u8; 256],
+    frac: [f32; 256],
+    fs: [f32; 256],
+}
+
+fn hsv_tables() -> &'static HsvTables {
+    static T: std::sync::OnceLock<HsvTables> = std::sync::OnceLock::new();
+    T.get_or_init(|| {
+        let mut t = HsvTables {
+            sector: [0; 256],
+            frac: [0.0; 256],
+            fs: [0.0; 256],
+        };
+        for v in 0..256usize {
+            let hh = v as f32 as f64 * 6.0 / 255.0;
+            let i = hh.floor() as i32;
+            t.sector[v] = (i % 6) as u8;
+            t.frac[v] = (hh - i as f32 as f64) as f32;
+            t.fs[v] = (v as f32 as f64 / 255.0) as f32;
+        }
+        t
+    })
+}
+
 /// Pillow `hsv2rgb` for one pixel.
 #[inline]
-fn hsv_to_rgb(h: u8, s: u8, v: u8) -> [u8; 3] {
+fn hsv_to_rgb(t: &HsvTables, h: u8, s: u8, v: u8) -> [u8; 3] {
     if s == 0 {
         return [v, v, v];
     }
-    let hh = h as f32 as f64 * 6.0 / 255.0;
-    let i = hh.floor() as i32;
-    let f = (hh - i as f32 as f64) as f32;
-    let fs = (s as f32 as f64 / 255.0) as f32;
+    let f = t.frac[h as usize];
+    let fs = t.fs[s as usize];
     let vf = v as f32 as f64;
     // C `round` = half away from zero = Rust `f64::round`.
     let p = clip8((vf * (1.0 - fs as f64)).round() as i32);
     let q = clip8((vf * (1.0 - (fs * f) as f64)).round() as i32);
-    let t = clip8((vf * (1.0 - fs as f64 * (1.0 - f as f64))).round() as i32);
-    match i % 6 {
-        0 => [v, t, p],
+    let tt = clip8((vf * (1.0 - fs as f64 * (1.0 - f as f64))).round() as i32);
+    match t.sector[h as usize] {
+        0 => [v, tt, p],
         1 => [q, v, p],
-        2 => [p, v, t],
+        2 => [p, v, tt],
         3 => [p, q, v],
-        4 => [t, p, v],
+        4 => [tt, p, v],
         _ => [v, p, q],
     }
 }
@@ -469,9 +497,10 @@ fn hsv_to_rgb(h: u8, s: u8, v: u8) -> [u8; 3] {
 pub fn adjust_hue(img: &mut RgbImage, hue: f32) {
     // `np.int32(hue_factor * 255)` truncates toward zero; `.astype(np.uint8)` wraps.
     let shift = ((hue as f64 * 255.0) as i32) as u8;
+    let t = hsv_tables();
     for p in img.chunks_exact_mut(3) {
         let (h, s, v) = rgb_to_hsv(p[0], p[1], p[2]);
-        p.copy_from_slice(&hsv_to_rgb(h.wrapping_add(shift), s, v));
+        p.copy_from_slice(&hsv_to_rgb(t, h.wrapping_add(shift), s, v));
     }
 }
 
