@@ -1,0 +1,116 @@
+//! End-to-end `webssl shards` runs: build with bad inputs, inspect, Fashion-MNIST import.
+
+use std::path::Path;
+use std::process::Command;
+
+fn webssl(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_webssl"))
+        .args(args)
+        .output()
+        .expect("run webssl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn gray_png(w: u32, h: u32, v: u8) -> Vec<u8> {
+    webssl_data::import::encode_gray_png(&vec![v; (w * h) as usize], w, h).unwrap()
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn build_then_inspect_reports_skips_and_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("cats")).unwrap();
+    std::fs::create_dir_all(src.join("dogs")).unwrap();
+    std::fs::write(src.join("cats/c1.png"), gray_png(4, 4, 10)).unwrap();
+    std::fs::write(src.join("cats/c2.png"), gray_png(4, 4, 20)).unwrap();
+    std::fs::write(src.join("dogs/d1.png"), gray_png(4, 4, 30)).unwrap();
+    std::fs::write(src.join("dogs/zero.jpg"), b"").unwrap();
+    let out = dir.path().join("out");
+    let (ok, stdout, stderr) = webssl(&[
+        "shards",
+        "build",
+        "--input",
+        p(&src),
+        "--output",
+        p(&out),
+        "--class-folders",
+        "--max-samples",
+        "2",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("kept 3 samples in 2 shards"), "{stdout}");
+    assert!(
+        stdout.contains("skipped 1: ") && stdout.contains("zero.jpg"),
+        "{stdout}"
+    );
+
+    let (ok, stdout, stderr) = webssl(&["shards", "inspect", p(&out), "--json"]);
+    assert!(ok, "{stderr}");
+    let stats: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(stats["samples"], 3);
+    assert_eq!(stats["shards"], 2);
+    assert_eq!(stats["labels"]["0"], 2);
+    assert_eq!(stats["labels"]["1"], 1);
+    assert_eq!(stats["with_caption"], 3, "class name is the caption");
+    assert!(stats["index_mismatches"].as_array().unwrap().is_empty());
+
+    // A damaged shard is reported by inspect, not fatal.
+    let tar = out.join("shard-000000.tar");
+    let bytes = std::fs::read(&tar).unwrap();
+    std::fs::write(&tar, &bytes[..bytes.len() / 2]).unwrap();
+    let (ok, stdout, _) = webssl(&["shards", "inspect", p(&out)]);
+    assert!(ok);
+    assert!(
+        stdout.contains("index mismatch") && stdout.contains("truncated"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn import_fashion_mnist_from_raw_idx() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut images = vec![0, 0, 8, 3, 0, 0, 0, 3, 0, 0, 0, 2, 0, 0, 0, 2];
+    images.extend([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+    std::fs::write(dir.path().join("t10k-images-idx3-ubyte"), images).unwrap();
+    std::fs::write(
+        dir.path().join("t10k-labels-idx1-ubyte"),
+        [0, 0, 8, 1, 0, 0, 0, 3, 4, 8, 0],
+    )
+    .unwrap();
+    let out = dir.path().join("fm");
+    let (ok, stdout, stderr) = webssl(&[
+        "shards",
+        "import",
+        "fashion-mnist",
+        "--dir",
+        p(dir.path()),
+        "--split",
+        "test",
+        "--output",
+        p(&out),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("kept 3 samples"), "{stdout}");
+    assert!(out.join("fashion-mnist-test-000000.tar").is_file());
+    let (ok, _, stderr) = webssl(&[
+        "shards",
+        "import",
+        "fashion-mnist",
+        "--dir",
+        p(&out),
+        "--output",
+        p(&out),
+    ]);
+    assert!(
+        !ok && stderr.contains("train-images-idx3-ubyte"),
+        "{stderr}"
+    );
+}
