@@ -421,3 +421,30 @@ fn full_dino_views_match() {
         }
     }
 }
+
+/// The webssl demos build `BitImageProcessor(use_fast=False)` with `do_center_crop=False` and
+/// `size={height: S, width: S}` and compare it with `Resize((S, S), BICUBIC)` + `Normalize`: both
+/// paths must give the same bits here, as they do in Python (checked by the generator too).
+#[test]
+fn webssl_demo_hf_config_equals_square_transform() {
+    let fx = load();
+    let demo = fx
+        .of_kind("hf_processor")
+        .into_iter()
+        .find(|c| {
+            c["config"]["do_center_crop"] == false
+                && c["config"]["image_processor_type"] == "BitImageProcessor"
+        })
+        .expect("demo-style HF case");
+    let s = u32_of(&demo["config"]["size"], "height");
+    let hf = EvalTransform::from_hf_preprocessor_config(&demo["config"]).unwrap();
+    let img = fx.src(demo);
+    let (a, _, _) = hf.apply(&img);
+    let (b, _, _) = EvalTransform::square(s).apply(&img);
+    assert_same_f32(&a, &b, "HF demo config vs square");
+    assert_same_f32(
+        &a,
+        fx.f32(demo["out_f32"].as_str().unwrap()).1,
+        "HF demo config vs transformers",
+    );
+}
