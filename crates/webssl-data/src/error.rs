@@ -25,6 +25,9 @@ pub enum DataError {
     /// A configuration value that is out of range or inconsistent; names the field.
     #[error("invalid `{field}`: {reason}")]
     Config { field: String, reason: String },
+    /// The data loader's background threads failed (a transform panicked or a thread stopped).
+    #[error("data loader failed: {reason}")]
+    Loader { reason: String },
 }
 
 impl DataError {

@@ -1,1 +1,904 @@
-//! Not yet implemented.
+//! The multi-threaded, resumable data loader: shards → samples → decode/augment → collated batches.
+//!
+//! # Pipeline
+//!
+//! ```text
+//! reader thread per logical worker (sampler part): WorkerStream over addresses, reads its shards
+//!   sequentially, holds the raw samples in the seeded shuffle buffer → bounded channel
+//! dispatcher: takes the workers' outputs round-robin (the sampler's interleave), numbers them
+//!   (`seq`), needs a *ticket* per sample → bounded job channel
+//! N decode threads: decode + transform (+ MAE mask) each job → result channel
+//! consumer (`next_batch`, the caller's thread): reorders by `seq`, skips bad samples, collates
+//!   `batch_size` good ones, draws the iBOT masks, returns a ticket per consumed sample
+//! ```
+//!
+//! **Back-pressure**: at most `prefetch_samples` samples are between the dispatcher and the consumer
+//! (tickets), plus `reader_queue` per reader channel; a slow consumer stalls the whole pipeline instead
+//! of growing memory.
+//!
+//! **Determinism**: the sample order is the sampler's; the augmentation stream of a sample is
+//! `rng_stream(seed, "augment", [epoch, shard, index])` and its MAE stream `(seed, "mae", …)`, so a
+//! sample's views do not depend on the thread that made them, the decode-thread count, the rank or the
+//! world size. iBOT masks use `(seed, "ibot", [rank, batch])`. Results are reordered by `seq` before
+//! collation, so batches are identical for 1 or 16 decode threads.
+//!
+//! **Bad input**: a member that cannot be read (corrupt tar member, truncated shard, unopenable shard),
+//! a sample without an image, an undecodable image or a transform error is skipped and counted with
+//! `shard:key` (or `shard:#index` when the key is unknown) and the reason, never fatal. Skips depend only
+//! on the bytes, so they are deterministic and resume stays exact. Only a panicking transform or dead
+//! threads are fatal ([`DataError::Loader`]).
+//!
+//! **Resume**: [`LoaderCursor`] after batch `k` holds the sampler position just after the last sample
+//! of batch `k` (skipped samples before it included) and the batch count; a loader built from it yields
+//! batch `k + 1` exactly. The reader threads replay their epoch on addresses and then re-read only the
+//! samples still sitting in their shuffle buffer (grouped per shard, one forward pass each).
+//!
+//! **Collation** follows dinov2's `collate_data_and_cast`: views are stacked *view-major*, i.e. for a
+//! group of `V` views the buffer is `[V·B, C, H, W]` with view `v` of image `i` at row `v·B + i`.
+//!
+//! Memory: each reader's shuffle buffer holds up to `shuffle_buffer` raw (encoded) samples, e.g.
+//! 1000 × ~100 kB = 100 MB per logical worker.
+//!
+//! Reference: dinov2 `dinov2/data/{collate,loaders}.py`, webdataset's pipeline;
+//! reference/ecosystem-and-style.md P3 (resume), P5 (splitting), P6 (loader wait fraction).
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+use image::RgbImage;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{DataError, Result};
+use crate::masks::{
+    IbotMaskConfig, IbotMasks, MaeMask, MaeMasks, MaskingGenerator, collate_ibot_masks,
+    mae_random_mask,
+};
+use crate::sampler::{
+    EpochAddr, PartEpoch, SampleAddr, Sampler, SamplerConfig, SamplerCursor, WorkerCursor,
+    rng_stream,
+};
+
+/// The parts of a sample the loader uses.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RawSample {
+    pub key: String,
+    /// Encoded image bytes (`None` if the sample has no image member).
+    pub image: Option<Vec<u8>>,
+    pub caption: Option<String>,
+    pub label: Option<i64>,
+}
+
+/// Members of one shard, in order. An `Err` item is a member that could not be read; the iterator may
+/// end before the index's count (a truncated shard): the loader skips and counts both.
+pub type ShardMembers = Box<dyn Iterator<Item = Result<RawSample>> + Send>;
+
+/// Where the loader gets shards from (tar shards on disk, or memory).
+pub trait ShardSource: Send + Sync {
+    fn num_shards(&self) -> usize;
+    /// Samples in `shard` according to the index (the sampler's unit of account).
+    fn shard_len(&self, shard: usize) -> u64;
+    /// A short name for messages (`shard:key`), e.g. the shard's file name.
+    fn shard_name(&self, shard: usize) -> String;
+    fn open(&self, shard: usize) -> Result<ShardMembers>;
+}
+
+/// Shards held in memory (tests, benchmarks, synthetic data). Each member is a sample or a read error.
+#[derive(Clone, Debug, Default)]
+pub struct MemorySource {
+    pub shards: Vec<MemoryShard>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct MemoryShard {
+    pub name: String,
+    /// What the index claims; may exceed `members.len()` to model a truncated shard.
+    pub len: u64,
+    /// `Err(reason)` models a corrupt member.
+    pub members: Vec<std::result::Result<RawSample, String>>,
+}
+
+impl ShardSource for MemorySource {
+    fn num_shards(&self) -> usize {
+        self.shards.len()
+    }
+    fn shard_len(&self, shard: usize) -> u64 {
+        self.shards[shard].len
+    }
+    fn shard_name(&self, shard: usize) -> String {
+        self.shards[shard].name.clone()
+    }
+    fn open(&self, shard: usize) -> Result<ShardMembers> {
+        let s = &self.shards[shard];
+        let name = s.name.clone();
+        let members = s.members.clone();
+        Ok(Box::new(members.into_iter().map(move |m| {
+            m.map_err(|reason| DataError::Shard {
+                path: name.clone().into(),
+                reason,
+            })
+        })))
+    }
+}
+
+/// Shape of one view, `C × H × W`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewShape {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl ViewShape {
+    pub fn new(channels: usize, height: usize, width: usize) -> Self {
+        Self {
+            channels,
+            height,
+            width,
+        }
+    }
+    /// Number of `f32` values.
+    pub fn len(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// `count` views of one shape (e.g. DINO: 2 global 3×224×224, 8 local 3×98×98).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewGroup {
+    pub name: String,
+    pub count: usize,
+    pub shape: ViewShape,
+}
+
+/// The per-sample transform: one image in, every view out as CHW `f32`.
+///
+/// `out` holds one slice per view, groups in order, views within a group in order, each exactly
+/// `shape.len()` long. All randomness must come from `rng` (the sample's own stream).
+pub trait SampleTransform: Send + Sync {
+    fn groups(&self) -> &[ViewGroup];
+    fn apply(&self, image: &RgbImage, rng: &mut ChaCha8Rng, out: &mut [&mut [f32]]) -> Result<()>;
+}
+
+/// Image decoder: bytes and a `shard:key` label → RGB.
+pub type DecodeFn = Arc<dyn Fn(&[u8], &str) -> Result<RgbImage> + Send + Sync>;
+
+/// Decoding with the `image` crate, format sniffed from the bytes, allocation capped at
+/// `max_pixels · 4` bytes (a decompression-bomb guard).
+pub fn image_crate_decoder(max_pixels: u64) -> DecodeFn {
+    Arc::new(move |bytes: &[u8], what: &str| {
+        let err = |e: &dyn std::fmt::Display| DataError::Decode {
+            what: what.to_string(),
+            reason: e.to_string(),
+        };
+        let mut reader = image::ImageReader::new(Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| err(&e))?;
+        let mut limits = image::Limits::default();
+        limits.max_alloc = Some(max_pixels.saturating_mul(4));
+        reader.limits(limits);
+        Ok(reader.decode().map_err(|e| err(&e))?.to_rgb8())
+    })
+}
+
+/// Token masks drawn with each batch.
+#[derive(Clone, Debug, Default)]
+pub enum MaskSpec {
+    #[default]
+    None,
+    /// iBOT block masks over the `count · B` crops of view group `group` (dinov2: the global crops).
+    Ibot {
+        generator: MaskingGenerator,
+        config: IbotMaskConfig,
+        group: usize,
+    },
+    /// MAE random masks, one per sample, over `n_tokens` patches.
+    Mae { n_tokens: usize, mask_ratio: f64 },
+}
+
+/// Loader settings.
+#[derive(Clone)]
+pub struct LoaderConfig {
+    /// Images per batch on this rank.
+    pub batch_size: usize,
+    /// Decode/augment threads (does not change the output).
+    pub decode_threads: usize,
+    /// Samples allowed between the dispatcher and the consumer (≥ 1; a few batches is plenty).
+    pub prefetch_samples: usize,
+    /// Read-ahead per reader thread, in samples.
+    pub reader_queue: usize,
+    /// How many skipped samples to list by name in [`LoaderStats::skipped`] (all are counted).
+    pub max_skip_log: usize,
+    pub decode: DecodeFn,
+}
+
+impl LoaderConfig {
+    /// Defaults for `batch_size`: threads = available cores, prefetch 4 batches, 200 MP decode cap.
+    pub fn new(batch_size: usize) -> Self {
+        let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
+        Self {
+            batch_size,
+            decode_threads: threads,
+            prefetch_samples: 4 * batch_size.max(1),
+            reader_queue: 64,
+            max_skip_log: 1000,
+            decode: image_crate_decoder(178_956_970),
+        }
+    }
+}
+
+/// A collated batch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    /// Batch number on this rank (0-based, continues across resume).
+    pub index: u64,
+    pub batch_size: usize,
+    pub groups: Vec<ViewGroup>,
+    /// Per group, `[count · B, C, H, W]` view-major (view `v` of image `i` at row `v·B + i`).
+    pub views: Vec<Vec<f32>>,
+    pub keys: Vec<String>,
+    /// Where each image came from, with its epoch.
+    pub addrs: Vec<EpochAddr>,
+    pub captions: Vec<Option<String>>,
+    pub labels: Vec<Option<i64>>,
+    pub ibot: Option<IbotMasks>,
+    pub mae: Option<MaeMasks>,
+}
+
+/// A skipped sample.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skip {
+    /// `shard:key`, or `shard:#index` when the member could not be read at all.
+    pub what: String,
+    pub reason: String,
+}
+
+/// Loader counters.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LoaderStats {
+    pub batches: u64,
+    /// Members fetched by the reader threads so far (including read-ahead).
+    pub samples_read: u64,
+    /// Samples delivered in batches.
+    pub samples_decoded: u64,
+    pub samples_skipped: u64,
+    /// The first `max_skip_log` skips.
+    pub skipped: Vec<Skip>,
+    /// Time the consumer spent inside `next_batch` (waiting on the pipeline, collating).
+    pub wait_secs: f64,
+    /// Time from the first `next_batch` call to the end of the last one.
+    pub total_secs: f64,
+}
+
+impl LoaderStats {
+    /// "Loader wait %": the share of the consumer's time spent waiting for data (0 = never starved).
+    pub fn wait_fraction(&self) -> f64 {
+        if self.total_secs > 0.0 {
+            (self.wait_secs / self.total_secs).min(1.0)
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Serializable loader position: resume yields the batch after the last one returned.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoaderCursor {
+    pub sampler: SamplerCursor,
+    /// Batches returned so far on this rank.
+    pub batches: u64,
+}
+
+type Content = std::result::Result<RawSample, String>;
+
+/// What a reader emits.
+struct Fetched {
+    epoch: u64,
+    addr: SampleAddr,
+    content: Content,
+    /// The worker's position after this item.
+    cursor_after: WorkerCursor,
+}
+
+enum Slot {
+    Pending(SampleAddr),
+    Ready(SampleAddr, Content),
+}
+
+struct Job {
+    seq: u64,
+    item: Fetched,
+}
+
+struct Prepared {
+    key: String,
+    caption: Option<String>,
+    label: Option<i64>,
+    /// All views, concatenated in group/view order.
+    data: Vec<f32>,
+    mae: Option<MaeMask>,
+}
+
+enum Outcome {
+    Ready(Prepared),
+    Skipped(Skip),
+    Fatal(String),
+}
+
+struct Done {
+    seq: u64,
+    epoch: u64,
+    addr: SampleAddr,
+    cursor_after: WorkerCursor,
+    outcome: Outcome,
+}
+
+/// Sequential reader of one worker's shards, seeking forward by skipping members.
+struct ShardReader {
+    source: Arc<dyn ShardSource>,
+    shard: Option<u32>,
+    members: Option<ShardMembers>,
+    /// Index of the next member `members` yields.
+    pos: u64,
+    /// Set once the shard cannot yield more: every later member is skipped with this reason.
+    broken: Option<String>,
+}
+
+impl ShardReader {
+    fn new(source: Arc<dyn ShardSource>) -> Self {
+        Self {
+            source,
+            shard: None,
+            members: None,
+            pos: 0,
+            broken: None,
+        }
+    }
+
+    fn open(&mut self, shard: u32) {
+        self.shard = Some(shard);
+        self.pos = 0;
+        match self.source.open(shard as usize) {
+            Ok(m) => {
+                self.members = Some(m);
+                self.broken = None;
+            }
+            Err(e) => {
+                self.members = None;
+                self.broken = Some(format!("cannot open shard: {e}"));
+            }
+        }
+    }
+
+    fn fetch(&mut self, addr: SampleAddr) -> Content {
+        if self.shard != Some(addr.shard) || self.pos > addr.index {
+            self.open(addr.shard);
+        }
+        while self.pos < addr.index {
+            let _ = self.take();
+        }
+        self.take()
+    }
+
+    fn take(&mut self) -> Content {
+        self.pos += 1;
+        if let Some(reason) = &self.broken {
+            return Err(reason.clone());
+        }
+        match self.members.as_mut().and_then(Iterator::next) {
+            Some(Ok(s)) => Ok(s),
+            Some(Err(e)) => Err(e.to_string()),
+            None => {
+                let shard = self.shard.unwrap_or(0) as usize;
+                let reason = format!(
+                    "shard ended after {} members but the index lists {}",
+                    self.pos - 1,
+                    self.source.shard_len(shard)
+                );
+                self.broken = Some(reason.clone());
+                self.members = None;
+                Err(reason)
+            }
+        }
+    }
+}
+
+/// After a resume, fills the placeholders in the shuffle buffer, one forward pass per shard.
+fn materialize(part: &mut PartEpoch<Slot>, reader: &mut ShardReader) {
+    let items = part.buffer_mut().items_mut();
+    let mut pending: Vec<(SampleAddr, usize)> = items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| match s {
+            Slot::Pending(a) => Some((*a, i)),
+            Slot::Ready(..) => None,
+        })
+        .collect();
+    pending.sort();
+    for (addr, i) in pending {
+        items[i] = Slot::Ready(addr, reader.fetch(addr));
+    }
+}
+
+fn reader_main(
+    sampler: Sampler,
+    worker: usize,
+    at: WorkerCursor,
+    source: Arc<dyn ShardSource>,
+    tx: Sender<Fetched>,
+    read: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut reader = ShardReader::new(source);
+    let mut stream = sampler.worker_stream(worker, at, Slot::Pending);
+    materialize(stream.part_mut(), &mut reader);
+    while !stop.load(Ordering::Relaxed) {
+        let (epoch, slot) = stream.next_with(|a| {
+            read.fetch_add(1, Ordering::Relaxed);
+            Slot::Ready(a, reader.fetch(a))
+        });
+        let (addr, content) = match slot {
+            Slot::Ready(a, c) => (a, c),
+            // Not reached after `materialize`; correct (if slow) anyway.
+            Slot::Pending(a) => (a, reader.fetch(a)),
+        };
+        let item = Fetched {
+            epoch,
+            addr,
+            content,
+            cursor_after: stream.cursor(),
+        };
+        if tx.send(item).is_err() {
+            return;
+        }
+    }
+}
+
+fn dispatcher_main(
+    readers: Vec<Receiver<Fetched>>,
+    mut seq: u64,
+    tickets: Receiver<()>,
+    jobs: Sender<Job>,
+) {
+    let n = readers.len() as u64;
+    loop {
+        if tickets.recv().is_err() {
+            return;
+        }
+        let Ok(item) = readers[(seq % n) as usize].recv() else {
+            return;
+        };
+        if jobs.send(Job { seq, item }).is_err() {
+            return;
+        }
+        seq += 1;
+    }
+}
+
+/// What the decode threads share.
+struct Prep {
+    source: Arc<dyn ShardSource>,
+    transform: Arc<dyn SampleTransform>,
+    decode: DecodeFn,
+    seed: u64,
+    mae: Option<(usize, f64)>,
+    view_lens: Vec<usize>,
+}
+
+impl Prep {
+    fn prepare(&self, item: &Fetched) -> Outcome {
+        let name = self.source.shard_name(item.addr.shard as usize);
+        let raw = match &item.content {
+            Ok(raw) => raw,
+            Err(reason) => {
+                return Outcome::Skipped(Skip {
+                    what: format!("{name}:#{}", item.addr.index),
+                    reason: reason.clone(),
+                });
+            }
+        };
+        let what = format!("{name}:{}", raw.key);
+        let skip = |reason: String| {
+            Outcome::Skipped(Skip {
+                what: what.clone(),
+                reason,
+            })
+        };
+        let Some(bytes) = &raw.image else {
+            return skip("no image member".into());
+        };
+        let image = match (self.decode)(bytes, &what) {
+            Ok(i) => i,
+            Err(e) => return skip(e.to_string()),
+        };
+        let ids = [item.epoch, u64::from(item.addr.shard), item.addr.index];
+        let mut data = vec![0f32; self.view_lens.iter().sum()];
+        let mut slices: Vec<&mut [f32]> = Vec::with_capacity(self.view_lens.len());
+        let mut rest = data.as_mut_slice();
+        for &len in &self.view_lens {
+            let (head, tail) = rest.split_at_mut(len);
+            slices.push(head);
+            rest = tail;
+        }
+        let mut rng = rng_stream(self.seed, "augment", &ids);
+        if let Err(e) = self.transform.apply(&image, &mut rng, &mut slices) {
+            return skip(format!("transform: {e}"));
+        }
+        let mae = self
+            .mae
+            .map(|(n, ratio)| mae_random_mask(n, ratio, &mut rng_stream(self.seed, "mae", &ids)));
+        Outcome::Ready(Prepared {
+            key: raw.key.clone(),
+            caption: raw.caption.clone(),
+            label: raw.label,
+            data,
+            mae,
+        })
+    }
+}
+
+fn decode_main(jobs: Receiver<Job>, results: Sender<Done>, prep: Arc<Prep>) {
+    while let Ok(Job { seq, item }) = jobs.recv() {
+        let outcome =
+            catch_unwind(AssertUnwindSafe(|| prep.prepare(&item))).unwrap_or_else(|panic| {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                Outcome::Fatal(format!(
+                    "transform panicked on shard {} member {}: {msg}",
+                    item.addr.shard, item.addr.index
+                ))
+            });
+        let done = Done {
+            seq,
+            epoch: item.epoch,
+            addr: item.addr,
+            cursor_after: item.cursor_after,
+            outcome,
+        };
+        if results.send(done).is_err() {
+            return;
+        }
+    }
+}
+
+/// The loader. Iterate with [`Loader::next_batch`] (or as an `Iterator` of `Result<Batch>`).
+pub struct Loader {
+    sampler: Sampler,
+    cfg: LoaderConfig,
+    groups: Vec<ViewGroup>,
+    masks: MaskSpec,
+    results: Option<Receiver<Done>>,
+    tickets: Option<Sender<()>>,
+    reorder: BTreeMap<u64, Done>,
+    next_seq: u64,
+    workers: Vec<WorkerCursor>,
+    batches: u64,
+    stats: LoaderStats,
+    read: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    first_call: Option<Instant>,
+    wait: Duration,
+}
+
+impl Loader {
+    /// Starts the pipeline for `sampler_cfg.rank`, from the beginning or from `resume`.
+    pub fn new(
+        source: Arc<dyn ShardSource>,
+        sampler_cfg: SamplerConfig,
+        transform: Arc<dyn SampleTransform>,
+        masks: MaskSpec,
+        cfg: LoaderConfig,
+        resume: Option<&LoaderCursor>,
+    ) -> Result<Self> {
+        let bad = |field: &str, reason: String| {
+            Err(DataError::Config {
+                field: field.into(),
+                reason,
+            })
+        };
+        if cfg.batch_size == 0 {
+            return bad("batch_size", "must be at least 1".into());
+        }
+        let groups = transform.groups().to_vec();
+        match &masks {
+            MaskSpec::Ibot { group, config, .. } => {
+                config.validate()?;
+                if *group >= groups.len() {
+                    return bad(
+                        "ibot.group",
+                        format!(
+                            "view group {group} does not exist ({} groups)",
+                            groups.len()
+                        ),
+                    );
+                }
+            }
+            MaskSpec::Mae { mask_ratio, .. } if !(0.0..=1.0).contains(mask_ratio) => {
+                return bad(
+                    "mae.mask_ratio",
+                    format!("need a ratio in [0, 1], got {mask_ratio}"),
+                );
+            }
+            _ => {}
+        }
+        let sizes = (0..source.num_shards())
+            .map(|s| source.shard_len(s))
+            .collect();
+        let sampler = Sampler::new(sizes, sampler_cfg)?;
+        let (workers, consumed, batches) = match resume {
+            Some(c) => {
+                sampler.check_cursor(&c.sampler)?;
+                (c.sampler.workers.clone(), c.sampler.consumed, c.batches)
+            }
+            None => (
+                vec![WorkerCursor::default(); sampler.config().num_workers],
+                0,
+                0,
+            ),
+        };
+        if !sampler.splits_whole_shards() {
+            tracing::warn!(
+                shards = source.num_shards(),
+                data_workers = sampler.num_parts(),
+                "fewer shards than ranks x workers: striding samples, every worker reads every shard"
+            );
+        }
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let read = Arc::new(AtomicU64::new(0));
+        let mut threads = Vec::new();
+        let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(f)
+                .map_err(|e| DataError::Loader {
+                    reason: format!("cannot start a thread: {e}"),
+                })
+        };
+        let mut reader_rxs = Vec::new();
+        for (w, &at) in workers.iter().enumerate() {
+            let (tx, rx) = bounded(cfg.reader_queue.max(1));
+            reader_rxs.push(rx);
+            let (sampler, source, read, stop) =
+                (sampler.clone(), source.clone(), read.clone(), stop.clone());
+            threads.push(spawn(
+                format!("webssl-read-{w}"),
+                Box::new(move || reader_main(sampler, w, at, source, tx, read, stop)),
+            )?);
+        }
+        let prefetch = cfg.prefetch_samples.max(1);
+        let (ticket_tx, ticket_rx) = bounded(prefetch);
+        for _ in 0..prefetch {
+            ticket_tx.send(()).map_err(|_| DataError::Loader {
+                reason: "ticket channel closed".into(),
+            })?;
+        }
+        let (job_tx, job_rx) = bounded(prefetch);
+        threads.push(spawn(
+            "webssl-dispatch".into(),
+            Box::new(move || dispatcher_main(reader_rxs, consumed, ticket_rx, job_tx)),
+        )?);
+        let (result_tx, result_rx) = unbounded(); // bounded by the tickets
+        let prep = Arc::new(Prep {
+            source: source.clone(),
+            transform,
+            decode: cfg.decode.clone(),
+            seed: sampler.config().seed,
+            mae: match &masks {
+                MaskSpec::Mae {
+                    n_tokens,
+                    mask_ratio,
+                } => Some((*n_tokens, *mask_ratio)),
+                _ => None,
+            },
+            view_lens: groups
+                .iter()
+                .flat_map(|g| std::iter::repeat_n(g.shape.len(), g.count))
+                .collect(),
+        });
+        for t in 0..cfg.decode_threads.max(1) {
+            let (jobs, results, prep) = (job_rx.clone(), result_tx.clone(), prep.clone());
+            threads.push(spawn(
+                format!("webssl-decode-{t}"),
+                Box::new(move || decode_main(jobs, results, prep)),
+            )?);
+        }
+        Ok(Self {
+            sampler,
+            cfg,
+            groups,
+            masks,
+            results: Some(result_rx),
+            tickets: Some(ticket_tx),
+            reorder: BTreeMap::new(),
+            next_seq: consumed,
+            workers,
+            batches,
+            stats: LoaderStats::default(),
+            read,
+            stop,
+            threads,
+            first_call: None,
+            wait: Duration::ZERO,
+        })
+    }
+
+    /// The sampler this loader follows.
+    pub fn sampler(&self) -> &Sampler {
+        &self.sampler
+    }
+
+    /// Position after the last batch returned.
+    pub fn cursor(&self) -> LoaderCursor {
+        LoaderCursor {
+            sampler: self.sampler.cursor(self.next_seq, self.workers.clone()),
+            batches: self.batches,
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> LoaderStats {
+        let mut s = self.stats.clone();
+        s.samples_read = self.read.load(Ordering::Relaxed);
+        s
+    }
+
+    /// The next sample in sequence order (blocking).
+    fn next_done(&mut self) -> Result<Done> {
+        loop {
+            if let Some(d) = self.reorder.remove(&self.next_seq) {
+                return Ok(d);
+            }
+            let rx = self.results.as_ref().ok_or_else(|| DataError::Loader {
+                reason: "loader is shut down".into(),
+            })?;
+            let d = rx.recv().map_err(|_| DataError::Loader {
+                reason: "the loader threads stopped".into(),
+            })?;
+            self.reorder.insert(d.seq, d);
+        }
+    }
+
+    /// The next batch (blocking).
+    pub fn next_batch(&mut self) -> Result<Batch> {
+        let start = Instant::now();
+        self.first_call.get_or_insert(start);
+        let b = self.cfg.batch_size;
+        let mut samples: Vec<(EpochAddr, Prepared)> = Vec::with_capacity(b);
+        while samples.len() < b {
+            let done = self.next_done()?;
+            // The sample is consumed: return its ticket and advance the cursor past it.
+            if let Some(t) = &self.tickets {
+                let _ = t.send(());
+            }
+            let worker = (done.seq % self.workers.len() as u64) as usize;
+            self.workers[worker] = done.cursor_after;
+            self.next_seq = done.seq + 1;
+            match done.outcome {
+                Outcome::Ready(p) => samples.push((
+                    EpochAddr {
+                        epoch: done.epoch,
+                        addr: done.addr,
+                    },
+                    p,
+                )),
+                Outcome::Skipped(skip) => {
+                    tracing::debug!(what = %skip.what, reason = %skip.reason, "skipped sample");
+                    self.stats.samples_skipped += 1;
+                    if self.stats.skipped.len() < self.cfg.max_skip_log {
+                        self.stats.skipped.push(skip);
+                    }
+                }
+                Outcome::Fatal(reason) => return Err(DataError::Loader { reason }),
+            }
+        }
+        let batch = self.collate(samples);
+        self.batches += 1;
+        self.stats.batches = self.batches;
+        self.stats.samples_decoded += b as u64;
+        let end = Instant::now();
+        self.wait += end - start;
+        self.stats.wait_secs = self.wait.as_secs_f64();
+        self.stats.total_secs = self.first_call.map_or(0.0, |t| (end - t).as_secs_f64());
+        Ok(batch)
+    }
+
+    fn collate(&self, samples: Vec<(EpochAddr, Prepared)>) -> Batch {
+        let b = samples.len();
+        let mut views: Vec<Vec<f32>> = self
+            .groups
+            .iter()
+            .map(|g| Vec::with_capacity(g.count * b * g.shape.len()))
+            .collect();
+        // Offsets of each group's first view within a sample's concatenated data.
+        let mut group_offset = Vec::with_capacity(self.groups.len());
+        let mut off = 0;
+        for g in &self.groups {
+            group_offset.push(off);
+            off += g.count * g.shape.len();
+        }
+        for (gi, g) in self.groups.iter().enumerate() {
+            let len = g.shape.len();
+            for v in 0..g.count {
+                for (_, p) in &samples {
+                    let o = group_offset[gi] + v * len;
+                    views[gi].extend_from_slice(&p.data[o..o + len]);
+                }
+            }
+        }
+        let ibot = match &self.masks {
+            MaskSpec::Ibot {
+                generator,
+                config,
+                group,
+            } => {
+                let mut rng = rng_stream(
+                    self.sampler.config().seed,
+                    "ibot",
+                    &[self.sampler.config().rank as u64, self.batches],
+                );
+                Some(collate_ibot_masks(
+                    generator,
+                    self.groups[*group].count * b,
+                    config,
+                    &mut rng,
+                ))
+            }
+            _ => None,
+        };
+        let mae = match &self.masks {
+            MaskSpec::Mae { .. } => {
+                let per: Vec<MaeMask> = samples.iter().filter_map(|(_, p)| p.mae.clone()).collect();
+                Some(MaeMasks::stack(&per))
+            }
+            _ => None,
+        };
+        let (addrs, rest): (Vec<EpochAddr>, Vec<Prepared>) = samples.into_iter().unzip();
+        Batch {
+            index: self.batches,
+            batch_size: b,
+            groups: self.groups.clone(),
+            views,
+            keys: rest.iter().map(|p| p.key.clone()).collect(),
+            addrs,
+            captions: rest.iter().map(|p| p.caption.clone()).collect(),
+            labels: rest.iter().map(|p| p.label).collect(),
+            ibot,
+            mae,
+        }
+    }
+}
+
+impl Iterator for Loader {
+    type Item = Result<Batch>;
+    fn next(&mut self) -> Option<Result<Batch>> {
+        Some(self.next_batch())
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Closing our channel ends makes every blocked send/recv in the pipeline fail, so all threads exit.
+        self.tickets = None;
+        self.results = None;
+        self.reorder.clear();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
