@@ -23,6 +23,9 @@ struct Cli {
 enum Command {
     /// Extract features from images with a backbone checkpoint (HF or native layout).
     Embed(cmd::embed::Args),
+    /// Create, list and inspect backbone checkpoints.
+    #[command(subcommand)]
+    Model(cmd::model::Command),
     /// Build, inspect and benchmark WebDataset shards.
     #[command(subcommand)]
     Shards(cmd::shards::Command),
@@ -40,6 +43,7 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     match cli.command {
         Command::Embed(args) => cmd::embed::run(args),
+        Command::Model(c) => cmd::model::run(c),
         Command::Shards(c) => cmd::shards::run(c),
         Command::Synth(args) => cmd::synth::run(args),
         Command::Eval(c) => cmd::eval::run(c),

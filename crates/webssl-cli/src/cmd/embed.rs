@@ -1,8 +1,400 @@
-//! Not yet implemented.
+//! `webssl embed`: features of a frozen backbone for a set of images.
+//!
+//! Reads images from folders, WebDataset shards or file lists (in a deterministic order), preprocesses
+//! them exactly as the checkpoint's HF image processor (or the webssl demos' square resize), runs the
+//! backbone in batches and writes the requested features to one safetensors file (or `.npy` files),
+//! with the sample keys in order. Decoding runs on a background thread pool, one batch ahead of the
+//! model. Corrupt, truncated, oversized or non-image inputs are skipped, counted and listed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use burn::tensor::{Device, Tensor, TensorData};
+use rayon::prelude::*;
+use webssl_data::decode::{DEFAULT_MAX_PIXELS, decode_rgb};
+use webssl_data::source::{Item, iter_items, resolve_inputs};
+use webssl_data::transform::{EvalTransform, ResizeMode};
+use webssl_models::checkpoint::{self, export::write_atomic};
+use webssl_models::{Vit, presets};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Feature {
+    /// Normed CLS token `[N, D]`.
+    Cls,
+    /// Mean of the normed patch tokens `[N, D]`.
+    PatchMean,
+    /// All normed patch tokens `[N, P, D]`.
+    PatchTokens,
+    /// Normed register tokens `[N, R, D]`.
+    Registers,
+}
+
+impl Feature {
+    fn key(self) -> &'static str {
+        match self {
+            Feature::Cls => "cls",
+            Feature::PatchMean => "patch_mean",
+            Feature::PatchTokens => "patch_tokens",
+            Feature::Registers => "registers",
+        }
+    }
+}
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Model: an HF directory (config.json + safetensors) or a native DINOv2/timm safetensors file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Architecture preset; required for native checkpoints, checked against config.json otherwise.
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Images: folders (recursive), tar shards (brace ranges: `shard-{000..009}.tar`), a shard
+    /// directory with index.json, or text files listing one image path per line.
+    #[arg(long, num_args = 1.., required = true)]
+    pub input: Vec<String>,
+    /// Output file: `.safetensors`, or `.npy` (one `<stem>.<feature>.npy` each + `<stem>.keys.txt`).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Features to write.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "cls,patch-mean"
+    )]
+    pub features: Vec<Feature>,
+    /// Also write the CLS and mean patch token of each of the last N blocks (after the final norm).
+    #[arg(long, default_value_t = 0)]
+    pub last_layers: usize,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Worker threads for decoding and the model (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Resize every image directly to RES×RES (the webssl demos) instead of the checkpoint's
+    /// preprocessor; must be a multiple of the patch size.
+    #[arg(long)]
+    pub resolution: Option<u32>,
+    /// Images with more pixels than this are skipped (decompression-bomb guard).
+    #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
+    pub max_pixels: u64,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+/// One decoded batch, produced ahead of the model.
+struct Batch {
+    keys: Vec<String>,
+    pixels: Vec<f32>,
+    skipped: Vec<(String, String)>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    if let Some(n) = args.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("--threads: cannot size the thread pool")?;
+    }
+    check_writable(&args.output)?;
+    let device = Device::flex();
+    let arch = args.arch.as_deref().map(presets::preset).transpose()?;
+    let loaded = checkpoint::load(&args.model, arch.as_ref(), &device)
+        .with_context(|| format!("loading model {}", args.model.display()))?;
+    let model = loaded.model;
+    let cfg = model.config().clone();
+    let transform = match (args.resolution, &loaded.preprocessor) {
+        (Some(res), _) => EvalTransform::square(res),
+        (None, Some(pre)) => EvalTransform::from_hf_preprocessor_config(pre)
+            .with_context(|| format!("{}/preprocessor_config.json", args.model.display()))?,
+        (None, None) => {
+            EvalTransform::imagenet((cfg.img_size * 256 / 224) as u32, cfg.img_size as u32)
+        }
+    };
+    let (w, h) = fixed_output_size(&transform).context(
+        "the preprocessor gives images of varying size (shortest-edge resize without a crop); pass --resolution",
+    )?;
+    let p = cfg.patch_size as u32;
+    if w % p != 0 || h % p != 0 {
+        bail!(
+            "preprocessed images are {w}x{h}, not a multiple of the patch size {p}; pass --resolution with a multiple of {p}"
+        );
+    }
+    if args.last_layers > cfg.depth {
+        bail!(
+            "--last-layers {} exceeds the model depth {}",
+            args.last_layers,
+            cfg.depth
+        );
+    }
+    let inputs = resolve_inputs(&args.input).context("resolving --input")?;
+    tracing::info!(
+        "model {} ({:?}, {} blocks, dim {}), {} input(s), images {w}x{h}, batch {}",
+        args.model.display(),
+        cfg.flavour,
+        cfg.depth,
+        cfg.embed_dim,
+        inputs.len(),
+        args.batch_size
+    );
+
+    let (tx, rx) = crossbeam_channel::bounded::<Batch>(2);
+    let batch_size = args.batch_size;
+    let max_pixels = args.max_pixels;
+    let producer = std::thread::spawn(move || {
+        let mut items = iter_items(&inputs);
+        loop {
+            let chunk: Vec<_> = items.by_ref().take(batch_size).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            let decoded: Vec<Result<(String, Vec<f32>), (String, String)>> = chunk
+                .into_par_iter()
+                .map(|item| match item {
+                    Ok(item) => prepare(&item, &transform, max_pixels, (w, h)),
+                    Err(e) => Err(("input".to_owned(), e.to_string())),
+                })
+                .collect();
+            let mut batch = Batch {
+                keys: Vec::new(),
+                pixels: Vec::new(),
+                skipped: Vec::new(),
+            };
+            for d in decoded {
+                match d {
+                    Ok((key, px)) => {
+                        batch.keys.push(key);
+                        batch.pixels.extend_from_slice(&px);
+                    }
+                    Err(skip) => batch.skipped.push(skip),
+                }
+            }
+            if tx.send(batch).is_err() {
+                break;
+            }
+        }
+    });
+
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {pos} images  {per_sec}  {elapsed_precise}  {msg}",
+        )
+        .expect("static template"),
+    );
+    let start = Instant::now();
+    let mut out = Features::default();
+    let mut skipped: Vec<(String, String)> = Vec::new();
+    for batch in rx {
+        for (what, why) in &batch.skipped {
+            tracing::warn!("skipped {what}: {why}");
+        }
+        skipped.extend(batch.skipped);
+        if batch.keys.is_empty() {
+            continue;
+        }
+        let n = batch.keys.len();
+        let x = Tensor::<4>::from_data(
+            TensorData::new(batch.pixels, [n, 3, h as usize, w as usize]),
+            &device,
+        );
+        out.add(&model, x, &args.features, args.last_layers);
+        out.keys.extend(batch.keys);
+        bar.inc(n as u64);
+        bar.set_message(format!("skipped {}", skipped.len()));
+    }
+    producer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the decoding thread panicked"))?;
+    bar.finish_and_clear();
+    let secs = start.elapsed().as_secs_f64();
+    if out.keys.is_empty() {
+        bail!("no image could be embedded ({} skipped)", skipped.len());
+    }
+    out.write(&args.output, &args.model, (w, h))?;
+    println!(
+        "embedded {} images ({} skipped) in {:.1}s, {:.1} img/s -> {}",
+        out.keys.len(),
+        skipped.len(),
+        secs,
+        out.keys.len() as f64 / secs,
+        args.output.display()
+    );
+    if !skipped.is_empty() {
+        println!("skipped:");
+        for (what, why) in skipped.iter().take(20) {
+            println!("  {what}: {why}");
+        }
+        if skipped.len() > 20 {
+            println!("  ... and {} more", skipped.len() - 20);
+        }
+    }
+    Ok(())
+}
+
+/// Decode + preprocess one item; a failure names the item.
+fn prepare(
+    item: &Item,
+    transform: &EvalTransform,
+    max_pixels: u64,
+    size: (u32, u32),
+) -> Result<(String, Vec<f32>), (String, String)> {
+    let img = decode_rgb(&item.bytes, &item.source, max_pixels)
+        .map_err(|e| (item.source.clone(), e.to_string()))?;
+    let (px, w, h) = transform.apply(&img);
+    if (w, h) != size {
+        return Err((
+            item.source.clone(),
+            format!("preprocessed to {w}x{h}, expected {}x{}", size.0, size.1),
+        ));
+    }
+    Ok((item.key.clone(), px))
+}
+
+/// The output size when it does not depend on the input's aspect ratio.
+fn fixed_output_size(t: &EvalTransform) -> Option<(u32, u32)> {
+    if let Some((w, h)) = t.crop {
+        return Some((w, h));
+    }
+    match t.resize {
+        Some(ResizeMode::Exact { w, h }) => Some((w, h)),
+        _ => None,
+    }
+}
+
+fn check_writable(output: &Path) -> anyhow::Result<()> {
+    let dir = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        bail!("output directory {} does not exist", dir.display());
+    }
+    let probe = dir.join(format!(".webssl-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("output directory {} is not writable", dir.display()))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+#[derive(Default)]
+struct Features {
+    keys: Vec<String>,
+    /// name -> (per-sample shape, values)
+    tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+}
+
+impl Features {
+    fn push(&mut self, name: &str, t: Tensor<3>) {
+        let [_, a, b] = t.dims();
+        let values = t
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .expect("float tensor");
+        let entry = self
+            .tensors
+            .entry(name.to_owned())
+            .or_insert_with(|| (vec![a, b], Vec::new()));
+        entry.1.extend_from_slice(&values);
+    }
+
+    fn add(&mut self, model: &Vit, x: Tensor<4>, features: &[Feature], last_layers: usize) {
+        let out = model.forward_features(x.clone(), None);
+        let [b, d] = out.cls.dims();
+        for f in features {
+            let t = match f {
+                Feature::Cls => out.cls.clone().reshape([b, 1, d]),
+                Feature::PatchMean => out.patches.clone().mean_dim(1),
+                Feature::PatchTokens => out.patches.clone(),
+                Feature::Registers => out.registers.clone(),
+            };
+            self.push(f.key(), t);
+        }
+        if last_layers > 0 {
+            let r = model.config().num_register_tokens;
+            let layers = model.intermediate_layers(x, last_layers);
+            for (i, t) in layers.into_iter().enumerate() {
+                let [b, n, d] = t.dims();
+                let k = last_layers - i;
+                self.push(
+                    &format!("layer-{k}.cls"),
+                    t.clone().slice([0..b, 0..1, 0..d]),
+                );
+                self.push(
+                    &format!("layer-{k}.patch_mean"),
+                    t.slice([0..b, 1 + r..n, 0..d]).mean_dim(1),
+                );
+            }
+        }
+    }
+
+    fn write(&self, output: &Path, model: &Path, size: (u32, u32)) -> anyhow::Result<()> {
+        let n = self.keys.len();
+        let shape = |s: &[usize]| {
+            let mut full = vec![n];
+            full.extend(s.iter().copied().filter(|&d| d != 1 || s.len() == 1));
+            if s == [1, s[1]] { vec![n, s[1]] } else { full }
+        };
+        let is_npy = output.extension().is_some_and(|e| e == "npy");
+        if is_npy {
+            let stem = output.with_extension("");
+            for (name, (s, v)) in &self.tensors {
+                let path = PathBuf::from(format!("{}.{name}.npy", stem.display()));
+                write_atomic(&path, &npy(&shape(s), v))
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            let keys = PathBuf::from(format!("{}.keys.txt", stem.display()));
+            write_atomic(&keys, (self.keys.join("\n") + "\n").as_bytes())?;
+        } else {
+            let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = self
+                .tensors
+                .iter()
+                .map(|(k, (s, v))| (k.clone(), shape(s), v.clone()))
+                .collect();
+            let meta = serde_json::json!({
+                "keys": self.keys,
+                "model": model.display().to_string(),
+                "image_size": [size.1, size.0],
+            });
+            webssl_models::checkpoint::export::write_safetensors_with_metadata(
+                output,
+                &tensors,
+                &[("webssl", meta.to_string())],
+            )
+            .with_context(|| format!("writing {}", output.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// NumPy `.npy` v1.0, little-endian f32, C order.
+fn npy(shape: &[usize], values: &[f32]) -> Vec<u8> {
+    let dims = shape
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let dims = if shape.len() == 1 {
+        format!("{dims},")
+    } else {
+        dims
+    };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({dims}), }}");
+    // Pad so that magic (6) + version (2) + length (2) + header + '\n' is a multiple of 64.
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = Vec::with_capacity(10 + header.len() + values.len() * 4);
+    out.extend_from_slice(b"\x93NUMPY\x01\x00");
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
 }

@@ -2,5 +2,6 @@
 
 pub mod embed;
 pub mod eval;
+pub mod model;
 pub mod shards;
 pub mod synth;

@@ -64,6 +64,15 @@ pub fn torch_tensors(model: &Vit, layout: Layout) -> Result<Vec<(String, Vec<usi
 
 /// Writes `tensors` to `path` as safetensors (f32), atomically.
 pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<()> {
+    write_safetensors_with_metadata(path, tensors, &[])
+}
+
+/// As [`write_safetensors`], with extra `__metadata__` string entries.
+pub fn write_safetensors_with_metadata(
+    path: &Path,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    extra: &[(&str, String)],
+) -> Result<()> {
     let bytes: Vec<Vec<u8>> = tensors
         .iter()
         .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
@@ -77,7 +86,8 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]
                 .map_err(|e| ModelError::format(path, format!("tensor `{k}`: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let metadata = HashMap::from([("format".to_owned(), "pt".to_owned())]);
+    let mut metadata = HashMap::from([("format".to_owned(), "pt".to_owned())]);
+    metadata.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
     let data = safetensors::serialize(views, Some(metadata))
         .map_err(|e| ModelError::format(path, e.to_string()))?;
     write_atomic(path, &data)

@@ -1,0 +1,160 @@
+//! End to end: `webssl embed` on a folder of real photos with an HF checkpoint made by
+//! fixtures/backbones/make_backbones.py gives the same CLS features as `transformers` (preprocessing
+//! included), skips and lists bad files, and fails clearly on bad arguments.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use webssl_models::checkpoint::store::TensorStore;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/backbones")
+}
+
+fn webssl() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_webssl"))
+}
+
+#[test]
+fn embeds_a_folder_like_transformers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = tmp.path().join("imgs");
+    std::fs::create_dir(&imgs).unwrap();
+    for name in ["astronaut", "chelsea", "coffee"] {
+        std::fs::copy(
+            fixtures().join(format!("images/{name}.png")),
+            imgs.join(format!("{name}.png")),
+        )
+        .unwrap();
+    }
+    std::fs::write(imgs.join("broken.jpg"), b"\xff\xd8\xff\xe0 not really").unwrap();
+    std::fs::write(imgs.join("empty.png"), b"").unwrap();
+    let out = tmp.path().join("feats.safetensors");
+    for model in ["dinov2-reg4", "vit-p16"] {
+        let status = webssl()
+            .args(["embed", "--model"])
+            .arg(fixtures().join(model))
+            .arg("--input")
+            .arg(&imgs)
+            .arg("--output")
+            .arg(&out)
+            .args(["--features", "cls,patch-tokens", "--batch-size", "2"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&status.stdout);
+        assert!(
+            status.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        assert!(stdout.contains("embedded 3 images (2 skipped)"), "{stdout}");
+        assert!(
+            stdout.contains("broken.jpg") && stdout.contains("empty.png"),
+            "{stdout}"
+        );
+
+        let feats = TensorStore::open_file(&out).unwrap();
+        let reference =
+            TensorStore::open_file(&fixtures().join(model).join("reference.safetensors")).unwrap();
+        let (cls_shape, cls) = feats.read_f32("cls").unwrap();
+        let (tok_shape, tokens) = feats.read_f32("patch_tokens").unwrap();
+        let d = cls_shape[1];
+        assert_eq!(cls_shape[0], 3);
+        // Sorted folder order: astronaut, chelsea, coffee.
+        for (i, name) in ["astronaut", "chelsea", "coffee"].iter().enumerate() {
+            let (shape, hidden) = reference
+                .read_f32(&format!("{name}.native.hidden"))
+                .unwrap();
+            let seq = shape[1];
+            let regs = seq - 1 - tok_shape[1];
+            let want_cls = &hidden[..d];
+            let want_tokens = &hidden[(1 + regs) * d..];
+            let got_tokens = &tokens[i * tok_shape[1] * d..(i + 1) * tok_shape[1] * d];
+            let scale = hidden.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let err = cls[i * d..(i + 1) * d]
+                .iter()
+                .zip(want_cls)
+                .chain(got_tokens.iter().zip(want_tokens))
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                err / scale <= 1e-4,
+                "{model} {name}: relative error {}",
+                err / scale
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_arguments_fail_with_a_clear_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = fixtures().join("images");
+    let run = |args: &[&str]| {
+        let out = webssl().args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let missing = tmp.path().join("no-such-model");
+    let err = run(&[
+        "embed",
+        "--model",
+        missing.to_str().unwrap(),
+        "--input",
+        imgs.to_str().unwrap(),
+        "--output",
+        "/tmp/x.safetensors",
+    ]);
+    assert!(err.contains("no-such-model"), "{err}");
+    let model = fixtures().join("dinov2-gelu");
+    let err = run(&[
+        "embed",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        imgs.to_str().unwrap(),
+        "--output",
+        "/nonexistent-dir/x.safetensors",
+    ]);
+    assert!(err.contains("/nonexistent-dir"), "{err}");
+    let err = run(&[
+        "embed",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        imgs.to_str().unwrap(),
+        "--output",
+        tmp.path().join("x.safetensors").to_str().unwrap(),
+        "--resolution",
+        "50",
+    ]);
+    assert!(err.contains("multiple of the patch size 14"), "{err}");
+}
+
+#[test]
+fn npy_output_is_readable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("feats.npy");
+    let status = webssl()
+        .args(["embed", "--model"])
+        .arg(fixtures().join("dinov2-gelu"))
+        .arg("--input")
+        .arg(fixtures().join("images"))
+        .arg("--output")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let bytes = std::fs::read(tmp.path().join("feats.cls.npy")).unwrap();
+    assert_eq!(&bytes[..6], b"\x93NUMPY");
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
+    assert!(header.contains("'shape': (3, 48)"), "{header}");
+    assert_eq!((10 + header_len) % 64, 0);
+    assert_eq!(bytes.len() - 10 - header_len, 3 * 48 * 4);
+    let keys = std::fs::read_to_string(tmp.path().join("feats.keys.txt")).unwrap();
+    assert_eq!(keys, "astronaut\nchelsea\ncoffee\n");
+}
