@@ -1,1 +1,19 @@
-//! placeholder
+//! webssl-train: pretraining objectives (DINOv2 = DINO + iBOT + KoLeo, MAE, CLIP), teacher EMA,
+//! schedules, parameter groups, the optimizer, gradient clipping, and the run directory (config,
+//! metrics, TensorBoard events, atomic checkpoints with resume).
+
+pub mod error;
+
+pub mod objectives;
+
+pub mod clip_grad;
+pub mod ema;
+pub mod optim;
+pub mod param_groups;
+pub mod schedule;
+
+pub mod run;
+
+pub mod dino;
+
+pub use error::{Result, TrainError};

@@ -1,0 +1,1 @@
+//! The DINOv2 / Web-DINO trainer. Not yet implemented.

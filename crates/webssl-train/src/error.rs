@@ -1,0 +1,33 @@
+//! The crate's one error type; every variant names the file, field or step at fault.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = TrainError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    /// A configuration value that is missing, malformed or out of range; names the field.
+    #[error("invalid config `{field}`: {reason}")]
+    Config { field: String, reason: String },
+    /// A checkpoint or run directory that cannot be used (corrupt, incompatible, wrong world size).
+    #[error("checkpoint {}: {reason}", path.display())]
+    Checkpoint { path: PathBuf, reason: String },
+    /// A non-finite loss or gradient; training stops and the last good checkpoint is kept.
+    #[error("step {step}: {what} is not finite ({value})")]
+    NonFinite { step: u64, what: String, value: f64 },
+    #[error(transparent)]
+    Model(#[from] webssl_models::ModelError),
+    #[error(transparent)]
+    Data(#[from] webssl_data::DataError),
+}
+
+impl TrainError {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        TrainError::Io { path: path.into(), source }
+    }
+    pub fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        TrainError::Config { field: field.into(), reason: reason.into() }
+    }
+}

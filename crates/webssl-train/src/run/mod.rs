@@ -1,0 +1,1 @@
+//! Run directory: config, metrics, TensorBoard events, checkpoints. Not yet implemented.
