@@ -144,9 +144,10 @@ pub(crate) fn draw(c: &mut Canvas, rng: &mut SynthRng) -> Drawn {
                     0.0
                 };
                 let x_start = lx0 + indent + first_indent;
-                // Last line of a paragraph runs short.
-                let avail = (lx1 - x_start)
-                    * if li + 1 == n_lines {
+                // The last line of a multi-line paragraph runs short.
+                let full = lx1 - x_start;
+                let avail = full
+                    * if li + 1 == n_lines && n_lines > 1 {
                         rng.range(0.3, 0.9)
                     } else {
                         1.0
@@ -168,7 +169,9 @@ pub(crate) fn draw(c: &mut Canvas, rng: &mut SynthRng) -> Drawn {
                     } else {
                         format!("{line} {word}")
                     };
-                    if font::width(Face::Serif, bpx, &candidate) > avail {
+                    // Every line gets at least one word if one fits the column at all.
+                    let limit = if line.is_empty() { full } else { avail };
+                    if font::width(Face::Serif, bpx, &candidate) > limit {
                         break;
                     }
                     line = candidate;

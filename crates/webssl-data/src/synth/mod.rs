@@ -54,6 +54,7 @@ mod rng;
 pub mod scene;
 pub mod sign;
 pub mod words;
+mod write;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -66,6 +67,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{DataError, Result};
 use canvas::{Canvas, to_u8};
 use rng::SynthRng;
+pub use write::{SynthRecord, SynthSummary, record_file, sample_key, validate_split, write_shards};
 
 /// Generator identifier stored in every sample's metadata; bump with the [`rng`] domain tag.
 pub const GENERATOR: &str = "webssl-synth/1";

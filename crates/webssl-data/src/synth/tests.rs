@@ -366,3 +366,114 @@ fn extreme_sizes_render() {
         }
     }
 }
+
+fn read_dir_bytes(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn read_samples(dir: &std::path::Path) -> Vec<crate::shards::Sample> {
+    let index = crate::shards::ShardIndex::load(dir).unwrap();
+    index
+        .paths(dir)
+        .iter()
+        .flat_map(|p| {
+            crate::shards::ShardReader::open(p)
+                .unwrap()
+                .map(|r| r.unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn shards_are_byte_identical_and_extend() {
+    use crate::shards::ShardLimits;
+    let c = cfg(42, 48, Mix::full());
+    let limits = ShardLimits {
+        max_samples: Some(7),
+        max_bytes: None,
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b, d, e) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("d"),
+        tmp.path().join("e"),
+    );
+    let mut calls = Vec::new();
+    let (sum, index) = write_shards(&a, &c, 20, "train", limits, &mut |n| calls.push(n)).unwrap();
+    assert_eq!(*calls.last().unwrap(), 20);
+    write_shards(&b, &c, 20, "train", limits, &mut |_| {}).unwrap();
+    let (fa, fb) = (read_dir_bytes(&a), read_dir_bytes(&b));
+    assert_eq!(
+        fa.keys().collect::<Vec<_>>(),
+        [
+            "index.json",
+            "synth-train.json",
+            "train-000000.tar",
+            "train-000001.tar",
+            "train-000002.tar"
+        ]
+    );
+    assert_eq!(fa, fb, "same arguments must give the same bytes");
+    assert_eq!(index.total_samples(), 20);
+    assert_eq!((sum.samples, sum.shards), (20, 3));
+    assert_eq!(sum.per_category.iter().sum::<u64>(), 20);
+    assert_eq!(sum.per_class.iter().sum::<u64>(), 20);
+    assert_eq!(
+        sum.bytes,
+        fa.iter()
+            .filter(|(k, _)| k.ends_with(".tar"))
+            .map(|(_, v)| v.len() as u64)
+            .sum::<u64>()
+    );
+
+    // Another seed: different shard bytes.
+    write_shards(
+        &d,
+        &cfg(43, 48, Mix::full()),
+        20,
+        "train",
+        limits,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_ne!(
+        read_dir_bytes(&d)["train-000000.tar"],
+        fa["train-000000.tar"]
+    );
+
+    // 20 + 9 samples: the first 20 samples are the same, member for member.
+    write_shards(&e, &c, 29, "train", limits, &mut |_| {}).unwrap();
+    let (sa, se) = (read_samples(&a), read_samples(&e));
+    assert_eq!(se.len(), 29);
+    assert_eq!(sa[..], se[..20]);
+    assert_eq!(se[3].key, "train-00000003");
+    let meta: SampleMeta = serde_json::from_slice(&se[3].files["json"]).unwrap();
+    assert_eq!(meta.index, 3);
+
+    // The record names the vocabularies and repeats the summary.
+    let rec: SynthRecord = serde_json::from_slice(&fa["synth-train.json"]).unwrap();
+    assert_eq!((rec.seed, rec.size, rec.samples), (42, 48, 20));
+    assert_eq!(rec.summary, sum);
+    assert_eq!(rec.class_names.len(), CLASS_NAMES.len());
+    assert_eq!(rec.vocab.len(), words::VOCAB.len());
+
+    // A held-out split can share the directory: both are indexed.
+    let (_, idx) =
+        write_shards(&a, &cfg(1, 48, Mix::full()), 5, "val", limits, &mut |_| {}).unwrap();
+    assert_eq!(idx.total_samples(), 25);
+    assert!(
+        validate_split("a.b").is_err()
+            && validate_split("").is_err()
+            && validate_split("val-2").is_ok()
+    );
+}
