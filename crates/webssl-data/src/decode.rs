@@ -23,8 +23,11 @@
 //!   [`DEFAULT_MAX_PIXELS`] equals Pillow's `DecompressionBombError` threshold
 //!   (`2 * MAX_IMAGE_PIXELS`, `PIL/Image.py::_decompression_bomb_check`).
 //!
-//! Deviation: for a GIF whose first frame is smaller than the logical screen, `image` composes it
-//! on a transparent-black canvas, while Pillow fills the canvas from the background colour index.
+//! Deviations: for a GIF whose first frame is smaller than the logical screen, `image` composes it
+//! on a transparent-black canvas, while Pillow fills the canvas from the frame's transparency (or
+//! background) index; a PNG missing its final `IEND` bytes is an error here but loads in Pillow.
+//! A JPEG without an end-of-image marker after its last scan is rejected as truncated: zune-jpeg
+//! would pad it with grey and succeed, where Pillow raises `image file is truncated`.
 
 use std::io::Cursor;
 
