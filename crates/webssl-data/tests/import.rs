@@ -157,6 +157,16 @@ fn build_from_damaged_shard_keeps_what_is_before_the_damage() {
                 .with("cls", format!("{i}")),
         )
         .unwrap();
+        // Corrupt and zero-byte image members between the good samples.
+        match i {
+            0 => w
+                .write(&Sample::new("bad0").with("png", &b"\x89PNG garbage"[..]))
+                .unwrap(),
+            1 => w
+                .write(&Sample::new("bad1").with("jpg", Vec::new()))
+                .unwrap(),
+            _ => {}
+        }
     }
     w.finish().unwrap();
     let tar = shards.join("in-000000.tar");
@@ -172,7 +182,21 @@ fn build_from_damaged_shard_keeps_what_is_before_the_damage() {
         &mut |_, _| {},
     )
     .unwrap();
-    assert_eq!((report.kept, report.skipped), (3, 1));
+    assert_eq!((report.kept, report.skipped), (3, 3));
+    let whats: Vec<&str> = report
+        .skipped_items
+        .iter()
+        .map(|(w, _)| w.as_str())
+        .collect();
+    assert!(
+        whats[0].ends_with("in-000000.tar:bad0") && whats[1].ends_with("in-000000.tar:bad1"),
+        "{whats:?}"
+    );
+    assert!(
+        report.skipped_items[2].1.contains("truncated"),
+        "{:?}",
+        report.skipped_items[2]
+    );
     let labels: Vec<i64> = read_samples(&out)
         .iter()
         .map(|s| s.label().unwrap())
