@@ -36,6 +36,11 @@
 //! **Collation** follows dinov2's `collate_data_and_cast`: views are stacked *view-major*, i.e. for a
 //! group of `V` views the buffer is `[V·B, C, H, W]` with view `v` of image `i` at row `v·B + i`.
 //!
+//! **Plugging in**: the source is a [`ShardSource`] ([`TarShards`] over a shard directory's
+//! `index.json`, [`MemorySource`] for tests and benchmarks); the per-sample transform is a
+//! [`SampleTransform`] ([`DinoViews`] wraps [`DinoAugment`], [`SingleView`] the MAE/CLIP crop);
+//! decoding is a [`DecodeFn`] (default [`pil_decoder`], PIL `convert("RGB")` semantics).
+//!
 //! Memory: each reader's shuffle buffer holds up to `shuffle_buffer` raw (encoded) samples, e.g.
 //! 1000 × ~100 kB = 100 MB per logical worker.
 //!
@@ -43,8 +48,8 @@
 //! reference/ecosystem-and-style.md P3 (resume), P5 (splitting), P6 (loader wait fraction).
 
 use std::collections::BTreeMap;
-use std::io::Cursor;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -55,6 +60,7 @@ use image::RgbImage;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::augment::{DinoAugment, SingleViewTransform};
 use crate::error::{DataError, Result};
 use crate::masks::{
     IbotMaskConfig, IbotMasks, MaeMask, MaeMasks, MaskingGenerator, collate_ibot_masks,
@@ -64,6 +70,7 @@ use crate::sampler::{
     EpochAddr, PartEpoch, SampleAddr, Sampler, SamplerConfig, SamplerCursor, WorkerCursor,
     rng_stream,
 };
+use crate::shards::{ShardIndex, ShardReader};
 
 /// The parts of a sample the loader uses.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -127,6 +134,67 @@ impl ShardSource for MemorySource {
     }
 }
 
+/// WebDataset tar shards of one directory, sized by its `index.json` ([`crate::shards`]).
+///
+/// Position semantics: the index counts the samples the reader yields as `Ok`, so sample-level
+/// errors (e.g. a duplicated member) are dropped here (logged with `shard:key`) and do not take a
+/// position; damage (truncation, bad checksum) ends the shard, and the loader skips the indexed
+/// samples that are missing, naming them `shard:#index`.
+#[derive(Clone, Debug)]
+pub struct TarShards {
+    index: ShardIndex,
+    paths: Vec<PathBuf>,
+}
+
+impl TarShards {
+    /// Opens `dir/index.json`.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        let index = ShardIndex::load(dir.as_ref())?;
+        Ok(Self::from_index(dir, index))
+    }
+
+    /// Shards listed in `index`, relative to `dir`.
+    pub fn from_index(dir: impl AsRef<Path>, index: ShardIndex) -> Self {
+        let paths = index.paths(dir);
+        Self { index, paths }
+    }
+
+    pub fn index(&self) -> &ShardIndex {
+        &self.index
+    }
+}
+
+impl ShardSource for TarShards {
+    fn num_shards(&self) -> usize {
+        self.index.shards.len()
+    }
+    fn shard_len(&self, shard: usize) -> u64 {
+        self.index.shards[shard].samples
+    }
+    fn shard_name(&self, shard: usize) -> String {
+        self.index.shards[shard].file.clone()
+    }
+    fn open(&self, shard: usize) -> Result<ShardMembers> {
+        let members = ShardReader::open(&self.paths[shard])?;
+        Ok(Box::new(members.filter_map(|item| match item {
+            Ok(mut sample) => {
+                let image = sample.image_bytes().map(|(ext, _)| ext.to_string());
+                Some(Ok(RawSample {
+                    caption: sample.caption().map(str::to_string),
+                    label: sample.label(),
+                    image: image.and_then(|ext| sample.files.remove(&ext)),
+                    key: std::mem::take(&mut sample.key),
+                }))
+            }
+            Err(DataError::Sample { what, reason }) => {
+                tracing::warn!(%what, %reason, "sample not in the index, dropped");
+                None
+            }
+            Err(e) => Some(Err(e)),
+        })))
+    }
+}
+
 /// Shape of one view, `C × H × W`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ViewShape {
@@ -169,25 +237,89 @@ pub trait SampleTransform: Send + Sync {
     fn apply(&self, image: &RgbImage, rng: &mut ChaCha8Rng, out: &mut [&mut [f32]]) -> Result<()>;
 }
 
+/// DINOv2 multi-crop as a loader transform: groups `global` (2 views) and `local` (`n_local`).
+pub struct DinoViews {
+    aug: DinoAugment,
+    groups: Vec<ViewGroup>,
+}
+
+impl DinoViews {
+    pub fn new(aug: DinoAugment) -> Self {
+        let c = aug.config();
+        let (g, l) = (c.global_size as usize, c.local_size as usize);
+        let groups = vec![
+            ViewGroup {
+                name: "global".into(),
+                count: 2,
+                shape: ViewShape::new(3, g, g),
+            },
+            ViewGroup {
+                name: "local".into(),
+                count: c.n_local,
+                shape: ViewShape::new(3, l, l),
+            },
+        ];
+        Self { aug, groups }
+    }
+}
+
+impl SampleTransform for DinoViews {
+    fn groups(&self) -> &[ViewGroup] {
+        &self.groups
+    }
+    fn apply(&self, image: &RgbImage, rng: &mut ChaCha8Rng, out: &mut [&mut [f32]]) -> Result<()> {
+        let [g0, g1, local @ ..] = out else {
+            return Err(DataError::Config {
+                field: "views".into(),
+                reason: "DINO needs 2 global views".into(),
+            });
+        };
+        self.aug
+            .apply_into(image, rng, [&mut **g0, &mut **g1], local)
+            .map(|_| ())
+    }
+}
+
+/// One random view (MAE or CLIP crop) as a loader transform: group `view` with one view.
+pub struct SingleView {
+    t: SingleViewTransform,
+    groups: Vec<ViewGroup>,
+}
+
+impl SingleView {
+    pub fn new(t: SingleViewTransform) -> Result<Self> {
+        t.validate()?;
+        let s = t.size as usize;
+        let groups = vec![ViewGroup {
+            name: "view".into(),
+            count: 1,
+            shape: ViewShape::new(3, s, s),
+        }];
+        Ok(Self { t, groups })
+    }
+}
+
+impl SampleTransform for SingleView {
+    fn groups(&self) -> &[ViewGroup] {
+        &self.groups
+    }
+    fn apply(&self, image: &RgbImage, rng: &mut ChaCha8Rng, out: &mut [&mut [f32]]) -> Result<()> {
+        let [view] = out else {
+            return Err(DataError::Config {
+                field: "views".into(),
+                reason: "a single-view transform".into(),
+            });
+        };
+        self.t.apply_into(image, rng, view).map(|_| ())
+    }
+}
+
 /// Image decoder: bytes and a `shard:key` label → RGB.
 pub type DecodeFn = Arc<dyn Fn(&[u8], &str) -> Result<RgbImage> + Send + Sync>;
 
-/// Decoding with the `image` crate, format sniffed from the bytes, allocation capped at
-/// `max_pixels · 4` bytes (a decompression-bomb guard).
-pub fn image_crate_decoder(max_pixels: u64) -> DecodeFn {
-    Arc::new(move |bytes: &[u8], what: &str| {
-        let err = |e: &dyn std::fmt::Display| DataError::Decode {
-            what: what.to_string(),
-            reason: e.to_string(),
-        };
-        let mut reader = image::ImageReader::new(Cursor::new(bytes))
-            .with_guessed_format()
-            .map_err(|e| err(&e))?;
-        let mut limits = image::Limits::default();
-        limits.max_alloc = Some(max_pixels.saturating_mul(4));
-        reader.limits(limits);
-        Ok(reader.decode().map_err(|e| err(&e))?.to_rgb8())
-    })
+/// [`crate::decode::decode_rgb`] (PIL `convert("RGB")` semantics, header-first pixel cap).
+pub fn pil_decoder(max_pixels: u64) -> DecodeFn {
+    Arc::new(move |bytes: &[u8], what: &str| crate::decode::decode_rgb(bytes, what, max_pixels))
 }
 
 /// Token masks drawn with each batch.
@@ -222,7 +354,7 @@ pub struct LoaderConfig {
 }
 
 impl LoaderConfig {
-    /// Defaults for `batch_size`: threads = available cores, prefetch 4 batches, 200 MP decode cap.
+    /// Defaults for `batch_size`: threads = available cores, prefetch 4 batches, Pillow's pixel cap.
     pub fn new(batch_size: usize) -> Self {
         let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
         Self {
@@ -231,7 +363,7 @@ impl LoaderConfig {
             prefetch_samples: 4 * batch_size.max(1),
             reader_queue: 64,
             max_skip_log: 1000,
-            decode: image_crate_decoder(178_956_970),
+            decode: pil_decoder(crate::decode::DEFAULT_MAX_PIXELS),
         }
     }
 }
@@ -344,7 +476,7 @@ struct Done {
 }
 
 /// Sequential reader of one worker's shards, seeking forward by skipping members.
-struct ShardReader {
+struct MemberReader {
     source: Arc<dyn ShardSource>,
     shard: Option<u32>,
     members: Option<ShardMembers>,
@@ -354,7 +486,7 @@ struct ShardReader {
     broken: Option<String>,
 }
 
-impl ShardReader {
+impl MemberReader {
     fn new(source: Arc<dyn ShardSource>) -> Self {
         Self {
             source,
@@ -414,7 +546,7 @@ impl ShardReader {
 }
 
 /// After a resume, fills the placeholders in the shuffle buffer, one forward pass per shard.
-fn materialize(part: &mut PartEpoch<Slot>, reader: &mut ShardReader) {
+fn materialize(part: &mut PartEpoch<Slot>, reader: &mut MemberReader) {
     let items = part.buffer_mut().items_mut();
     let mut pending: Vec<(SampleAddr, usize)> = items
         .iter()
@@ -439,7 +571,7 @@ fn reader_main(
     read: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 ) {
-    let mut reader = ShardReader::new(source);
+    let mut reader = MemberReader::new(source);
     let mut stream = sampler.worker_stream(worker, at, Slot::Pending);
     materialize(stream.part_mut(), &mut reader);
     while !stop.load(Ordering::Relaxed) {

@@ -459,3 +459,98 @@ fn cursor_for_another_layout_is_rejected() {
     .expect("mismatch");
     assert!(err.to_string().contains("num_workers"), "{err}");
 }
+
+#[test]
+fn real_tar_shards_with_the_dino_and_mae_augmentations() {
+    use webssl_data::augment::{DinoAugConfig, DinoAugment, SingleViewTransform};
+    use webssl_data::loader::{DinoViews, SingleView, TarShards};
+    use webssl_data::shards::{Sample, ShardLimits, ShardWriter};
+
+    let dir = tempfile::tempdir().unwrap();
+    let limits = ShardLimits {
+        max_samples: Some(5),
+        max_bytes: None,
+    };
+    let mut w = ShardWriter::create(dir.path(), "train", limits).unwrap();
+    for id in 0..23u8 {
+        let s = Sample::new(format!("s{id:03}"))
+            .with("png", png(id))
+            .with("txt", format!("caption {id}"))
+            .with("cls", format!("{}", id % 3));
+        w.write(&s).unwrap();
+        if id == 11 {
+            w.write(
+                &Sample::new("corrupt").with("jpg", b"\xff\xd8\xff\xe0 not really a jpeg".to_vec()),
+            )
+            .unwrap();
+        }
+    }
+    w.finish().unwrap();
+    let src = Arc::new(TarShards::open(dir.path()).unwrap());
+    assert_eq!(src.index().total_samples(), 24);
+
+    let aug = DinoAugConfig {
+        global_size: 16,
+        local_size: 8,
+        n_local: 2,
+        ..DinoAugConfig::default()
+    };
+    let dino = Arc::new(DinoViews::new(DinoAugment::new(aug).unwrap()));
+    let masks = MaskSpec::Ibot {
+        generator: MaskingGenerator::dinov2(16, 4).unwrap(),
+        config: IbotMaskConfig::default(),
+        group: 0,
+    };
+    let run = |threads: usize, n: usize| {
+        let mut l = Loader::new(
+            src.clone(),
+            sampler_cfg(0, 1, 2, 4),
+            dino.clone(),
+            masks.clone(),
+            loader_cfg(4, threads),
+            None,
+        )
+        .unwrap();
+        let batches = take(&mut l, n);
+        (batches, l.stats())
+    };
+    let (one, stats) = run(1, 6);
+    let (three, _) = run(3, 6);
+    assert_eq!(one, three, "identical for 1 and 3 decode threads");
+    let b = &one[0];
+    assert_eq!(b.views[0].len(), 2 * 4 * 3 * 16 * 16);
+    assert_eq!(b.views[1].len(), 2 * 4 * 3 * 8 * 8);
+    assert!(b.views[0].iter().all(|v| v.is_finite()) && b.views[0].iter().any(|&v| v != 0.0));
+    assert_eq!(b.ibot.as_ref().unwrap().n_crops, 8);
+    let id: u8 = b.keys[0][1..].parse().unwrap();
+    assert_eq!(
+        b.captions[0].as_deref(),
+        Some(format!("caption {id}").as_str())
+    );
+    assert_eq!(b.labels[0], Some(i64::from(id % 3)));
+    // 6 batches of 4 = the 23 good samples and one more: the corrupt JPEG was met and named.
+    assert_eq!(stats.samples_skipped, 1, "{:?}", stats.skipped);
+    assert!(
+        stats.skipped[0].what.ends_with(".tar:corrupt"),
+        "{:?}",
+        stats.skipped[0]
+    );
+
+    let mae = Arc::new(SingleView::new(SingleViewTransform::mae(16)).unwrap());
+    let mut l = Loader::new(
+        src.clone(),
+        sampler_cfg(0, 1, 1, 0),
+        mae,
+        MaskSpec::Mae {
+            n_tokens: 16,
+            mask_ratio: 0.75,
+        },
+        loader_cfg(5, 2),
+        None,
+    )
+    .unwrap();
+    let b = l.next_batch().unwrap();
+    assert_eq!(b.views.len(), 1);
+    assert_eq!(b.views[0].len(), 5 * 3 * 16 * 16);
+    assert_eq!(b.mae.unwrap().len_keep, 4);
+}
