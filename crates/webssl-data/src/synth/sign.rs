@@ -7,7 +7,7 @@
 //! The first word (top line, or left on a shared line) is `labels.word`.
 
 use super::background;
-use super::canvas::{Canvas, Label, Mask, circle, oriented, rect, rounded_rect};
+use super::canvas::{Canvas, Label, Mask, Pt, circle, oriented, rect, rotated, rounded_rect};
 use super::font::{self, Face};
 use super::palette::{COLOR_NAMES, contrasting_ink, hsv, jittered, shade};
 use super::rng::SynthRng;
@@ -84,6 +84,17 @@ pub(crate) fn draw(c: &mut Canvas, rng: &mut SynthRng) -> Drawn {
     let mut panel_w = block_w + 2.0 * pad_x;
     let panel_h = block_h + 2.0 * pad_y + picture_h;
 
+    // Tilt: half the boards, labels and posters lean by up to ±10° (banners stay level).
+    let angle = if kind_name != "banner" && rng.chance(0.5) {
+        rng.range(-0.18, 0.18)
+    } else {
+        0.0
+    };
+    let tip = if kind_name == "label" {
+        panel_h * 0.45
+    } else {
+        0.0
+    };
     let place = |rng: &mut SynthRng, extent: f32| {
         let margin = 0.03 * s;
         if extent + 2.0 * margin < s {
@@ -98,22 +109,24 @@ pub(crate) fn draw(c: &mut Canvas, rng: &mut SynthRng) -> Drawn {
         x0 = -2.0;
         y0 = place(rng, panel_h);
     } else {
-        x0 = place(
-            rng,
-            panel_w
-                + if kind_name == "label" {
-                    panel_h * 0.45
-                } else {
-                    0.0
-                },
-        ) + if kind_name == "label" {
-            panel_h * 0.45
-        } else {
-            0.0
-        };
-        y0 = place(rng, panel_h);
+        // Place the bounding box of the tilted panel (tag tip included) inside the image.
+        let total_w = panel_w + tip;
+        let (sn, cs) = (angle.sin().abs(), angle.cos());
+        let (w_eff, h_eff) = (total_w * cs + panel_h * sn, total_w * sn + panel_h * cs);
+        let bx = place(rng, w_eff);
+        let by = place(rng, h_eff);
+        x0 = bx + w_eff / 2.0 - total_w / 2.0 + tip;
+        y0 = by + h_eff / 2.0 - panel_h / 2.0;
     }
     let (x1, y1) = (x0 + panel_w, y0 + panel_h);
+    let (pcx, pcy) = ((x0 + x1) / 2.0, (y0 + y1) / 2.0);
+    let tilt = |c: Vec<Pt>| {
+        if angle == 0.0 {
+            c
+        } else {
+            rotated(c, pcx, pcy, angle)
+        }
+    };
 
     // Panel colour: a named saturated colour, near-white or near-black.
     let (panel, color_name) = match rng.index(4) {
@@ -141,7 +154,6 @@ pub(crate) fn draw(c: &mut Canvas, rng: &mut SynthRng) -> Drawn {
         "board" => vec![rounded_rect(x0, y0, x1, y1, rng.range(0.0, 0.25) * panel_h)],
         "label" => {
             // A luggage tag: point on the left with a punched hole.
-            let tip = panel_h * 0.45;
             let cy = (y0 + y1) / 2.0;
             let body = oriented(
                 vec![(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0 - tip, cy)],
@@ -153,15 +165,15 @@ pub(crate) fn draw(c: &mut Canvas, rng: &mut SynthRng) -> Drawn {
             );
             vec![body, hole]
         }
-        "poster" => vec![rect(x0, y0, x1, y1)],
         _ => vec![rect(x0, y0, x1, y1)],
     };
+    let outline: Vec<Vec<Pt>> = outline.into_iter().map(tilt).collect();
     let mask = Mask::polygons(&outline);
     if kind_name == "board" && rng.chance(0.5) {
         // a post from the board down to the bottom edge
         let pw = (panel_w * 0.07).max(2.0);
         let cx = (x0 + x1) / 2.0;
-        let post = Mask::polygons(&[rect(cx - pw / 2.0, y1 - 1.0, cx + pw / 2.0, s + 1.0)]);
+        let post = Mask::polygons(&[tilt(rect(cx - pw / 2.0, y1 - 1.0, cx + pw / 2.0, y1 + s))]);
         c.paint_solid(
             &post,
             hsv(0.0, 0.0, rng.range(0.3, 0.6)),
@@ -191,10 +203,14 @@ pub(crate) fn draw(c: &mut Canvas, rng: &mut SynthRng) -> Drawn {
             panel_label,
         );
         let inner = match kind_name {
-            "board" => {
-                Mask::polygons(&[rounded_rect(x0 + b, y0 + b, x1 - b, y1 - b, 0.1 * panel_h)])
-            }
-            _ => Mask::polygons(&[rect(x0 + b, y0 + b, x1 - b, y1 - b)]),
+            "board" => Mask::polygons(&[tilt(rounded_rect(
+                x0 + b,
+                y0 + b,
+                x1 - b,
+                y1 - b,
+                0.1 * panel_h,
+            ))]),
+            _ => Mask::polygons(&[tilt(rect(x0 + b, y0 + b, x1 - b, y1 - b))]),
         };
         c.paint_solid(&inner, panel, panel_label);
     } else {
@@ -213,20 +229,18 @@ pub(crate) fn draw(c: &mut Canvas, rng: &mut SynthRng) -> Drawn {
             x0 + (panel_w - w) / 2.0
         };
         let baseline = y0 + pad_y + m.cap + i as f32 * line_h;
-        c.paint_solid(
-            &font::text_mask(Face::SansBold, px, line, x, baseline),
-            ink,
-            text_label,
-        );
+        let mask = font::text_mask(Face::SansBold, px, line, x, baseline).rotated(pcx, pcy, angle);
+        c.paint_solid(&mask, ink, text_label);
     }
     let mut picture = String::new();
     if kind_name == "poster" {
         let r = (picture_h * 0.3).min(panel_w * 0.3);
+        let centre = tilt(vec![(pcx, y1 - pad_y - picture_h / 2.0)])[0];
         let shape = Shape {
             kind: rng.index(SHAPES.len()),
             color: rng.index(COLOR_NAMES.len()),
-            cx: (x0 + x1) / 2.0,
-            cy: y1 - pad_y - picture_h / 2.0,
+            cx: centre.0,
+            cy: centre.1,
             r,
             rot: rng.range(0.0, std::f32::consts::TAU),
         };
@@ -257,6 +271,14 @@ pub(crate) fn draw(c: &mut Canvas, rng: &mut SynthRng) -> Drawn {
         subject
     };
     let first = words[0];
+    let pts = outline.iter().flatten();
+    let bbox = [
+        pts.clone().map(|p| p.0).fold(f32::MAX, f32::min),
+        pts.clone().map(|p| p.1).fold(f32::MAX, f32::min),
+        pts.clone().map(|p| p.0).fold(f32::MIN, f32::max),
+        pts.map(|p| p.1).fold(f32::MIN, f32::max),
+    ];
+    let anchor = tilt(vec![(pcx, y0 + pad_y / 2.0)])[0];
     Drawn {
         labels: Labels {
             word: Some(first.to_string()),
@@ -271,8 +293,8 @@ pub(crate) fn draw(c: &mut Canvas, rng: &mut SynthRng) -> Drawn {
             kind: kind_name.to_string(),
             color: color_name.map(str::to_string),
             text: Some(text),
-            bbox: [x0, y0, x1, y1],
-            anchor: [(x0 + x1) / 2.0, y0 + pad_y / 2.0],
+            bbox,
+            anchor: [anchor.0, anchor.1],
             seg: seg::PANEL,
             depth: super::canvas::to_u8(depth),
         }],
