@@ -328,14 +328,17 @@ fn check_box(iw: u32, ih: u32, w: u32, h: u32, b: [f32; 4]) -> Result<()> {
 
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
-/// Pillow's `clip8`: the accumulator carries 22 fractional bits; shift and clamp to 0..=255.
+/// Pillow's `clip8` (and torch's uint8 epilogue): the accumulator carries `precision` fractional
+/// bits; shift and clamp to 0..=255.
 #[inline(always)]
-fn clip8(v: i32) -> u8 {
-    (v >> PRECISION_BITS).clamp(0, 255) as u8
+fn clip8(v: i32, precision: u32) -> u8 {
+    (v >> precision).clamp(0, 255) as u8
 }
 
 /// Fixed-point taps for one axis: output `i` reads `n = bounds[i].1` inputs from `bounds[i].0`.
 struct Coeffs {
+    /// Fractional bits of the fixed-point taps (22 for Pillow, data-dependent for torch).
+    precision: u32,
     ksize: usize,
     bounds: Vec<(usize, usize)>,
     k: Vec<i32>,
@@ -376,7 +379,12 @@ fn precompute(in_size: usize, in0: f32, in1: f32, out_size: usize, filter: Filte
         }
         bounds.push((xmin, n));
     }
-    Coeffs { ksize, bounds, k }
+    Coeffs {
+        precision: PRECISION_BITS,
+        ksize,
+        bounds,
+        k,
+    }
 }
 
 /// `ImagingResampleInner` (or the NEAREST affine path) on a window of the source.
@@ -502,7 +510,7 @@ fn horizontal_pass<const C: usize>(
         for (xx, px) in out_row.chunks_exact_mut(C).enumerate() {
             let (xmin, n) = hor.bounds[xx];
             let k = &hor.k[xx * hor.ksize..xx * hor.ksize + n];
-            let mut acc = [1i32 << (PRECISION_BITS - 1); C];
+            let mut acc = [1i32 << (hor.precision - 1); C];
             let start = xmin - col_off;
             let seg = &in_row[start * C..(start + n) * C];
             for (p, &kx) in seg.chunks_exact(C).zip(k) {
@@ -511,7 +519,7 @@ fn horizontal_pass<const C: usize>(
                 }
             }
             for ch in 0..C {
-                px[ch] = clip8(acc[ch]);
+                px[ch] = clip8(acc[ch], hor.precision);
             }
         }
     }
@@ -528,7 +536,7 @@ fn vertical_pass<const C: usize>(src: View<'_>, vert: &Coeffs, row_off: usize) -
     for (yy, out_row) in out.chunks_exact_mut(row_len).enumerate() {
         let (ymin, n) = vert.bounds[yy];
         let k = &vert.k[yy * vert.ksize..yy * vert.ksize + n];
-        acc.fill(1i32 << (PRECISION_BITS - 1));
+        acc.fill(1i32 << (vert.precision - 1));
         for (y, &ky) in k.iter().enumerate() {
             let in_row = src.row(ymin + y - row_off, C);
             // Integer sums are exact, so accumulating row by row (vectorisable) gives Pillow's
@@ -538,10 +546,161 @@ fn vertical_pass<const C: usize>(src: View<'_>, vert: &Coeffs, row_off: usize) -
             }
         }
         for (o, &a) in out_row.iter_mut().zip(&acc) {
-            *o = clip8(a);
+            *o = clip8(a, vert.precision);
         }
     }
     out
+}
+
+/// torch's antialiased resize of a `uint8` image (`torchvision.transforms.v2.functional.resize` on a
+/// `uint8` tensor with `antialias=True`, CPU): what transformers ≥ 5's default (torchvision-backend)
+/// image processors run. Bilinear and bicubic only.
+///
+/// Reproduces ATen's uint8 path (`UpSampleKernel.cpp`: `_compute_index_ranges_int16_weights`,
+/// `basic_loop_aa_horizontal/vertical<uint8_t>`, and the AVX2 kernels ported from Pillow-SIMD,
+/// which compute the same integers): taps from the *torch* kernels in `f64` (bicubic `a = −0.5`
+/// written as `((a·x − 5a)·x + 8a)·x − 4a` on `[1, 2)`, which rounds differently from Pillow's
+/// form), `scale = in / out`, normalised, quantised to `i16` with the largest precision that keeps
+/// the biggest tap below 2¹⁵, horizontal pass then vertical (an unchanged axis skipped), `u8`
+/// intermediate. Bicubic always takes this path on CPU; bilinear does on AVX2/AVX-512/arm64 CPUs
+/// (torchvision `_do_native_uint8_resize_on_cpu`), elsewhere torch resizes in `f32` (not reproduced).
+/// Fixtures: `torch_resize` cases in `fixtures/augment`, bit-exact.
+pub fn torch_resize_u8<P: PilPixel>(
+    img: &ImageBuffer<P, Vec<u8>>,
+    w: u32,
+    h: u32,
+    filter: Filter,
+) -> Result<ImageBuffer<P, Vec<u8>>> {
+    let (iw, ih) = img.dimensions();
+    if w == 0 || h == 0 || iw == 0 || ih == 0 {
+        return Err(DataError::Config {
+            field: "size".into(),
+            reason: format!("resize {iw}x{ih} -> {w}x{h}: sizes must be at least 1x1"),
+        });
+    }
+    let interp_size = match filter {
+        Filter::Bilinear => 2,
+        Filter::Bicubic => 4,
+        other => {
+            return Err(DataError::Config {
+                field: "resample".into(),
+                reason: format!("torch uint8 resize supports bilinear and bicubic, not {other:?}"),
+            });
+        }
+    };
+    let c = P::CHANNEL_COUNT as usize;
+    let view = View {
+        data: img.as_raw(),
+        stride: iw as usize * c,
+        x0: 0,
+        y0: 0,
+        w: iw as usize,
+        h: ih as usize,
+    };
+    let (w, h) = (w as usize, h as usize);
+    let run = |view: View<'_>| -> Vec<u8> {
+        let mut cur: Option<Vec<u8>> = None;
+        let mut cur_w = view.w;
+        if w != view.w {
+            let hor = torch_coeffs(view.w, w, interp_size);
+            cur = Some(match c {
+                1 => horizontal_pass::<1>(view, &hor, 0, 0, view.h),
+                _ => horizontal_pass::<3>(view, &hor, 0, 0, view.h),
+            });
+            cur_w = w;
+        }
+        if h != view.h {
+            let vert = torch_coeffs(view.h, h, interp_size);
+            let src = match &cur {
+                Some(buf) => View {
+                    data: buf,
+                    stride: cur_w * c,
+                    x0: 0,
+                    y0: 0,
+                    w: cur_w,
+                    h: view.h,
+                },
+                None => view,
+            };
+            cur = Some(match c {
+                1 => vertical_pass::<1>(src, &vert, 0),
+                _ => vertical_pass::<3>(src, &vert, 0),
+            });
+        }
+        cur.unwrap_or_else(|| view.data.to_vec())
+    };
+    let out = run(view);
+    Ok(ImageBuffer::from_raw(w as u32, h as u32, out).expect("resample output has w*h*c elements"))
+}
+
+/// ATen `HelperInterpBase::_compute_index_ranges_weights` (antialias, `f64`) followed by the int16
+/// quantisation of `_compute_index_ranges_int16_weights`.
+fn torch_coeffs(in_size: usize, out_size: usize, interp_size: usize) -> Coeffs {
+    let filter = |x: f64| -> f64 {
+        let x = x.abs();
+        if interp_size == 2 {
+            return if x < 1.0 { 1.0 - x } else { 0.0 };
+        }
+        const A: f64 = -0.5;
+        if x < 1.0 {
+            ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+        } else if x < 2.0 {
+            ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A
+        } else {
+            0.0
+        }
+    };
+    let scale = in_size as f64 / out_size as f64;
+    let half = interp_size as f64 * 0.5;
+    let support = if scale >= 1.0 { half * scale } else { half };
+    let ksize = support.ceil() as usize * 2 + 1;
+    let invscale = if scale >= 1.0 { 1.0 / scale } else { 1.0 };
+    let mut wts = vec![0f64; out_size * ksize];
+    let mut bounds = Vec::with_capacity(out_size);
+    let mut wt_max = 0f64;
+    for i in 0..out_size {
+        let center = scale * (i as f64 + 0.5);
+        let xmin = ((center - support + 0.5) as i64).max(0);
+        let xsize = (((center + support + 0.5) as i64).min(in_size as i64) - xmin)
+            .clamp(0, ksize as i64) as usize;
+        let row = &mut wts[i * ksize..i * ksize + xsize];
+        let mut total = 0f64;
+        for (j, w) in row.iter_mut().enumerate() {
+            *w = filter(((j as i64 + xmin) as f64 - center + 0.5) * invscale);
+            total += *w;
+        }
+        if total != 0.0 {
+            for w in row.iter_mut() {
+                *w /= total;
+                wt_max = wt_max.max(*w);
+            }
+        }
+        bounds.push((xmin as usize, xsize));
+    }
+    let mut precision = 0u32;
+    while precision < 22 {
+        if (0.5 + wt_max * (1u64 << (precision + 1)) as f64) as i64 >= 1 << 15 {
+            break;
+        }
+        precision += 1;
+    }
+    let k = wts
+        .iter()
+        .map(|&w| {
+            let v = w * (1u64 << precision) as f64;
+            (if v < 0.0 {
+                (-0.5 + v) as i32
+            } else {
+                (0.5 + v) as i32
+            }) as i16 as i32
+        })
+        .collect();
+    Coeffs {
+        precision,
+        ksize,
+        bounds,
+        k,
+    }
 }
 
 /// Pillow `NEAREST` resize: `ImagingScaleAffine` with `a = [(x1-x0)/w, 0, x0, 0, (y1-y0)/h, y0]`.

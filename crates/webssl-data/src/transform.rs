@@ -17,9 +17,11 @@
 //!   The two crop rules differ when `in - out ≡ 3 (mod 4)` (e.g. 227 → 224: torchvision starts at 2,
 //!   HF at 1), hence [`CropRounding`]. The two rescale rules give identical `f32` for all 256 inputs
 //!   with factor `1/255` (asserted in the tests), so the normalised values agree exactly too.
-//!   `transformers` 5.x defaults to its torchvision-tensor backend (`BitImageProcessor` proper), which
-//!   resizes with torch's antialiased bicubic on tensors and fuses rescale into normalize; that path
-//!   is *not* reproduced here (it differs from PIL by up to a few `u8` levels), see the fixture report.
+//! - **HF torchvision backend** (`*ImageProcessorFast` in transformers 4.x, the default
+//!   `*ImageProcessor` in 5.x; [`HfBackend::Torchvision`]): torch's antialiased `uint8` resize
+//!   ([`crate::resize::torch_resize_u8`]; differs from Pillow by a level on some pixels), crop offset
+//!   `int((in - out) / 2.0)` with padding `(out - in) // 2` before, rescale fused into normalize:
+//!   `(f32(x) - f32(mean)·f32(1/factor)) / (f32(std)·f32(1/factor))`.
 //! - **webssl demos**: `Resize((s, s), BICUBIC)`, `ToTensor`, `Normalize(ImageNet)` ([`EvalTransform::square`]).
 //!
 //! `do_convert_rgb` is accepted but is decode's business: inputs here are already `RgbImage`.
@@ -27,7 +29,7 @@
 use image::{Rgb, RgbImage};
 use serde_json::Value;
 
-use crate::resize::{Filter, crop_resize, resize};
+use crate::resize::{Filter, PassOrder, crop_resize_with, resize, torch_resize_u8};
 use crate::{DataError, Result};
 
 // Statistics are written as the references write them (Python floats = f64) and cast to f32, as
@@ -81,8 +83,10 @@ pub fn resize_exact(img: &RgbImage, w: u32, h: u32, filter: Filter) -> RgbImage 
 pub enum CropRounding {
     /// `int(round((in - out) / 2))` (half to even); pad `(out - in) // 2` before.
     Torchvision,
-    /// `(in - out) // 2`; pad `ceil((out - in) / 2)` before.
+    /// `(in - out) // 2`; pad `ceil((out - in) / 2)` before (HF NumPy/PIL backend).
     HuggingFace,
+    /// `int((in - out) / 2.0)`; pad `(out - in) // 2` before (HF torchvision backend).
+    HuggingFaceTorchvision,
 }
 
 /// For one axis: (source start, destination start, length copied).
@@ -90,7 +94,7 @@ fn crop_axis(input: u32, out: u32, rule: CropRounding) -> (u32, u32, u32) {
     if out <= input {
         let d = input - out;
         let start = match rule {
-            CropRounding::HuggingFace => d / 2,
+            CropRounding::HuggingFace | CropRounding::HuggingFaceTorchvision => d / 2,
             // round-half-to-even of d/2: d odd gives x.5, rounded to the even neighbour.
             CropRounding::Torchvision => {
                 if d.is_multiple_of(2) {
@@ -105,7 +109,7 @@ fn crop_axis(input: u32, out: u32, rule: CropRounding) -> (u32, u32, u32) {
     } else {
         let d = out - input;
         let pad = match rule {
-            CropRounding::Torchvision => d / 2,
+            CropRounding::Torchvision | CropRounding::HuggingFaceTorchvision => d / 2,
             CropRounding::HuggingFace => d.div_ceil(2),
         };
         (0, pad, input)
@@ -139,8 +143,10 @@ pub fn center_crop_with(img: &RgbImage, w: u32, h: u32, rule: CropRounding) -> R
 pub enum Rescale {
     /// torchvision `ToTensor`: `f32(x) / 255` (true `f32` division).
     ToTensor,
-    /// HF `rescale`: `f32(f64(x) * factor)`.
+    /// HF `rescale` (NumPy backend): `f32(f64(x) * factor)`.
     Factor(f64),
+    /// HF `rescale` (torchvision backend): `f32(x) * factor` in `f32`.
+    FactorF32(f32),
     /// No rescale (`do_rescale: false`): `f32(x)`.
     None,
 }
@@ -153,6 +159,7 @@ impl Rescale {
             *v = match self {
                 Rescale::ToTensor => i as f32 / 255.0f32,
                 Rescale::Factor(f) => (i as f64 * f) as f32,
+                Rescale::FactorF32(f) => i as f32 * f,
                 Rescale::None => i as f32,
             };
         }
@@ -229,6 +236,36 @@ pub fn to_chw_f32(img: &RgbImage, mean: [f32; 3], std: [f32; 3], out: &mut [f32]
         .expect("to_chw_f32: output buffer must hold 3*w*h floats");
 }
 
+/// Which implementation resizes (they differ by a level on some pixels).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResizeBackend {
+    /// `PIL.Image.resize` (torchvision on PIL images, HF PIL/"slow" processors) with the given
+    /// separable pass order.
+    Pil(PassOrder),
+    /// torch's antialiased `uint8` resize (HF torchvision-backend processors, transformers ≥ 5).
+    TorchU8,
+}
+
+impl Default for ResizeBackend {
+    fn default() -> Self {
+        ResizeBackend::Pil(PassOrder::default())
+    }
+}
+
+/// Which HF image-processor implementation to reproduce.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HfBackend {
+    /// The PIL/NumPy path: `*ImageProcessor(use_fast=False)` in transformers 4.x,
+    /// `*ImageProcessorPil` in 5.x. What the webssl demos use.
+    #[default]
+    Pil,
+    /// The torchvision-tensor path: `*ImageProcessorFast` in 4.x, the default `*ImageProcessor`
+    /// in 5.x (uint8 tensor resize, floor crop offsets, rescale fused into normalize).
+    Torchvision,
+}
+
 /// Resize step of an [`EvalTransform`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ResizeMode {
@@ -243,6 +280,8 @@ pub enum ResizeMode {
 pub struct EvalTransform {
     pub resize: Option<ResizeMode>,
     pub filter: Filter,
+    #[serde(default)]
+    pub backend: ResizeBackend,
     pub crop: Option<(u32, u32)>,
     pub crop_rounding: CropRounding,
     pub normalize: Normalize,
@@ -273,6 +312,7 @@ impl EvalTransform {
         EvalTransform {
             resize: Some(ResizeMode::ShortestEdge(resize)),
             filter: Filter::Bicubic,
+            backend: ResizeBackend::default(),
             crop: Some((crop, crop)),
             crop_rounding: CropRounding::Torchvision,
             normalize: Normalize::torchvision(IMAGENET_MEAN, IMAGENET_STD),
@@ -284,6 +324,7 @@ impl EvalTransform {
         EvalTransform {
             resize: Some(ResizeMode::Exact { w: size, h: size }),
             filter: Filter::Bicubic,
+            backend: ResizeBackend::default(),
             crop: None,
             crop_rounding: CropRounding::Torchvision,
             normalize: Normalize::torchvision(IMAGENET_MEAN, IMAGENET_STD),
@@ -292,10 +333,16 @@ impl EvalTransform {
 
     /// Reads an HF `preprocessor_config.json` (`BitImageProcessor`, `ViTImageProcessor`,
     /// `CLIPImageProcessor`, with or without the `Fast`/`Pil` suffix; keys a config omits take the
-    /// class defaults). Reproduces the PIL path of those processors. Anything this cannot reproduce
-    /// (`longest_edge`, `do_pad`, `crop_pct`, unknown resample codes, ...) is a
-    /// [`DataError::Config`] naming the field.
+    /// class defaults). Reproduces the PIL path of those processors ([`HfBackend::Pil`], what
+    /// `use_fast=False` and the webssl demos run). Anything this cannot reproduce (`longest_edge`,
+    /// `do_pad`, `crop_pct`, unknown resample codes, ...) is a [`DataError::Config`] naming the field.
     pub fn from_hf_preprocessor_config(json: &Value) -> Result<Self> {
+        Self::from_hf_preprocessor_config_with(json, HfBackend::Pil)
+    }
+
+    /// [`Self::from_hf_preprocessor_config`] for either HF backend. [`HfBackend::Torchvision`]
+    /// supports `resample` 2 (bilinear) and 3 (bicubic) only.
+    pub fn from_hf_preprocessor_config_with(json: &Value, hf: HfBackend) -> Result<Self> {
         let obj = json
             .as_object()
             .ok_or_else(|| cfg_err("preprocessor_config", "expected a JSON object"))?;
@@ -446,12 +493,58 @@ impl EvalTransform {
         // `do_convert_rgb`: inputs are RgbImage already; only validate the type.
         bool_field("do_convert_rgb", true)?;
 
+        let normalize = match hf {
+            HfBackend::Pil => Normalize { rescale, mean, std },
+            HfBackend::Torchvision => {
+                if resize.is_some() && !matches!(filter, Filter::Bilinear | Filter::Bicubic) {
+                    return Err(cfg_err(
+                        "resample",
+                        format!(
+                            "the torchvision backend is reproduced for bilinear/bicubic only, not {filter:?}"
+                        ),
+                    ));
+                }
+                let normalizing = bool_field("do_normalize", true)?;
+                match rescale {
+                    // `torch.tensor(mean) * (1.0 / rescale_factor)`: an f32 tensor times a Python
+                    // float (cast to f32), then `(f32(x) - mean') / std'`.
+                    Rescale::Factor(f) if normalizing => {
+                        let inv = (1.0 / f) as f32;
+                        Normalize {
+                            rescale: Rescale::None,
+                            mean: mean.map(|m| m * inv),
+                            std: std.map(|s| s * inv),
+                        }
+                    }
+                    Rescale::Factor(f) => Normalize {
+                        rescale: Rescale::FactorF32(f as f32),
+                        mean,
+                        std,
+                    },
+                    other => Normalize {
+                        rescale: other,
+                        mean,
+                        std,
+                    },
+                }
+            }
+        };
+        let (backend, crop_rounding) = match hf {
+            HfBackend::Pil => (
+                ResizeBackend::Pil(PassOrder::default()),
+                CropRounding::HuggingFace,
+            ),
+            HfBackend::Torchvision => {
+                (ResizeBackend::TorchU8, CropRounding::HuggingFaceTorchvision)
+            }
+        };
         let t = EvalTransform {
             resize,
             filter,
+            backend,
             crop,
-            crop_rounding: CropRounding::HuggingFace,
-            normalize: Normalize { rescale, mean, std },
+            crop_rounding,
+            normalize,
         };
         t.validate()?;
         Ok(t)
@@ -494,15 +587,29 @@ impl EvalTransform {
         if img.width() == 0 || img.height() == 0 {
             return Err(cfg_err("image", "empty image"));
         }
-        let resized = match self.resize {
+        let target = match self.resize {
             Some(ResizeMode::ShortestEdge(s)) => {
-                let (w, h) = shortest_edge_size(img.width(), img.height(), s);
-                crop_resize(img, 0, 0, img.width(), img.height(), w, h, self.filter)?
+                Some(shortest_edge_size(img.width(), img.height(), s))
             }
-            Some(ResizeMode::Exact { w, h }) => {
-                crop_resize(img, 0, 0, img.width(), img.height(), w, h, self.filter)?
-            }
-            None => img.clone(),
+            Some(ResizeMode::Exact { w, h }) => Some((w, h)),
+            None => None,
+        };
+        let resized = match (target, self.backend) {
+            (None, _) => img.clone(),
+            (Some((w, h)), ResizeBackend::Pil(order)) => crop_resize_with(
+                img,
+                0,
+                0,
+                img.width(),
+                img.height(),
+                w,
+                h,
+                self.filter,
+                order,
+            )?,
+            // torchvision returns the input unchanged when the size already matches.
+            (Some((w, h)), ResizeBackend::TorchU8) if (w, h) == img.dimensions() => img.clone(),
+            (Some((w, h)), ResizeBackend::TorchU8) => torch_resize_u8(img, w, h, self.filter)?,
         };
         Ok(match self.crop {
             Some((w, h)) => center_crop_with(&resized, w, h, self.crop_rounding),
@@ -627,6 +734,15 @@ mod tests {
         // padding 3: torchvision 1 before, HF 2 before
         assert_eq!(crop_axis(5, 8, CropRounding::Torchvision), (0, 1, 5));
         assert_eq!(crop_axis(5, 8, CropRounding::HuggingFace), (0, 2, 5));
+        // HF torchvision backend: floor offset, floor padding.
+        assert_eq!(
+            crop_axis(227, 224, CropRounding::HuggingFaceTorchvision),
+            (1, 0, 224)
+        );
+        assert_eq!(
+            crop_axis(5, 8, CropRounding::HuggingFaceTorchvision),
+            (0, 1, 5)
+        );
     }
 
     #[test]
@@ -701,6 +817,24 @@ mod tests {
         let t = EvalTransform::from_hf_preprocessor_config(&cfg).unwrap();
         assert_eq!(t.resize, Some(ResizeMode::ShortestEdge(256)));
         assert_eq!((t.normalize.mean, t.normalize.std), ([0.0; 3], [1.0; 3]));
+    }
+
+    #[test]
+    fn hf_torchvision_backend_fuses_rescale_into_normalize() {
+        let cfg = json!({"image_processor_type": "BitImageProcessor", "image_mean": [0.485, 0.456, 0.406],
+                         "image_std": [0.229, 0.224, 0.225]});
+        let t =
+            EvalTransform::from_hf_preprocessor_config_with(&cfg, HfBackend::Torchvision).unwrap();
+        assert_eq!(t.backend, ResizeBackend::TorchU8);
+        assert_eq!(t.crop_rounding, CropRounding::HuggingFaceTorchvision);
+        assert_eq!(t.normalize.rescale, Rescale::None);
+        assert_eq!(t.normalize.mean[0], 0.485f64 as f32 * 255.0);
+        let lanczos = json!({"image_processor_type": "BitImageProcessor", "resample": 1});
+        assert!(EvalTransform::from_hf_preprocessor_config(&lanczos).is_ok());
+        match EvalTransform::from_hf_preprocessor_config_with(&lanczos, HfBackend::Torchvision) {
+            Err(DataError::Config { field, .. }) => assert_eq!(field, "resample"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
