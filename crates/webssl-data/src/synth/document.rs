@@ -6,7 +6,7 @@
 //! downscaled scan; the title (cap height 7–12% of the side) stays readable and is `labels.word`.
 
 use super::background;
-use super::canvas::{Canvas, Label, Mask, circle, rect};
+use super::canvas::{Canvas, Label, Mask, circle, rect, rotated};
 use super::font::{self, Face};
 use super::palette::{hsv, muted, shade};
 use super::rng::SynthRng;
@@ -23,6 +23,8 @@ pub(crate) fn draw(c: &mut Canvas, rng: &mut SynthRng) -> Drawn {
     let depth = rng.range(90.0, 180.0);
     let on_desk = rng.chance(0.35);
     let (px0, py0, px1, py1);
+    // A sheet on a desk is tilted by up to ±8° half of the time; its whole content turns with it.
+    let mut angle = 0.0;
     if on_desk {
         // A darker desk (any background, darkened) with the sheet on it, slightly smaller than the frame.
         background::draw(c, rng);
@@ -30,11 +32,25 @@ pub(crate) fn draw(c: &mut Canvas, rng: &mut SynthRng) -> Drawn {
         for p in &mut c.rgb {
             *p = shade(*p, k);
         }
-        px0 = s * rng.range(0.03, 0.14);
-        py0 = s * rng.range(0.03, 0.14);
-        px1 = s - s * rng.range(0.03, 0.14);
-        py1 = s - s * rng.range(0.03, 0.14);
-        let sheet = Mask::polygons(&[rect(px0, py0, px1, py1)]);
+        if rng.chance(0.5) {
+            angle = rng.range(-0.14, 0.14);
+        }
+        // Shrink the sheet so its tilted bounding box still fits: side · (cos + |sin|) ≤ 0.94 s.
+        let fit = 1.0 / (angle.cos() + angle.sin().abs());
+        let (w, h) = (
+            s * rng.range(0.72, 0.94) * fit,
+            s * rng.range(0.72, 0.94) * fit,
+        );
+        let (bw, bh) = (
+            w * angle.cos() + h * angle.sin().abs(),
+            w * angle.sin().abs() + h * angle.cos(),
+        );
+        let (ccx, ccy) = (
+            rng.range(bw / 2.0, s - bw / 2.0),
+            rng.range(bh / 2.0, s - bh / 2.0),
+        );
+        (px0, py0, px1, py1) = (ccx - w / 2.0, ccy - h / 2.0, ccx + w / 2.0, ccy + h / 2.0);
+        let sheet = Mask::polygons(&[rotated(rect(px0, py0, px1, py1), ccx, ccy, angle)]);
         let off = (0.02 * s).round().max(1.0) as i32;
         c.paint_solid(&sheet.shifted(off, off).scaled(0.4), [0.0; 3], None);
         c.paint_solid(
@@ -56,6 +72,8 @@ pub(crate) fn draw(c: &mut Canvas, rng: &mut SynthRng) -> Drawn {
         c.seg.iter_mut().for_each(|v| *v = seg::PANEL);
         (px0, py0, px1, py1) = (0.0, 0.0, s, s);
     }
+    let (pcx, pcy) = ((px0 + px1) / 2.0, (py0 + py1) / 2.0);
+    let tilt = |m: Mask| m.rotated(pcx, pcy, angle);
     let ink = hsv(rng.unit(), rng.range(0.0, 0.5), rng.range(0.05, 0.25));
     let text_label = Some(Label {
         seg: seg::TEXT,
@@ -86,7 +104,7 @@ pub(crate) fn draw(c: &mut Canvas, rng: &mut SynthRng) -> Drawn {
     };
     let tbase = cy0 + tm.cap;
     c.paint_solid(
-        &font::text_mask(Face::SansBold, tpx, &title, tx, tbase),
+        &tilt(font::text_mask(Face::SansBold, tpx, &title, tx, tbase)),
         ink,
         text_label,
     );
@@ -95,7 +113,7 @@ pub(crate) fn draw(c: &mut Canvas, rng: &mut SynthRng) -> Drawn {
     if rng.chance(0.4) {
         let t = (s / 110.0).max(1.0);
         c.paint_solid(
-            &Mask::polygons(&[rect(cx0, y, cx1, y + t)]),
+            &tilt(Mask::polygons(&[rect(cx0, y, cx1, y + t)])),
             ink,
             Some(Label {
                 seg: seg::RULE,
@@ -131,7 +149,11 @@ pub(crate) fn draw(c: &mut Canvas, rng: &mut SynthRng) -> Drawn {
             let indent = if is_list { bpx * 1.2 } else { 0.0 };
             if is_list {
                 let r = (bpx * 0.16).max(0.8);
-                let bullet = Mask::polygons(&[circle(lx0 + r + 0.5, y - bm.cap * 0.4, r)]);
+                let bullet = tilt(Mask::polygons(&[circle(
+                    lx0 + r + 0.5,
+                    y - bm.cap * 0.4,
+                    r,
+                )]));
                 c.paint_solid(&bullet, ink, text_label);
             }
             for li in 0..n_lines {
@@ -180,7 +202,7 @@ pub(crate) fn draw(c: &mut Canvas, rng: &mut SynthRng) -> Drawn {
                 }
                 if !line.is_empty() {
                     c.paint_solid(
-                        &font::text_mask(Face::Serif, bpx, &line, x_start, y),
+                        &tilt(font::text_mask(Face::Serif, bpx, &line, x_start, y)),
                         ink,
                         text_label,
                     );
@@ -206,6 +228,19 @@ pub(crate) fn draw(c: &mut Canvas, rng: &mut SynthRng) -> Drawn {
     } else {
         caption
     };
+    let corners = rotated(rect(px0, py0, px1, py1), pcx, pcy, angle);
+    let bbox = [
+        corners.iter().map(|p| p.0).fold(f32::MAX, f32::min),
+        corners.iter().map(|p| p.1).fold(f32::MAX, f32::min),
+        corners.iter().map(|p| p.0).fold(f32::MIN, f32::max),
+        corners.iter().map(|p| p.1).fold(f32::MIN, f32::max),
+    ];
+    let anchor = rotated(
+        vec![((px0 + px1) / 2.0, py1 - margin * 0.35)],
+        pcx,
+        pcy,
+        angle,
+    )[0];
     Drawn {
         labels: Labels {
             word: Some(title_words[0].to_string()),
@@ -219,9 +254,9 @@ pub(crate) fn draw(c: &mut Canvas, rng: &mut SynthRng) -> Drawn {
             kind: "paper".to_string(),
             color: None,
             text: Some(title),
-            bbox: [px0, py0, px1, py1],
+            bbox,
             // in the bottom margin: bare paper
-            anchor: [(px0 + px1) / 2.0, py1 - margin * 0.35],
+            anchor: [anchor.0, anchor.1],
             seg: seg::PANEL,
             depth: super::canvas::to_u8(depth),
         }],
