@@ -409,6 +409,9 @@ pub struct LoaderStats {
     pub wait_secs: f64,
     /// Time from the first `next_batch` call to the end of the last one.
     pub total_secs: f64,
+    /// Thread-seconds the decode threads spent decoding and transforming (loader-only throughput is
+    /// `samples / busy_secs` per thread).
+    pub busy_secs: f64,
 }
 
 impl LoaderStats {
@@ -625,6 +628,7 @@ struct Prep {
     seed: u64,
     mae: Option<(usize, f64)>,
     view_lens: Vec<usize>,
+    busy_nanos: Arc<AtomicU64>,
 }
 
 impl Prep {
@@ -681,6 +685,7 @@ impl Prep {
 
 fn decode_main(jobs: Receiver<Job>, results: Sender<Done>, prep: Arc<Prep>) {
     while let Ok(Job { seq, item }) = jobs.recv() {
+        let t0 = Instant::now();
         let outcome =
             catch_unwind(AssertUnwindSafe(|| prep.prepare(&item))).unwrap_or_else(|panic| {
                 let msg = panic
@@ -693,6 +698,8 @@ fn decode_main(jobs: Receiver<Job>, results: Sender<Done>, prep: Arc<Prep>) {
                     item.addr.shard, item.addr.index
                 ))
             });
+        prep.busy_nanos
+            .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
         let done = Done {
             seq,
             epoch: item.epoch,
@@ -720,6 +727,7 @@ pub struct Loader {
     batches: u64,
     stats: LoaderStats,
     read: Arc<AtomicU64>,
+    busy_nanos: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     first_call: Option<Instant>,
@@ -792,6 +800,7 @@ impl Loader {
 
         let stop = Arc::new(AtomicBool::new(false));
         let read = Arc::new(AtomicU64::new(0));
+        let busy_nanos = Arc::new(AtomicU64::new(0));
         let mut threads = Vec::new();
         let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
@@ -841,6 +850,7 @@ impl Loader {
                 .iter()
                 .flat_map(|g| std::iter::repeat_n(g.shape.len(), g.count))
                 .collect(),
+            busy_nanos: busy_nanos.clone(),
         });
         for t in 0..cfg.decode_threads.max(1) {
             let (jobs, results, prep) = (job_rx.clone(), result_tx.clone(), prep.clone());
@@ -862,6 +872,7 @@ impl Loader {
             batches,
             stats: LoaderStats::default(),
             read,
+            busy_nanos,
             stop,
             threads,
             first_call: None,
@@ -886,6 +897,7 @@ impl Loader {
     pub fn stats(&self) -> LoaderStats {
         let mut s = self.stats.clone();
         s.samples_read = self.read.load(Ordering::Relaxed);
+        s.busy_secs = self.busy_nanos.load(Ordering::Relaxed) as f64 * 1e-9;
         s
     }
 

@@ -222,6 +222,11 @@ impl Sampler {
         })
     }
 
+    /// A sampler over the shards of a shard index (`index.json`).
+    pub fn from_index(index: &crate::shards::ShardIndex, cfg: SamplerConfig) -> Result<Self> {
+        Self::new(index.shards.iter().map(|s| s.samples).collect(), cfg)
+    }
+
     pub fn config(&self) -> &SamplerConfig {
         &self.cfg
     }

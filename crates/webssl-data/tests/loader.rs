@@ -349,6 +349,7 @@ fn bad_members_are_skipped_counted_and_named() {
     );
     assert!(stats.wait_fraction() >= 0.0 && stats.wait_fraction() <= 1.0);
     assert!(stats.total_secs >= stats.wait_secs * 0.999);
+    assert!(stats.busy_secs > 0.0, "decode threads report their busy time");
 }
 
 #[test]
