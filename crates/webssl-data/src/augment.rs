@@ -581,8 +581,13 @@ fn reflect(mut i: isize, n: isize) -> usize {
 }
 
 /// torchvision `GaussianBlur(kernel_size, sigma)` on a PIL image (see the module doc for the
-/// tolerance: separable `f32` instead of torch's 2-D `f32` conv).
+/// tolerance: separable `f32` instead of torch's 2-D `f32` conv). `ksize` must be odd and `sigma`
+/// positive, as torchvision requires (caller bug otherwise: panics).
 pub fn gaussian_blur(img: &RgbImage, ksize: usize, sigma: f32) -> RgbImage {
+    assert!(
+        ksize % 2 == 1 && sigma > 0.0,
+        "gaussian_blur: odd kernel size and sigma > 0 required"
+    );
     let (w, h) = (img.width() as usize, img.height() as usize);
     let k = gaussian_kernel1d(ksize, sigma);
     let r = (ksize / 2) as isize;
