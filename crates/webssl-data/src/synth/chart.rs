@@ -171,6 +171,19 @@ pub(crate) fn draw(c: &mut Canvas, rng: &mut SynthRng) -> Drawn {
                     );
                     words.push(name);
                 }
+                if !show_values {
+                    // Without value labels the y axis gets ticks, so heights stay readable as numbers.
+                    for (k, t) in ["0", "50", "100"].iter().enumerate() {
+                        let y = by - (by - y_top) * k as f32 * 0.5;
+                        let lpx = font::fit(Face::SansBold, t, ax - margin - 1.0, num_px);
+                        let lm = font::metrics(Face::SansBold, lpx);
+                        let w = font::width(Face::SansBold, lpx, t);
+                        let base = (y + lm.cap / 2.0).min(s - 1.0);
+                        let m = font::text_mask(Face::SansBold, lpx, t, ax - 2.0 - w, base);
+                        c.paint_solid(&m, ink, text_label);
+                        words.push(t.to_string());
+                    }
+                }
                 let axes = Mask::polygons(&stroke(&[(ax, y_top), (ax, by), (x_end, by)], line_w));
                 c.paint_solid(&axes, ink, rule_label);
             } else {
@@ -342,9 +355,17 @@ pub(crate) fn draw(c: &mut Canvas, rng: &mut SynthRng) -> Drawn {
                 );
             }
             let digits = rng.int(1, 3) as u32;
+            // Fit the widest cell: a number with one spare digit of padding, or a header.
+            let widest = header
+                .iter()
+                .map(|h| h.len() + 1)
+                .chain([digits as usize + 1])
+                .max()
+                .unwrap_or(3)
+                .max(3);
             let cell_px = font::fit(
                 Face::SansBold,
-                &"0".repeat(digits.max(2) as usize + 1),
+                &"0".repeat(widest),
                 cw * 0.9,
                 (rh * 0.75 * 1.164 / 0.729 * 0.8).min(num_px * 1.3),
             );
