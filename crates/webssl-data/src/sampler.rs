@@ -35,7 +35,8 @@
 //! fingerprint of the configuration and index. Resuming replays each part's epoch from its start on
 //! addresses (O(samples of one part-epoch), microseconds per thousand) and continues exactly where it
 //! stopped; the property tests check that resuming at any step yields exactly the remaining sequence.
-//! Resume requires the same world size, worker count, buffer size, seed and index (checked).
+//! Resume requires the same world size, worker count, buffer size, seed and index (checked); when the
+//! layout changes, [`Sampler::restart_after`] continues at the start of the next epoch instead.
 //!
 //! # Randomness
 //!
@@ -452,6 +453,35 @@ impl Sampler {
             consumed,
             workers,
         }
+    }
+
+    /// A cursor for *this* sampler that continues a run whose layout changed (world size, workers,
+    /// shuffle buffer) from `old`: exact resume is impossible then (the parts differ), so the new run
+    /// starts at the beginning of the epoch after the furthest one `old` reached. The rest of the
+    /// interrupted epoch is not seen; nothing is seen twice within an epoch. Every rank of the new run
+    /// must pass the same `old` (e.g. rank 0's) so they agree. Seed and shard index must match.
+    pub fn restart_after(&self, old: &SamplerCursor) -> Result<SamplerCursor> {
+        let same_data = old.seed == self.cfg.seed
+            && old.n_shards == self.sizes.len()
+            && old.total_samples == self.total
+            && old.shuffle_shards == self.cfg.shuffle_shards;
+        if !same_data {
+            return Err(DataError::Config {
+                field: "cursor".into(),
+                reason: format!(
+                    "written for seed {} over {} shards / {} samples, this run has seed {} over {} / {}",
+                    old.seed,
+                    old.n_shards,
+                    old.total_samples,
+                    self.cfg.seed,
+                    self.sizes.len(),
+                    self.total
+                ),
+            });
+        }
+        let epoch = old.workers.iter().map(|w| w.epoch).max().unwrap_or(0) + 1;
+        let workers = vec![WorkerCursor { epoch, emitted: 0 }; self.cfg.num_workers];
+        Ok(self.cursor(0, workers))
     }
 
     /// Per-part sample counts for epoch `epoch` over all ranks and workers (a coverage simulation for

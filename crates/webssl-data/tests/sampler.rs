@@ -256,3 +256,39 @@ fn rng_streams_are_distinct_and_stable() {
         }
     }
 }
+
+#[test]
+fn a_new_layout_restarts_at_the_next_epoch() {
+    let sizes = vec![9u64, 4, 11, 6, 8, 5, 7, 10];
+    let old = sampler(&sizes, 5, 0, 2, 2, 4);
+    let mut stream = old.stream();
+    stream.nth(30);
+    let cursor = stream.cursor();
+    let furthest = cursor.workers.iter().map(|w| w.epoch).max().unwrap();
+    // 3 ranks x 1 worker now: every new rank restarts from the same old cursor.
+    let mut seen = Vec::new();
+    for rank in 0..3 {
+        let new = sampler(&sizes, 5, rank, 3, 1, 4);
+        assert!(
+            new.resume(&cursor).is_err(),
+            "exact resume needs the same layout"
+        );
+        let restart = new.restart_after(&cursor).unwrap();
+        let mut s = new.resume(&restart).unwrap();
+        let first = s.next().unwrap();
+        assert_eq!(first.epoch, furthest + 1);
+        seen.push(first.addr);
+        seen.extend(s.take_while(|a| a.epoch == furthest + 1).map(|a| a.addr));
+    }
+    let n = seen.len();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(n, seen.len(), "nothing twice");
+    assert_eq!(
+        seen.len() as u64,
+        sizes.iter().sum::<u64>(),
+        "the new epoch is complete and exactly once"
+    );
+    let other_seed = sampler(&sizes, 6, 0, 3, 1, 4);
+    assert!(other_seed.restart_after(&cursor).is_err());
+}
