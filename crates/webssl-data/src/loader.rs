@@ -41,6 +41,17 @@
 //! [`SampleTransform`] ([`DinoViews`] wraps [`DinoAugment`], [`SingleView`] the MAE/CLIP crop);
 //! decoding is a [`DecodeFn`] (default [`pil_decoder`], PIL `convert("RGB")` semantics).
 //!
+//! Usage (one loader per rank):
+//!
+//! ```text
+//! let source = Arc::new(TarShards::open("shards/")?);
+//! let dino = Arc::new(DinoViews::new(DinoAugment::new(DinoAugConfig::default())?));
+//! let masks = MaskSpec::Ibot { generator: MaskingGenerator::dinov2(224, 14)?, config: IbotMaskConfig::default(), group: 0 };
+//! let mut loader = Loader::new(source, sampler_cfg, dino, masks, LoaderConfig::new(64), checkpoint.cursor.as_ref())?;
+//! let batch = loader.next_batch()?;      // views[0]: [2·64, 3, 224, 224], views[1]: [8·64, 3, 98, 98]
+//! checkpoint.cursor = Some(loader.cursor());  // serde JSON, resumes at the next batch
+//! ```
+//!
 //! Memory: each reader's shuffle buffer holds up to `shuffle_buffer` raw (encoded) samples, e.g.
 //! 1000 × ~100 kB = 100 MB per logical worker.
 //!

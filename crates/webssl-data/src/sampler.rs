@@ -26,8 +26,10 @@
 //!    PyTorch `DataLoader` does per batch). `num_workers` is a *logical* split fixed by the config and
 //!    part of the resume contract; the loader's decode-thread count is independent of it.
 //! 5. Each part stream is infinite: after epoch `e` it continues with `e + 1`. Parts have slightly
-//!    different lengths, so ranks cross epoch boundaries at slightly different steps; training length
-//!    is counted in samples/steps, never in epochs (P4).
+//!    different lengths (by up to one shard when shards do not divide evenly), so ranks cross epoch
+//!    boundaries at slightly different steps. Which part gets the extra shard is re-drawn every
+//!    epoch, so the lag between parts is a random walk (≈ √epochs shard lengths after many epochs),
+//!    not a drift in one direction. Training length is counted in samples/steps, never in epochs (P4).
 //!
 //! # Resume
 //!

@@ -349,7 +349,10 @@ fn bad_members_are_skipped_counted_and_named() {
     );
     assert!(stats.wait_fraction() >= 0.0 && stats.wait_fraction() <= 1.0);
     assert!(stats.total_secs >= stats.wait_secs * 0.999);
-    assert!(stats.busy_secs > 0.0, "decode threads report their busy time");
+    assert!(
+        stats.busy_secs > 0.0,
+        "decode threads report their busy time"
+    );
 }
 
 #[test]
@@ -554,4 +557,25 @@ fn real_tar_shards_with_the_dino_and_mae_augmentations() {
     assert_eq!(b.views.len(), 1);
     assert_eq!(b.views[0].len(), 5 * 3 * 16 * 16);
     assert_eq!(b.mae.unwrap().len_keep, 4);
+}
+
+#[test]
+fn the_loader_can_move_to_a_training_thread() {
+    fn assert_send<T: Send>() {}
+    assert_send::<Loader>();
+    assert_send::<Batch>();
+    let src = source(2, 4, false);
+    let loader = start(
+        &src,
+        sampler_cfg(0, 1, 1, 0),
+        loader_cfg(2, 1),
+        MaskSpec::None,
+        None,
+    );
+    let keys =
+        std::thread::spawn(move || loader.take(3).map(|b| b.unwrap().keys).collect::<Vec<_>>())
+            .join()
+            .unwrap();
+    assert_eq!(keys.len(), 3);
+    assert!(keys.iter().all(|k| k.len() == 2));
 }
