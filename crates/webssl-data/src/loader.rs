@@ -69,6 +69,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use image::RgbImage;
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::augment::{DinoAugment, SingleViewTransform};
@@ -974,26 +975,22 @@ impl Loader {
 
     fn collate(&self, samples: Vec<(EpochAddr, Prepared)>) -> Batch {
         let b = samples.len();
-        let mut views: Vec<Vec<f32>> = self
-            .groups
-            .iter()
-            .map(|g| Vec::with_capacity(g.count * b * g.shape.len()))
-            .collect();
-        // Offsets of each group's first view within a sample's concatenated data.
-        let mut group_offset = Vec::with_capacity(self.groups.len());
-        let mut off = 0;
+        // Row `v·B + i` of a group is view `v` of image `i` (dinov2's view-major stacking). The copy
+        // is memory-bound (a B = 64 DINO batch is 136 MB of f32), so rows are copied in parallel.
+        let mut views = Vec::with_capacity(self.groups.len());
+        let mut group_offset = 0; // of the group's first view within a sample's concatenated data
         for g in &self.groups {
-            group_offset.push(off);
-            off += g.count * g.shape.len();
-        }
-        for (gi, g) in self.groups.iter().enumerate() {
             let len = g.shape.len();
-            for v in 0..g.count {
-                for (_, p) in &samples {
-                    let o = group_offset[gi] + v * len;
-                    views[gi].extend_from_slice(&p.data[o..o + len]);
-                }
-            }
+            let mut buf = vec![0f32; g.count * b * len];
+            buf.par_chunks_mut(len.max(1))
+                .enumerate()
+                .for_each(|(row, dst)| {
+                    let (v, i) = (row / b, row % b);
+                    let o = group_offset + v * len;
+                    dst.copy_from_slice(&samples[i].1.data[o..o + len]);
+                });
+            views.push(buf);
+            group_offset += g.count * len;
         }
         let ibot = match &self.masks {
             MaskSpec::Ibot {
