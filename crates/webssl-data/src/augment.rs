@@ -468,6 +468,15 @@ fn hsv_tables() -> &'static HsvTables {
     })
 }
 
+/// C `round` (half away from zero) for `0 <= x < 2^31`, without the libm call `f64::round` becomes
+/// on baseline x86-64: truncate, then compare the (exactly computed) fraction with 0.5.
+#[inline(always)]
+fn round_half_away(x: f64) -> i32 {
+    debug_assert!((0.0..2147483648.0).contains(&x));
+    let t = x as i32;
+    if x - t as f64 >= 0.5 { t + 1 } else { t }
+}
+
 /// Pillow `hsv2rgb` for one pixel.
 #[inline]
 fn hsv_to_rgb(t: &HsvTables, h: u8, s: u8, v: u8) -> [u8; 3] {
@@ -477,10 +486,9 @@ fn hsv_to_rgb(t: &HsvTables, h: u8, s: u8, v: u8) -> [u8; 3] {
     let f = t.frac[h as usize];
     let fs = t.fs[s as usize];
     let vf = v as f32 as f64;
-    // C `round` = half away from zero = Rust `f64::round`.
-    let p = clip8((vf * (1.0 - fs as f64)).round() as i32);
-    let q = clip8((vf * (1.0 - (fs * f) as f64)).round() as i32);
-    let tt = clip8((vf * (1.0 - fs as f64 * (1.0 - f as f64))).round() as i32);
+    let p = clip8(round_half_away(vf * (1.0 - fs as f64)));
+    let q = clip8(round_half_away(vf * (1.0 - (fs * f) as f64)));
+    let tt = clip8(round_half_away(vf * (1.0 - fs as f64 * (1.0 - f as f64))));
     match t.sector[h as usize] {
         0 => [v, tt, p],
         1 => [q, v, p],
@@ -592,22 +600,24 @@ pub fn gaussian_blur(img: &RgbImage, ksize: usize, sigma: f32) -> RgbImage {
     let k = gaussian_kernel1d(ksize, sigma);
     let r = (ksize / 2) as isize;
     let src = img.as_raw();
-    // Horizontal pass into f32.
+    // Horizontal pass into f32: each row is reflect-padded once, then every tap is a contiguous
+    // multiply-add over the row (vectorisable). Per value the sum runs over the taps in order from
+    // 0.0, the same order as a per-pixel loop.
     let mut tmp = vec![0f32; w * h * 3];
-    let xidx: Vec<Vec<usize>> = (0..w as isize)
-        .map(|x| (-r..=r).map(|d| reflect(x + d, w as isize)).collect())
-        .collect();
+    let mut pad = vec![0f32; (w + 2 * r as usize) * 3];
     for y in 0..h {
         let row = &src[y * w * 3..(y + 1) * w * 3];
-        let out = &mut tmp[y * w * 3..(y + 1) * w * 3];
-        for x in 0..w {
-            let mut acc = [0f32; 3];
-            for (kk, &xi) in k.iter().zip(&xidx[x]) {
-                for c in 0..3 {
-                    acc[c] += kk * row[xi * 3 + c] as f32;
-                }
+        for (i, px) in pad.chunks_exact_mut(3).enumerate() {
+            let xi = reflect(i as isize - r, w as isize);
+            for c in 0..3 {
+                px[c] = row[xi * 3 + c] as f32;
             }
-            out[x * 3..x * 3 + 3].copy_from_slice(&acc);
+        }
+        let out = &mut tmp[y * w * 3..(y + 1) * w * 3];
+        for (t, &kk) in k.iter().enumerate() {
+            for (o, &v) in out.iter_mut().zip(&pad[t * 3..t * 3 + w * 3]) {
+                *o += kk * v;
+            }
         }
     }
     // Vertical pass, rounding half to even like `torch.round`.
@@ -1332,6 +1342,27 @@ mod tests {
         .unwrap();
         assert_eq!(out, again);
         assert!(mae.apply_into(&img, &mut rng, &mut out[1..]).is_err());
+    }
+
+    #[test]
+    fn round_half_away_matches_f64_round() {
+        let mut rng = rng_stream(2, "augment-test", &[6]);
+        for _ in 0..200_000 {
+            let x = unit_f64(&mut rng) * 300.0;
+            assert_eq!(round_half_away(x), x.round() as i32, "{x}");
+        }
+        for x in [
+            0.0,
+            0.5,
+            1.5,
+            2.5,
+            254.5,
+            0.49999999999999994,
+            127.49999999999999,
+            255.0,
+        ] {
+            assert_eq!(round_half_away(x), x.round() as i32, "{x}");
+        }
     }
 
     #[test]
