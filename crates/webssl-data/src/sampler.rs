@@ -129,7 +129,7 @@ pub struct SampleAddr {
 
 /// Sampler configuration. Everything but `rank` must agree across ranks.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct SamplerConfig {
     pub seed: u64,
     pub rank: usize,

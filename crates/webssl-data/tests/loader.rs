@@ -579,3 +579,51 @@ fn the_loader_can_move_to_a_training_thread() {
     assert_eq!(keys.len(), 3);
     assert!(keys.iter().all(|k| k.len() == 2));
 }
+
+#[test]
+fn resume_over_real_tar_shards_rereads_only_what_the_buffer_held() {
+    use webssl_data::loader::TarShards;
+    use webssl_data::shards::{Sample, ShardLimits, ShardWriter};
+
+    let dir = tempfile::tempdir().unwrap();
+    let limits = ShardLimits {
+        max_samples: Some(6),
+        max_bytes: None,
+    };
+    let mut w = ShardWriter::create(dir.path(), "train", limits).unwrap();
+    for id in 0..40u8 {
+        w.write(&Sample::new(format!("s{id:03}")).with("png", png(id)))
+            .unwrap();
+    }
+    w.finish().unwrap();
+    let src: Arc<TarShards> = Arc::new(TarShards::open(dir.path()).unwrap());
+    let scfg = sampler_cfg(0, 1, 2, 7);
+    let run = |resume: Option<&LoaderCursor>, n: usize| {
+        let mut l = Loader::new(
+            src.clone(),
+            scfg.clone(),
+            Arc::new(Fake::new()),
+            MaskSpec::None,
+            loader_cfg(3, 2),
+            resume,
+        )
+        .unwrap();
+        let batches = take(&mut l, n);
+        (batches, l.cursor())
+    };
+    let (reference, _) = run(None, 20);
+    for k in [1usize, 4, 7, 13] {
+        let (_, cursor) = run(None, k);
+        let (resumed, _) = run(Some(&cursor), 20 - k);
+        assert_eq!(&resumed[..], &reference[k..], "resume after batch {k}");
+    }
+    // 20 batches of 3 = 60 samples: all 40 of epoch 0 and 20 of epoch 1, none twice per epoch.
+    let mut epoch0: Vec<_> = reference
+        .iter()
+        .flat_map(|b| b.addrs.iter().filter(|a| a.epoch == 0).map(|a| a.addr))
+        .collect();
+    assert_eq!(epoch0.len(), 40);
+    epoch0.sort();
+    epoch0.dedup();
+    assert_eq!(epoch0.len(), 40);
+}
