@@ -31,7 +31,9 @@
 //! **Resume**: [`LoaderCursor`] after batch `k` holds the sampler position just after the last sample
 //! of batch `k` (skipped samples before it included) and the batch count; a loader built from it yields
 //! batch `k + 1` exactly. The reader threads replay their epoch on addresses and then re-read only the
-//! samples still sitting in their shuffle buffer (grouped per shard, one forward pass each).
+//! samples still sitting in their shuffle buffer (grouped per shard, one forward pass each). An item
+//! survives `k` later reads with probability `(1 − 1/buffer)^k`, so with shards much larger than the
+//! buffer this re-reads the current and usually one previous shard per worker.
 //!
 //! **Collation** follows dinov2's `collate_data_and_cast`: views are stacked *view-major*, i.e. for a
 //! group of `V` views the buffer is `[V·B, C, H, W]` with view `v` of image `i` at row `v·B + i`.
