@@ -1,7 +1,8 @@
 //! Deterministic (evaluation / inference) transforms: shortest-edge or exact resize, center crop,
 //! `u8 → f32` rescale and mean/std normalisation into a CHW buffer.
 //!
-//! Three references, reproduced bit for bit on the `u8` stages and to the last `f32` bit after:
+//! Four references, reproduced bit for bit on the `u8` stages and to the last `f32` bit after
+//! (fixtures: `fixtures/augment`, tests: `tests/augment_parity.rs`):
 //!
 //! - **torchvision** (dinov2 eval, `dinov2/data/transforms.py::make_classification_eval_transform`:
 //!   `Resize(256, BICUBIC)`, `CenterCrop(224)`, `ToTensor`, `Normalize(ImageNet)`), on PIL images.
@@ -22,7 +23,9 @@
 //!   ([`crate::resize::torch_resize_u8`]; differs from Pillow by a level on some pixels), crop offset
 //!   `int((in - out) / 2.0)` with padding `(out - in) // 2` before, rescale fused into normalize:
 //!   `(f32(x) - f32(mean)·f32(1/factor)) / (f32(std)·f32(1/factor))`.
-//! - **webssl demos**: `Resize((s, s), BICUBIC)`, `ToTensor`, `Normalize(ImageNet)` ([`EvalTransform::square`]).
+//! - **webssl demos**: `Resize((s, s), BICUBIC)`, `ToTensor`, `Normalize(ImageNet)` ([`EvalTransform::square`]);
+//!   their HF check (`BitImageProcessor(use_fast=False)`, `do_center_crop=False`,
+//!   `size={height: s, width: s}`) gives the same bits (tested).
 //!
 //! `do_convert_rgb` is accepted but is decode's business: inputs here are already `RgbImage`.
 
