@@ -1344,6 +1344,28 @@ mod tests {
         assert!(mae.apply_into(&img, &mut rng, &mut out[1..]).is_err());
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+        /// Any image size, scale and ratio range: the crop lies inside the image and is non-empty.
+        #[test]
+        fn crop_params_always_inside(w in 1u32..3000, h in 1u32..3000, s0 in 0.001f64..1.0, ds in 0.0f64..1.0,
+                                     r0 in 0.1f64..3.0, dr in 0.0f64..3.0, seed in 0u64..1000) {
+            let mut rng = rng_stream(seed, "augment-test", &[7]);
+            let c = random_resized_crop_params(&mut rng, w, h, (s0, s0 + ds), (r0, r0 + dr));
+            proptest::prop_assert!(c.width >= 1 && c.height >= 1);
+            proptest::prop_assert!(c.left + c.width <= w && c.top + c.height <= h, "{:?} in {}x{}", c, w, h);
+        }
+
+        /// Degenerate inputs (1-pixel lines, tiny images) go through the whole multi-crop.
+        #[test]
+        fn multicrop_handles_tiny_and_thin_images(w in 1u32..40, h in 1u32..40, seed in 0u64..1000) {
+            let aug = DinoAugment::new(DinoAugConfig { global_size: 14, local_size: 7, n_local: 2, ..Default::default() })
+                .unwrap();
+            let m = aug.apply(&photo(w, h), &mut rng_stream(seed, "augment", &[0])).unwrap();
+            proptest::prop_assert!(m.global.iter().chain(&m.local).flatten().all(|v| v.is_finite()));
+        }
+    }
+
     #[test]
     fn round_half_away_matches_f64_round() {
         let mut rng = rng_stream(2, "augment-test", &[6]);

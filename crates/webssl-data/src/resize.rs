@@ -750,6 +750,35 @@ mod tests {
         })
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Resampling a crop window in place equals copying the crop first, for every filter and
+        /// both pass orders; and the two orders agree whenever Pillow 13 picks horizontal-first.
+        #[test]
+        fn window_resample_equals_copy_then_resample(
+            iw in 1u32..60, ih in 1u32..60, fx in 0.0f64..1.0, fy in 0.0f64..1.0, fw in 0.01f64..1.0,
+            fh in 0.01f64..1.0, w in 1u32..80, h in 1u32..80, f in 0usize..6,
+        ) {
+            let filter = [Filter::Nearest, Filter::Box, Filter::Bilinear, Filter::Hamming, Filter::Bicubic, Filter::Lanczos][f];
+            let img = ramp(iw, ih);
+            let left = ((iw - 1) as f64 * fx) as u32;
+            let top = ((ih - 1) as f64 * fy) as u32;
+            let cw = (((iw - left) as f64 * fw).ceil() as u32).max(1);
+            let ch = (((ih - top) as f64 * fh).ceil() as u32).max(1);
+            let crop = image::imageops::crop_imm(&img, left, top, cw, ch).to_image();
+            for order in [PassOrder::Pillow13, PassOrder::HorizontalFirst] {
+                let a = resize_box_with(&crop, w, h, filter, [0.0, 0.0, cw as f32, ch as f32], order).unwrap();
+                let b = crop_resize_with(&img, left, top, cw, ch, w, h, filter, order).unwrap();
+                proptest::prop_assert_eq!(&a, &b);
+            }
+            if !vertical_first(PassOrder::Pillow13, cw as usize, ch as usize, w as usize, h as usize) {
+                let a = crop_resize_with(&img, left, top, cw, ch, w, h, filter, PassOrder::Pillow13).unwrap();
+                let b = crop_resize_with(&img, left, top, cw, ch, w, h, filter, PassOrder::HorizontalFirst).unwrap();
+                proptest::prop_assert_eq!(a, b);
+            }
+        }
+    }
+
     #[test]
     fn pil_codes_round_trip() {
         for code in 0..6 {
