@@ -322,6 +322,17 @@ impl EvalTransform {
         }
     }
 
+    /// MetaCLIP eval (`src/mini_clip/transform.py::image_transform(is_train=False)`):
+    /// `Resize(size, BICUBIC)`, `CenterCrop(size)`, `ToTensor`, `Normalize(OpenAI CLIP)`.
+    /// (MetaCLIP converts to RGB after the resize; here decode already did, which differs only for
+    /// images with an alpha channel or a palette.)
+    pub fn clip(size: u32) -> Self {
+        EvalTransform {
+            normalize: Normalize::torchvision(CLIP_MEAN, CLIP_STD),
+            ..Self::imagenet(size, size)
+        }
+    }
+
     /// webssl demo: `Resize((size, size), BICUBIC)`, `ToTensor`, `Normalize(ImageNet)`.
     pub fn square(size: u32) -> Self {
         EvalTransform {
@@ -883,8 +894,25 @@ mod tests {
     }
 
     #[test]
+    fn clip_eval_is_shortest_edge_then_center_crop_with_clip_stats() {
+        let t = EvalTransform::clip(224);
+        assert_eq!(t.resize, Some(ResizeMode::ShortestEdge(224)));
+        assert_eq!(t.crop, Some((224, 224)));
+        assert_eq!((t.normalize.mean, t.normalize.std), (CLIP_MEAN, CLIP_STD));
+        let img = RgbImage::from_fn(300, 250, |x, y| Rgb([x as u8, y as u8, (x + y) as u8]));
+        assert_eq!(
+            t.apply_u8(&img).unwrap(),
+            EvalTransform::imagenet(224, 224).apply_u8(&img).unwrap()
+        );
+    }
+
+    #[test]
     fn output_size_predicts_apply() {
-        for t in [EvalTransform::imagenet(256, 224), EvalTransform::square(98)] {
+        for t in [
+            EvalTransform::imagenet(256, 224),
+            EvalTransform::square(98),
+            EvalTransform::clip(64),
+        ] {
             for (w, h) in [(500, 375), (120, 400), (224, 224)] {
                 let img = RgbImage::new(w, h);
                 let (v, ow, oh) = t.apply(&img);
