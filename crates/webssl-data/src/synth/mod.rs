@@ -13,7 +13,7 @@
 //! | `document` | a page (full frame or a sheet on a desk): title + paragraphs, two columns or a list | yes | `word` (first title word), `layout` |
 //! | `chart` | bar chart, line chart or table of numbers | yes | `chart_type`, `largest_bar` + `n_bars` (bar), `trend` (line), `n_rows` + `n_cols` (table), `word` (title, if any) |
 //!
-//! Text is drawn with real fonts (DejaVu Sans Bold / Serif, embedded, see [`font`]). Paper §5 describes the
+//! Text is drawn with real fonts (DejaVu Sans Bold / Serif, embedded, see `synth/font.rs`). Paper §5 describes the
 //! Light filter (keeps 50.3% of MC-2B, "mostly images with some text") and the Heavy filter (1.3%: charts,
 //! tables, documents). The presets reproduce those distributions: [`Mix::full`] has 50% text-bearing images,
 //! [`Mix::light`] only text-bearing ones, [`Mix::heavy`] only documents and charts.
@@ -38,11 +38,16 @@
 //! (golden-ratio Weyl) sequence `u_i = frac(offset(s) + i·φ⁻¹)` mapped through the mix's cumulative weights
 //! (so any prefix of N samples matches the mix proportions to within O(log N / N), far tighter than i.i.d.
 //! draws, which matters for small held-out sets), and all its content from its own ChaCha8 stream
-//! ([`rng`]). Generation is parallel (rayon) yet byte-identical, and `--samples N+M` extends N. Use a
+//! (`synth/rng.rs`). Generation is parallel (rayon) yet byte-identical, and `--samples N+M` extends N. Use a
 //! different seed for a held-out set (e.g. train seed 0, val seed 1).
 //!
-//! Deliberate deviations from "real" web data: no photographs, no JPEG artefacts, text is horizontal
-//! (glyph outlines are not rotated), and the vocabulary of labelled words is closed (48 words).
+//! Deliberate deviations from "real" web data: no photographs, no JPEG artefacts, text is level or
+//! tilted by at most ±10° (half of the signs and of the sheets on desks; no perspective), and the
+//! vocabulary of labelled words is closed (48 words).
+//!
+//! Speed (2-core CI machine, 112 px, `full` mix, PNG members): 2,000 samples are generated, encoded and
+//! written in 1.7 s with a release build (≈1,150 img/s) and 4.7 s with the dev profile; the shards take
+//! 53.7 MB (≈27 KB per sample, mostly the noisy RGB PNG).
 
 mod background;
 mod canvas;
@@ -69,7 +74,7 @@ use canvas::{Canvas, to_u8};
 use rng::SynthRng;
 pub use write::{SynthRecord, SynthSummary, record_file, sample_key, validate_split, write_shards};
 
-/// Generator identifier stored in every sample's metadata; bump with the [`rng`] domain tag.
+/// Generator identifier stored in every sample's metadata; bump with the domain tag in `synth/rng.rs`.
 pub const GENERATOR: &str = "webssl-synth/1";
 
 /// Segmentation classes of `seg.png`, by index.

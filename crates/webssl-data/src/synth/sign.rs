@@ -1,10 +1,12 @@
-//! `sign`: one or two words from the closed vocabulary ([`words::VOCAB`]) on a board, label, poster or
+//! `sign`: one or two words from the closed vocabulary ([`super::words::VOCAB`]) on a board, label, poster or
 //! banner over a scene-like background — the "images with some readable text" that dominate the paper's
 //! Light-filtered set (§5).
 //!
 //! The text is sized so the words span about half to four-fifths of the image width (at 112 px capitals are
 //! 9–20 px tall), because the "which word is written" probe must be learnable from pixels at low resolution.
-//! The first word (top line, or left on a shared line) is `labels.word`.
+//! The first word (top line, or left on a shared line) is `labels.word`. Half of the boards, labels and
+//! posters lean by up to ±10°: the panel outline is rotated exactly and the text coverage is resampled
+//! (`Mask::rotated` in `synth/canvas.rs`).
 
 use super::background;
 use super::canvas::{Canvas, Label, Mask, Pt, circle, oriented, rect, rotated, rounded_rect};

@@ -22,7 +22,10 @@ fn dump_contact_sheet() {
         .ok()
         .map(|m| Mix::parse(&m).unwrap())
         .unwrap_or_else(Mix::full);
-    let seed: u64 = std::env::var("WEBSSL_SYNTH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let seed: u64 = std::env::var("WEBSSL_SYNTH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let c = cfg(seed, size, mix);
     let (cols, rows, zoom) = (6u32, 4u32, 2u32);
     for (name, plane) in [("images", 0), ("seg", 1), ("depth", 2)] {
