@@ -60,6 +60,11 @@ pub enum EvalError {
     /// Group-table input that cannot be aggregated (unknown or repeated benchmark, non-finite score).
     #[error("aggregate: {0}")]
     Aggregate(String),
+
+    /// Probe input that cannot be evaluated: feature/label count or key mismatch, unlabelled keys,
+    /// an empty split, a bad hyper-parameter (`context` names the file, split or option).
+    #[error("{context}: {message}")]
+    Probe { context: String, message: String },
 }
 
 /// Result alias for this crate.

@@ -2,4 +2,6 @@
 //! VQA scoring rules and reports.
 
 pub mod error;
+pub mod features;
+pub mod knn;
 pub mod vqa;

@@ -10,10 +10,11 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
+use burn::tensor::IndexingUpdateOp;
 use burn::tensor::activation::{gelu, silu};
 use burn::tensor::module::{attention, layer_norm};
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Device, Distribution, Tensor};
+use burn::tensor::{Bool, Device, Distribution, Int, Tensor};
 
 use crate::config::{Ffn, VitConfig};
 use crate::pos_embed;
@@ -188,18 +189,55 @@ impl Block {
     /// # Shapes
     /// `[B, N, D]` → `[B, N, D]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let a = self.attn.forward(self.norm1.forward(x.clone()));
-        let a = match &self.ls1 {
+        self.forward_drop(x, None, None)
+    }
+
+    fn attn_branch(&self, x: Tensor<3>) -> Tensor<3> {
+        let a = self.attn.forward(self.norm1.forward(x));
+        match &self.ls1 {
             Some(ls) => ls.forward(a),
             None => a,
-        };
-        let x = x + a;
-        let m = self.mlp.forward(self.norm2.forward(x.clone()));
-        let m = match &self.ls2 {
+        }
+    }
+
+    fn ffn_branch(&self, x: Tensor<3>) -> Tensor<3> {
+        let m = self.mlp.forward(self.norm2.forward(x));
+        match &self.ls2 {
             Some(ls) => ls.forward(m),
             None => m,
-        };
-        x + m
+        }
+    }
+
+    /// The block with DINOv2's *efficient stochastic depth*: each residual branch runs only on the
+    /// samples in its keep-set and is added to them scaled by `B / |keep|`; the other samples skip it
+    /// (`dinov2/layers/block.py`, `drop_add_residual_stochastic_depth`). `None` runs the branch on all.
+    ///
+    /// # Shapes
+    /// `[B, N, D]` → `[B, N, D]`; keep-sets are sample indices `< B`.
+    pub fn forward_drop(
+        &self,
+        x: Tensor<3>,
+        keep_attn: Option<Tensor<1, Int>>,
+        keep_ffn: Option<Tensor<1, Int>>,
+    ) -> Tensor<3> {
+        let x = residual(x, keep_attn, |t| self.attn_branch(t));
+        residual(x, keep_ffn, |t| self.ffn_branch(t))
+    }
+}
+
+fn residual(
+    x: Tensor<3>,
+    keep: Option<Tensor<1, Int>>,
+    branch: impl Fn(Tensor<3>) -> Tensor<3>,
+) -> Tensor<3> {
+    match keep {
+        None => x.clone() + branch(x),
+        Some(idx) => {
+            let b = x.dims()[0];
+            let kept = idx.dims()[0];
+            let update = branch(x.clone().select(0, idx.clone())) * (b as f64 / kept as f64);
+            x.select_assign(0, idx, update, IndexingUpdateOp::Add)
+        }
     }
 }
 
@@ -336,9 +374,23 @@ impl Vit {
     /// - x: `[B, C, H, W]`; masks: `[B, N]`
     /// - returns: see [`VitOutput`]
     pub fn forward_features(&self, x: Tensor<4>, masks: Option<Tensor<2, Bool>>) -> VitOutput {
+        self.forward_features_drop(x, masks, &mut |_| None)
+    }
+
+    /// [`Vit::forward_features`] with stochastic depth: `keep(block)` returns the keep-sets of that
+    /// block's attention and FFN branches (see [`Block::forward_drop`]), or `None` for no drop.
+    pub fn forward_features_drop(
+        &self,
+        x: Tensor<4>,
+        masks: Option<Tensor<2, Bool>>,
+        keep: &mut dyn FnMut(usize) -> Option<(Tensor<1, Int>, Tensor<1, Int>)>,
+    ) -> VitOutput {
         let mut t = self.prepare_tokens(x, masks);
-        for block in &self.blocks {
-            t = block.forward(t);
+        for (i, block) in self.blocks.iter().enumerate() {
+            t = match keep(i) {
+                Some((a, f)) => block.forward_drop(t, Some(a), Some(f)),
+                None => block.forward(t),
+            };
         }
         self.split(t)
     }

@@ -357,3 +357,89 @@ pub fn named_parameters<M: Module>(module: &M) -> Vec<(String, Vec<usize>, Vec<f
     module.visit(&mut c);
     c.out
 }
+
+/// Replaces every float parameter of `module` by the tensor of the same dotted path in `store`
+/// (burn layout, as written from [`named_parameters`]); used for training checkpoints, where names and
+/// layouts are our own. Every missing tensor, shape mismatch and unused tensor is an error.
+pub fn assign_named_parameters<M: Module>(
+    module: M,
+    store: &TensorStore,
+    device: &Device,
+) -> Result<M> {
+    struct Assign<'a> {
+        store: &'a TensorStore,
+        path: Vec<String>,
+        used: BTreeSet<String>,
+        errors: Vec<ModelError>,
+        device: Device,
+    }
+    impl ModuleMapper for Assign<'_> {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            if !container_type.starts_with("Enum:") {
+                self.path.push(name.to_owned());
+            }
+        }
+        fn exit_module(&mut self, _name: &str, container_type: &str) {
+            if !container_type.starts_with("Enum:") {
+                self.path.pop();
+            }
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let name = self.path.join(".");
+            let (id, tensor, mapper) = param.consume();
+            let expected = tensor.dims().to_vec();
+            let result = self.store.read_f32(&name).and_then(|(shape, values)| {
+                if shape == expected {
+                    Ok(values)
+                } else {
+                    Err(ModelError::Shape {
+                        name: name.clone(),
+                        key: name.clone(),
+                        expected: expected.clone(),
+                        found: shape,
+                    })
+                }
+            });
+            match result {
+                Ok(values) => {
+                    self.used.insert(name);
+                    let t = Tensor::<D>::from_data(
+                        TensorData::new(values, tensor.shape()),
+                        &self.device,
+                    );
+                    // Keep the gradient requirement of the parameter being replaced.
+                    let t = if tensor.is_require_grad() {
+                        t.require_grad()
+                    } else {
+                        t
+                    };
+                    Param::from_mapped_value(id, t, mapper)
+                }
+                Err(e) => {
+                    self.errors.push(e);
+                    Param::from_mapped_value(id, tensor, mapper)
+                }
+            }
+        }
+    }
+    let mut a = Assign {
+        store,
+        path: Vec::new(),
+        used: BTreeSet::new(),
+        errors: Vec::new(),
+        device: device.clone(),
+    };
+    let module = module.map(&mut a);
+    if let Some(e) = a.errors.into_iter().next() {
+        return Err(e);
+    }
+    let unexpected: Vec<String> = store
+        .keys()
+        .filter(|k| !a.used.contains(*k))
+        .map(str::to_owned)
+        .collect();
+    if !unexpected.is_empty() {
+        return Err(ModelError::Unexpected { keys: unexpected });
+    }
+    Ok(module)
+}

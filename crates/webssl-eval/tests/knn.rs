@@ -1,0 +1,266 @@
+//! k-NN probe: parity with the dinov2 `KnnModule` transcription in `fixtures/probes/make_probes.py`,
+//! determinism, label/feature mismatch errors, and sanity on separable / random-label data.
+
+use std::path::{Path, PathBuf};
+
+use safetensors::SafeTensors;
+use safetensors::tensor::Dtype;
+use webssl_eval::features::{Matrix, Split};
+use webssl_eval::knn::{self, KnnConfig};
+
+fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/probes")
+}
+
+struct Fixture {
+    bytes: Vec<u8>,
+    json: serde_json::Value,
+}
+
+impl Fixture {
+    fn load() -> Self {
+        let dir = fixture_dir();
+        Fixture {
+            bytes: std::fs::read(dir.join("probes.safetensors")).unwrap(),
+            json: serde_json::from_str(&std::fs::read_to_string(dir.join("probes.json")).unwrap())
+                .unwrap(),
+        }
+    }
+
+    fn tensor(&self, name: &str) -> (Vec<usize>, Vec<f64>) {
+        let st = SafeTensors::deserialize(&self.bytes).unwrap();
+        let t = st.tensor(name).unwrap_or_else(|_| panic!("fixture has no {name}"));
+        let d = t.data();
+        let v: Vec<f64> = match t.dtype() {
+            Dtype::F32 => d
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
+            Dtype::F64 => d
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+            Dtype::I64 => d
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
+            other => panic!("{name}: {other:?}"),
+        };
+        (t.shape().to_vec(), v)
+    }
+
+    fn matrix(&self, name: &str) -> Matrix {
+        let (s, v) = self.tensor(name);
+        Matrix::new(s[0], s[1], v.into_iter().map(|x| x as f32).collect()).unwrap()
+    }
+
+    fn labels(&self, name: &str) -> Vec<usize> {
+        self.tensor(name).1.into_iter().map(|x| x as usize).collect()
+    }
+}
+
+fn case_splits(f: &Fixture, case: &str) -> (Split, Split) {
+    let train = Split::new(
+        "train",
+        f.matrix(&format!("knn.{case}.train")),
+        f.labels(&format!("knn.{case}.train_labels")),
+    )
+    .unwrap();
+    let val = Split::new(
+        "val",
+        f.matrix(&format!("knn.{case}.val")),
+        f.labels(&format!("knn.{case}.val_labels")),
+    )
+    .unwrap();
+    (train, val)
+}
+
+#[test]
+fn neighbours_and_votes_match_dinov2() {
+    let f = Fixture::load();
+    for case in ["clusters", "small"] {
+        let meta = &f.json["knn"][case];
+        let ks: Vec<usize> = meta["ks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_u64().unwrap() as usize)
+            .collect();
+        let c = meta["num_classes"].as_u64().unwrap() as usize;
+        let (train, val) = case_splits(&f, case);
+        let max_k = *ks.iter().max().unwrap();
+        let nb = knn::nearest(
+            &knn::normalize_rows(&train.features),
+            &knn::normalize_rows(&val.features),
+            max_k,
+            7, // several chunks
+        )
+        .unwrap();
+        let (_, ref_idx) = f.tensor(&format!("knn.{case}.topk_index"));
+        let (_, ref_sims) = f.tensor(&format!("knn.{case}.topk_sims"));
+        let idx: Vec<f64> = nb.index.iter().map(|&i| i as f64).collect();
+        assert_eq!(idx, ref_idx, "{case}: neighbour indices");
+        for (a, b) in nb.sims.iter().zip(&ref_sims) {
+            assert!((*a as f64 - b).abs() < 1e-5, "{case}: sim {a} vs {b}");
+        }
+        for r in 0..val.len() {
+            let labels: Vec<usize> = nb.index[r * max_k..(r + 1) * max_k]
+                .iter()
+                .map(|&i| train.labels[i as usize])
+                .collect();
+            let scores = knn::class_scores(
+                &nb.sims[r * max_k..(r + 1) * max_k],
+                &labels,
+                &ks,
+                0.07,
+                c,
+            );
+            for (ki, k) in ks.iter().enumerate() {
+                let (_, p) = f.tensor(&format!("knn.{case}.probas.{k}"));
+                for cl in 0..c {
+                    let (a, b) = (scores[ki][cl], p[r * c + cl]);
+                    assert!(
+                        (a - b).abs() <= 1e-5 * b.abs().max(1e-3),
+                        "{case} row {r} k {k} class {cl}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+        let cfg = KnnConfig {
+            ks: ks.clone(),
+            ..Default::default()
+        };
+        let res = knn::evaluate(&train, &val, c, &cfg).unwrap();
+        for k in &ks {
+            let s = res.at(*k).unwrap();
+            let t1 = meta["top1"][k.to_string()].as_f64().unwrap();
+            let t5 = meta["top5"][k.to_string()].as_f64().unwrap();
+            assert!((s.top1 - t1).abs() < 1e-9, "{case} k {k}: top-1 {} vs {t1}", s.top1);
+            assert!((s.top5 - t5).abs() < 1e-9, "{case} k {k}: top-5 {} vs {t5}", s.top5);
+        }
+        assert_eq!(res.n_train, train.len());
+        assert_eq!(res.top5_n, c.min(5));
+    }
+}
+
+#[test]
+fn deterministic_and_chunk_independent() {
+    let f = Fixture::load();
+    let (train, val) = case_splits(&f, "clusters");
+    let a = knn::evaluate(&train, &val, 12, &KnnConfig::default()).unwrap();
+    let b = knn::evaluate(
+        &train,
+        &val,
+        12,
+        &KnnConfig {
+            chunk_rows: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn k_is_capped_at_train_size() {
+    let f = Fixture::load();
+    let (train, val) = case_splits(&f, "small"); // 40 train rows
+    let res = knn::evaluate(
+        &train,
+        &val,
+        3,
+        &KnnConfig {
+            ks: vec![10, 100, 200],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(res.max_k, 40);
+    assert_eq!(res.per_k.len(), 2);
+    assert_eq!(res.per_k[1].k, 40);
+    assert_eq!(res.per_k[1].requested, vec![100, 200]);
+    // k = 40 over the whole train set equals the fixture's k = 40.
+    let t1 = f.json["knn"]["small"]["top1"]["40"].as_f64().unwrap();
+    assert!((res.at(200).unwrap().top1 - t1).abs() < 1e-9);
+}
+
+/// Tiny deterministic generator (SplitMix64) for test data.
+struct Mix(u64);
+impl Mix {
+    fn next(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn normal(&mut self) -> f32 {
+        let (u, v) = (self.next().max(1e-300), self.next());
+        ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
+    }
+}
+
+fn blobs(n: usize, d: usize, c: usize, spread: f32, seed: u64, random_labels: bool) -> Split {
+    let mut g = Mix(seed);
+    let mut means = Mix(42);
+    let centres: Vec<f32> = (0..c * d).map(|_| means.normal() * 4.0).collect();
+    let mut data = Vec::with_capacity(n * d);
+    let mut labels = Vec::with_capacity(n);
+    for i in 0..n {
+        let l = i % c;
+        for j in 0..d {
+            data.push(centres[l * d + j] + spread * g.normal());
+        }
+        labels.push(if random_labels {
+            (g.next() * c as f64) as usize % c
+        } else {
+            l
+        });
+    }
+    Split::new("blobs", Matrix::new(n, d, data).unwrap(), labels).unwrap()
+}
+
+#[test]
+fn separable_clusters_score_100_and_random_labels_score_chance() {
+    let train = blobs(1000, 32, 10, 0.5, 1, false);
+    let val = blobs(300, 32, 10, 0.5, 2, false);
+    let res = knn::evaluate(&train, &val, 10, &KnnConfig::default()).unwrap();
+    for s in &res.per_k {
+        assert_eq!(s.top1, 100.0, "k {}", s.k);
+        assert_eq!(s.top5, 100.0);
+    }
+    let train = blobs(1000, 32, 10, 0.5, 1, true);
+    let val = blobs(1000, 32, 10, 0.5, 2, true);
+    let res = knn::evaluate(&train, &val, 10, &KnnConfig::default()).unwrap();
+    for s in &res.per_k {
+        // chance is 10% (top-1) and 50% (top-5); 1000 samples: ±3σ ≈ ±9%, ±4.7%.
+        assert!((s.top1 - 10.0).abs() < 9.0, "k {}: top-1 {}", s.k, s.top1);
+        assert!((s.top5 - 50.0).abs() < 15.0, "k {}: top-5 {}", s.k, s.top5);
+    }
+}
+
+#[test]
+fn bad_inputs_are_errors() {
+    let f = Fixture::load();
+    let (train, val) = case_splits(&f, "small");
+    // Labels beyond num_classes.
+    let e = knn::evaluate(&train, &val, 2, &KnnConfig::default()).unwrap_err();
+    assert!(e.to_string().contains("num_classes"), "{e}");
+    // Dimension mismatch.
+    let other = Split::new("val", Matrix::new(1, 3, vec![1.0; 3]).unwrap(), vec![0]).unwrap();
+    let e = knn::evaluate(&train, &other, 3, &KnnConfig::default()).unwrap_err();
+    assert!(e.to_string().contains("dimension"), "{e}");
+    // k = 0 and bad temperature.
+    let bad_k = KnnConfig {
+        ks: vec![0],
+        ..Default::default()
+    };
+    assert!(knn::evaluate(&train, &val, 3, &bad_k).is_err());
+    let bad_t = KnnConfig {
+        temperature: 0.0,
+        ..Default::default()
+    };
+    assert!(knn::evaluate(&train, &val, 3, &bad_t).is_err());
+    // Label count mismatch is caught when building a split.
+    assert!(Split::new("val", val.features.clone(), vec![0; 3]).is_err());
+}
