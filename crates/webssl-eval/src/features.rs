@@ -515,11 +515,7 @@ impl Split {
         if features.rows != labels.len() {
             return Err(probe_err(
                 context,
-                format!(
-                    "{} feature rows but {} labels",
-                    features.rows,
-                    labels.len()
-                ),
+                format!("{} feature rows but {} labels", features.rows, labels.len()),
             ));
         }
         if features.rows == 0 {
@@ -592,7 +588,9 @@ mod tests {
         assert_eq!(a.labels, [1, 2]);
         assert_eq!(a.unused_labels, 1);
         let keys: Vec<String> = ["z", "q", "r"].iter().map(|s| s.to_string()).collect();
-        let e = align_labels("train", &keys, &l, &m).unwrap_err().to_string();
+        let e = align_labels("train", &keys, &l, &m)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("2 of 3 feature rows have no label"), "{e}");
     }
 

@@ -155,11 +155,7 @@ pub fn nearest(train: &Matrix, val: &Matrix, k: usize, chunk_rows: usize) -> Res
 /// Writes the `out_s.len()` largest entries of `row` (descending; ties → lower index first).
 fn top_k_row(row: &[f32], out_s: &mut [f32], out_i: &mut [u32]) {
     let k = out_s.len();
-    let cmp = |a: &u32, b: &u32| {
-        row[*b as usize]
-            .total_cmp(&row[*a as usize])
-            .then(a.cmp(b))
-    };
+    let cmp = |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
     let mut idx: Vec<u32> = (0..row.len() as u32).collect();
     if k < idx.len() {
         idx.select_nth_unstable_by(k - 1, cmp);
@@ -186,7 +182,10 @@ pub fn class_scores(
         .iter()
         .map(|s| f64::from(*s) / t)
         .fold(f64::NEG_INFINITY, f64::max);
-    let e: Vec<f64> = sims.iter().map(|s| (f64::from(*s) / t - max).exp()).collect();
+    let e: Vec<f64> = sims
+        .iter()
+        .map(|s| (f64::from(*s) / t - max).exp())
+        .collect();
     let z: f64 = e.iter().sum();
     let mut acc = vec![0f64; num_classes];
     let mut out = vec![Vec::new(); ks.len()];
@@ -244,7 +243,9 @@ pub struct KnnResult {
 impl KnnResult {
     /// The entry for k (after capping), if scored.
     pub fn at(&self, k: usize) -> Option<&KnnScore> {
-        self.per_k.iter().find(|s| s.k == k || s.requested.contains(&k))
+        self.per_k
+            .iter()
+            .find(|s| s.k == k || s.requested.contains(&k))
     }
 }
 
@@ -256,10 +257,7 @@ pub fn evaluate(
     cfg: &KnnConfig,
 ) -> Result<KnnResult> {
     if cfg.ks.is_empty() || cfg.ks.contains(&0) {
-        return Err(probe_err(format!(
-            "k values must be ≥ 1, got {:?}",
-            cfg.ks
-        )));
+        return Err(probe_err(format!("k values must be ≥ 1, got {:?}", cfg.ks)));
     }
     if !(cfg.temperature.is_finite() && cfg.temperature > 0.0) {
         return Err(probe_err(format!(

@@ -29,7 +29,9 @@ impl Fixture {
 
     fn tensor(&self, name: &str) -> (Vec<usize>, Vec<f64>) {
         let st = SafeTensors::deserialize(&self.bytes).unwrap();
-        let t = st.tensor(name).unwrap_or_else(|_| panic!("fixture has no {name}"));
+        let t = st
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("fixture has no {name}"));
         let d = t.data();
         let v: Vec<f64> = match t.dtype() {
             Dtype::F32 => d
@@ -55,7 +57,11 @@ impl Fixture {
     }
 
     fn labels(&self, name: &str) -> Vec<usize> {
-        self.tensor(name).1.into_iter().map(|x| x as usize).collect()
+        self.tensor(name)
+            .1
+            .into_iter()
+            .map(|x| x as usize)
+            .collect()
     }
 }
 
@@ -108,13 +114,8 @@ fn neighbours_and_votes_match_dinov2() {
                 .iter()
                 .map(|&i| train.labels[i as usize])
                 .collect();
-            let scores = knn::class_scores(
-                &nb.sims[r * max_k..(r + 1) * max_k],
-                &labels,
-                &ks,
-                0.07,
-                c,
-            );
+            let scores =
+                knn::class_scores(&nb.sims[r * max_k..(r + 1) * max_k], &labels, &ks, 0.07, c);
             for (ki, k) in ks.iter().enumerate() {
                 let (_, p) = f.tensor(&format!("knn.{case}.probas.{k}"));
                 for cl in 0..c {
@@ -135,8 +136,16 @@ fn neighbours_and_votes_match_dinov2() {
             let s = res.at(*k).unwrap();
             let t1 = meta["top1"][k.to_string()].as_f64().unwrap();
             let t5 = meta["top5"][k.to_string()].as_f64().unwrap();
-            assert!((s.top1 - t1).abs() < 1e-9, "{case} k {k}: top-1 {} vs {t1}", s.top1);
-            assert!((s.top5 - t5).abs() < 1e-9, "{case} k {k}: top-5 {} vs {t5}", s.top5);
+            assert!(
+                (s.top1 - t1).abs() < 1e-9,
+                "{case} k {k}: top-1 {} vs {t1}",
+                s.top1
+            );
+            assert!(
+                (s.top5 - t5).abs() < 1e-9,
+                "{case} k {k}: top-5 {} vs {t5}",
+                s.top5
+            );
         }
         assert_eq!(res.n_train, train.len());
         assert_eq!(res.top5_n, c.min(5));
