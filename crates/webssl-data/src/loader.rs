@@ -369,6 +369,8 @@ pub struct LoaderConfig {
 
 impl LoaderConfig {
     /// Defaults for `batch_size`: threads = available cores, prefetch 4 batches, Pillow's pixel cap.
+    /// With several ranks per machine, set `decode_threads` to cores / local ranks to avoid
+    /// oversubscription (each rank's loader is independent).
     pub fn new(batch_size: usize) -> Self {
         let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
         Self {
