@@ -11,6 +11,10 @@ pub enum TrainError {
     /// A configuration value that is missing, malformed or out of range; names the field.
     #[error("invalid config `{field}`: {reason}")]
     Config { field: String, reason: String },
+    /// A config file or `--set` override that does not fit the config struct: names where the
+    /// value came from (`configs/demo.toml`, `--set optim.lr=x`) and its full dotted key.
+    #[error("{origin}: {key}: {reason}")]
+    ConfigValue { origin: String, key: String, reason: String },
     /// A checkpoint or run directory that cannot be used (corrupt, incompatible, wrong world size).
     #[error("checkpoint {}: {reason}", path.display())]
     Checkpoint { path: PathBuf, reason: String },
