@@ -68,13 +68,15 @@ pub fn shortest_edge_size(w: u32, h: u32, size: u32) -> (u32, u32) {
     }
 }
 
-/// torchvision `Resize(size, filter)` with an int size on a PIL image.
+/// torchvision `Resize(size, filter)` with an int size on a PIL image. Panics if `size` is 0 or the
+/// image is empty (use [`EvalTransform::apply_u8`] for a `Result`).
 pub fn resize_shortest_edge(img: &RgbImage, size: u32, filter: Filter) -> RgbImage {
     let (w, h) = shortest_edge_size(img.width(), img.height(), size);
     resize_exact(img, w, h, filter)
 }
 
 /// `PIL.Image.resize((w, h), filter)` (torchvision `Resize((h, w))`, HF `size: {height, width}`).
+/// Panics if a size is 0 or the image is empty.
 pub fn resize_exact(img: &RgbImage, w: u32, h: u32, filter: Filter) -> RgbImage {
     resize(img, w, h, filter)
 }
