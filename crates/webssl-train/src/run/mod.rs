@@ -21,15 +21,15 @@
 
 pub mod checkpoint;
 pub mod config;
-// TMP pub mod metrics;
-// TMP pub mod progress;
-// TMP pub mod tensorboard;
+pub mod metrics;
+pub mod progress;
+pub mod tensorboard;
 
 pub use checkpoint::{CheckpointManager, Resume};
 pub use config::{diff_tables, load_config, to_toml_string};
-// TMP pub use metrics::{MetricsWriter, check_finite, read_jsonl};
-// TMP pub use progress::{Progress, ProgressMode, ProgressUpdate};
-// TMP pub use tensorboard::{EventWriter, read_scalars};
+pub use metrics::{MetricsWriter, check_finite, read_jsonl};
+pub use progress::{Progress, ProgressMode, ProgressUpdate};
+pub use tensorboard::{EventWriter, read_scalars};
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
