@@ -40,7 +40,7 @@ fn t2(s: &TensorStore, key: &str, device: &Device) -> Tensor<2> {
 }
 
 fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
 }
 
 fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
@@ -440,4 +440,45 @@ fn fresh_head_sanity_values_and_gradient_flow() {
         teacher.mlp[0].weight.grad(&grads).is_none(),
         "teacher must get no gradient"
     );
+}
+
+/// bf16 logits and features (the mixed-precision forward) are cast to f32 inside every objective: the
+/// results are f32, close to the f32 computation on the same (rounded) inputs, and gradients flow back.
+#[test]
+fn half_precision_inputs_are_computed_in_f32() {
+    use burn::tensor::{DType, FloatDType};
+    let s = store();
+    let device = Device::flex().autodiff();
+    let x16 = t2(&s, "koleo.x", &device)
+        .cast(FloatDType::BF16)
+        .require_grad();
+    let x32 = x16.clone().detach().cast(FloatDType::F32);
+    let l16 = koleo_loss(x16.clone());
+    assert_eq!(l16.dtype(), DType::F32);
+    let l32 = koleo_loss(x32);
+    assert_close("koleo bf16", &vals(l16.clone()), &vals(l32), VALUE_TOL);
+    let g = x16.grad(&l16.backward()).expect("bf16 input gradient");
+    assert!(vals(g.cast(FloatDType::F32)).iter().any(|&v| v != 0.0));
+
+    let st = t2(&s, "ibot.student", &device)
+        .cast(FloatDType::BF16)
+        .require_grad();
+    let teacher = sinkhorn_knopp(
+        t2(&s, "ibot.teacher_logits", &device).cast(FloatDType::BF16),
+        0.06,
+        3,
+    );
+    assert_eq!(teacher.dtype(), DType::F32);
+    let w = t1(&s, "ibot.masks_weight", &device);
+    let l16 = ibot_loss(st.clone(), teacher.clone(), w.clone(), 8, 0.1);
+    let l32 = ibot_loss(
+        st.clone().detach().cast(FloatDType::F32),
+        teacher,
+        w,
+        8,
+        0.1,
+    );
+    assert_eq!(l16.dtype(), DType::F32);
+    assert_close("ibot bf16", &vals(l16.clone()), &vals(l32), VALUE_TOL);
+    assert!(st.grad(&l16.backward()).is_some());
 }

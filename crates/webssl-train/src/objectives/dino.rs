@@ -100,7 +100,7 @@ mod tests {
     }
 
     fn scalar(t: Tensor<1>) -> f32 {
-        t.into_data().convert::<f32>().to_vec::<f32>().unwrap()[0]
+        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()[0]
     }
 
     #[test]
@@ -168,7 +168,7 @@ mod tests {
         let grads = dino_loss(&student, &teacher, 0.1).backward();
         for s in &student {
             let g = s.grad(&grads).expect("student grad");
-            let g = g.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+            let g = g.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
             assert!(g.iter().any(|&x| x != 0.0));
         }
         for t in &teacher {

@@ -63,7 +63,7 @@ mod tests {
     use burn::tensor::{Device, TensorData};
 
     fn scalar(t: Tensor<1>) -> f32 {
-        t.into_data().convert::<f32>().to_vec::<f32>().unwrap()[0]
+        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()[0]
     }
 
     #[test]
@@ -107,7 +107,7 @@ mod tests {
             .unwrap()
             .into_data()
             .convert::<f32>()
-            .to_vec::<f32>()
+            .try_to_vec::<f32>()
             .unwrap();
         assert!(g.iter().any(|&x| x != 0.0));
         assert!(t.grad(&grads).is_none());

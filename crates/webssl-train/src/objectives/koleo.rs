@@ -39,8 +39,8 @@ pub fn koleo_loss(x: Tensor<2>) -> Tensor<1> {
     let dots = dots
         .into_data()
         .convert::<f32>()
-        .to_vec::<f32>()
-        .unwrap_or_default();
+        .try_to_vec::<f32>()
+        .expect("f32 after convert");
     let nn: Vec<i64> = (0..b)
         .map(|i| {
             let row = &dots[i * b..(i + 1) * b];
@@ -65,7 +65,7 @@ mod tests {
     use burn::tensor::Device;
 
     fn scalar(t: Tensor<1>) -> f64 {
-        t.into_data().convert::<f64>().to_vec::<f64>().unwrap()[0]
+        t.into_data().convert::<f64>().try_to_vec::<f64>().unwrap()[0]
     }
 
     #[test]
@@ -121,7 +121,7 @@ mod tests {
             .unwrap()
             .into_data()
             .convert::<f32>()
-            .to_vec::<f32>()
+            .try_to_vec::<f32>()
             .unwrap();
         assert!(g.iter().all(|v| v.is_finite()));
         assert!(g.iter().any(|&v| v != 0.0));

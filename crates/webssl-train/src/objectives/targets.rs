@@ -97,8 +97,8 @@ impl Centering {
             .clone()
             .into_data()
             .convert::<f32>()
-            .to_vec::<f32>()
-            .unwrap_or_default()
+            .try_to_vec::<f32>()
+            .expect("f32 after convert")
     }
 
     /// The centre as one named checkpoint tensor `{prefix}.center`, shape `[1, K]`.
@@ -157,7 +157,7 @@ mod tests {
     use super::*;
 
     fn values(t: Tensor<2>) -> Vec<f32> {
-        t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
     }
 
     fn logits(b: usize, k: usize, scale: f32, device: &Device) -> Tensor<2> {
