@@ -4,4 +4,5 @@
 pub mod error;
 pub mod features;
 pub mod knn;
+pub mod linear;
 pub mod vqa;
