@@ -19,8 +19,9 @@
 //! burn's global RNG, so a head is reproducible from `(config, seed)`.
 //!
 //! Deviations: the MLP is a `Vec<Linear>` (`mlp.0`, `mlp.1`, `mlp.2`) while PyTorch's `nn.Sequential`
-//! interleaves GELUs (`mlp.0`, `mlp.2`, `mlp.4`): a checkpoint key map must send PyTorch index `2i` to
-//! ours `i`. burn's `Linear` stores weights as `[in, out]` (PyTorch: `[out, in]`), while
+//! interleaves GELUs (`mlp.0`, `mlp.2`, `mlp.4`); [`DinoHead::from_torch_store`] and
+//! [`DinoHead::torch_tensors`] translate to and from PyTorch state-dict names and layouts (released
+//! dinov2 / Web-DINO teacher checkpoints with heads). burn's `Linear` stores weights as `[in, out]` (PyTorch: `[out, in]`), while
 //! [`WeightNormLinear::weight_v`] keeps PyTorch's `[K, bottleneck]` layout because the norm is per
 //! prototype row. The L2-normalisation eps is the fp32 one (1e-12); dinov2 switches to 1e-6 only for fp16
 //! activations, and the head is meant to run in f32 here. `use_bn` (always false in dinov2) is not offered.
@@ -33,6 +34,9 @@ use burn::tensor::{Device, Tensor, TensorData};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::store::TensorStore;
+use crate::error::{ModelError, Result};
 
 /// Shape of a [`DinoHead`]. dinov2 defaults: hidden 2048, bottleneck 256, 3 layers, K = 65,536
 /// (`vitl14`/`vitg14`: K = 131,072 with bottleneck 384 for DINO).
@@ -174,6 +178,174 @@ impl DinoHead {
     }
 }
 
+impl DinoHead {
+    /// Loads a head from PyTorch `DINOHead` state-dict tensors stored under `prefix` (e.g.
+    /// `"dino_head."`, `"teacher.ibot_head."`, or `""`), inferring the config from the shapes.
+    ///
+    /// Accepts the `nn.Sequential` keys `mlp.{0,2,4,…}.{weight,bias}` (or `mlp.{weight,bias}` for a
+    /// one-layer head, where dinov2 uses a bare `nn.Linear`), biases optional (`mlp_bias = False`), and
+    /// both weight-norm namings: `last_layer.weight_{g,v}` (`torch.nn.utils.weight_norm`, dinov2's) and
+    /// `last_layer.parametrizations.weight.original{0,1}` (the parametrizations version).
+    pub fn from_torch_store(
+        store: &TensorStore,
+        prefix: &str,
+        device: &Device,
+    ) -> Result<(Self, DinoHeadConfig)> {
+        let read = |key: &str| store.read_f32(&format!("{prefix}{key}"));
+        let mut names: Vec<String> = Vec::new();
+        if store.contains(&format!("{prefix}mlp.weight")) {
+            names.push("mlp".into());
+        } else {
+            while store.contains(&format!("{prefix}mlp.{}.weight", 2 * names.len())) {
+                names.push(format!("mlp.{}", 2 * names.len()));
+            }
+        }
+        if names.is_empty() {
+            return Err(ModelError::MissingTensor {
+                name: format!("{prefix}mlp"),
+                looked_for: format!("{prefix}mlp.0.weight, {prefix}mlp.weight"),
+            });
+        }
+        let mut mlp = Vec::with_capacity(names.len());
+        let mut dims: Vec<(usize, usize)> = Vec::new();
+        for name in &names {
+            let key = format!("{name}.weight");
+            let (shape, w) = read(&key)?;
+            let (out, inp) = match shape[..] {
+                [o, i] => (o, i),
+                _ => return Err(shape_err(prefix, &key, vec![0, 0], shape)),
+            };
+            if let Some(&(_, prev_out)) = dims.last()
+                && prev_out != inp
+            {
+                return Err(shape_err(prefix, &key, vec![out, prev_out], shape));
+            }
+            dims.push((inp, out));
+            let bias_key = format!("{prefix}{name}.bias");
+            let bias = if store.contains(&bias_key) {
+                let (bshape, b) = store.read_f32(&bias_key)?;
+                if bshape != [out] {
+                    return Err(shape_err(
+                        prefix,
+                        &format!("{name}.bias"),
+                        vec![out],
+                        bshape,
+                    ));
+                }
+                Some(Param::from_tensor(Tensor::from_data(
+                    TensorData::new(b, [out]),
+                    device,
+                )))
+            } else {
+                None
+            };
+            let w = transpose(&w, out, inp); // PyTorch [out, in] → burn [in, out]
+            mlp.push(Linear {
+                weight: Param::from_tensor(Tensor::from_data(
+                    TensorData::new(w, [inp, out]),
+                    device,
+                )),
+                bias,
+            });
+        }
+        let bottleneck = dims[dims.len() - 1].1;
+        let (g_key, v_key) = if store.contains(&format!("{prefix}last_layer.weight_g")) {
+            ("last_layer.weight_g", "last_layer.weight_v")
+        } else {
+            (
+                "last_layer.parametrizations.weight.original0",
+                "last_layer.parametrizations.weight.original1",
+            )
+        };
+        let (vshape, v) = read(v_key)?;
+        let k = match vshape[..] {
+            [k, b] if b == bottleneck => k,
+            _ => return Err(shape_err(prefix, v_key, vec![0, bottleneck], vshape)),
+        };
+        let (gshape, g) = read(g_key)?;
+        if gshape.iter().product::<usize>() != k || gshape.first() != Some(&k) {
+            return Err(shape_err(prefix, g_key, vec![k, 1], gshape));
+        }
+        let cfg = DinoHeadConfig {
+            in_dim: dims[0].0,
+            out_dim: k,
+            hidden_dim: if dims.len() > 1 { dims[0].1 } else { 0 },
+            bottleneck_dim: bottleneck,
+            nlayers: dims.len(),
+        };
+        let head = Self {
+            mlp,
+            last_layer: WeightNormLinear {
+                weight_g: Param::from_tensor(Tensor::from_data(TensorData::new(g, [k, 1]), device)),
+                weight_v: Param::from_tensor(Tensor::from_data(
+                    TensorData::new(v, [k, bottleneck]),
+                    device,
+                )),
+            },
+        };
+        Ok((head, cfg))
+    }
+
+    /// The head's tensors under PyTorch `DINOHead` names and layouts (`mlp.{2i}.weight` as `[out, in]`,
+    /// `last_layer.weight_g` `[K, 1]`, `last_layer.weight_v` `[K, bottleneck]`), each prefixed.
+    pub fn torch_tensors(&self, prefix: &str) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        let mut out = Vec::new();
+        let one = self.mlp.len() == 1;
+        for (i, l) in self.mlp.iter().enumerate() {
+            let name = if one {
+                "mlp".to_string()
+            } else {
+                format!("mlp.{}", 2 * i)
+            };
+            let [inp, o] = l.weight.dims();
+            let w = transpose(&host(l.weight.val()), inp, o);
+            out.push((format!("{prefix}{name}.weight"), vec![o, inp], w));
+            if let Some(b) = &l.bias {
+                out.push((format!("{prefix}{name}.bias"), vec![o], host(b.val())));
+            }
+        }
+        let ll = &self.last_layer;
+        out.push((
+            format!("{prefix}last_layer.weight_g"),
+            ll.weight_g.dims().to_vec(),
+            host(ll.weight_g.val()),
+        ));
+        out.push((
+            format!("{prefix}last_layer.weight_v"),
+            ll.weight_v.dims().to_vec(),
+            host(ll.weight_v.val()),
+        ));
+        out
+    }
+}
+
+fn shape_err(prefix: &str, key: &str, expected: Vec<usize>, found: Vec<usize>) -> ModelError {
+    ModelError::Shape {
+        name: format!("DINOHead {key}"),
+        key: format!("{prefix}{key}"),
+        expected,
+        found,
+    }
+}
+
+fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("f32 after convert")
+}
+
+/// Row-major `[rows, cols]` → `[cols, rows]`.
+fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; v.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = v[r * cols + c];
+        }
+    }
+    out
+}
+
 /// Uniform in [0, 1) with 53 random bits.
 fn uniform01(rng: &mut ChaCha8Rng) -> f64 {
     (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
@@ -198,7 +370,10 @@ mod tests {
     use super::*;
 
     fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
+        t.into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap()
     }
 
     fn small() -> DinoHeadConfig {
@@ -300,6 +475,59 @@ mod tests {
         assert_eq!(head.mlp.len(), 1);
         assert_eq!(head.mlp[0].weight.dims(), [16, 8]);
         assert_eq!(cfg.num_params(), 16 * 8 + 8 + 64 * 9);
+    }
+
+    #[test]
+    fn torch_state_dict_round_trip() {
+        let device = Device::flex();
+        let dir = tempfile::tempdir().unwrap();
+        for (nlayers, renamed) in [(3, false), (1, false), (2, true)] {
+            let cfg = DinoHeadConfig { nlayers, ..small() };
+            let head = DinoHead::new(&cfg, 5, &device);
+            let mut tensors = head.torch_tensors("teacher.dino_head.");
+            if renamed {
+                for t in &mut tensors {
+                    t.0 = t.0.replace("weight_g", "parametrizations.weight.original0");
+                    t.0 = t.0.replace("weight_v", "parametrizations.weight.original1");
+                }
+            }
+            let path = dir.path().join(format!("head{nlayers}.safetensors"));
+            crate::checkpoint::export::write_safetensors(&path, &tensors).unwrap();
+            let store = TensorStore::open_file(&path).unwrap();
+            let (back, back_cfg) =
+                DinoHead::from_torch_store(&store, "teacher.dino_head.", &device).unwrap();
+            let want_cfg = if nlayers == 1 {
+                DinoHeadConfig {
+                    hidden_dim: 0,
+                    ..cfg.clone()
+                }
+            } else {
+                cfg.clone()
+            };
+            assert_eq!(back_cfg, want_cfg);
+            let x = Tensor::<2>::from_data(
+                TensorData::new(
+                    (0..3 * 16).map(|i| (i as f32 * 0.37).sin()).collect(),
+                    [3, 16],
+                ),
+                &device,
+            );
+            assert_eq!(values(head.forward(x.clone())), values(back.forward(x)));
+            assert!(DinoHead::from_torch_store(&store, "student.dino_head.", &device).is_err());
+        }
+        // a v that does not fit the bottleneck is a shape error naming the key
+        let head = DinoHead::new(&small(), 5, &device);
+        let mut tensors = head.torch_tensors("");
+        let v = tensors
+            .iter_mut()
+            .find(|t| t.0 == "last_layer.weight_v")
+            .unwrap();
+        v.1 = vec![32, 16];
+        let path = dir.path().join("bad.safetensors");
+        crate::checkpoint::export::write_safetensors(&path, &tensors).unwrap();
+        let err = DinoHead::from_torch_store(&TensorStore::open_file(&path).unwrap(), "", &device)
+            .unwrap_err();
+        assert!(err.to_string().contains("last_layer.weight_v"), "{err}");
     }
 
     #[test]

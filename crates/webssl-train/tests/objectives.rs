@@ -3,11 +3,9 @@
 // the real modules, run in float64). Tolerances are norm-wise, max|got − want| / max|want|:
 // 1e-5 for values, 1e-4 for gradients (we compute in f32).
 
-use burn::module::Param;
-use burn::nn::Linear;
 use burn::tensor::{Device, Tensor, TensorData};
 use webssl_models::checkpoint::store::TensorStore;
-use webssl_models::heads::{DinoHead, DinoHeadConfig, WeightNormLinear};
+use webssl_models::heads::{DinoHead, DinoHeadConfig};
 use webssl_train::objectives::{
     Centering, dino_loss, dino_loss_terms, ibot_loss, koleo_loss, sinkhorn_knopp,
 };
@@ -81,33 +79,18 @@ fn rows(t: &Tensor<2>, from: usize, to: usize) -> Tensor<2> {
     t.clone().slice(from..to)
 }
 
+/// The fixture head, read through the PyTorch state-dict loader (PyTorch layouts and names).
 fn fixture_head(s: &TensorStore, device: &Device) -> DinoHead {
-    let mlp = [0, 2, 4]
-        .iter()
-        .map(|i| {
-            let (shape, w) = read(s, &format!("head.mlp.{i}.weight"));
-            let (out, inp) = (shape[0], shape[1]);
-            let w = transpose(&w, out, inp); // PyTorch [out, in] → burn [in, out]
-            Linear {
-                weight: Param::from_tensor(Tensor::from_data(
-                    TensorData::new(w, [inp, out]),
-                    device,
-                )),
-                bias: Some(Param::from_tensor(t1(
-                    s,
-                    &format!("head.mlp.{i}.bias"),
-                    device,
-                ))),
-            }
-        })
-        .collect();
-    DinoHead {
-        mlp,
-        last_layer: WeightNormLinear {
-            weight_g: Param::from_tensor(t2(s, "head.last_layer.weight_g", device)),
-            weight_v: Param::from_tensor(t2(s, "head.last_layer.weight_v", device)),
-        },
-    }
+    let (head, cfg) = DinoHead::from_torch_store(s, "head.", device).expect("fixture head");
+    let want = DinoHeadConfig {
+        in_dim: 16,
+        out_dim: 64,
+        hidden_dim: 32,
+        bottleneck_dim: 8,
+        nlayers: 3,
+    };
+    assert_eq!(cfg, want);
+    head
 }
 
 #[test]

@@ -21,7 +21,7 @@ pub mod ibot;
 pub mod koleo;
 pub mod targets;
 
-pub use dino::{dino_loss, dino_loss_terms};
+pub use dino::{DinoLossTerms, dino_loss, dino_loss_terms};
 pub use ibot::ibot_loss;
 pub use koleo::koleo_loss;
 pub use targets::{Centering, sinkhorn_knopp};
