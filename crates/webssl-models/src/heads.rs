@@ -21,8 +21,8 @@
 //! Deviations: the MLP is a `Vec<Linear>` (`mlp.0`, `mlp.1`, `mlp.2`) while PyTorch's `nn.Sequential`
 //! interleaves GELUs (`mlp.0`, `mlp.2`, `mlp.4`); [`DinoHead::from_torch_store`] and
 //! [`DinoHead::torch_tensors`] translate to and from PyTorch state-dict names and layouts (released
-//! dinov2 / Web-DINO teacher checkpoints with heads). burn's `Linear` stores weights as `[in, out]` (PyTorch: `[out, in]`), while
-//! [`WeightNormLinear::weight_v`] keeps PyTorch's `[K, bottleneck]` layout because the norm is per
+//! dinov2 / Web-DINO teacher checkpoints with heads). burn's `Linear` stores weights as `[in, out]`
+//! (PyTorch: `[out, in]`), while [`WeightNormLinear::weight_v`] keeps PyTorch's `[K, bottleneck]` layout because the norm is per
 //! prototype row. The L2-normalisation eps is the fp32 one (1e-12); dinov2 switches to 1e-6 only for fp16
 //! activations, and the head is meant to run in f32 here. `use_bn` (always false in dinov2) is not offered.
 
