@@ -193,7 +193,7 @@ impl ParamGrads {
     /// non-finite norm leaves the gradients as they are.
     pub fn clip(&mut self, max_norm: f64) -> f64 {
         let norm = self.global_norm();
-        if !(max_norm > 0.0) || !norm.is_finite() {
+        if max_norm.is_nan() || max_norm <= 0.0 || !norm.is_finite() {
             return norm;
         }
         let coef = max_norm / (norm + 1e-6);

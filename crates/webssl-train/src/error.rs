@@ -21,6 +21,9 @@ pub enum TrainError {
     /// A non-finite loss or gradient; training stops and the last good checkpoint is kept.
     #[error("step {step}: {what} is not finite ({value})")]
     NonFinite { step: u64, what: String, value: f64 },
+    /// Optimizer state that does not fit (a missing moment, a wrong shape, a bad step count).
+    #[error("optimizer state `{key}`: {reason}")]
+    OptimizerState { key: String, reason: String },
     #[error(transparent)]
     Model(#[from] webssl_models::ModelError),
     #[error(transparent)]
