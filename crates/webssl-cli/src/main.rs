@@ -23,6 +23,9 @@ struct Cli {
 enum Command {
     /// Extract features from images with a backbone checkpoint (HF or native layout).
     Embed(cmd::embed::Args),
+    /// Self-supervised pretraining (DINOv2 / Web-DINO).
+    #[command(subcommand)]
+    Pretrain(cmd::pretrain::Command),
     /// Create, list and inspect backbone checkpoints.
     #[command(subcommand)]
     Model(cmd::model::Command),
@@ -44,6 +47,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Embed(args) => cmd::embed::run(args),
         Command::Model(c) => cmd::model::run(c),
+        Command::Pretrain(c) => cmd::pretrain::run(c),
         Command::Shards(c) => cmd::shards::run(c),
         Command::Synth(args) => cmd::synth::run(args),
         Command::Eval(c) => cmd::eval::run(c),

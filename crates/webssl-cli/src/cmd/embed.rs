@@ -85,6 +85,7 @@ pub struct Args {
 /// One decoded batch, produced ahead of the model.
 struct Batch {
     keys: Vec<String>,
+    labels: Vec<Option<i64>>,
     pixels: Vec<f32>,
     skipped: Vec<(String, String)>,
 }
@@ -141,9 +142,64 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.batch_size
     );
 
+    let (out, skipped, secs) = embed_items(
+        &model,
+        transform,
+        inputs,
+        &Options {
+            batch_size: args.batch_size,
+            max_pixels: args.max_pixels,
+            features: args.features.clone(),
+            last_layers: args.last_layers,
+        },
+        (w, h),
+        &device,
+    )?;
+    if out.keys.is_empty() {
+        bail!("no image could be embedded ({} skipped)", skipped.len());
+    }
+    out.write(&args.output, &args.model, (w, h))?;
+    println!(
+        "embedded {} images ({} skipped) in {:.1}s, {:.1} img/s -> {}",
+        out.keys.len(),
+        skipped.len(),
+        secs,
+        out.keys.len() as f64 / secs,
+        args.output.display()
+    );
+    if !skipped.is_empty() {
+        println!("skipped:");
+        for (what, why) in skipped.iter().take(20) {
+            println!("  {what}: {why}");
+        }
+        if skipped.len() > 20 {
+            println!("  ... and {} more", skipped.len() - 20);
+        }
+    }
+    Ok(())
+}
+
+/// How [`embed_items`] runs.
+pub struct Options {
+    pub batch_size: usize,
+    pub max_pixels: u64,
+    pub features: Vec<Feature>,
+    pub last_layers: usize,
+}
+
+/// Embeds every image of `inputs` (in order) with `model`; returns the features, the skipped items
+/// (`what`, `why`) and the wall time. Decoding runs one batch ahead on the rayon pool.
+pub fn embed_items(
+    model: &Vit,
+    transform: EvalTransform,
+    inputs: Vec<webssl_data::source::InputSpec>,
+    opts: &Options,
+    (w, h): (u32, u32),
+    device: &Device,
+) -> anyhow::Result<(Features, Vec<(String, String)>, f64)> {
     let (tx, rx) = crossbeam_channel::bounded::<Batch>(2);
-    let batch_size = args.batch_size;
-    let max_pixels = args.max_pixels;
+    let batch_size = opts.batch_size;
+    let max_pixels = opts.max_pixels;
     let producer = std::thread::spawn(move || {
         let mut items = iter_items(&inputs);
         loop {
@@ -151,7 +207,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             if chunk.is_empty() {
                 break;
             }
-            let decoded: Vec<Result<(String, Vec<f32>), (String, String)>> = chunk
+            let decoded: Vec<Result<(String, Option<i64>, Vec<f32>), (String, String)>> = chunk
                 .into_par_iter()
                 .map(|item| match item {
                     Ok(item) => prepare(&item, &transform, max_pixels, (w, h)),
@@ -160,13 +216,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .collect();
             let mut batch = Batch {
                 keys: Vec::new(),
+                labels: Vec::new(),
                 pixels: Vec::new(),
                 skipped: Vec::new(),
             };
             for d in decoded {
                 match d {
-                    Ok((key, px)) => {
+                    Ok((key, label, px)) => {
                         batch.keys.push(key);
+                        batch.labels.push(label);
                         batch.pixels.extend_from_slice(&px);
                     }
                     Err(skip) => batch.skipped.push(skip),
@@ -199,10 +257,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let n = batch.keys.len();
         let x = Tensor::<4>::from_data(
             TensorData::new(batch.pixels, [n, 3, h as usize, w as usize]),
-            &device,
+            device,
         );
-        out.add(&model, x, &args.features, args.last_layers);
+        out.add(model, x, &opts.features, opts.last_layers);
         out.keys.extend(batch.keys);
+        out.labels.extend(batch.labels);
         bar.inc(n as u64);
         bar.set_message(format!("skipped {}", skipped.len()));
     }
@@ -210,29 +269,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("the decoding thread panicked"))?;
     bar.finish_and_clear();
-    let secs = start.elapsed().as_secs_f64();
-    if out.keys.is_empty() {
-        bail!("no image could be embedded ({} skipped)", skipped.len());
-    }
-    out.write(&args.output, &args.model, (w, h))?;
-    println!(
-        "embedded {} images ({} skipped) in {:.1}s, {:.1} img/s -> {}",
-        out.keys.len(),
-        skipped.len(),
-        secs,
-        out.keys.len() as f64 / secs,
-        args.output.display()
-    );
-    if !skipped.is_empty() {
-        println!("skipped:");
-        for (what, why) in skipped.iter().take(20) {
-            println!("  {what}: {why}");
-        }
-        if skipped.len() > 20 {
-            println!("  ... and {} more", skipped.len() - 20);
-        }
-    }
-    Ok(())
+    Ok((out, skipped, start.elapsed().as_secs_f64()))
 }
 
 /// Decode + preprocess one item; a failure names the item.
@@ -241,7 +278,7 @@ fn prepare(
     transform: &EvalTransform,
     max_pixels: u64,
     size: (u32, u32),
-) -> Result<(String, Vec<f32>), (String, String)> {
+) -> Result<(String, Option<i64>, Vec<f32>), (String, String)> {
     let img = decode_rgb(&item.bytes, &item.source, max_pixels)
         .map_err(|e| (item.source.clone(), e.to_string()))?;
     let (px, w, h) = transform.apply(&img);
@@ -251,11 +288,11 @@ fn prepare(
             format!("preprocessed to {w}x{h}, expected {}x{}", size.0, size.1),
         ));
     }
-    Ok((item.key.clone(), px))
+    Ok((item.key.clone(), item.label, px))
 }
 
 /// The output size when it does not depend on the input's aspect ratio.
-fn fixed_output_size(t: &EvalTransform) -> Option<(u32, u32)> {
+pub fn fixed_output_size(t: &EvalTransform) -> Option<(u32, u32)> {
     if let Some((w, h)) = t.crop {
         return Some((w, h));
     }
@@ -280,11 +317,14 @@ fn check_writable(output: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Features of a set of images, in input order.
 #[derive(Default)]
-struct Features {
-    keys: Vec<String>,
+pub struct Features {
+    pub keys: Vec<String>,
+    /// The `.cls` label of each image, when its source has one.
+    pub labels: Vec<Option<i64>>,
     /// name -> (per-sample shape, values)
-    tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    pub tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
 }
 
 impl Features {

@@ -3,5 +3,6 @@
 pub mod embed;
 pub mod eval;
 pub mod model;
+pub mod pretrain;
 pub mod shards;
 pub mod synth;

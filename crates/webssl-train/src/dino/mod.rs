@@ -1,1 +1,725 @@
-//! The DINOv2 / Web-DINO trainer. Not yet implemented.
+//! The DINOv2 / Web-DINO trainer: `webssl pretrain dino`.
+//!
+//! One step, as dinov2's `train.py` + `SSLMetaArch` (training-algorithms.md §0, §5.4): schedules →
+//! teacher targets (Sinkhorn-Knopp or centering) → student forward on masked global and local crops →
+//! DINO + iBOT + KoLeo → backward → per-module gradient clipping (backbone, DINO head, iBOT head) →
+//! decoupled AdamW with per-parameter lr/wd (layer decay, patch-embed ×0.2, last-layer freeze, no decay
+//! on biases/norms/LayerScale) → EMA teacher update. Everything random derives from the run seed, the
+//! loader cursor is part of the checkpoint, and schedules are functions of the step, so a resumed run
+//! continues bit for bit.
+
+pub mod config;
+pub mod model;
+mod step;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+use webssl_data::augment::{DinoAugConfig, DinoAugment};
+use webssl_data::loader::{DinoViews, Loader, LoaderConfig, LoaderCursor, MaskSpec, TarShards};
+use webssl_data::masks::{IbotMaskConfig, MaskingGenerator};
+use webssl_data::sampler::{SamplerConfig, rng_stream};
+use webssl_models::checkpoint::{self, export, store::TensorStore};
+
+pub use config::DinoConfig;
+use model::DinoModel;
+
+use crate::clip_grad::ParamGrads;
+use crate::ema::ema_update;
+use crate::error::{Result, TrainError};
+use crate::objectives::Centering as CenterState;
+use crate::optim::AdamW;
+use crate::param_groups::dinov2_rule;
+use crate::run::RunDir;
+use crate::run::checkpoint::{CheckpointManager, Resume};
+use crate::run::metrics::MetricsWriter;
+use crate::run::progress::ProgressUpdate;
+use crate::run::tensorboard::EventWriter;
+use crate::schedule::CosineSchedule;
+
+/// What a finished (or resumed-and-finished) run leaves behind.
+#[derive(Debug, Clone)]
+pub struct TrainOutcome {
+    pub run_dir: PathBuf,
+    /// The teacher backbone in HF layout.
+    pub export_dir: PathBuf,
+    pub steps: u64,
+    pub resumed_from: Option<u64>,
+}
+
+/// The small JSON part of a checkpoint; tensors live in safetensors files beside it.
+#[derive(Serialize, Deserialize)]
+struct TrainStateMeta {
+    /// Steps completed.
+    step: u64,
+    loader: LoaderCursor,
+    world_size: usize,
+    /// Hash of the resolved config minus the run section, to refuse resuming a different recipe.
+    recipe: String,
+}
+
+/// All per-step schedules (§5.2), functions of the step only.
+struct Schedules {
+    lr: CosineSchedule,
+    last_layer_lr: CosineSchedule,
+    wd: CosineSchedule,
+    momentum: CosineSchedule,
+    teacher_temp: CosineSchedule,
+}
+
+impl Schedules {
+    fn new(cfg: &DinoConfig, world_size: usize) -> Self {
+        let o = &cfg.optim;
+        let lr = cfg.scaled_lr(world_size);
+        let total = o.total_steps;
+        let tt = cfg.loss.teacher_temp_warmup_steps.min(total);
+        Schedules {
+            lr: CosineSchedule::new(lr, o.min_lr, total, o.warmup_steps, 0.0, 0),
+            last_layer_lr: CosineSchedule::new(
+                lr,
+                o.min_lr,
+                total,
+                o.warmup_steps,
+                0.0,
+                o.freeze_last_layer_steps,
+            ),
+            wd: CosineSchedule::new(o.weight_decay, o.weight_decay_end, total, 0, 0.0, 0),
+            momentum: CosineSchedule::new(
+                o.momentum_teacher,
+                o.final_momentum_teacher,
+                total,
+                0,
+                0.0,
+                0,
+            ),
+            teacher_temp: CosineSchedule::linear_ramp(
+                cfg.loss.warmup_teacher_temp,
+                cfg.loss.teacher_temp,
+                tt,
+            ),
+        }
+    }
+}
+
+/// Creates the built-in synthetic data when a configured path is missing.
+pub fn ensure_synth(path: &Path, spec: Option<&config::SynthSpec>, split: &str) -> Result<()> {
+    if path.join(webssl_data::shards::INDEX_FILE).is_file() {
+        return Ok(());
+    }
+    let Some(spec) = spec else {
+        return Err(TrainError::config(
+            "data.train",
+            format!(
+                "{} has no index.json and no synth spec is configured",
+                path.display()
+            ),
+        ));
+    };
+    let cfg = webssl_data::synth::SynthConfig {
+        size: spec.size,
+        seed: spec.seed,
+        mix: webssl_data::synth::Mix::parse(&spec.mix)?,
+    };
+    cfg.validate()?;
+    tracing::info!(
+        "generating {} synthetic samples ({}px, seed {}, mix {}) into {}",
+        spec.samples,
+        spec.size,
+        spec.seed,
+        spec.mix,
+        path.display()
+    );
+    let limits = webssl_data::shards::ShardLimits {
+        max_samples: Some(500),
+        max_bytes: None,
+    };
+    webssl_data::synth::write_shards(path, &cfg, spec.samples as u64, split, limits, &mut |_| {})?;
+    Ok(())
+}
+
+fn recipe_hash(resolved: &toml::Table) -> String {
+    let mut t = resolved.clone();
+    t.remove("run");
+    t.remove("eval");
+    let text = toml::to_string(&t).unwrap_or_default();
+    // FNV-1a: stable across platforms and Rust versions (std's hasher is not).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Runs (or resumes) DINOv2 pretraining as configured. `stop_after` ends this process after that many
+/// steps of the schedule have completed (a checkpoint is written there), e.g. for time-sliced jobs; the
+/// next run resumes from it.
+pub fn train(
+    cfg: &DinoConfig,
+    resolved: &toml::Table,
+    resume: Resume,
+    device: &Device,
+    stop_after: Option<u64>,
+) -> Result<TrainOutcome> {
+    cfg.validate()?;
+    let vit = cfg.vit()?;
+    let world_size = 1;
+    let run = RunDir::create(Path::new(&cfg.run.dir))?;
+    run.write_resolved_config(resolved)?;
+    let train_dir = PathBuf::from(&cfg.data.train);
+    ensure_synth(&train_dir, cfg.data.synth.as_ref(), "train")?;
+
+    let ad = device.clone().autodiff();
+    let mut student = DinoModel::new(&vit, &cfg.heads, cfg.seed, &ad);
+    let mut teacher = student.valid();
+    let new_adamw = || AdamW::new(cfg.optim.betas.0, cfg.optim.betas.1, 1e-8);
+    // One optimizer per sub-module (as clipping): state keys are paths within the sub-module.
+    let mut opt = Optimizers {
+        backbone: new_adamw(),
+        dino_head: new_adamw(),
+        ibot_head: cfg.heads.ibot_separate_head.then(new_adamw),
+    };
+    let k_dino = cfg.heads.dino_prototypes;
+    let k_ibot = if cfg.heads.ibot_separate_head {
+        cfg.heads.ibot_prototypes
+    } else {
+        k_dino
+    };
+    let mut centres = (cfg.loss.centering == config::Centering::Centering).then(|| step::Centres {
+        dino: CenterState::new(k_dino, 0.9, device),
+        ibot: CenterState::new(k_ibot, 0.9, device),
+    });
+    let recipe = recipe_hash(resolved);
+
+    // ---- resume ----
+    let ckpts = CheckpointManager::new(&run.path, cfg.run.keep_last);
+    let from = resume.resolve(&ckpts)?.map(|(_, dir)| dir);
+    let mut start_step = 0;
+    let mut loader_cursor = None;
+    let mut resumed_from = None;
+    if let Some(dir) = &from {
+        let meta: TrainStateMeta =
+            serde_json::from_slice(&CheckpointManager::load_file(dir, "state.json")?).map_err(
+                |e| TrainError::Checkpoint {
+                    path: dir.clone(),
+                    reason: format!("state.json: {e}"),
+                },
+            )?;
+        if meta.world_size != world_size {
+            return Err(TrainError::Checkpoint {
+                path: dir.clone(),
+                reason: format!(
+                    "written with world size {}, this run has {world_size}",
+                    meta.world_size
+                ),
+            });
+        }
+        if meta.recipe != recipe {
+            return Err(TrainError::Checkpoint {
+                path: dir.clone(),
+                reason: "the checkpoint was trained with a different recipe (config outside [run]/[eval] changed); use a new run dir or --resume never".into(),
+            });
+        }
+        let open = |name: &str| TensorStore::open_file(&dir.join(name)).map_err(TrainError::from);
+        student = checkpoint::assign_named_parameters(student, &open("student.safetensors")?, &ad)?;
+        teacher =
+            checkpoint::assign_named_parameters(teacher, &open("teacher.safetensors")?, device)?;
+        opt.load(&read_all(&open("optim.safetensors")?)?)?;
+        if let Some(c) = centres.as_mut() {
+            let store = open("centres.safetensors")?;
+            c.dino.load(&store, "dino", device)?;
+            c.ibot.load(&store, "ibot", device)?;
+        }
+        start_step = meta.step;
+        loader_cursor = Some(meta.loader);
+        resumed_from = Some(meta.step);
+        tracing::info!("resumed from {} (step {})", dir.display(), meta.step);
+    }
+
+    // ---- data ----
+    let grid = cfg.crops.global_size as usize / vit.patch_size;
+    let aug = DinoAugment::new(DinoAugConfig {
+        global_size: cfg.crops.global_size,
+        local_size: cfg.crops.local_size,
+        n_local: cfg.crops.n_local,
+        global_scale: cfg.crops.global_scale,
+        local_scale: cfg.crops.local_scale,
+        ..DinoAugConfig::default()
+    })?;
+    let masks = MaskSpec::Ibot {
+        generator: MaskingGenerator::new(grid, grid)?,
+        config: IbotMaskConfig {
+            ratio_min: cfg.loss.mask_ratio.0,
+            ratio_max: cfg.loss.mask_ratio.1,
+            probability: cfg.loss.mask_probability,
+        },
+        group: 0,
+    };
+    let mut lcfg = LoaderConfig::new(cfg.data.batch_size);
+    if cfg.data.decode_threads > 0 {
+        lcfg.decode_threads = cfg.data.decode_threads;
+    }
+    let sampler = SamplerConfig {
+        seed: cfg.seed,
+        rank: 0,
+        world_size,
+        num_workers: cfg.data.num_workers,
+        shuffle_buffer: cfg.data.shuffle_buffer,
+        shuffle_shards: true,
+    };
+    let mut loader = Loader::new(
+        Arc::new(TarShards::open(&train_dir)?),
+        sampler,
+        Arc::new(DinoViews::new(aug)),
+        masks,
+        lcfg,
+        loader_cursor.as_ref(),
+    )?;
+
+    // ---- logging ----
+    let mut metrics = MetricsWriter::open(&run.path, start_step)?;
+    let mut events = if cfg.run.tensorboard {
+        Some(EventWriter::create(&run.path.join("events"))?)
+    } else {
+        None
+    };
+    let sched = Schedules::new(cfg, world_size);
+    let depth = vit.depth;
+    let rule_backbone = |name: &str| {
+        dinov2_rule(
+            name,
+            depth,
+            cfg.optim.layerwise_decay,
+            cfg.optim.patch_embed_lr_mult,
+        )
+    };
+    let export_dir = run.path.join("export");
+    let preprocessor = export::default_preprocessor(vit.img_size);
+    let total = cfg.optim.total_steps;
+    let bar = crate::run::progress::Progress::new(start_step, total);
+    let started = Instant::now();
+    let mut images_done = 0u64;
+
+    tracing::info!(
+        "DINOv2: {} ({} params), batch {}, lr {:.3e} (scaled), {} steps, {} global {}px + {} local {}px",
+        cfg.model.arch,
+        webssl_models::presets::param_count(&vit),
+        cfg.data.batch_size,
+        cfg.scaled_lr(world_size),
+        total,
+        2,
+        cfg.crops.global_size,
+        cfg.crops.n_local,
+        cfg.crops.local_size
+    );
+
+    let end = stop_after.map_or(total, |s| s.clamp(start_step, total));
+    for it in start_step..end {
+        let step_start = Instant::now();
+        let batch = loader.next_batch()?;
+        let lr = sched.lr.at(it);
+        let last_lr = sched.last_layer_lr.at(it);
+        let wd = sched.wd.at(it);
+        let mom = sched.momentum.at(it);
+        let tt = sched.teacher_temp.at(it);
+        let mut drop_rng = rng_stream(cfg.seed, "drop_path", &[it]);
+        let loss = step::forward(
+            cfg,
+            &student,
+            &teacher,
+            &batch,
+            tt,
+            &mut centres,
+            &mut drop_rng,
+            &ad,
+        );
+        let total_loss = loss
+            .total
+            .clone()
+            .into_data()
+            .convert::<f64>()
+            .try_to_vec::<f64>()
+            .map(|v| v[0])
+            .unwrap_or(f64::NAN);
+        if !total_loss.is_finite() {
+            return Err(TrainError::NonFinite {
+                step: it,
+                what: "loss".into(),
+                value: total_loss,
+            });
+        }
+        let grads = loss.total.backward();
+        let mut g_backbone = ParamGrads::from_module(&student.backbone, &grads);
+        let mut g_dino = ParamGrads::from_module(&student.dino_head, &grads);
+        let mut g_ibot = student
+            .ibot_head
+            .as_ref()
+            .map(|h| ParamGrads::from_module(h, &grads));
+        let norm_backbone = g_backbone.clip(cfg.optim.clip_grad);
+        let norm_dino = g_dino.clip(cfg.optim.clip_grad);
+        let norm_ibot = g_ibot.as_mut().map(|g| g.clip(cfg.optim.clip_grad));
+        for (what, n) in [
+            ("grad norm (backbone)", norm_backbone),
+            ("grad norm (dino head)", norm_dino),
+            ("grad norm (ibot head)", norm_ibot.unwrap_or(0.0)),
+        ] {
+            if !n.is_finite() {
+                return Err(TrainError::NonFinite {
+                    step: it,
+                    what: what.into(),
+                    value: n,
+                });
+            }
+        }
+        // Heads: dinov2 calls the rule with depth 0 there ("not a ViT"): multiplier 1.
+        let head_rule = |name: &str| dinov2_rule(name, 0, 1.0, 1.0);
+        let DinoModel {
+            backbone,
+            dino_head,
+            ibot_head,
+        } = student;
+        let backbone = opt
+            .backbone
+            .step(backbone, &g_backbone, lr, last_lr, wd, &rule_backbone);
+        let dino_head = opt
+            .dino_head
+            .step(dino_head, &g_dino, lr, last_lr, wd, &head_rule);
+        let ibot_head = match (ibot_head, g_ibot.as_ref(), opt.ibot_head.as_mut()) {
+            (Some(h), Some(g), Some(o)) => Some(o.step(h, g, lr, last_lr, wd, &head_rule)),
+            (h, _, _) => h,
+        };
+        student = DinoModel {
+            backbone,
+            dino_head,
+            ibot_head,
+        };
+        teacher = ema_update(teacher, &student.valid(), mom);
+        images_done += batch.batch_size as u64;
+
+        let step_no = it + 1;
+        let stats = loader.stats();
+        let step_secs = step_start.elapsed().as_secs_f64();
+        let values: Vec<(&str, f64)> = vec![
+            ("loss", total_loss),
+            ("dino_loss", loss.dino),
+            ("ibot_loss", loss.ibot),
+            ("koleo_loss", loss.koleo),
+            ("lr", lr),
+            ("last_layer_lr", last_lr),
+            ("wd", wd),
+            ("momentum", mom),
+            ("teacher_temp", tt),
+            ("teacher_entropy", loss.teacher_entropy),
+            ("grad_norm_backbone", norm_backbone),
+            ("grad_norm_dino_head", norm_dino),
+            ("grad_norm_ibot_head", norm_ibot.unwrap_or(0.0)),
+            ("masked_patches", loss.n_masked as f64),
+        ];
+        let timing = [
+            ("img_per_s", batch.batch_size as f64 / step_secs),
+            ("loader_wait", stats.wait_fraction()),
+            ("samples_skipped", stats.samples_skipped as f64),
+        ];
+        metrics.write(step_no, &values, &timing)?;
+        if let Some(ev) = events.as_mut() {
+            for (k, v) in values.iter().chain(timing.iter()) {
+                ev.add_scalar(k, *v as f32, step_no as i64)?;
+            }
+        }
+        collapse_watch(step_no, loss.dino, loss.teacher_entropy, k_dino);
+        bar.update(&ProgressUpdate {
+            step: step_no,
+            terms: &[
+                ("loss", total_loss),
+                ("dino", loss.dino),
+                ("ibot", loss.ibot),
+                ("koleo", loss.koleo),
+            ],
+            lr,
+            samples_per_s: images_done as f64 / started.elapsed().as_secs_f64(),
+            loader_img_per_s: None,
+            loader_wait: Some(stats.wait_fraction()),
+        });
+
+        let last = step_no == total;
+        if last
+            || step_no == end
+            || (cfg.run.checkpoint_every_steps > 0 && step_no % cfg.run.checkpoint_every_steps == 0)
+        {
+            let meta = TrainStateMeta {
+                step: step_no,
+                loader: loader.cursor(),
+                world_size,
+                recipe: recipe.clone(),
+            };
+            save_checkpoint(
+                &ckpts,
+                step_no,
+                &student,
+                &teacher,
+                &opt,
+                centres.as_ref(),
+                &meta,
+            )?;
+            if let Some(ev) = events.as_mut() {
+                ev.flush()?;
+            }
+        }
+        if last || (cfg.run.export_every_steps > 0 && step_no % cfg.run.export_every_steps == 0) {
+            export::export_hf(&teacher.backbone, &export_dir, Some(&preprocessor))?;
+        }
+    }
+    bar.finish();
+    if start_step >= total && !export_dir.join("model.safetensors").is_file() {
+        export::export_hf(&teacher.backbone, &export_dir, Some(&preprocessor))?;
+    }
+    let stats = loader.stats();
+    if stats.samples_skipped > 0 {
+        tracing::warn!(
+            "{} samples skipped; first: {:?}",
+            stats.samples_skipped,
+            stats
+                .skipped
+                .iter()
+                .take(5)
+                .map(|s| &s.what)
+                .collect::<Vec<_>>()
+        );
+    }
+    Ok(TrainOutcome {
+        run_dir: run.path.clone(),
+        export_dir,
+        steps: end,
+        resumed_from,
+    })
+}
+
+/// AdamW per student sub-module.
+struct Optimizers {
+    backbone: AdamW,
+    dino_head: AdamW,
+    ibot_head: Option<AdamW>,
+}
+
+impl Optimizers {
+    fn parts(&self) -> Vec<(&'static str, &AdamW)> {
+        let mut v = vec![("backbone", &self.backbone), ("dino_head", &self.dino_head)];
+        if let Some(o) = &self.ibot_head {
+            v.push(("ibot_head", o));
+        }
+        v
+    }
+
+    /// All state, keys prefixed by the sub-module (`backbone/<path>.exp_avg`, ...).
+    fn state_tensors(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        self.parts()
+            .into_iter()
+            .flat_map(|(prefix, o)| {
+                o.state_tensors()
+                    .into_iter()
+                    .map(move |(k, s, v)| (format!("{prefix}/{k}"), s, v))
+            })
+            .collect()
+    }
+
+    fn load(&mut self, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<()> {
+        let split = |prefix: &str| -> Vec<(String, Vec<usize>, Vec<f32>)> {
+            let p = format!("{prefix}/");
+            tensors
+                .iter()
+                .filter_map(|(k, s, v)| {
+                    k.strip_prefix(&p)
+                        .map(|k| (k.to_owned(), s.clone(), v.clone()))
+                })
+                .collect()
+        };
+        self.backbone.load_state_tensors(&split("backbone"))?;
+        self.dino_head.load_state_tensors(&split("dino_head"))?;
+        if let Some(o) = self.ibot_head.as_mut() {
+            o.load_state_tensors(&split("ibot_head"))?;
+        }
+        Ok(())
+    }
+}
+
+fn read_all(store: &TensorStore) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    store
+        .keys()
+        .map(|k| {
+            store
+                .read_f32(k)
+                .map(|(s, v)| (k.to_owned(), s, v))
+                .map_err(TrainError::from)
+        })
+        .collect()
+}
+
+fn save_checkpoint(
+    ckpts: &CheckpointManager,
+    step: u64,
+    student: &DinoModel,
+    teacher: &DinoModel,
+    opt: &Optimizers,
+    centres: Option<&step::Centres>,
+    meta: &TrainStateMeta,
+) -> Result<PathBuf> {
+    let tmp = tempfile_dir(ckpts)?;
+    let mut files: Vec<(&str, Vec<u8>)> = Vec::new();
+    let ser = |tensors: &[(String, Vec<usize>, Vec<f32>)], name: &str| -> Result<Vec<u8>> {
+        let path = tmp.join(name);
+        export::write_safetensors(&path, tensors)?;
+        std::fs::read(&path).map_err(|e| TrainError::io(&path, e))
+    };
+    files.push((
+        "student.safetensors",
+        ser(
+            &checkpoint::named_parameters(student),
+            "student.safetensors",
+        )?,
+    ));
+    files.push((
+        "teacher.safetensors",
+        ser(
+            &checkpoint::named_parameters(teacher),
+            "teacher.safetensors",
+        )?,
+    ));
+    files.push((
+        "optim.safetensors",
+        ser(&opt.state_tensors(), "optim.safetensors")?,
+    ));
+    if let Some(c) = centres {
+        let mut t = c.dino.tensors("dino");
+        t.extend(c.ibot.tensors("ibot"));
+        files.push(("centres.safetensors", ser(&t, "centres.safetensors")?));
+    }
+    files.push((
+        "state.json",
+        serde_json::to_vec_pretty(meta).expect("serialisable"),
+    ));
+    let _ = std::fs::remove_dir_all(&tmp);
+    ckpts.save(step, &files)
+}
+
+fn tempfile_dir(ckpts: &CheckpointManager) -> Result<PathBuf> {
+    let dir = ckpts
+        .dir()
+        .join(format!(".serialise-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
+    Ok(dir)
+}
+
+/// Warns on the two collapse signatures of §9.2: uniform (teacher targets at maximal entropy ln K and
+/// DINO loss pinned at ln K) and one-hot (teacher entropy near 0, DINO loss near 0).
+fn collapse_watch(step: u64, dino_loss: f64, teacher_entropy: f64, k: usize) {
+    let ln_k = (k as f64).ln();
+    if step > 50 && teacher_entropy > 0.98 * ln_k && (dino_loss - ln_k).abs() < 0.02 * ln_k {
+        tracing::warn!(
+            "step {step}: possible uniform collapse: teacher entropy {teacher_entropy:.3} ≈ ln K = {ln_k:.3}, DINO loss {dino_loss:.3}"
+        );
+    }
+    if step > 50 && teacher_entropy < 0.05 && dino_loss < 0.05 {
+        tracing::warn!(
+            "step {step}: possible one-hot collapse: teacher entropy {teacher_entropy:.3}, DINO loss {dino_loss:.3}"
+        );
+    }
+}
+
+/// What `--dry-run` prints: the recipe in numbers and a per-process memory estimate.
+pub struct Plan {
+    pub backbone_params: u64,
+    pub head_params: u64,
+    pub global_batch: usize,
+    pub scaled_lr: f64,
+    pub total_steps: u64,
+    pub samples_seen: u64,
+    /// Bytes per process: student + teacher weights, gradients, AdamW moments (f32).
+    pub state_bytes: u64,
+    /// Bytes per process: activations kept for backward (estimate, see [`plan`]).
+    pub activation_bytes: u64,
+}
+
+fn head_params(in_dim: usize, hidden: usize, bottleneck: usize, k: usize) -> u64 {
+    let (i, h, b, k) = (in_dim as u64, hidden as u64, bottleneck as u64, k as u64);
+    (i * h + h) + (h * h + h) + (h * b + b) + (b * k + k)
+}
+
+/// The run's numbers without building anything.
+///
+/// The activation estimate counts, per transformer block and token, the tensors burn keeps for backward
+/// in f32: ~14·D (norm inputs/outputs, q/k/v, attention output, residuals) + 2·hidden (FFN) + the
+/// attention probabilities heads·tokens — summed over the student's global and local crops.
+pub fn plan(cfg: &DinoConfig, world_size: usize) -> Result<Plan> {
+    let vit = cfg.vit()?;
+    let backbone = webssl_models::presets::param_count(&vit);
+    let h = &cfg.heads;
+    let mut heads = head_params(
+        vit.embed_dim,
+        h.hidden_dim,
+        h.dino_bottleneck_dim,
+        h.dino_prototypes,
+    );
+    if h.ibot_separate_head {
+        heads += head_params(
+            vit.embed_dim,
+            h.hidden_dim,
+            h.ibot_bottleneck_dim,
+            h.ibot_prototypes,
+        );
+    }
+    let params = backbone + heads;
+    // student (w, grad, m, v) + teacher (w)
+    let state_bytes = params * 4 * 5;
+    let p = vit.patch_size as u64;
+    let tok = |side: u32| (side as u64 / p).pow(2) + 1 + vit.num_register_tokens as u64;
+    let (tg, tl) = (tok(cfg.crops.global_size), tok(cfg.crops.local_size));
+    let b = cfg.data.batch_size as u64;
+    let per_block = |tokens: u64, crops: u64| {
+        crops
+            * b
+            * (tokens * (14 * vit.embed_dim as u64 + 2 * vit.ffn_hidden() as u64)
+                + vit.num_heads as u64 * tokens * tokens)
+    };
+    let activation_bytes =
+        4 * vit.depth as u64 * (per_block(tg, 2) + per_block(tl, cfg.crops.n_local as u64));
+    let global_batch = cfg.data.batch_size * world_size;
+    Ok(Plan {
+        backbone_params: backbone,
+        head_params: heads,
+        global_batch,
+        scaled_lr: cfg.scaled_lr(world_size),
+        total_steps: cfg.optim.total_steps,
+        samples_seen: cfg.optim.total_steps * global_batch as u64,
+        state_bytes,
+        activation_bytes,
+    })
+}
+
+impl std::fmt::Display for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        writeln!(f, "# plan")?;
+        writeln!(
+            f,
+            "parameters: backbone {} + heads {} = {}",
+            self.backbone_params,
+            self.head_params,
+            self.backbone_params + self.head_params
+        )?;
+        writeln!(
+            f,
+            "global batch {} · {} steps = {} samples seen; lr {:.3e} (sqrt-scaled)",
+            self.global_batch, self.total_steps, self.samples_seen, self.scaled_lr
+        )?;
+        write!(
+            f,
+            "memory per process (f32, estimate): weights+grads+AdamW+teacher {:.2} GiB, activations {:.2} GiB, total {:.2} GiB",
+            gib(self.state_bytes),
+            gib(self.activation_bytes),
+            gib(self.state_bytes + self.activation_bytes)
+        )
+    }
+}

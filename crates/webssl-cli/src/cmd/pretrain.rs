@@ -1,0 +1,230 @@
+//! `webssl pretrain`: self-supervised pretraining runs.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use burn::tensor::Device;
+use webssl_data::decode::DEFAULT_MAX_PIXELS;
+use webssl_data::source::resolve_inputs;
+use webssl_data::transform::EvalTransform;
+use webssl_models::checkpoint;
+use webssl_train::dino::{self, DinoConfig};
+
+use super::embed::{Feature, Options, embed_items};
+use webssl_train::run::checkpoint::Resume;
+use webssl_train::run::config::load_config;
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// DINOv2 / Web-DINO: DINO + iBOT + KoLeo with an EMA teacher on multi-crop views.
+    Dino(RunArgs),
+}
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// A TOML config file.
+    #[arg(long, conflicts_with = "preset")]
+    pub config: Option<PathBuf>,
+    /// A preset from the configs directory (e.g. `demo`, `web-dino-300m`).
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Where presets live.
+    #[arg(long, default_value = "configs")]
+    pub configs_dir: PathBuf,
+    /// Override a config value: `--set optim.total_steps=100` (repeatable; TOML literals).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// `auto` (latest checkpoint of the run dir, if any), `never`, or a checkpoint directory.
+    #[arg(long, default_value = "auto")]
+    pub resume: String,
+    /// Print the resolved recipe, parameter counts and a memory estimate, then exit.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Stop (with a checkpoint) once this many steps of the schedule are done; resume later.
+    #[arg(long)]
+    pub stop_after: Option<u64>,
+}
+
+pub fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Dino(args) => run_dino(args),
+    }
+}
+
+fn run_dino(args: RunArgs) -> anyhow::Result<()> {
+    if args.config.is_none() && args.preset.is_none() {
+        anyhow::bail!(
+            "give --config FILE or --preset NAME (presets: {})",
+            list_presets(&args.configs_dir)
+        );
+    }
+    let (cfg, resolved): (DinoConfig, toml::Table) = load_config(
+        args.config.as_deref(),
+        &args.configs_dir,
+        args.preset.as_deref(),
+        &args.overrides,
+    )?;
+    cfg.validate()?;
+    let text = toml::to_string(&resolved).context("printing the resolved config")?;
+    println!("# resolved config\n{text}");
+    let plan = dino::plan(&cfg, 1)?;
+    println!("{plan}");
+    if args.dry_run {
+        return Ok(());
+    }
+    let resume: Resume = args.resume.parse()?;
+    let device = Device::flex();
+    let outcome = dino::train(&cfg, &resolved, resume, &device, args.stop_after)?;
+    if outcome.steps < cfg.optim.total_steps {
+        println!(
+            "stopped after step {} of {}; run again to resume",
+            outcome.steps, cfg.optim.total_steps
+        );
+        return Ok(());
+    }
+    println!(
+        "teacher backbone exported to {}",
+        outcome.export_dir.display()
+    );
+    if let (Some(train), Some(val)) = (&cfg.eval.knn_train, &cfg.eval.knn_val) {
+        knn_report(
+            &cfg,
+            &outcome.export_dir,
+            &outcome.run_dir,
+            Path::new(train),
+            Path::new(val),
+            &device,
+        )?;
+    }
+    Ok(())
+}
+
+/// kNN (dinov2 protocol) on held-out labelled shards for the trained teacher and for the same
+/// architecture at initialisation (the student at step 0), printed side by side and written to
+/// `<run>/eval/knn.json`.
+fn knn_report(
+    cfg: &DinoConfig,
+    export_dir: &Path,
+    run_dir: &Path,
+    train: &Path,
+    val: &Path,
+    device: &Device,
+) -> anyhow::Result<()> {
+    use webssl_eval::features::{Matrix, Split};
+    use webssl_eval::knn::{self, KnnConfig};
+
+    dino::ensure_synth(train, cfg.eval.knn_train_synth.as_ref(), "knn-train")?;
+    dino::ensure_synth(val, cfg.eval.knn_val_synth.as_ref(), "knn-val")?;
+    let size = cfg.crops.global_size;
+    let trained = checkpoint::load(export_dir, None, device)
+        .context("loading the exported teacher")?
+        .model;
+    let init = dino::model::DinoModel::new(&cfg.vit()?, &cfg.heads, cfg.seed, device).backbone;
+    let opts = Options {
+        batch_size: 64,
+        max_pixels: DEFAULT_MAX_PIXELS,
+        features: vec![Feature::Cls],
+        last_layers: 0,
+    };
+    let split = |model: &webssl_models::Vit, dir: &Path| -> anyhow::Result<(Split, usize)> {
+        let inputs = resolve_inputs(&[dir.display().to_string()])?;
+        let (feats, skipped, _) = embed_items(
+            model,
+            EvalTransform::square(size),
+            inputs,
+            &opts,
+            (size, size),
+            device,
+        )?;
+        if !skipped.is_empty() {
+            anyhow::bail!(
+                "{} images of {} could not be read",
+                skipped.len(),
+                dir.display()
+            );
+        }
+        let labels: Vec<usize> = feats
+            .labels
+            .iter()
+            .zip(&feats.keys)
+            .map(|(l, k)| {
+                l.and_then(|l| usize::try_from(l).ok())
+                    .with_context(|| format!("{}: sample {k} has no .cls label", dir.display()))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let (shape, values) = &feats.tensors["cls"];
+        let classes = labels.iter().max().map_or(0, |m| m + 1);
+        Ok((
+            Split::new(
+                &dir.display().to_string(),
+                Matrix::new(labels.len(), shape[1], values.clone())?,
+                labels,
+            )?,
+            classes,
+        ))
+    };
+    let kcfg = KnnConfig::default();
+    let mut rows = Vec::new();
+    for (name, model) in [("initialisation", &init), ("trained teacher", &trained)] {
+        let (tr, c1) = split(model, train)?;
+        let (va, c2) = split(model, val)?;
+        let result = knn::evaluate(&tr, &va, c1.max(c2), &kcfg)?;
+        rows.push((name, tr.len(), va.len(), c1.max(c2), result));
+    }
+    println!(
+        "\nkNN on held-out synthetic labels (dinov2 protocol: cosine, T = 0.07; CLS at {size}px)"
+    );
+    println!(
+        "{:<16} {:>7} {:>7} {:>7} {:>7} {:>7}",
+        "model", "k=10", "k=20", "k=100", "k=200", "top-5@20"
+    );
+    for (name, _, _, _, r) in &rows {
+        let at = |k| r.at(k).map_or(f64::NAN, |s| s.top1);
+        let top5 = r.at(20).map_or(f64::NAN, |s| s.top5);
+        println!(
+            "{name:<16} {:>6.1}% {:>6.1}% {:>6.1}% {:>6.1}% {:>6.1}%",
+            at(10),
+            at(20),
+            at(100),
+            at(200),
+            top5
+        );
+    }
+    let (_, ntr, nva, classes, _) = &rows[0];
+    println!(
+        "(train {ntr}, val {nva}, {classes} classes; chance {:.1}%)",
+        100.0 / *classes as f64
+    );
+    let json = serde_json::json!({
+        "method": "knn",
+        "protocol": "dinov2 (L2-normalised CLS, cosine, softmax T=0.07)",
+        "dataset": {"train": train.display().to_string(), "val": val.display().to_string(), "classes": classes},
+        "results": rows.iter().map(|(name, _, _, _, r)| serde_json::json!({"model": name, "knn": r})).collect::<Vec<_>>(),
+    });
+    let dir = run_dir.join("eval");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("knn.json");
+    webssl_models::checkpoint::export::write_atomic(
+        &path,
+        serde_json::to_string_pretty(&json)?.as_bytes(),
+    )?;
+    println!("results written to {}", path.display());
+    Ok(())
+}
+
+fn list_presets(dir: &Path) -> String {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(|n| n.strip_suffix(".toml"))
+                        .map(str::to_owned)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names.join(", ")
+}
