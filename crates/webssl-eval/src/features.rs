@@ -211,6 +211,32 @@ impl FeatureFile {
         })
     }
 
+    /// The same file restricted to `rows` (in that order).
+    pub fn select_rows(&self, rows: &[usize]) -> FeatureFile {
+        let tensors = self
+            .tensors
+            .iter()
+            .map(|(name, m)| {
+                let mut data = Vec::with_capacity(rows.len() * m.cols);
+                for &r in rows {
+                    data.extend_from_slice(m.row(r));
+                }
+                let m = Matrix {
+                    rows: rows.len(),
+                    cols: m.cols,
+                    data,
+                };
+                (name.clone(), m)
+            })
+            .collect();
+        FeatureFile {
+            path: self.path.clone(),
+            keys: rows.iter().map(|&r| self.keys[r].clone()).collect(),
+            model: self.model.clone(),
+            tensors,
+        }
+    }
+
     /// How many `layer-{k}.cls` tensors (consecutive from k = 1) the file has.
     pub fn last_layers(&self) -> usize {
         (1..)
@@ -447,8 +473,12 @@ pub fn label_mapping(splits: &[&RawLabels]) -> Result<LabelMapping> {
 /// Labels aligned with a feature file's rows.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Aligned {
-    /// Class id of each feature row, in row order.
+    /// The feature rows that have a label (all rows, unless unlabelled ones were dropped).
+    pub rows: Vec<usize>,
+    /// Class id of each kept row, in row order.
     pub labels: Vec<usize>,
+    /// Feature rows dropped for lack of a label (only with `drop_unlabelled`).
+    pub dropped: usize,
     /// Labels whose key has no feature row (e.g. images skipped when embedding).
     pub unused_labels: usize,
 }
@@ -461,19 +491,37 @@ pub fn align_labels(
     labels: &RawLabels,
     mapping: &LabelMapping,
 ) -> Result<Aligned> {
+    align_labels_with(context, keys, labels, mapping, false)
+}
+
+/// [`align_labels`], or with `drop_unlabelled` the labelled subset: unlabelled rows are dropped
+/// and counted (`Aligned::dropped`), for labels that only some samples carry (e.g. the synthetic
+/// `labels.shape`, present on scenes only). An empty subset is still an error.
+pub fn align_labels_with(
+    context: &str,
+    keys: &[String],
+    labels: &RawLabels,
+    mapping: &LabelMapping,
+    drop_unlabelled: bool,
+) -> Result<Aligned> {
     let mut out = Vec::with_capacity(keys.len());
+    let mut rows = Vec::with_capacity(keys.len());
     let mut missing = Vec::new();
-    for key in keys {
-        match labels.by_key.get(key) {
-            Some(RawLabel::Int(i)) => out.push(*i as usize),
-            Some(RawLabel::Str(s)) => match mapping.names.binary_search(s) {
-                Ok(i) => out.push(i),
-                Err(_) => missing.push(key.as_str()),
-            },
+    for (row, key) in keys.iter().enumerate() {
+        let id = match labels.by_key.get(key) {
+            Some(RawLabel::Int(i)) => Some(*i as usize),
+            Some(RawLabel::Str(s)) => mapping.names.binary_search(s).ok(),
+            None => None,
+        };
+        match id {
+            Some(i) => {
+                out.push(i);
+                rows.push(row);
+            }
             None => missing.push(key.as_str()),
         }
     }
-    if !missing.is_empty() {
+    if !missing.is_empty() && !(drop_unlabelled && !out.is_empty()) {
         let mut msg = format!(
             "{} of {} feature rows have no label (e.g. {:?}); the labels have {} keys",
             missing.len(),
@@ -487,7 +535,11 @@ pub fn align_labels(
                 labels.skipped, labels.skipped_examples
             ));
         }
-        msg.push_str(": are the labels from the same inputs as the features?");
+        msg.push_str(if drop_unlabelled {
+            ": no labelled row is left"
+        } else {
+            ": are the labels from the same inputs as the features? (--drop-unlabelled evaluates the labelled subset)"
+        });
         return Err(probe_err(context, msg));
     }
     let used: HashSet<&str> = keys.iter().map(String::as_str).collect();
@@ -497,6 +549,8 @@ pub fn align_labels(
         .filter(|k| !used.contains(k.as_str()))
         .count();
     Ok(Aligned {
+        rows,
+        dropped: missing.len(),
         labels: out,
         unused_labels,
     })
@@ -592,6 +646,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("2 of 3 feature rows have no label"), "{e}");
+        let a = align_labels_with("train", &keys, &l, &m, true).unwrap();
+        assert_eq!((a.rows, a.labels, a.dropped), (vec![0], vec![1], 2));
+        let none: Vec<String> = vec!["q".into()];
+        assert!(align_labels_with("train", &none, &l, &m, true).is_err());
     }
 
     #[test]
