@@ -484,6 +484,11 @@ mod tests {
         fs::create_dir_all(&renamed).unwrap();
         fs::write(renamed.join(MANIFEST), br#"{"step":7,"files":[]}"#).unwrap();
         fs::write(m.dir().join("notes.txt"), b"a stray file").unwrap();
+        // A crash between "old copy moved aside" and "new copy renamed in" leaves a trash dir
+        // holding a complete checkpoint: it must not be resumed from (it is being replaced).
+        let trash = m.dir().join(".trash-step-000000900-1-2");
+        fs::create_dir_all(&trash).unwrap();
+        fs::write(trash.join(MANIFEST), br#"{"step":900,"files":[]}"#).unwrap();
 
         let (step, dir) = m.latest().unwrap().unwrap();
         assert_eq!((step, dir.clone()), (100, m.step_dir(100)));
@@ -494,6 +499,10 @@ mod tests {
         assert!(
             !tmp_dir.exists(),
             "stale temp dir removed after a successful save"
+        );
+        assert!(
+            !trash.exists(),
+            "stale trash dir removed after a successful save"
         );
         assert!(
             no_marker.exists(),

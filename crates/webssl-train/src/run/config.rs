@@ -481,14 +481,24 @@ fn unknown_field(msg: &str) -> Option<(String, Vec<String>)> {
     Some((field.to_string(), expected))
 }
 
-/// The closest candidate to `name`, if it is close enough to be a plausible typo.
+/// The closest candidate to `name`, if it is close enough to be a plausible typo, else the only
+/// candidate that `name` abbreviates (`lr` -> `lr_per_1024`).
 fn suggest(name: &str, candidates: &[String]) -> Option<String> {
-    candidates
+    let close = candidates
         .iter()
         .map(|c| (strsim::normalized_damerau_levenshtein(name, c), c))
         .filter(|(score, _)| *score >= 0.6)
         .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, c)| c.clone())
+        .map(|(_, c)| c.clone());
+    close.or_else(|| {
+        let mut prefixed = candidates
+            .iter()
+            .filter(|c| name.len() >= 2 && c.starts_with(name));
+        match (prefixed.next(), prefixed.next()) {
+            (Some(c), None) => Some(c.clone()),
+            _ => None,
+        }
+    })
 }
 
 #[cfg(test)]
@@ -785,6 +795,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("not both"), "{err}");
+    }
+
+    #[test]
+    fn suggestions() {
+        let c: Vec<String> = ["total_steps", "lr_per_1024", "min_lr", "weight_decay"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(suggest("weight_decy", &c).as_deref(), Some("weight_decay"));
+        assert_eq!(
+            suggest("lr", &c).as_deref(),
+            Some("lr_per_1024"),
+            "unique abbreviation"
+        );
+        assert_eq!(suggest("w", &c), None);
+        assert_eq!(suggest("batch_size", &c), None);
     }
 
     #[test]
