@@ -280,6 +280,17 @@ mod probes {
         name.split('.').next().unwrap_or(name).to_owned()
     }
 
+    /// A scratch directory removed when dropped (also on errors).
+    struct RemoveOnDrop(Option<PathBuf>);
+
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            if let Some(dir) = &self.0 {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+
     /// Imports `fashion-mnist:DIR:SPLIT` to shards under `tmp` (other inputs pass through).
     fn materialize(inputs: &[String], tmp: &Path) -> anyhow::Result<Vec<String>> {
         use webssl_data::import::{BuildOptions, Validate, fashion_mnist_items, write_items};
@@ -315,7 +326,8 @@ mod probes {
         last_layers: usize,
     ) -> anyhow::Result<ProbeData> {
         let spec: LabelSpec = args.label.parse()?;
-        let tmp_root;
+        // Shards imported from Fashion-MNIST live until the labels have been read.
+        let mut tmp_root = RemoveOnDrop(None);
         let (train_file, val_file, train_inputs, val_inputs) = match (
             &args.train_features,
             &args.val_features,
@@ -343,7 +355,7 @@ mod probes {
                     .and_then(|o| o.file_stem())
                     .map(|s| s.to_string_lossy().into_owned())
                     .unwrap_or_else(|| format!("probe-{}", std::process::id()));
-                tmp_root = std::env::temp_dir().join(format!(
+                let tmp = std::env::temp_dir().join(format!(
                     "webssl-probe-{}-{}",
                     std::process::id(),
                     stem
@@ -368,8 +380,9 @@ mod probes {
                 } else {
                     0
                 };
-                let train_inputs = materialize(&args.train, &tmp_root)?;
-                let val_inputs = materialize(&args.val, &tmp_root)?;
+                tmp_root.0 = Some(tmp.clone());
+                let train_inputs = materialize(&args.train, &tmp)?;
+                let val_inputs = materialize(&args.val, &tmp)?;
                 let mut files = Vec::new();
                 for (split, inputs) in [("train", &train_inputs), ("val", &val_inputs)] {
                     let out = dir.join(format!("{stem}.{split}.safetensors"));
@@ -390,7 +403,6 @@ mod probes {
                     })?;
                     files.push(out);
                 }
-                let _ = std::fs::remove_dir_all(&tmp_root);
                 (files[0].clone(), files[1].clone(), train_inputs, val_inputs)
             }
             _ => bail!(
