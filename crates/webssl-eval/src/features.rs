@@ -521,7 +521,9 @@ pub fn align_labels_with(
             None => missing.push(key.as_str()),
         }
     }
-    if !missing.is_empty() && !(drop_unlabelled && !out.is_empty()) {
+    // Unlabelled rows are an error unless dropping was asked for and something is left.
+    let keep_subset = drop_unlabelled && !out.is_empty();
+    if !missing.is_empty() && !keep_subset {
         let mut msg = format!(
             "{} of {} feature rows have no label (e.g. {:?}); the labels have {} keys",
             missing.len(),

@@ -398,7 +398,7 @@ pub fn train_grid(
                 .get(gi)
                 .ok_or_else(|| probe_err(format!("trace index {t} out of range")))?;
             let w = read_f32(st.w.clone().slice([li * c..(li + 1) * c, 0..st.dim]))?;
-            let b = read_f32(st.b.clone().slice([li * c..(li + 1) * c]))?;
+            let b = read_f32(st.b.clone().slice(li * c..(li + 1) * c))?;
             trace.push((w, b));
         }
         losses.push(step_losses);
