@@ -481,3 +481,45 @@ fn shards_are_byte_identical_and_extend() {
             && validate_split("val-2").is_ok()
     );
 }
+
+#[test]
+fn line_chart_trend_matches_pixels() {
+    let c = cfg(8, 112, Mix::parse("chart=1").unwrap());
+    let mut checked = 0;
+    for i in 0..120 {
+        let s = generate(&c, i);
+        if s.meta.labels.chart_type.as_deref() != Some("line") || !s.caption.contains("one series")
+        {
+            continue;
+        }
+        checked += 1;
+        // Mean height of the line's pixels in the leftmost and rightmost fifth of its horizontal extent.
+        let marks: Vec<(u32, u32)> = s
+            .seg
+            .enumerate_pixels()
+            .filter(|(_, _, p)| p[0] == seg::MARK)
+            .map(|(x, y, _)| (x, y))
+            .collect();
+        let (lo, hi) = (
+            marks.iter().map(|m| m.0).min().unwrap(),
+            marks.iter().map(|m| m.0).max().unwrap(),
+        );
+        let band = (hi - lo) / 5;
+        let mean_y = |pred: &dyn Fn(u32) -> bool| {
+            let ys: Vec<f32> = marks
+                .iter()
+                .filter(|m| pred(m.0))
+                .map(|m| m.1 as f32)
+                .collect();
+            ys.iter().sum::<f32>() / ys.len() as f32
+        };
+        let (left, right) = (mean_y(&|x| x <= lo + band), mean_y(&|x| x >= hi - band));
+        let up = right < left; // image y grows downwards
+        assert_eq!(
+            up,
+            s.meta.labels.trend.as_deref() == Some("up"),
+            "sample {i}: left {left} right {right}"
+        );
+    }
+    assert!(checked >= 8, "only {checked} single-series line charts");
+}
