@@ -94,6 +94,42 @@ impl ParamGrads {
         c.out
     }
 
+    /// Like [`ParamGrads::from_module`] but *removes* the gradients from `grads`, so clipping
+    /// (which writes new tensors) does not keep the unclipped set alive until `grads` is dropped.
+    pub fn take_from_module<M: Module>(module: &M, grads: &mut Gradients) -> Self {
+        struct Take<'a> {
+            grads: &'a mut Gradients,
+            path: PathStack,
+            out: ParamGrads,
+        }
+        impl ModuleVisitor for Take<'_> {
+            fn enter_module(&mut self, name: &str, container_type: &str) {
+                self.path.enter(name, container_type);
+            }
+            fn exit_module(&mut self, _name: &str, container_type: &str) {
+                self.path.exit(container_type);
+            }
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                if !param.is_require_grad() {
+                    return;
+                }
+                if let Some(g) = param.val().grad_remove(self.grads) {
+                    let shape = g.dims().to_vec();
+                    let n = shape.iter().product::<usize>();
+                    self.out
+                        .push(self.path.path(), shape, g.inner().reshape([n]));
+                }
+            }
+        }
+        let mut t = Take {
+            grads,
+            path: PathStack::default(),
+            out: ParamGrads::default(),
+        };
+        module.visit(&mut t);
+        t.out
+    }
+
     /// Gradients given on the host, e.g. from a reference implementation or a test.
     /// Panics if a value count does not match its shape (a programming error).
     pub fn from_host(items: Vec<(String, Vec<usize>, Vec<f32>)>, device: &Device) -> Self {

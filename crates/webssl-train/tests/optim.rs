@@ -406,6 +406,11 @@ fn grads_from_backward_and_autodiff_params_survive_a_step() {
             .abs()
                 < 1e-4
         );
+        // the removing variant yields the same gradients and empties the container
+        let mut grads = grads;
+        let taken = ParamGrads::take_from_module(&m, &mut grads);
+        assert_eq!(taken.to_host(), host);
+        assert!(ParamGrads::from_module(&m, &grads).is_empty());
         m = opt.step(m, &g, 1e-2, 1e-2, 0.0, &|_| ParamRule::PLAIN);
         assert!(
             m.qkv_w.val().is_autodiff() && m.qkv_w.val().is_require_grad(),
