@@ -558,6 +558,84 @@ pub fn align_labels_with(
     })
 }
 
+/// Both splits of a probe: feature files with a class id per (kept) row, matched by key.
+#[derive(Clone, Debug)]
+pub struct LabelledFeatures {
+    /// Train features (only the labelled rows when `drop_unlabelled`).
+    pub train: FeatureFile,
+    pub val: FeatureFile,
+    pub train_labels: Vec<usize>,
+    pub val_labels: Vec<usize>,
+    /// The class-id mapping shared by both splits.
+    pub mapping: LabelMapping,
+    /// Labels read for keys without a feature row (train, val).
+    pub unused_labels: (usize, usize),
+    /// Feature rows dropped for lack of a label (train, val).
+    pub dropped: (usize, usize),
+    /// Label-source samples that could not be read or had no label of the asked kind (train, val),
+    /// with a few examples.
+    pub skipped: (usize, usize),
+    pub skipped_examples: Vec<String>,
+}
+
+/// Loads two `webssl embed` files and the labels of the inputs they were embedded from
+/// ([`read_labels`]), builds the shared class mapping ([`label_mapping`]) and matches labels to
+/// rows by key ([`align_labels_with`]).
+pub fn load_labelled(
+    train_file: &Path,
+    train_inputs: &[String],
+    val_file: &Path,
+    val_inputs: &[String],
+    spec: &LabelSpec,
+    drop_unlabelled: bool,
+) -> Result<LabelledFeatures> {
+    let train = FeatureFile::load(train_file)?;
+    let val = FeatureFile::load(val_file)?;
+    let read = |split: &str, inputs: &[String]| {
+        read_labels(inputs, spec).map_err(|e| {
+            probe_err(
+                format!("reading {split} labels ({spec}) from {inputs:?}"),
+                e.to_string(),
+            )
+        })
+    };
+    let train_raw = read("train", train_inputs)?;
+    let val_raw = read("val", val_inputs)?;
+    let mapping = label_mapping(&[&train_raw, &val_raw])?;
+    let ta = align_labels_with(
+        &format!("train features {}", train_file.display()),
+        &train.keys,
+        &train_raw,
+        &mapping,
+        drop_unlabelled,
+    )?;
+    let va = align_labels_with(
+        &format!("val features {}", val_file.display()),
+        &val.keys,
+        &val_raw,
+        &mapping,
+        drop_unlabelled,
+    )?;
+    let (train, val) = if ta.dropped + va.dropped > 0 {
+        (train.select_rows(&ta.rows), val.select_rows(&va.rows))
+    } else {
+        (train, val)
+    };
+    let mut skipped_examples = train_raw.skipped_examples.clone();
+    skipped_examples.extend(val_raw.skipped_examples.iter().cloned());
+    Ok(LabelledFeatures {
+        train,
+        val,
+        train_labels: ta.labels,
+        val_labels: va.labels,
+        mapping,
+        unused_labels: (ta.unused_labels, va.unused_labels),
+        dropped: (ta.dropped, va.dropped),
+        skipped: (train_raw.skipped, val_raw.skipped),
+        skipped_examples,
+    })
+}
+
 /// One split ready for a probe: features `[N, D]` and a class id per row.
 #[derive(Clone, Debug)]
 pub struct Split {

@@ -273,3 +273,88 @@ fn bad_inputs_are_errors() {
     // Label count mismatch is caught when building a split.
     assert!(Split::new("val", val.features.clone(), vec![0; 3]).is_err());
 }
+
+fn write_embed_file(path: &Path, keys: &[&str], rows: &[[f32; 2]]) {
+    let data: Vec<f32> = rows.iter().flatten().copied().collect();
+    let meta = serde_json::json!({"keys": keys, "model": "m"}).to_string();
+    webssl_models::checkpoint::export::write_safetensors_with_metadata(
+        path,
+        &[("cls".into(), vec![rows.len(), 2], data)],
+        &[("webssl", meta)],
+    )
+    .unwrap();
+}
+
+#[test]
+fn labels_are_matched_by_key_not_position() {
+    use webssl_data::shards::{Sample, ShardLimits, ShardWriter};
+    use webssl_eval::features::{LabelSpec, load_labelled};
+    let tmp = tempfile::tempdir().unwrap();
+    let png = webssl_data::import::encode_gray_png(&[0u8; 4], 2, 2).unwrap();
+    let shards = tmp.path().join("shards");
+    let mut w = ShardWriter::create(&shards, "s", ShardLimits::default()).unwrap();
+    for (key, label, shape) in [("a", 0, "ring"), ("b", 1, "circle"), ("c", 2, "star")] {
+        let meta = serde_json::json!({"labels": {"shape": shape}}).to_string();
+        let s = Sample::new(key)
+            .with("png", png.clone())
+            .with("cls", label.to_string())
+            .with("json", meta);
+        w.write(&s).unwrap();
+    }
+    // A sample without a label is skipped and counted, not fatal.
+    w.write(&Sample::new("d").with("png", png.clone())).unwrap();
+    w.finish().unwrap();
+    let feats = tmp.path().join("f.safetensors");
+    write_embed_file(
+        &feats,
+        &["c", "a", "b"],
+        &[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]],
+    );
+    let inputs = vec![shards.display().to_string()];
+    let lf = load_labelled(&feats, &inputs, &feats, &inputs, &LabelSpec::Cls, false).unwrap();
+    assert_eq!(lf.train_labels, [2, 0, 1]);
+    assert_eq!(lf.mapping.num_classes, 3);
+    assert_eq!(lf.skipped, (1, 1));
+    let spec: LabelSpec = "meta:labels.shape".parse().unwrap();
+    let lf = load_labelled(&feats, &inputs, &feats, &inputs, &spec, false).unwrap();
+    assert_eq!(lf.mapping.names, ["circle", "ring", "star"]);
+    assert_eq!(lf.train_labels, [2, 1, 0]);
+
+    // A feature key the labels do not know: an error with the count, or dropped on request.
+    let more = tmp.path().join("g.safetensors");
+    write_embed_file(&more, &["a", "zz", "b", "yy"], &[[0.0, 1.0]; 4]);
+    let e = load_labelled(&more, &inputs, &feats, &inputs, &LabelSpec::Cls, false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("2 of 4 feature rows have no label"), "{e}");
+    let lf = load_labelled(&more, &inputs, &feats, &inputs, &LabelSpec::Cls, true).unwrap();
+    assert_eq!(lf.train.keys, ["a", "b"]);
+    assert_eq!(lf.train_labels, [0, 1]);
+    assert_eq!(lf.train.get("cls").unwrap().rows, 2);
+    assert_eq!(lf.dropped, (2, 0));
+
+    // Class folders: ImageFolder classes, keys relative to the root.
+    let root = tmp.path().join("folders");
+    for (class, name) in [("dog", "x"), ("cat", "y"), ("cat", "sub/z")] {
+        let p = root.join(class).join(format!("{name}.png"));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, &png).unwrap();
+    }
+    let ff = tmp.path().join("folders.safetensors");
+    write_embed_file(&ff, &["dog/x", "cat/sub/z", "cat/y"], &[[1.0, 0.0]; 3]);
+    let roots = vec![root.display().to_string()];
+    let lf = load_labelled(&ff, &roots, &ff, &roots, &LabelSpec::Cls, false).unwrap();
+    assert_eq!(lf.train_labels, [1, 0, 0]);
+    // Folders carry no json meta.
+    assert!(load_labelled(&ff, &roots, &ff, &roots, &spec, false).is_err());
+
+    // Embed files whose key list does not match the rows, or repeats a key, are rejected.
+    let bad = tmp.path().join("bad.safetensors");
+    write_embed_file(&bad, &["a", "b"], &[[0.0, 1.0]; 3]);
+    assert!(load_labelled(&bad, &inputs, &feats, &inputs, &LabelSpec::Cls, false).is_err());
+    write_embed_file(&bad, &["a", "a"], &[[0.0, 1.0]; 2]);
+    let e = load_labelled(&bad, &inputs, &feats, &inputs, &LabelSpec::Cls, false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("duplicated"), "{e}");
+}

@@ -191,8 +191,7 @@ mod probes {
 
     use anyhow::{Context, bail};
     use webssl_eval::features::{
-        FeatureFile, LabelMapping, LabelSpec, Matrix, RawLabels, Split, align_labels_with,
-        label_mapping, read_labels,
+        FeatureFile, LabelMapping, LabelSpec, Matrix, Split, load_labelled,
     };
     use webssl_eval::knn::{self, KnnConfig};
     use webssl_eval::linear::{self, BlockFeatures, LinearConfig, LogRegConfig, TrainHooks};
@@ -409,48 +408,30 @@ mod probes {
                 "give either --train-features/--val-features with --train-labels/--val-labels, or --model with --train/--val"
             ),
         };
-        let train = FeatureFile::load(&train_file)
-            .with_context(|| format!("reading train features {}", train_file.display()))?;
-        let val = FeatureFile::load(&val_file)
-            .with_context(|| format!("reading val features {}", val_file.display()))?;
-        let read = |split: &str, inputs: &[String]| -> anyhow::Result<RawLabels> {
-            let l = read_labels(inputs, &spec)
-                .with_context(|| format!("reading {split} labels ({spec}) from {inputs:?}"))?;
-            if l.skipped > 0 {
-                tracing::warn!(
-                    "{split} labels: {} samples skipped, e.g. {:?}",
-                    l.skipped,
-                    l.skipped_examples
-                );
-            }
-            Ok(l)
-        };
-        let train_raw = read("train", &train_inputs)?;
-        let val_raw = read("val", &val_inputs)?;
-        let mapping = label_mapping(&[&train_raw, &val_raw])?;
-        let ta = align_labels_with(
-            &format!("train features {}", train_file.display()),
-            &train.keys,
-            &train_raw,
-            &mapping,
+        let lf = load_labelled(
+            &train_file,
+            &train_inputs,
+            &val_file,
+            &val_inputs,
+            &spec,
             args.drop_unlabelled,
         )?;
-        let va = align_labels_with(
-            &format!("val features {}", val_file.display()),
-            &val.keys,
-            &val_raw,
-            &mapping,
-            args.drop_unlabelled,
-        )?;
-        let (train, val) = if ta.dropped + va.dropped > 0 {
+        if lf.skipped.0 + lf.skipped.1 > 0 {
+            tracing::warn!(
+                "label sources: {} train and {} val samples skipped, e.g. {:?}",
+                lf.skipped.0,
+                lf.skipped.1,
+                lf.skipped_examples
+            );
+        }
+        if lf.dropped.0 + lf.dropped.1 > 0 {
             println!(
                 "--drop-unlabelled: {} train and {} val rows without a {spec} label dropped",
-                ta.dropped, va.dropped
+                lf.dropped.0, lf.dropped.1
             );
-            (train.select_rows(&ta.rows), val.select_rows(&va.rows))
-        } else {
-            (train, val)
-        };
+        }
+        let mapping = lf.mapping;
+        let (train, val) = (lf.train, lf.val);
         if !mapping.names.is_empty() {
             let shown: Vec<String> = mapping
                 .names
@@ -488,14 +469,14 @@ mod probes {
         Ok(ProbeData {
             train,
             val,
-            train_labels: ta.labels,
-            val_labels: va.labels,
+            train_labels: lf.train_labels,
+            val_labels: lf.val_labels,
             mapping,
             model,
             dataset,
             label: spec.to_string(),
-            unused_labels: (ta.unused_labels, va.unused_labels),
-            dropped: (ta.dropped, va.dropped),
+            unused_labels: lf.unused_labels,
+            dropped: lf.dropped,
         })
     }
 
