@@ -565,15 +565,28 @@ pub fn evaluate_grid(
             .find(|(k, _)| *k == key)
             .expect("inserted above")
             .1;
-        let l = logits(x, &cl.weight, &cl.bias)?;
-        let (h1, h5) = l
-            .par_chunks(num_classes)
-            .zip(val_labels.par_iter())
-            .map(|(row, &t)| {
-                let r = rank_f32(row, t);
-                (usize::from(r == 0), usize::from(r < top5_n))
-            })
-            .reduce(|| (0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        // Val rows in chunks so the logits stay ≤ ~64 MiB (ImageNet val: 50k × 1000 classes).
+        let chunk = ((16 << 20) / num_classes.max(1)).max(1);
+        let (mut h1, mut h5) = (0usize, 0usize);
+        for start in (0..nv).step_by(chunk) {
+            let end = (start + chunk).min(nv);
+            let part = Matrix {
+                rows: end - start,
+                cols: x.cols,
+                data: x.data[start * x.cols..end * x.cols].to_vec(),
+            };
+            let l = logits(&part, &cl.weight, &cl.bias)?;
+            let (a, b) = l
+                .par_chunks(num_classes)
+                .zip(val_labels[start..end].par_iter())
+                .map(|(row, &t)| {
+                    let r = rank_f32(row, t);
+                    (usize::from(r == 0), usize::from(r < top5_n))
+                })
+                .reduce(|| (0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+            h1 += a;
+            h5 += b;
+        }
         scores.push(ClassifierScore {
             name: cl.name.clone(),
             n_blocks: cl.n_blocks,
