@@ -37,6 +37,8 @@ enum Command {
     /// Evaluate frozen encoders and score VQA predictions.
     #[command(subcommand)]
     Eval(cmd::eval::Command),
+    /// Collect results JSON of run directories into a Markdown table and scaling plots (PNG/SVG/CSV).
+    Report(cmd::report::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,5 +53,6 @@ fn main() -> anyhow::Result<()> {
         Command::Shards(c) => cmd::shards::run(c),
         Command::Synth(args) => cmd::synth::run(args),
         Command::Eval(c) => cmd::eval::run(c),
+        Command::Report(args) => cmd::report::run(args),
     }
 }

@@ -5,4 +5,5 @@ pub mod error;
 pub mod features;
 pub mod knn;
 pub mod linear;
+pub mod report;
 pub mod vqa;

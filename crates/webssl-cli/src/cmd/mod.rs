@@ -4,5 +4,6 @@ pub mod embed;
 pub mod eval;
 pub mod model;
 pub mod pretrain;
+pub mod report;
 pub mod shards;
 pub mod synth;
