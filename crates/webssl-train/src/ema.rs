@@ -147,6 +147,16 @@ mod tests {
     }
 
     #[test]
+    fn autodiff_student_is_read_without_autodiff() {
+        let device = Device::flex();
+        let student = tiny(&device.clone().autodiff(), 0.3);
+        let from_ad = ema_update(tiny(&device, 0.0), &student, 0.9);
+        let from_valid = ema_update(tiny(&device, 0.0), &student.valid(), 0.9);
+        assert!(!from_ad.w.val().is_autodiff());
+        assert_eq!(named_parameters(&from_ad), named_parameters(&from_valid));
+    }
+
+    #[test]
     fn momentum_one_keeps_teacher_and_zero_copies_student() {
         let device = Device::flex();
         let student = tiny(&device, 0.3);

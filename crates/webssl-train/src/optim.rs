@@ -142,8 +142,19 @@ impl AdamW {
             wd,
             rule,
             path: PathStack::default(),
+            applied: 0,
         };
-        module.map(&mut mapper)
+        let module = module.map(&mut mapper);
+        if mapper.applied != grads.len() {
+            // A gradient whose path is not a parameter of `module`: most likely the gradients of
+            // another sub-module were passed; those parameters were not updated.
+            let unmatched: Vec<&str> = grads.paths().filter(|p| !module_has(&module, p)).collect();
+            tracing::warn!(
+                "AdamW step `{prefix}`: {} gradient(s) match no parameter of the module: {unmatched:?}",
+                grads.len() - mapper.applied
+            );
+        }
+        module
     }
 
     /// Number of parameters with optimizer state.
@@ -266,6 +277,35 @@ struct StepMapper<'a> {
     wd: f64,
     rule: &'a dyn Fn(&str) -> ParamRule,
     path: PathStack,
+    /// Number of parameters updated (for the unmatched-gradient warning).
+    applied: usize,
+}
+
+/// Whether `module` has a float parameter at `path` (only used on the warning path).
+fn module_has<M: Module>(module: &M, path: &str) -> bool {
+    struct Find<'a> {
+        target: &'a str,
+        path: PathStack,
+        found: bool,
+    }
+    impl burn::module::ModuleVisitor for Find<'_> {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.path.enter(name, container_type);
+        }
+        fn exit_module(&mut self, _name: &str, container_type: &str) {
+            self.path.exit(container_type);
+        }
+        fn visit_float<const D: usize>(&mut self, _param: &Param<Tensor<D>>) {
+            self.found |= self.path.path() == self.target;
+        }
+    }
+    let mut f = Find {
+        target: path,
+        path: PathStack::default(),
+        found: false,
+    };
+    module.visit(&mut f);
+    f.found
 }
 
 impl ModuleMapper for StepMapper<'_> {
@@ -309,6 +349,7 @@ impl ModuleMapper for StepMapper<'_> {
         } * rule.lr_mult;
         let wd = self.wd * rule.wd_mult;
         let p = self.opt.update(&key, &dims, p, grad, lr, wd);
+        self.applied += 1;
 
         let mut t = p.reshape(dims);
         if was_autodiff {
