@@ -67,20 +67,30 @@ pub fn dino_loss_terms(
     let teacher: Vec<Tensor<2>> = teacher.iter().map(|t| f32_of(t.clone().detach())).collect();
     let device = student[0].device();
 
+    // Σ_v CE(t_v, s) = CE(Σ_v t_v, s): sum the targets each crop is paired with first, so every
+    // student crop costs one product with its log-softmax instead of one per pair.
+    let local_target = (n_l > 0).then(|| sum(teacher.iter().cloned()));
     let mut local = Tensor::<1>::zeros([1], &device);
     let mut global = Tensor::<1>::zeros([1], &device);
     for (i, s) in student.iter().enumerate() {
+        let target = if i < n_g {
+            if n_g == 1 {
+                continue; // a single global crop has no cross-view pair
+            }
+            sum(teacher
+                .iter()
+                .enumerate()
+                .filter(|&(v, _)| v != i)
+                .map(|(_, t)| t.clone()))
+        } else {
+            local_target.clone().expect("locals present")
+        };
         let lsm = log_softmax(f32_of(s.clone()) / student_temp, 1);
-        for (v, t) in teacher.iter().enumerate() {
-            if i < n_g && i == v {
-                continue;
-            }
-            let ce = -(t.clone() * lsm.clone()).sum_dim(1).mean();
-            if i < n_g {
-                global = global + ce;
-            } else {
-                local = local + ce;
-            }
+        let ce = -(target * lsm).sum_dim(1).mean();
+        if i < n_g {
+            global = global + ce;
+        } else {
+            local = local + ce;
         }
     }
     DinoLossTerms {
@@ -88,6 +98,12 @@ pub fn dino_loss_terms(
         global: global / n_terms as f64,
         n_terms,
     }
+}
+
+/// Element-wise sum of a non-empty sequence of tensors.
+fn sum(mut it: impl Iterator<Item = Tensor<2>>) -> Tensor<2> {
+    let first = it.next().expect("at least one tensor");
+    it.fold(first, |acc, t| acc + t)
 }
 
 #[cfg(test)]
