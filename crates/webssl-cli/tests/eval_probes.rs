@@ -280,8 +280,6 @@ fn knn_on_fashion_mnist_idx_files() {
         "1,5",
         "--output",
         p(&out),
-        "--dataset",
-        "fashion-mnist",
     ]));
     assert!(stdout.contains("(train 20, val 10, 2 classes)"), "{stdout}");
     let v = json(&out);

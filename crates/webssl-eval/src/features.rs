@@ -102,18 +102,24 @@ pub struct FeatureFile {
 }
 
 impl FeatureFile {
-    /// Reads an embed safetensors file (see the module docs for the layout).
+    /// Reads an embed safetensors file (see the module docs for the layout). The file is
+    /// memory-mapped and only the 2-D tensors are read, so `patch_tokens` (N × P × D, often most of
+    /// the file) costs nothing.
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|source| EvalError::Io {
+        let io = |source| EvalError::Io {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        // SAFETY: read-only mapping; a feature file modified while we read it is outside our
+        // contract, as for every mmap-based safetensors reader.
+        let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
         let parse = |message: String| EvalError::Parse {
             path: path.to_path_buf(),
             line: None,
             message,
         };
-        let (_, meta) = SafeTensors::read_metadata(&bytes)
+        let (header_len, meta) = SafeTensors::read_metadata(&bytes)
             .map_err(|e| parse(format!("not a safetensors file: {e}")))?;
         let webssl = meta
             .metadata()
@@ -139,22 +145,24 @@ impl FeatureFile {
             .get("model")
             .and_then(|m| m.as_str())
             .map(str::to_owned);
-        let st = SafeTensors::deserialize(&bytes)
-            .map_err(|e| parse(format!("not a safetensors file: {e}")))?;
+        let data_start = 8 + header_len;
         let mut tensors = BTreeMap::new();
-        for (name, view) in st.tensors() {
-            let shape = view.shape();
+        for (name, info) in meta.tensors() {
+            let shape = &info.shape;
             if shape.len() != 2 {
                 continue;
             }
-            if view.dtype() != Dtype::F32 {
+            if info.dtype != Dtype::F32 {
                 return Err(parse(format!(
                     "tensor `{name}` is {:?}, expected F32",
-                    view.dtype()
+                    info.dtype
                 )));
             }
-            let data: Vec<f32> = view
-                .data()
+            // read_metadata validated the offsets against the file length.
+            let raw = bytes
+                .get(data_start + info.data_offsets.0..data_start + info.data_offsets.1)
+                .ok_or_else(|| parse(format!("tensor `{name}` points past the end")))?;
+            let data: Vec<f32> = raw
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect();

@@ -274,6 +274,9 @@ mod probes {
     }
 
     fn stem_name(s: &str) -> String {
+        if s.starts_with("fashion-mnist:") {
+            return "fashion-mnist".into();
+        }
         let s = s.trim_end_matches('/');
         let name = s.rsplit(['/', ':']).next().unwrap_or(s);
         name.split('.').next().unwrap_or(name).to_owned()
