@@ -274,12 +274,17 @@ fn bad_inputs_are_errors() {
     assert!(Split::new("val", val.features.clone(), vec![0; 3]).is_err());
 }
 
+/// An embed-style file: `cls` [N, 2] plus a 3-D `patch_tokens` [N, 3, 2] that loading must skip.
 fn write_embed_file(path: &Path, keys: &[&str], rows: &[[f32; 2]]) {
     let data: Vec<f32> = rows.iter().flatten().copied().collect();
+    let tokens: Vec<f32> = (0..rows.len() * 6).map(|i| i as f32).collect();
     let meta = serde_json::json!({"keys": keys, "model": "m"}).to_string();
     webssl_models::checkpoint::export::write_safetensors_with_metadata(
         path,
-        &[("cls".into(), vec![rows.len(), 2], data)],
+        &[
+            ("cls".into(), vec![rows.len(), 2], data),
+            ("patch_tokens".into(), vec![rows.len(), 3, 2], tokens),
+        ],
         &[("webssl", meta)],
     )
     .unwrap();
@@ -313,6 +318,9 @@ fn labels_are_matched_by_key_not_position() {
     let inputs = vec![shards.display().to_string()];
     let lf = load_labelled(&feats, &inputs, &feats, &inputs, &LabelSpec::Cls, false).unwrap();
     assert_eq!(lf.train_labels, [2, 0, 1]);
+    assert_eq!(lf.train.tensors.keys().collect::<Vec<_>>(), ["cls"]);
+    assert_eq!(lf.train.get("cls").unwrap().row(2), [1.0, 1.0]);
+    assert_eq!(lf.train.model.as_deref(), Some("m"));
     assert_eq!(lf.mapping.num_classes, 3);
     assert_eq!(lf.skipped, (1, 1));
     let spec: LabelSpec = "meta:labels.shape".parse().unwrap();

@@ -620,7 +620,8 @@ mod probes {
         /// Logreg: feature tensor.
         #[arg(long, default_value = "cls")]
         pub feature: String,
-        /// Logreg: C values (default dinov2's 10^linspace(-6, 5, 45)).
+        /// Logreg: C values (default dinov2's 10^linspace(-6, 5, 45); 45 fits of up to --max-iter
+        /// L-BFGS steps each, slow on CPU at 50k+ samples: pass a few values there).
         #[arg(long, value_delimiter = ',')]
         pub c_values: Vec<f64>,
         /// Logreg: L-BFGS iterations per fit (dinov2 / cuML: 1000).
