@@ -27,6 +27,15 @@
 //!   upsampled bilinearly, and RMSE / abs-rel (pixels with target > 0) / δ<1.25 are reported in depth
 //!   units.
 //!
+//! # Input
+//!
+//! [`read_dense_split`] reads WebDataset shards in the synthetic generator's layout (per sample an image,
+//! `seg.png` and/or `depth.png`, 8-bit grayscale, same size as the image). The image is preprocessed
+//! with an exact square resize (`EvalTransform::square`, bicubic) and the label map NEAREST-resized to
+//! the same size, so labels and pixels stay aligned (a centre crop would need the same crop on the
+//! labels; the CLI uses the square transform only). Scores are computed at that input resolution,
+//! which equals the label resolution when `--size` is the data's own size (the default).
+//!
 //! # Deliberate deviations
 //!
 //! - Training is at token resolution (targets resized to the grid) rather than on logits upsampled to
@@ -34,6 +43,8 @@
 //! - Depth is trained with cross-entropy on the label's bin (a "256-bin classification") instead of
 //!   dinov2's SigLoss + gradient loss on the regressed map, and the bin scores are normalised with
 //!   softmax instead of `relu + 0.1` normalisation.
+
+use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
 use rand_chacha::ChaCha8Rng;
@@ -515,6 +526,152 @@ pub fn evaluate_depth(
         acc.add(&up, &target);
     }
     Ok(acc.scores())
+}
+
+/// One dense-labelled sample, preprocessed: the image at `size × size` (CHW, normalised) and its label
+/// map NEAREST-resized to the same size.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DenseSample {
+    pub key: String,
+    pub pixels: Vec<f32>,
+    pub label: Vec<u8>,
+    pub size: u32,
+}
+
+/// A sample that was skipped, with the reason.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Skipped {
+    pub what: String,
+    pub why: String,
+}
+
+/// Decodes an 8-bit grayscale PNG label map (`seg.png`: class per pixel; `depth.png`: depth bin).
+/// Colour or 16-bit maps are refused: converting them would silently change the class ids.
+pub fn decode_label_png(bytes: &[u8]) -> std::result::Result<(Vec<u8>, u32, u32), String> {
+    let img = image::load_from_memory_with_format(bytes, image::ImageFormat::Png)
+        .map_err(|e| e.to_string())?;
+    match img {
+        image::DynamicImage::ImageLuma8(g) => {
+            let (w, h) = g.dimensions();
+            Ok((g.into_raw(), w, h))
+        }
+        other => Err(format!(
+            "label PNG is {:?}, expected 8-bit grayscale (one class / depth bin per pixel)",
+            other.color()
+        )),
+    }
+}
+
+/// The shard files of `input`: a directory's `*.tar*` shards, or the file itself.
+fn shard_files(input: &Path) -> Result<Vec<PathBuf>> {
+    if input.is_dir() {
+        webssl_data::shards::list_shard_files(input).map_err(|e| EvalError::Probe {
+            context: input.display().to_string(),
+            message: e.to_string(),
+        })
+    } else if input.is_file() {
+        Ok(vec![input.to_path_buf()])
+    } else {
+        Err(EvalError::Io {
+            path: input.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such shard file or directory",
+            ),
+        })
+    }
+}
+
+/// Reads the samples of WebDataset shards that have an image and the `member` label map (`seg.png` or
+/// `depth.png`), preprocesses the image with `transform` (it must give `size × size`) and
+/// NEAREST-resizes the label to `size × size`. Samples without the member, or whose image or label
+/// cannot be decoded, are skipped and reported; at most `limit` samples are kept.
+pub fn read_dense_split(
+    inputs: &[PathBuf],
+    member: &str,
+    transform: &webssl_data::transform::EvalTransform,
+    size: u32,
+    limit: Option<usize>,
+) -> Result<(Vec<DenseSample>, Vec<Skipped>)> {
+    let mut out = Vec::new();
+    let mut skipped = Vec::new();
+    let max = limit.unwrap_or(usize::MAX);
+    'files: for input in inputs {
+        for file in shard_files(input)? {
+            let iter =
+                webssl_data::shards::ShardReader::open(&file).map_err(|e| EvalError::Probe {
+                    context: file.display().to_string(),
+                    message: e.to_string(),
+                })?;
+            for sample in iter {
+                if out.len() >= max {
+                    break 'files;
+                }
+                let sample = sample.map_err(|e| EvalError::Probe {
+                    context: file.display().to_string(),
+                    message: e.to_string(),
+                })?;
+                let what = format!("{}:{}", file.display(), sample.key);
+                let mut skip = |why: String| {
+                    skipped.push(Skipped {
+                        what: what.clone(),
+                        why,
+                    })
+                };
+                let (Some((ext, img_bytes)), Some(label_bytes)) =
+                    (sample.image_bytes(), sample.files.get(member))
+                else {
+                    skip(format!("no image or no `{member}` member"));
+                    continue;
+                };
+                let img = match webssl_data::decode::decode_rgb(
+                    img_bytes,
+                    &format!("{what}.{ext}"),
+                    webssl_data::decode::DEFAULT_MAX_PIXELS,
+                ) {
+                    Ok(i) => i,
+                    Err(e) => {
+                        skip(e.to_string());
+                        continue;
+                    }
+                };
+                let (label, lw, lh) = match decode_label_png(label_bytes) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        skip(format!("{member}: {e}"));
+                        continue;
+                    }
+                };
+                if (lw, lh) != img.dimensions() {
+                    skip(format!(
+                        "{member} is {lw}x{lh} but the image is {}x{}",
+                        img.width(),
+                        img.height()
+                    ));
+                    continue;
+                }
+                let (pixels, w, h) = transform.apply(&img);
+                if (w, h) != (size, size) {
+                    skip(format!("preprocessed to {w}x{h}, expected {size}x{size}"));
+                    continue;
+                }
+                let label = resize_nearest(
+                    &label,
+                    lh as usize,
+                    lw as usize,
+                    size as usize,
+                    size as usize,
+                );
+                out.push(DenseSample {
+                    key: sample.key.clone(),
+                    pixels,
+                    label,
+                    size,
+                });
+            }
+        }
+    }
+    Ok((out, skipped))
 }
 
 #[cfg(test)]

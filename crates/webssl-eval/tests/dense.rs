@@ -243,3 +243,68 @@ fn perfect_depth_features_give_small_rmse() {
         s.rmse
     );
 }
+
+fn png_bytes(img: image::DynamicImage) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// Synthetic generator shards: labels are read from `seg.png` / `depth.png` and NEAREST-resized with the
+/// image; samples without the member or with a colour label map are skipped with a reason.
+#[test]
+fn reads_generator_shards_and_skips_bad_samples() {
+    use webssl_data::shards::{Sample, ShardLimits, ShardWriter};
+    use webssl_data::synth::{self, Mix, SynthConfig};
+    use webssl_data::transform::EvalTransform;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tmp.path().join("good");
+    let cfg = SynthConfig {
+        size: 56,
+        seed: 7,
+        mix: Mix::full(),
+    };
+    synth::write_shards(&good, &cfg, 5, "val", ShardLimits::default(), &mut |_| {}).unwrap();
+    let bad = tmp.path().join("bad");
+    let mut w = ShardWriter::create(&bad, "bad", ShardLimits::default()).unwrap();
+    let rgb = image::DynamicImage::ImageRgb8(image::RgbImage::new(56, 56));
+    w.write(&Sample::new("no-label").with("png", png_bytes(rgb.clone())))
+        .unwrap();
+    w.write(
+        &Sample::new("rgb-label")
+            .with("png", png_bytes(rgb.clone()))
+            .with("seg.png", png_bytes(rgb)),
+    )
+    .unwrap();
+    w.finish().unwrap();
+
+    let t = EvalTransform::square(28);
+    let (samples, skipped) =
+        dense::read_dense_split(&[good.clone(), bad], "seg.png", &t, 28, None).unwrap();
+    assert_eq!(samples.len(), 5);
+    assert_eq!(skipped.len(), 2, "{skipped:?}");
+    assert!(skipped[0].why.contains("no image or no `seg.png`"));
+    assert!(skipped[1].why.contains("8-bit grayscale"));
+    for (i, s) in samples.iter().enumerate() {
+        let g = synth::generate(&cfg, i as u64);
+        assert_eq!(s.pixels.len(), 3 * 28 * 28);
+        assert_eq!(
+            s.label,
+            resize_nearest(g.seg.as_raw(), 56, 56, 28, 28),
+            "sample {i}"
+        );
+        assert!(
+            s.label
+                .iter()
+                .all(|&c| (c as usize) < synth::SEG_CLASSES.len())
+        );
+    }
+    let (depth, _) = dense::read_dense_split(&[good], "depth.png", &t, 28, Some(2)).unwrap();
+    assert_eq!(depth.len(), 2, "limit");
+    let g = synth::generate(&cfg, 1);
+    assert_eq!(
+        depth[1].label,
+        resize_nearest(g.depth.as_raw(), 56, 56, 28, 28)
+    );
+}
