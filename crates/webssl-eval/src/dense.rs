@@ -321,8 +321,11 @@ pub fn train_head(
     if used.is_empty() {
         return Err(probe_err("no labelled training tokens"));
     }
-    if cfg.epochs == 0 || cfg.batch_tokens == 0 || !(cfg.lr > 0.0) {
+    if cfg.epochs == 0 || cfg.batch_tokens == 0 || !cfg.lr.is_finite() || cfg.lr <= 0.0 {
         return Err(probe_err("epochs, batch_tokens and lr must be positive"));
+    }
+    if !cfg.weight_decay.is_finite() || cfg.weight_decay < 0.0 {
+        return Err(probe_err("weight decay must be finite and ≥ 0"));
     }
     let device = Device::flex();
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x6465_6e73_6568_6561); // "denshea"

@@ -676,6 +676,23 @@ fn shade(c: RGBColor, n: usize) -> RGBColor {
     RGBColor(mix(c.0), mix(c.1), mix(c.2))
 }
 
+/// Tick label of a log axis: `10M`, `2.5K`. Within a single decade plotters puts a tick at every
+/// 1×…9×; only 1, 2, 3 and 5 are labelled so the labels at the crowded top of the decade do not overlap.
+fn axis_label(x: f64, decades: usize) -> String {
+    if x <= 0.0 {
+        return String::new();
+    }
+    let mantissa = x / 10f64.powf(x.log10().floor());
+    if decades <= 1
+        && ![1.0, 2.0, 3.0, 5.0]
+            .iter()
+            .any(|m| (mantissa - m).abs() < 1e-6)
+    {
+        return String::new();
+    }
+    human_count(x.round() as u64).replace(".0", "")
+}
+
 /// Width of the legend panel right of the chart (pixels).
 const LEGEND_W: u32 = 230;
 
@@ -708,6 +725,8 @@ fn draw<DB: DrawingBackend>(
         y0.abs().max(1.0) * 0.1
     };
     (y0, y1) = (y0 - pad, y1 + pad);
+    // Enough decimals that neighbouring y ticks (≈ span / 8 apart) read differently.
+    let prec = (-((y1 - y0) / 8.0).log10()).ceil().clamp(0.0, 6.0) as usize;
     // The legend gets its own panel so it never hides a point.
     let (w, _) = root.dim_in_pixel();
     let (plot, legend) = root.split_horizontally(w.saturating_sub(LEGEND_W));
@@ -731,8 +750,8 @@ fn draw<DB: DrawingBackend>(
         .max_light_lines(1)
         .label_style((FONT, 14))
         .axis_desc_style((FONT, 16))
-        .x_label_formatter(&|x| human_count(x.round().max(0.0) as u64))
-        .y_label_formatter(&|y| format!("{y:.1}"))
+        .x_label_formatter(&|x| axis_label(*x, decades))
+        .y_label_formatter(&|y| format!("{y:.prec$}"))
         .draw()
         .map_err(|e| draw_err(path, e))?;
     let mut per_method: BTreeMap<&str, usize> = BTreeMap::new();
@@ -869,6 +888,19 @@ mod tests {
         assert_eq!(human_count(5_500), "5.5K");
         assert_eq!(human_count(304_000_000), "304M");
         assert_eq!(human_count(2_000_000_000), "2.0B");
+    }
+
+    #[test]
+    fn log_axis_labels() {
+        assert_eq!(axis_label(1e7, 3), "10M");
+        assert_eq!(axis_label(2e3, 1), "2K");
+        assert_eq!(axis_label(500.0, 1), "500");
+        assert_eq!(
+            axis_label(700.0, 1),
+            "",
+            "only 1, 2, 3, 5 within one decade"
+        );
+        assert_eq!(axis_label(700.0, 2), "700");
     }
 
     #[test]
