@@ -588,7 +588,8 @@ fn shard_files(input: &Path) -> Result<Vec<PathBuf>> {
 /// Reads the samples of WebDataset shards that have an image and the `member` label map (`seg.png` or
 /// `depth.png`), preprocesses the image with `transform` (it must give `size × size`) and
 /// NEAREST-resizes the label to `size × size`. Samples without the member, or whose image or label
-/// cannot be decoded, are skipped and reported; at most `limit` samples are kept.
+/// cannot be decoded, are skipped and reported; at most `limit` samples are kept. Everything is held in
+/// memory (3·size² f32 per image): use [`for_each_dense_batch`] for large splits.
 pub fn read_dense_split(
     inputs: &[PathBuf],
     member: &str,
@@ -597,8 +598,29 @@ pub fn read_dense_split(
     limit: Option<usize>,
 ) -> Result<(Vec<DenseSample>, Vec<Skipped>)> {
     let mut out = Vec::new();
+    let skipped = for_each_dense_batch(inputs, member, transform, size, limit, 64, &mut |b| {
+        out.extend(b);
+        Ok(())
+    })?;
+    Ok((out, skipped))
+}
+
+/// [`read_dense_split`] in batches of up to `batch` samples handed to `f` as they are read, so a
+/// caller can turn pixels into features without holding the whole split. Returns the skipped samples.
+pub fn for_each_dense_batch(
+    inputs: &[PathBuf],
+    member: &str,
+    transform: &webssl_data::transform::EvalTransform,
+    size: u32,
+    limit: Option<usize>,
+    batch: usize,
+    f: &mut dyn FnMut(Vec<DenseSample>) -> Result<()>,
+) -> Result<Vec<Skipped>> {
+    let mut out = Vec::new();
+    let mut kept = 0usize;
     let mut skipped = Vec::new();
     let max = limit.unwrap_or(usize::MAX);
+    let batch = batch.max(1);
     'files: for input in inputs {
         for file in shard_files(input)? {
             let iter =
@@ -607,7 +629,7 @@ pub fn read_dense_split(
                     message: e.to_string(),
                 })?;
             for sample in iter {
-                if out.len() >= max {
+                if kept >= max {
                     break 'files;
                 }
                 let sample = sample.map_err(|e| EvalError::Probe {
@@ -671,10 +693,17 @@ pub fn read_dense_split(
                     label,
                     size,
                 });
+                kept += 1;
+                if out.len() == batch {
+                    f(std::mem::take(&mut out))?;
+                }
             }
         }
     }
-    Ok((out, skipped))
+    if !out.is_empty() {
+        f(out)?;
+    }
+    Ok(skipped)
 }
 
 #[cfg(test)]

@@ -828,6 +828,7 @@ mod dense_probe {
     use webssl_eval::dense::{
         self, DEPTH_BINS, DenseConfig, DenseImage, DenseSample, IGNORE_INDEX,
     };
+    use webssl_eval::error::EvalError;
     use webssl_eval::features::Matrix;
     use webssl_models::{Vit, checkpoint, presets};
 
@@ -891,38 +892,35 @@ mod dense_probe {
         pub output: Option<PathBuf>,
     }
 
-    /// Final-norm patch tokens of every sample: one `[N, D]` matrix each, and the token grid.
+    /// Final-norm patch tokens of one batch of samples: one `[N, D]` matrix each, and the token grid.
     fn extract(
         model: &Vit,
         samples: &[DenseSample],
         size: u32,
-        batch: usize,
         device: &Device,
     ) -> anyhow::Result<(Vec<Matrix>, (usize, usize))> {
         let p = model.config().patch_size;
         let g = size as usize / p;
         let s = size as usize;
-        let mut out = Vec::with_capacity(samples.len());
-        for chunk in samples.chunks(batch.max(1)) {
-            let n = chunk.len();
-            let mut px = Vec::with_capacity(n * 3 * s * s);
-            for smp in chunk {
-                px.extend_from_slice(&smp.pixels);
-            }
-            let x = Tensor::<4>::from_data(TensorData::new(px, [n, 3, s, s]), device);
-            let patches = model.forward_features(x, None).patches;
-            let [b, t, d] = patches.dims();
-            if t != g * g {
-                bail!("the model gave {t} patch tokens for a {g}x{g} grid");
-            }
-            let v = patches
-                .into_data()
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .map_err(|e| anyhow::anyhow!("reading patch tokens: {e:?}"))?;
-            for i in 0..b {
-                out.push(Matrix::new(t, d, v[i * t * d..(i + 1) * t * d].to_vec())?);
-            }
+        let n = samples.len();
+        let mut px = Vec::with_capacity(n * 3 * s * s);
+        for smp in samples {
+            px.extend_from_slice(&smp.pixels);
+        }
+        let x = Tensor::<4>::from_data(TensorData::new(px, [n, 3, s, s]), device);
+        let patches = model.forward_features(x, None).patches;
+        let [b, t, d] = patches.dims();
+        if t != g * g {
+            bail!("the model gave {t} patch tokens for a {g}x{g} grid");
+        }
+        let v = patches
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("reading patch tokens: {e:?}"))?;
+        let mut out = Vec::with_capacity(b);
+        for i in 0..b {
+            out.push(Matrix::new(t, d, v[i * t * d..(i + 1) * t * d].to_vec())?);
         }
         Ok((out, (g, g)))
     }
@@ -950,12 +948,38 @@ mod dense_probe {
             bail!("--size {size} is not a positive multiple of the patch size {p}");
         }
         let transform = webssl_data::transform::EvalTransform::square(size);
-        let (train, skipped_train) =
-            dense::read_dense_split(&args.train, member, &transform, size, args.limit_train)
-                .context("reading --train")?;
-        let (val, skipped_val) =
-            dense::read_dense_split(&args.val, member, &transform, size, args.limit_val)
-                .context("reading --val")?;
+        // Pixels are turned into tokens batch by batch; only tokens and label maps are kept.
+        let read = |inputs: &[PathBuf], limit: Option<usize>| {
+            let mut tokens = Vec::new();
+            let mut labels = Vec::new();
+            let skipped = dense::for_each_dense_batch(
+                inputs,
+                member,
+                &transform,
+                size,
+                limit,
+                args.batch_size,
+                &mut |batch| {
+                    let (t, _) =
+                        extract(&model, &batch, size, &device).map_err(|e| EvalError::Probe {
+                            context: "patch tokens".into(),
+                            message: format!("{e:#}"),
+                        })?;
+                    tokens.extend(t);
+                    labels.extend(batch.into_iter().map(|s| s.label));
+                    Ok(())
+                },
+            )?;
+            anyhow::Ok((tokens, labels, skipped))
+        };
+        tracing::info!(
+            "dense {:?}: reading {member} samples at {size}px and extracting patch tokens",
+            args.task
+        );
+        let (train_tok, train, skipped_train) =
+            read(&args.train, args.limit_train).context("reading --train")?;
+        let (val_tok, val, skipped_val) =
+            read(&args.val, args.limit_val).context("reading --val")?;
         for s in skipped_train.iter().chain(&skipped_val).take(5) {
             tracing::warn!("skipped {}: {}", s.what, s.why);
         }
@@ -968,14 +992,8 @@ mod dense_probe {
                 skipped_val.len()
             );
         }
-        tracing::info!(
-            "dense {:?}: {} train / {} val images at {size}px, extracting patch tokens",
-            args.task,
-            train.len(),
-            val.len()
-        );
-        let (train_tok, grid) = extract(&model, &train, size, args.batch_size, &device)?;
-        let (val_tok, _) = extract(&model, &val, size, args.batch_size, &device)?;
+        let p = p as usize;
+        let grid = (size as usize / p, size as usize / p);
         let extract_secs = start.elapsed().as_secs_f64();
 
         let (classes, ignore) = match args.task {
@@ -983,7 +1001,7 @@ mod dense_probe {
                 let max = train
                     .iter()
                     .chain(&val)
-                    .flat_map(|s| s.label.iter())
+                    .flat_map(|l| l.iter())
                     .filter(|&&v| v != IGNORE_INDEX)
                     .max()
                     .map_or(0, |&m| m as usize + 1);
@@ -1002,7 +1020,7 @@ mod dense_probe {
         let mut y = Vec::with_capacity(train_tok.len() * gh * gw);
         for (t, smp) in train_tok.iter().zip(&train) {
             x.extend_from_slice(&t.data);
-            y.extend(dense::resize_nearest(&smp.label, s, s, gh, gw));
+            y.extend(dense::resize_nearest(smp, s, s, gh, gw));
         }
         let x = Matrix::new(y.len(), d, x)?;
         let cfg = DenseConfig {
@@ -1019,7 +1037,7 @@ mod dense_probe {
             .map(|(t, smp)| DenseImage {
                 tokens: t,
                 grid,
-                label: &smp.label,
+                label: smp,
                 size: (s, s),
             })
             .collect();
