@@ -346,7 +346,7 @@ pub fn train_head(
             let j = (rng.next_u64() % (i as u64 + 1)) as usize;
             order.swap(i, j);
         }
-        let mut epoch_loss = 0.0;
+        let mut epoch_loss: Option<Tensor<1>> = None;
         for chunk in order.chunks(cfg.batch_tokens) {
             let m = chunk.len();
             let mut xb = Vec::with_capacity(m * d);
@@ -365,8 +365,12 @@ pub fn train_head(
             // CE = logsumexp(z) − z_y.
             let lse = se.log().add(zmax);
             let zy = z.mul(y.clone()).sum_dim(1);
-            let loss: f64 = read(lse.sub(zy).mean().reshape([1, 1]))?[0] as f64;
-            epoch_loss += loss * m as f64;
+            // Summed on the device and read once per epoch: a per-step readback is a sync point.
+            let batch_loss = lse.sub(zy).sum();
+            epoch_loss = Some(match epoch_loss {
+                Some(l) => batch_loss.add(l),
+                None => batch_loss,
+            });
             let g = p.sub(y).div_scalar(m as f32);
             let gw = x.transpose().matmul(g.clone());
             let gb = g.sum_dim(0);
@@ -396,7 +400,9 @@ pub fn train_head(
             w = adam(w, &mut mw, &mut vw, gw, cfg.weight_decay);
             b = adam(b, &mut mb, &mut vb, gb, 0.0);
         }
-        final_loss = epoch_loss / used.len() as f64;
+        if let Some(l) = epoch_loss {
+            final_loss = read(l.reshape([1, 1]))?[0] as f64 / used.len() as f64;
+        }
     }
     let weight = Matrix::new(d, c, read(w)?)?;
     // Stored as [C, D] (a 1×1 conv weight without the spatial dims).
