@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Side-by-side embed benchmark: `webssl embed` vs transformers `Dinov2Model` (sdpa) on CPU.
 #
-#   bash bench/embed.sh            # build, run everything (~10 min on a quiet 2-core machine), append to bench/RESULTS.md
+#   bash bench/embed.sh            # build, run everything (~12 min on a quiet 2-core machine), append to bench/RESULTS.md
 #
 # Knobs (environment): THREADS (2), RUNS (timed runs per cell, median reported; 3), MODELS
 # ("vit-small web-dino-300m"), BATCHES ("8 32"), N_SMALL (images for vit-small; 64), N_LARGE (images
 # for the other models, at least one batch; 16), PY (/work/pyenv/bin/python), SKIP_BUILD=1 (use the
 # binary already in target/release), NO_RECORD=1 (print the table, leave RESULTS.md alone).
 #
-# What is measured (see bench/README.md): for each model x batch, `webssl embed` as a fresh process
-# per run (one untimed warm-up run on 8 images first, then RUNS timed runs) and one Python process
-# (warm-up batch, then RUNS timed passes) over the same JPEG list, same preprocessing (HF
+# What is measured (see bench/README.md): for each model x batch, RUNS pairs of fresh processes, ours
+# and torch back to back in alternating order (ours: after one untimed warm-up process on 8 images;
+# torch: one untimed warm-up batch of 8 images in-process), over the same JPEG list, same preprocessing (HF
 # BitImageProcessor PIL path: shortest edge 256 bicubic, center crop 224), both on THREADS threads.
 # Peak RSS from /usr/bin/time -v. Caches (binary snapshot, random models, images, raw results) live
 # in bench/.cache/ (gitignored).
@@ -40,8 +40,10 @@ if [[ -z ${SKIP_BUILD:-} ]]; then
     log "cargo build --release -p webssl-cli"
     cargo build --release -p webssl-cli
 fi
-cp "$TARGET/release/webssl" "$CACHE/bin/webssl.new" && mv "$CACHE/bin/webssl.new" "$CACHE/bin/webssl"
+cp -p "$TARGET/release/webssl" "$CACHE/bin/webssl.new" && mv "$CACHE/bin/webssl.new" "$CACHE/bin/webssl"
 BIN=$CACHE/bin/webssl
+# what was measured: the tree the binary came from (others may commit while the benchmark runs)
+BUILD_INFO="binary built $(date -u -r "$BIN" '+%Y-%m-%d %H:%M UTC')${SKIP_BUILD:+ (SKIP_BUILD: prebuilt, not rebuilt)}; tree at snapshot: commit $(git rev-parse --short HEAD) +$(git status --porcelain -- crates Cargo.toml Cargo.lock | wc -l) uncommitted paths under crates/, Cargo.*"
 
 # --- random models (cached) ----------------------------------------------------------------------
 for arch in $MODELS; do
@@ -84,6 +86,35 @@ for arch in $MODELS; do
 done
 
 # --- runs ----------------------------------------------------------------------------------------
+# Each timed run is a pair of processes, ours and torch, back to back, in alternating order (ABBA...):
+# on a shared machine the load drifts by minutes, and a pair sees about the same load, so the
+# per-pair ratio is far steadier than a ratio of two separately taken medians.
+run_ours() {  # run_ours r
+    local load line secs done_n
+    load=$(loadavg)
+    /usr/bin/time -v -o "$TMP/time.txt" env RAYON_NUM_THREADS="$THREADS" \
+        "$BIN" --log warn embed --model "$dir" --input "$list" --output "$out" \
+        --batch-size "$b" --threads "$THREADS" --features cls > "$TMP/ours.txt"
+    line=$(grep '^embedded' "$TMP/ours.txt")
+    secs=$(sed -E 's/.* in ([0-9.]+)s,.*/\1/' <<< "$line")
+    done_n=$(sed -E 's/^embedded ([0-9]+) images.*/\1/' <<< "$line")
+    [[ $done_n == "$n" ]] || { echo "ours embedded $done_n of $n images: $line" >&2; exit 1; }
+    log "ours  $arch b$b run $1: $line (load $load)"
+    printf '{"impl":"ours","model":"%s","batch":%d,"images":%d,"run":%d,"e2e_s":%s,"rss_kib":%d,"load":"%s","out":"%s"}\n' \
+        "$arch" "$b" "$n" "$1" "$secs" "$(rss_kib "$TMP/time.txt")" "$load" "$out" >> "$RESULTS"
+}
+run_torch() {  # run_torch r: one process, untimed warm-up batch of 8 images, one timed pass
+    local json
+    /usr/bin/time -v -o "$TMP/time.txt" env OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS" \
+        "$PY" bench/embed_torch.py --model "$dir" --list "$list" --batch-size "$b" --warmup-images 8 \
+        --threads "$THREADS" --runs 1 --save-cls "$CACHE/out/torch-$arch-b$b.npy" > "$TMP/torch.txt" 2> "$TMP/torch.err" \
+        || { cat "$TMP/torch.err" >&2; exit 1; }
+    json=$(tail -n 1 "$TMP/torch.txt")
+    log "torch $arch b$b run $1: $(grep '^torch:' "$TMP/torch.err") (load $(sed -E 's/.*"load": "([^"]*)".*/\1/' <<< "$json"))"
+    printf '{"impl":"torch","model":"%s","batch":%d,"images":%d,"run":%d,"rss_kib":%d,"cls":"%s","result":%s}\n' \
+        "$arch" "$b" "$n" "$1" "$(rss_kib "$TMP/time.txt")" "$CACHE/out/torch-$arch-b$b.npy" "$json" >> "$RESULTS"
+}
+
 log "load before: $(loadavg)"
 LOAD_BEFORE=$(loadavg)
 T_START=$(date +%s)
@@ -93,33 +124,12 @@ for arch in $MODELS; do
         if [[ $arch == vit-small ]]; then n=$N_SMALL; else n=$(( N_LARGE > b ? N_LARGE : b )); fi
         list=$(list_of "$n")
         out=$CACHE/out/ours-$arch-b$b.safetensors
-
-        # ours: warm-up on 8 images (page cache, CPU clocks), then RUNS timed processes
+        # ours' untimed warm-up process on 8 images (page cache, CPU clocks); torch warms up in-process
         RAYON_NUM_THREADS=$THREADS "$BIN" --log warn embed --model "$dir" --input "$(list_of 8)" \
             --output "$TMP/warmup.safetensors" --batch-size "$b" --threads "$THREADS" --features cls > /dev/null
         for r in $(seq 1 "$RUNS"); do
-            load=$(loadavg)
-            /usr/bin/time -v -o "$TMP/time.txt" env RAYON_NUM_THREADS="$THREADS" \
-                "$BIN" --log warn embed --model "$dir" --input "$list" --output "$out" \
-                --batch-size "$b" --threads "$THREADS" --features cls > "$TMP/ours.txt"
-            line=$(grep '^embedded' "$TMP/ours.txt")
-            secs=$(sed -E 's/.* in ([0-9.]+)s,.*/\1/' <<< "$line")
-            done_n=$(sed -E 's/^embedded ([0-9]+) images.*/\1/' <<< "$line")
-            [[ $done_n == "$n" ]] || { echo "ours embedded $done_n of $n images: $line" >&2; exit 1; }
-            log "ours  $arch b$b run $r: $line (load $load)"
-            printf '{"impl":"ours","model":"%s","batch":%d,"images":%d,"run":%d,"e2e_s":%s,"rss_kib":%d,"load":"%s","out":"%s"}\n' \
-                "$arch" "$b" "$n" "$r" "$secs" "$(rss_kib "$TMP/time.txt")" "$load" "$out" >> "$RESULTS"
+            if (( r % 2 )); then run_ours "$r"; run_torch "$r"; else run_torch "$r"; run_ours "$r"; fi
         done
-
-        # torch: one process, warm-up batch + RUNS timed passes
-        load=$(loadavg)
-        /usr/bin/time -v -o "$TMP/time.txt" env OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS" \
-            "$PY" bench/embed_torch.py --model "$dir" --list "$list" --batch-size "$b" \
-            --threads "$THREADS" --runs "$RUNS" --save-cls "$CACHE/out/torch-$arch-b$b.npy" > "$TMP/torch.txt"
-        json=$(tail -n 1 "$TMP/torch.txt")
-        log "torch $arch b$b: $json (load $load)"
-        printf '{"impl":"torch","model":"%s","batch":%d,"images":%d,"rss_kib":%d,"load":"%s","cls":"%s","result":%s}\n' \
-            "$arch" "$b" "$n" "$(rss_kib "$TMP/time.txt")" "$load" "$CACHE/out/torch-$arch-b$b.npy" "$json" >> "$RESULTS"
     done
 done
 T_END=$(date +%s)
@@ -128,6 +138,7 @@ log "load after: $LOAD_AFTER"
 
 # --- report --------------------------------------------------------------------------------------
 args=(--results "$RESULTS" --load-before "$LOAD_BEFORE" --load-after "$LOAD_AFTER" --wall-s $(( T_END - T_START ))
-      --settings "THREADS=$THREADS RUNS=$RUNS MODELS='$MODELS' BATCHES='$BATCHES' N_SMALL=$N_SMALL N_LARGE=$N_LARGE")
+      --build-info "$BUILD_INFO"
+      --settings "THREADS=$THREADS RUNS=$RUNS MODELS='$MODELS' BATCHES='$BATCHES' N_SMALL=$N_SMALL N_LARGE=$N_LARGE${SKIP_BUILD:+ SKIP_BUILD=1}")
 [[ -z ${NO_RECORD:-} ]] && args+=(--record bench/RESULTS.md)
 "$PY" bench/report.py "${args[@]}"

@@ -9,8 +9,8 @@ to numpy. Everything runs sequentially in this one process, on `--threads` intra
 Timing (perf_counter):
   - end-to-end: the whole loop above over all images (decode + preprocess + forward + copy out);
   - model-only: the sum of the forward calls inside that same loop (pixel tensor in, features out).
-Model loading and the warm-up are not timed. Warm-up: one full batch through the same loop, so
-oneDNN/MKL primitive creation and first-touch allocation are not in the timed runs.
+Model loading and the warm-up are not timed. Warm-up: one batch (or `--warmup-images`) through the
+same loop, so lazy initialisation and first-touch allocation are not in the timed runs.
 
 Prints one JSON object on the last line of stdout (runs, medians); `--save-cls` writes the CLS
 features of the last run as `.npy` for the parity check.
@@ -50,6 +50,11 @@ def main():
     ap.add_argument("--batch-size", type=int, required=True)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument(
+        "--warmup-images",
+        type=int,
+        help="images in the untimed warm-up pass (default: one batch); same batch size as the timed runs",
+    )
     ap.add_argument("--save-cls", help="write the last run's CLS features here (.npy)")
     args = ap.parse_args()
 
@@ -86,12 +91,14 @@ def main():
         total = time.perf_counter() - t0
         return total, t_model, np.concatenate(feats)
 
-    one_pass(paths[: args.batch_size])  # warm-up
+    one_pass(paths[: args.warmup_images or args.batch_size])  # warm-up
     runs = []
     cls = None
     for _ in range(args.runs):
+        with open("/proc/loadavg") as f:
+            load = " ".join(f.read().split()[:3])
         total, t_model, cls = one_pass(paths)
-        runs.append({"e2e_s": total, "model_s": t_model})
+        runs.append({"e2e_s": total, "model_s": t_model, "load": load})
         print(
             f"torch: {len(paths)} images in {total:.2f}s, e2e {len(paths) / total:.2f} img/s, "
             f"model {len(paths) / t_model:.2f} img/s",

@@ -1,8 +1,9 @@
 """Table for `bench/embed.sh`: reads its JSON-lines results, checks CLS parity, prints a markdown
 report and (with --record) appends it to bench/RESULTS.md.
 
-Medians over the timed runs; ratios are ours/torch (> 1 means webssl is faster, or for memory,
-uses more).
+Rates are medians over the timed runs. Speed ratios are ours/torch (> 1: webssl is faster), taken
+within each back-to-back pair of runs and then the median over pairs, so that load drifting on a
+shared machine affects both sides of a ratio alike; the memory ratio is ours/torch peak RSS.
 """
 
 import argparse
@@ -62,11 +63,12 @@ def main():
     ap.add_argument("--load-after", default="")
     ap.add_argument("--wall-s", type=int, default=0)
     ap.add_argument("--settings", default="")
+    ap.add_argument("--build-info", help="what binary was measured (default: the tree now)")
     ap.add_argument("--record", help="append the report to this markdown file")
     args = ap.parse_args()
 
     ours = defaultdict(list)
-    torch = {}
+    torch = defaultdict(list)
     cells = []
     parities = []
     with open(args.results) as f:
@@ -78,40 +80,47 @@ def main():
             key = (r["model"], r["batch"])
             if key not in cells:
                 cells.append(key)
-            if r["impl"] == "ours":
-                ours[key].append(r)
-            else:
-                torch[key] = r
+            (ours if r["impl"] == "ours" else torch)[key].append(r)
 
     m = machine()
     rows, par_rows, raw = [], [], []
     checked = set()
     for key in cells:
         model, batch = key
-        o, t = ours.get(key, []), torch.get(key)
-        if not o or t is None:
+        o, t = ours.get(key, []), torch.get(key, [])
+        if not o or not t:
             continue
         n = o[0]["images"]
-        o_rates = [n / r["e2e_s"] for r in o]
-        o_e2e = statistics.median(o_rates)
-        tr = t["result"]
-        t_e2e, t_model = tr["e2e_img_s"], tr["model_img_s"]
+        # one record per run: ours {run, e2e_s, load}; torch {run, result: {runs: [{e2e_s, model_s, load}]}}
+        o_by_run = {r["run"]: (n / r["e2e_s"], r["load"]) for r in o}
+        t_by_run = {}
+        for rec in t:
+            for i, tr in enumerate(rec["result"]["runs"]):
+                t_by_run[rec.get("run", i + 1)] = (n / tr["e2e_s"], n / tr["model_s"], tr.get("load", ""))
+        o_e2e = statistics.median(v[0] for v in o_by_run.values())
+        t_e2e = statistics.median(v[0] for v in t_by_run.values())
+        t_model = statistics.median(v[1] for v in t_by_run.values())
+        pairs = sorted(set(o_by_run) & set(t_by_run))
+        paired = statistics.median(o_by_run[r][0] / t_by_run[r][0] for r in pairs) if pairs else float("nan")
+        paired_m = statistics.median(o_by_run[r][0] / t_by_run[r][1] for r in pairs) if pairs else float("nan")
         o_rss = max(r["rss_kib"] for r in o) / 1024
-        t_rss = t["rss_kib"] / 1024
+        t_rss = max(r["rss_kib"] for r in t) / 1024
+        t_base = max(r["result"]["rss_after_import_mib"] for r in t)
         rows.append(
-            f"| {model} | {batch} | {n} | {o_e2e:.2f} | {t_e2e:.2f} | **{o_e2e / t_e2e:.2f}** | "
-            f"{t_model:.2f} | {o_e2e / t_model:.2f} | {o_rss:.0f} | {t_rss:.0f} ({tr['rss_after_import_mib']:.0f}) | "
-            f"{o_rss / t_rss:.2f} |"
+            f"| {model} | {batch} | {n} | {o_e2e:.2f} | {t_e2e:.2f} | **{paired:.2f}** | "
+            f"{t_model:.2f} | {paired_m:.2f} | {o_rss:.0f} | {t_rss:.0f} ({t_base:.0f}) | {o_rss / t_rss:.2f} |"
         )
-        t_runs = [(n / r["e2e_s"], n / r["model_s"]) for r in tr["runs"]]
         raw.append(
-            f"- {model} b{batch}: ours e2e img/s {', '.join(f'{x:.2f}' for x in o_rates)} "
-            f"(load {'; '.join(r['load'] for r in o)}); torch e2e/model img/s "
-            f"{', '.join(f'{a:.2f}/{b:.2f}' for a, b in t_runs)} (load {t['load']})"
+            f"- {model} b{batch}: "
+            + "; ".join(
+                f"run {r}: ours {o_by_run[r][0]:.2f} (load {o_by_run[r][1]}), torch {t_by_run[r][0]:.2f}/"
+                f"{t_by_run[r][1]:.2f} (load {t_by_run[r][2]}), ratio {o_by_run[r][0] / t_by_run[r][0]:.2f}"
+                for r in pairs
+            )
         )
-        if model not in checked and os.path.exists(o[-1]["out"]) and os.path.exists(t["cls"]):
+        if model not in checked and os.path.exists(o[-1]["out"]) and os.path.exists(t[-1]["cls"]):
             checked.add(model)
-            p = parity(o[-1]["out"], t["cls"])
+            p = parity(o[-1]["out"], t[-1]["cls"])
             par_rows.append(
                 f"| {model} | {p['n']} x {p['dim']} | {p['max_abs_diff']:.2e} | {p['max_abs_ref']:.2f} | "
                 f"{p['min_cos']:.7f} |"
@@ -125,15 +134,15 @@ def main():
         )
 
     head = (
-        "| model | batch | images | ours e2e img/s | torch e2e img/s | e2e ratio | torch model-only img/s "
-        "| ours e2e / torch model-only | ours peak RSS MiB | torch peak RSS MiB (after import) | RSS ratio |\n"
+        "| model | batch | images | ours e2e img/s | torch e2e img/s | e2e ratio (paired) | torch model-only img/s "
+        "| ours e2e / torch model-only (paired) | ours peak RSS MiB | torch peak RSS MiB (after import) | RSS ratio |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|"
     )
     phead = "| model | CLS features | max abs diff | max abs value | min cosine |\n|---|---|---|---|---|"
     report = f"""## {m['date']}
 
 - Machine: {m['cpu']}, {m['cpus']} CPUs ({m['flags']}), {m['mem']}, Linux {m['kernel']}; {m['rustc']}
-- Code: commit `{m['commit']}` (+{m['dirty']} uncommitted paths under crates/, Cargo.* in the build)
+- Code: {args.build_info or f"commit {m['commit']} (+{m['dirty']} uncommitted paths under crates/, Cargo.*)"}
 - Load average (1/5/15 min): before `{args.load_before}`, after `{args.load_after}`; benchmark wall time {args.wall_s} s
 - Settings: `{args.settings}`
 - Command: `bash bench/embed.sh`
@@ -150,7 +159,8 @@ them (identical input pixels: the preprocessing + model difference alone):
 {phead}
 {chr(10).join(par_rows)}
 
-Per-run img/s (medians above):
+Per run, img/s (ours e2e; torch e2e/model-only; ratio = ours/torch e2e within the pair). The
+table gives the medians of the rates and the median of the per-pair ratios:
 {chr(10).join(raw)}
 """
     print(report)
