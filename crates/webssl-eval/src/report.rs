@@ -459,6 +459,16 @@ fn md_cell(s: &str) -> String {
     s.replace('|', "\\|")
 }
 
+/// A metric value with 2 decimals, or 3 significant digits below 1 (RMSE 0.00835, not 0.01).
+pub fn fmt_value(v: f64) -> String {
+    if v != 0.0 && v.abs() < 1.0 {
+        let decimals = (2.0 - v.abs().log10().floor()).clamp(2.0, 8.0) as usize;
+        format!("{v:.decimals$}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
 /// The Markdown table: one row per run, columns = run info then `metrics`.
 pub fn markdown_table(runs: &[RunRow], metrics: &[String]) -> String {
     let mut s = String::from("| run | method | arch | params | samples seen | data |");
@@ -485,7 +495,7 @@ pub fn markdown_table(runs: &[RunRow], metrics: &[String]) -> String {
         for m in metrics {
             match r.metrics.get(m) {
                 Some(v) => {
-                    let _ = write!(s, " {v:.2} |");
+                    let _ = write!(s, " {} |", fmt_value(*v));
                 }
                 None => s.push_str(" – |"),
             }
@@ -888,6 +898,15 @@ mod tests {
         assert_eq!(human_count(5_500), "5.5K");
         assert_eq!(human_count(304_000_000), "304M");
         assert_eq!(human_count(2_000_000_000), "2.0B");
+    }
+
+    #[test]
+    fn table_values() {
+        assert_eq!(fmt_value(41.5), "41.50");
+        assert_eq!(fmt_value(0.0), "0.00");
+        assert_eq!(fmt_value(0.3070), "0.307");
+        assert_eq!(fmt_value(0.008351), "0.00835");
+        assert_eq!(fmt_value(-2.5), "-2.50");
     }
 
     #[test]
