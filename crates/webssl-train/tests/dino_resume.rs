@@ -129,3 +129,40 @@ fn resume_is_bit_exact_and_training_moves_every_parameter() {
         .to_string();
     assert!(err.contains("different recipe"), "{err}");
 }
+
+#[test]
+fn a_diverging_run_stops_with_a_clear_error_and_keeps_its_last_good_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let device = Device::flex();
+    let (cfg, resolved) = config(
+        tmp.path(),
+        &data,
+        "diverge",
+        &["optim.warmup_steps=0", "optim.total_steps=6"],
+    );
+    dino::train(&cfg, &resolved, Resume::Never, &device, Some(2)).unwrap();
+    let (cfg, resolved) = config(
+        tmp.path(),
+        &data,
+        "diverge",
+        &[
+            "optim.warmup_steps=0",
+            "optim.total_steps=6",
+            "optim.lr_per_1024=1e38",
+            "optim.clip_grad=0.0",
+        ],
+    );
+    // The recipe changed, so resume explicitly from the checkpoint dir is refused too: start fresh
+    // into the same run dir instead and let it blow up.
+    let err = dino::train(&cfg, &resolved, Resume::Never, &device, None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not finite"), "{err}");
+    let ckpts = webssl_train::run::CheckpointManager::new(tmp.path().join("diverge"), 2);
+    let (step, _) = ckpts
+        .latest()
+        .unwrap()
+        .expect("the good checkpoint is still there");
+    assert_eq!(step, 2);
+}

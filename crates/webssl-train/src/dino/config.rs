@@ -285,8 +285,8 @@ impl DinoConfig {
 
     /// Consistency checks that serde cannot express; each names the field.
     pub fn validate(&self) -> Result<()> {
-        let v = self.vit()?;
-        let p = v.patch_size as u32;
+        let preset = webssl_models::presets::preset(&self.model.arch)?;
+        let p = self.model.patch_size.unwrap_or(preset.patch_size) as u32;
         if self.crops.global_size % p != 0 {
             return Err(TrainError::config(
                 "crops.global_size",
@@ -323,6 +323,7 @@ impl DinoConfig {
                 "must be in [0, 1)",
             ));
         }
+        self.vit()?;
         Ok(())
     }
 

@@ -168,7 +168,13 @@ pub fn train(
     let vit = cfg.vit()?;
     let world_size = 1;
     let run = RunDir::create(Path::new(&cfg.run.dir))?;
-    run.write_resolved_config(resolved)?;
+    let changed = run.write_resolved_config(resolved)?;
+    if !changed.is_empty() {
+        tracing::warn!(
+            "config differs from the one this run dir was started with: {}",
+            changed.join(", ")
+        );
+    }
     let train_dir = PathBuf::from(&cfg.data.train);
     ensure_synth(&train_dir, cfg.data.synth.as_ref(), "train")?;
 
@@ -423,6 +429,7 @@ pub fn train(
             ("loader_wait", stats.wait_fraction()),
             ("samples_skipped", stats.samples_skipped as f64),
         ];
+        crate::run::check_finite(step_no, &values)?;
         metrics.write(step_no, &values, &timing)?;
         if let Some(ev) = events.as_mut() {
             for (k, v) in values.iter().chain(timing.iter()) {
@@ -464,6 +471,7 @@ pub fn train(
                 centres.as_ref(),
                 &meta,
             )?;
+            metrics.sync()?;
             if let Some(ev) = events.as_mut() {
                 ev.flush()?;
             }

@@ -117,7 +117,7 @@ pub fn forward(
         (Centering::Centering, None) => unreachable!("centres exist in centering mode"),
     };
     let teacher_entropy = entropy(&t_cls);
-    // Student view v is matched with teacher view 1 - v: swap the teacher's chunks.
+    // Teacher targets per global view in natural order; `dino_loss` pairs student view v with teacher 1 - v.
     let t_views = vec![
         Tensor::from_inner(t_cls.clone().slice(0..b)),
         Tensor::from_inner(t_cls.slice(b..2 * b)),

@@ -1,0 +1,174 @@
+//! `webssl pretrain dino` as a user runs it: a process killed with SIGKILL mid-run and restarted with
+//! `--resume auto` ends with the same metrics.jsonl as an uninterrupted run; bad configs name the field.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn webssl() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_webssl"))
+}
+
+fn write_config(dir: &Path, run: &str, steps: u64) -> std::path::PathBuf {
+    let path = dir.join(format!("{run}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+seed = 1
+[data]
+train = "{data}"
+batch_size = 4
+num_workers = 2
+shuffle_buffer = 8
+decode_threads = 2
+synth = {{ samples = 32, size = 48, seed = 2 }}
+[model]
+arch = "vit-tiny"
+embed_dim = 32
+depth = 2
+num_heads = 2
+[crops]
+global_size = 42
+local_size = 14
+n_local = 2
+[heads]
+dino_prototypes = 64
+ibot_prototypes = 64
+hidden_dim = 32
+dino_bottleneck_dim = 16
+ibot_bottleneck_dim = 16
+[optim]
+total_steps = {steps}
+warmup_steps = 2
+lr_per_1024 = 0.05
+[run]
+dir = "{run_dir}"
+checkpoint_every_steps = 1
+keep_last = 2
+tensorboard = false
+"#,
+            data = dir.join("data").display(),
+            run_dir = dir.join(run).display(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn kill_dash_nine_then_resume_auto_matches_an_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let steps = 24;
+    let straight = write_config(tmp.path(), "straight", steps);
+    let out = webssl()
+        .args(["pretrain", "dino", "--config"])
+        .arg(&straight)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let killed = write_config(tmp.path(), "killed", steps);
+    let mut child = webssl()
+        .args(["pretrain", "dino", "--config"])
+        .arg(&killed)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill as soon as a few checkpoints exist, wherever the process is.
+    let ckpts = tmp.path().join("killed/checkpoints");
+    let start = Instant::now();
+    loop {
+        let n = std::fs::read_dir(&ckpts).map(|d| d.count()).unwrap_or(0);
+        if n >= 2 || start.elapsed() > Duration::from_secs(120) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let partial =
+        std::fs::read_to_string(tmp.path().join("killed/metrics.jsonl")).unwrap_or_default();
+    assert!(
+        partial.lines().count() < steps as usize,
+        "the process finished before it was killed"
+    );
+
+    let out = webssl()
+        .args(["pretrain", "dino", "--resume", "auto", "--config"])
+        .arg(&killed)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let a = std::fs::read_to_string(tmp.path().join("straight/metrics.jsonl")).unwrap();
+    let b = std::fs::read_to_string(tmp.path().join("killed/metrics.jsonl")).unwrap();
+    assert_eq!(a.lines().count(), steps as usize);
+    assert_eq!(a, b);
+    assert!(tmp.path().join("killed/export/config.json").is_file());
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_bad_configs_name_the_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let out = webssl()
+        .args([
+            "pretrain",
+            "dino",
+            "--preset",
+            "web-dino-7b",
+            "--dry-run",
+            "--configs-dir",
+        ])
+        .arg(&configs)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("parameters: backbone 6450"), "{stdout}");
+    assert!(stdout.contains("memory per process"), "{stdout}");
+
+    let cfg = write_config(tmp.path(), "bad", 4);
+    let out = webssl()
+        .args(["pretrain", "dino", "--config"])
+        .arg(&cfg)
+        .args(["--set", "optim.lr_per_1024=\"fast\""])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("optim.lr_per_1024"), "{stderr}");
+    let out = webssl()
+        .args(["pretrain", "dino", "--config"])
+        .arg(&cfg)
+        .args(["--set", "optim.lr_per_1204=0.1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("lr_per_1204"), "{stderr}");
+    let out = webssl()
+        .args(["pretrain", "dino", "--config"])
+        .arg(&cfg)
+        .args(["--set", "crops.global_size=50"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("crops.global_size") && stderr.contains("multiple of the patch size"),
+        "{stderr}"
+    );
+}
