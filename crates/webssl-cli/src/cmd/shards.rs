@@ -2,7 +2,7 @@
 //!
 //! Thin wiring over `webssl_data::{shards, source, import}`: argument parsing, a progress bar, and one
 //! summary line per run (kept/skipped counts and the first 20 skipped `shard:key` or paths).
-//! The enum is open for more subcommands (a `Bench` variant is planned by the loader work).
+//! `bench` (loader throughput) lives in `shards/bench.rs`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +22,8 @@ use webssl_data::shards::{
 };
 use webssl_data::source::{InputSpec, Item, SourceOptions, iter_items_with, resolve_inputs};
 
+mod bench;
+
 /// How many skipped items the summary line names.
 const SUMMARY_SKIPPED: usize = 20;
 
@@ -34,6 +36,8 @@ pub enum Command {
     /// Import a dataset into labelled shards.
     #[command(subcommand)]
     Import(ImportCommand),
+    /// Loader throughput over shards: decode + augmentation + collation + masks, images/s per thread.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -185,6 +189,7 @@ pub fn run(command: Command) -> Result<()> {
         Command::Inspect(args) => inspect(args),
         Command::Import(ImportCommand::FashionMnist(args)) => import_fashion_mnist(args),
         Command::Import(ImportCommand::ClassFolders(args)) => import_class_folders(args),
+        Command::Bench(args) => bench::run(args),
     }
 }
 
