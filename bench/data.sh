@@ -62,6 +62,7 @@ fi
 # --- runs (the four cells interleaved per round, so they share the machine's load) ---------------
 TORCH_ARGS=(--list "$CACHE/list-$N.txt" --batch-size "$B" --batches "$BATCHES" --warmup "$WARMUP")
 [[ -n $DINOV2 ]] && TORCH_ARGS+=(--dinov2 "$DINOV2")
+T_BENCH=$(date +%s)
 LOAD_BEFORE=$(loadavg)
 log "load before: $LOAD_BEFORE"
 for r in $(seq 1 "$RUNS"); do
@@ -85,7 +86,7 @@ T_END=$(date +%s)
 # --- report --------------------------------------------------------------------------------------
 CMD="bash bench/data.sh"
 args=(--results "$RESULTS" --load-before "$LOAD_BEFORE" --load-after "$LOAD_AFTER"
-      --wall-s $(( T_END - T_START )) --build-info "$BUILD_INFO"
+      --wall-s $(( T_END - T_START )) --bench-s $(( T_END - T_BENCH )) --build-info "$BUILD_INFO"
       --command "N=$N B=$B BATCHES=$BATCHES WARMUP=$WARMUP RUNS=$RUNS${DINOV2:+ DINOV2=$DINOV2}${SKIP_BUILD:+ SKIP_BUILD=1} $CMD")
 [[ -z ${NO_RECORD:-} ]] && args+=(--record bench/RESULTS.md)
 "$PY" bench/data_report.py "${args[@]}"

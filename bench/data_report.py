@@ -41,6 +41,7 @@ def main():
     ap.add_argument("--load-before", default="")
     ap.add_argument("--load-after", default="")
     ap.add_argument("--wall-s", type=int, default=0)
+    ap.add_argument("--bench-s", type=int, default=0, help="the measurement rounds alone")
     ap.add_argument("--build-info", default="")
     ap.add_argument("--command", default="bash bench/data.sh")
     ap.add_argument("--record", help="append the section to this markdown file")
@@ -89,7 +90,8 @@ besides it) vs torch in one process; "2 cores": webssl `--threads 2` vs a 2-work
 - PyTorch side: {torch_info.get('source', 'n/a')}; torch {torch_info.get('torch', '?')}, torchvision
   {torch_info.get('torchvision', '?')}, Pillow {torch_info.get('pillow', '?')}.
 - Build: {args.build_info}
-- Benchmark wall time {args.wall_s} s. Command: `{args.command}`
+- Wall time {args.wall_s} s in all, of which the measurement rounds {args.bench_s} s (the rest: the
+  cargo build, which waits for the build-directory lock while others build, images and shards). Command: `{args.command}`
 
 {chr(10).join(table)}
 
