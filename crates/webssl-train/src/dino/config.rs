@@ -68,6 +68,11 @@ pub struct ModelConfig {
     pub patch_size: Option<usize>,
     /// Position-embedding grid = global crop size by default.
     pub img_size: Option<usize>,
+    /// LayerScale initial value (the presets use DINOv2's 1e-5). At 1e-5 the blocks barely touch
+    /// the residual stream at first, so every image starts with nearly the same CLS token and the
+    /// teacher's Sinkhorn targets are uniform until LayerScale has grown: fine over 600k steps,
+    /// too slow for a few hundred (the demo uses 0.1).
+    pub layerscale_init: Option<f64>,
     #[serde(default)]
     pub drop_path_rate: f64,
 }
@@ -104,6 +109,10 @@ pub struct HeadsConfig {
     pub ibot_bottleneck_dim: usize,
     /// Separate iBOT head (Web-DINO / ViT-g) or the DINO head shared for patches.
     pub ibot_separate_head: bool,
+    /// DINO v1's `norm_last_layer`: keep the prototypes' weight-norm scale `g` fixed at 1. DINOv2
+    /// trains `g` (the default, false); fixing it guards small-batch runs against the head shrinking
+    /// its logits to a uniform output (reference §9.2).
+    pub norm_last_layer: bool,
 }
 
 impl Default for HeadsConfig {
@@ -115,6 +124,7 @@ impl Default for HeadsConfig {
             dino_bottleneck_dim: 384,
             ibot_bottleneck_dim: 256,
             ibot_separate_head: true,
+            norm_last_layer: false,
         }
     }
 }
@@ -277,6 +287,15 @@ impl DinoConfig {
         }
         if let Some(x) = m.patch_size {
             v.patch_size = x;
+        }
+        if let Some(x) = m.layerscale_init {
+            if v.layerscale_init.is_none() {
+                return Err(TrainError::config(
+                    "model.layerscale_init",
+                    format!("`{}` has no LayerScale", m.arch),
+                ));
+            }
+            v.layerscale_init = Some(x);
         }
         v.img_size = m.img_size.unwrap_or(self.crops.global_size as usize);
         v.validate()?;

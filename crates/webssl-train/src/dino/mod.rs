@@ -381,7 +381,14 @@ pub fn train(
             }
         }
         // Heads: dinov2 calls the rule with depth 0 there ("not a ViT"): multiplier 1.
-        let head_rule = |name: &str| dinov2_rule(name, 0, 1.0, 1.0);
+        let head_rule = |name: &str| {
+            let mut rule = dinov2_rule(name, 0, 1.0, 1.0);
+            if cfg.heads.norm_last_layer && name.ends_with("last_layer.weight_g") {
+                rule.lr_mult = 0.0;
+                rule.wd_mult = 0.0;
+            }
+            rule
+        };
         let DinoModel {
             backbone,
             dino_head,
