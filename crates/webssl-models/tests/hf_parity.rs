@@ -120,10 +120,13 @@ fn native_checkpoint_uses_dinov2_interpolation() {
     arch.num_heads = 3;
     arch.img_size = 56;
     arch.layerscale_init = Some(1.0);
-    let path = fixtures().join("dinov2-swiglu/native.safetensors");
-    let loaded = checkpoint::load(&path, Some(&arch), &device()).unwrap();
-    assert_eq!(loaded.layout, Layout::Native);
-    check_model("dinov2-swiglu", &loaded.model, "native");
+    // The same weights as safetensors and as the `torch.save` pickle DINOv2 releases.
+    for file in ["native.safetensors", "native.pth"] {
+        let path = fixtures().join("dinov2-swiglu").join(file);
+        let loaded = checkpoint::load(&path, Some(&arch), &device()).unwrap();
+        assert_eq!(loaded.layout, Layout::Native);
+        check_model("dinov2-swiglu", &loaded.model, "native");
+    }
     // And the HF path differs from it at a resampled size, so the test above is not vacuous.
     let reference = reference("dinov2-swiglu");
     let (_, hf) = reference.read_f32("astronaut.wide.hidden").unwrap();

@@ -36,9 +36,10 @@ pub struct LoadedModel {
 /// Loads a backbone from `path`:
 /// - an HF model directory (`config.json` + `model.safetensors` or sharded index): `arch` may be
 ///   `None` (the config decides) and must agree with it otherwise;
-/// - a native DINOv2/timm safetensors file or a directory holding one without `config.json`: `arch`
-///   is required (native checkpoints carry no config) and position embeddings are resampled the
-///   DINOv2 way.
+/// - a native DINOv2/timm checkpoint — a `.pth`/`.pt` file as released (`torch.save` of the state
+///   dict, FSDP-chunked block names allowed), a safetensors file, or a directory holding a
+///   `model.safetensors` without `config.json`: `arch` is required (native checkpoints carry no
+///   config) and position embeddings are resampled the DINOv2 way.
 pub fn load(path: &Path, arch: Option<&VitConfig>, device: &Device) -> Result<LoadedModel> {
     if !path.exists() {
         return Err(ModelError::io(
@@ -105,7 +106,7 @@ pub fn load(path: &Path, arch: Option<&VitConfig>, device: &Device) -> Result<Lo
                 antialias: false,
             };
         }
-        let store = TensorStore::open_file(&file)?;
+        let store = TensorStore::open_any(&file)?;
         let (model, ignored) = load_from_store(&cfg, &store, Layout::Native, device)?;
         Ok(LoadedModel {
             model,

@@ -1,4 +1,5 @@
-//! Read-only access to the tensors of one or more safetensors files, memory-mapped.
+//! Read-only access to the tensors of one or more safetensors files, memory-mapped, or of a PyTorch
+//! `.pth`/`.pt` checkpoint (DINOv2's native release format; read by `pytorch-reader`, no PyTorch).
 //!
 //! Headers are parsed once; a tensor's bytes are read straight out of the mapping and converted to f32
 //! (F32, BF16 and F16 storage) into the one buffer that becomes the model parameter — no intermediate
@@ -33,6 +34,9 @@ pub struct TensorEntry {
 pub struct TensorStore {
     shards: Vec<Shard>,
     entries: BTreeMap<String, TensorEntry>,
+    /// Tensors of a `.pth` file (lazy: read on demand); empty for safetensors stores.
+    pth: BTreeMap<String, pytorch_reader::Tensor>,
+    pth_path: PathBuf,
 }
 
 impl TensorStore {
@@ -74,7 +78,48 @@ impl TensorStore {
                 data_start: 8 + header_len,
             });
         }
-        Ok(TensorStore { shards, entries })
+        Ok(TensorStore {
+            shards,
+            entries,
+            pth: BTreeMap::new(),
+            pth_path: PathBuf::new(),
+        })
+    }
+
+    /// Opens a PyTorch checkpoint (`torch.save` of a state dict, or of a dict holding one under
+    /// `top_level_key`, e.g. `"teacher"` or `"model"`). Only float tensors are exposed.
+    pub fn open_pth(path: &Path, top_level_key: Option<&str>) -> Result<Self> {
+        let reader = match top_level_key {
+            Some(k) => pytorch_reader::PytorchReader::with_top_level_key(path, k),
+            None => pytorch_reader::PytorchReader::new(path),
+        }
+        .map_err(|e| ModelError::format(path, format!("not a readable PyTorch checkpoint: {e}")))?;
+        let pth = reader
+            .into_tensors()
+            .into_iter()
+            .filter(|(_, t)| {
+                matches!(
+                    t.dtype(),
+                    pytorch_reader::DType::F32
+                        | pytorch_reader::DType::F16
+                        | pytorch_reader::DType::BF16
+                )
+            })
+            .collect();
+        Ok(TensorStore {
+            shards: Vec::new(),
+            entries: BTreeMap::new(),
+            pth,
+            pth_path: path.to_path_buf(),
+        })
+    }
+
+    /// Opens `path` by its extension: `.pth`/`.pt` as PyTorch, anything else as safetensors.
+    pub fn open_any(path: &Path) -> Result<Self> {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("pth" | "pt") => Self::open_pth(path, None),
+            _ => Self::open_file(path),
+        }
     }
 
     /// Opens an HF model directory: `model.safetensors`, or the shards listed by
@@ -128,11 +173,14 @@ impl TensorStore {
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.entries.keys().map(String::as_str)
+        self.entries
+            .keys()
+            .chain(self.pth.keys())
+            .map(String::as_str)
     }
 
     pub fn contains(&self, key: &str) -> bool {
-        self.entries.contains_key(key)
+        self.entries.contains_key(key) || self.pth.contains_key(key)
     }
 
     pub fn entry(&self, key: &str) -> Option<&TensorEntry> {
@@ -141,6 +189,9 @@ impl TensorStore {
 
     /// The tensor's values as f32 (row-major) and its shape.
     pub fn read_f32(&self, key: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        if let Some(t) = self.pth.get(key) {
+            return self.read_pth(key, t);
+        }
         let entry = self
             .entries
             .get(key)
@@ -190,5 +241,41 @@ impl TensorStore {
             ));
         }
         Ok((entry.shape.clone(), values))
+    }
+
+    fn read_pth(&self, key: &str, t: &pytorch_reader::Tensor) -> Result<(Vec<usize>, Vec<f32>)> {
+        let bytes = t.read().map_err(|e| ModelError::io(&self.pth_path, e))?;
+        // pytorch-reader returns native-endian bytes; every supported target is little-endian.
+        let values: Vec<f32> = match t.dtype() {
+            pytorch_reader::DType::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            pytorch_reader::DType::BF16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_ne_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            pytorch_reader::DType::F16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::f16::from_ne_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(ModelError::Dtype {
+                    key: key.to_owned(),
+                    dtype: format!("{other:?}"),
+                });
+            }
+        };
+        if values.len() != t.num_elements() {
+            return Err(ModelError::format(
+                &self.pth_path,
+                format!(
+                    "tensor `{key}` has {} values for shape {:?}",
+                    values.len(),
+                    t.shape()
+                ),
+            ));
+        }
+        Ok((t.shape().to_vec(), values))
     }
 }
