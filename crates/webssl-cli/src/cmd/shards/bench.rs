@@ -124,7 +124,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.threads == 0 || args.batches == 0 || args.batch_size == 0 {
         bail!("--threads, --batches and --batch-size must be at least 1");
     }
-    if args.patch == 0 || args.size as usize % args.patch != 0 {
+    if args.patch == 0 || !(args.size as usize).is_multiple_of(args.patch) {
         bail!(
             "--size {} must be a multiple of --patch {}",
             args.size,
