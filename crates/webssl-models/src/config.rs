@@ -298,7 +298,8 @@ impl VitConfig {
                     "hidden_size": self.embed_dim,
                     "num_hidden_layers": self.depth,
                     "num_attention_heads": self.num_heads,
-                    "mlp_ratio": self.mlp_ratio,
+                    // transformers 5 validates `mlp_ratio` as an int and rejects `4.0`.
+                    "mlp_ratio": if self.mlp_ratio.fract() == 0.0 { json!(self.mlp_ratio as u64) } else { json!(self.mlp_ratio) },
                     "use_swiglu_ffn": self.ffn == Ffn::Swiglu,
                     "hidden_act": "gelu",
                     "image_size": self.img_size,

@@ -173,6 +173,16 @@ fn export_round_trips_through_the_hf_layout() {
                 "{name}: {key}"
             );
         }
+        // transformers 5 refuses a float `mlp_ratio` (`4.0`) for Dinov2 configs.
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                .unwrap();
+        assert!(
+            config
+                .get("mlp_ratio")
+                .is_none_or(serde_json::Value::is_u64),
+            "{name}: {config}"
+        );
         let reloaded = checkpoint::load(&out, None, &device()).unwrap();
         check_model(name, &reloaded.model, "hidden");
     }
