@@ -19,8 +19,17 @@ pub struct DinoModel {
 impl DinoModel {
     /// A fresh student (the teacher starts as its exact copy).
     pub fn new(vit: &VitConfig, heads: &HeadsConfig, seed: u64, device: &Device) -> Self {
-        device.seed(seed);
-        let backbone = Vit::new(vit, device);
+        // The backbone initialises from the backend's seeded global RNG: hold a process-wide lock
+        // from seeding to the last draw so that concurrent inits (tests, multi-run drivers) cannot
+        // interleave and silently change each other's weights.
+        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let backbone = {
+            let _guard = INIT
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            device.seed(seed);
+            Vit::new(vit, device)
+        };
         let dino_head = DinoHead::new(
             &DinoHeadConfig {
                 in_dim: vit.embed_dim,
