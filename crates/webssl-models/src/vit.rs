@@ -280,7 +280,7 @@ impl Vit {
         let p = cfg.patch_size;
         let trunc =
             |shape: [usize; 3]| Tensor::<3>::random(shape, Distribution::Normal(0.0, 0.02), device);
-        Vit {
+        let vit = Vit {
             patch_embed: PatchEmbed {
                 proj: LinearConfig::new(cfg.in_chans * p * p, d).init(device),
                 patch_size: p,
@@ -295,7 +295,18 @@ impl Vit {
             blocks: (0..cfg.depth).map(|_| Block::new(cfg, device)).collect(),
             norm: LayerNorm::new(d, cfg.ln_eps, device),
             config: cfg.clone(),
+        };
+        // burn initialises parameters lazily, at first use; draw them now so that the weights depend
+        // only on the RNG state at construction, not on whatever else draws from it before the first
+        // forward (another model, another thread).
+        struct Touch;
+        impl burn::module::ModuleVisitor for Touch {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                let _ = param.val();
+            }
         }
+        burn::module::Module::visit(&vit, &mut Touch);
+        vit
     }
 
     pub fn config(&self) -> &VitConfig {
