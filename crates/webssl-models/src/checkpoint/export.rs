@@ -73,6 +73,16 @@ pub fn write_safetensors_with_metadata(
     tensors: &[(String, Vec<usize>, Vec<f32>)],
     extra: &[(&str, String)],
 ) -> Result<()> {
+    let data =
+        safetensors_bytes(tensors, extra).map_err(|reason| ModelError::format(path, reason))?;
+    write_atomic(path, &data)
+}
+
+/// The safetensors encoding (f32, `format = pt` plus `extra` metadata) of `tensors`, in memory.
+pub fn safetensors_bytes(
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    extra: &[(&str, String)],
+) -> std::result::Result<Vec<u8>, String> {
     let bytes: Vec<Vec<u8>> = tensors
         .iter()
         .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
@@ -83,14 +93,12 @@ pub fn write_safetensors_with_metadata(
         .map(|((k, s, _), b)| {
             TensorView::new(Dtype::F32, s.clone(), b)
                 .map(|v| (k.clone(), v))
-                .map_err(|e| ModelError::format(path, format!("tensor `{k}`: {e}")))
+                .map_err(|e| format!("tensor `{k}`: {e}"))
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<std::result::Result<Vec<_>, String>>()?;
     let mut metadata = HashMap::from([("format".to_owned(), "pt".to_owned())]);
     metadata.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
-    let data = safetensors::serialize(views, Some(metadata))
-        .map_err(|e| ModelError::format(path, e.to_string()))?;
-    write_atomic(path, &data)
+    safetensors::serialize(views, Some(metadata)).map_err(|e| e.to_string())
 }
 
 /// Writes the HF model directory for `model` into `dir` (created if needed).

@@ -581,50 +581,33 @@ fn save_checkpoint(
     centres: Option<&step::Centres>,
     meta: &TrainStateMeta,
 ) -> Result<PathBuf> {
-    let tmp = tempfile_dir(ckpts)?;
-    let mut files: Vec<(&str, Vec<u8>)> = Vec::new();
-    let ser = |tensors: &[(String, Vec<usize>, Vec<f32>)], name: &str| -> Result<Vec<u8>> {
-        let path = tmp.join(name);
-        export::write_safetensors(&path, tensors)?;
-        std::fs::read(&path).map_err(|e| TrainError::io(&path, e))
+    let ser = |tensors: &[(String, Vec<usize>, Vec<f32>)]| -> Result<Vec<u8>> {
+        export::safetensors_bytes(tensors, &[]).map_err(|reason| TrainError::Checkpoint {
+            path: ckpts.dir().to_path_buf(),
+            reason,
+        })
     };
-    files.push((
-        "student.safetensors",
-        ser(
-            &checkpoint::named_parameters(student),
+    let mut files: Vec<(&str, Vec<u8>)> = vec![
+        (
             "student.safetensors",
-        )?,
-    ));
-    files.push((
-        "teacher.safetensors",
-        ser(
-            &checkpoint::named_parameters(teacher),
+            ser(&checkpoint::named_parameters(student))?,
+        ),
+        (
             "teacher.safetensors",
-        )?,
-    ));
-    files.push((
-        "optim.safetensors",
-        ser(&opt.state_tensors(), "optim.safetensors")?,
-    ));
+            ser(&checkpoint::named_parameters(teacher))?,
+        ),
+        ("optim.safetensors", ser(&opt.state_tensors())?),
+    ];
     if let Some(c) = centres {
         let mut t = c.dino.tensors("dino");
         t.extend(c.ibot.tensors("ibot"));
-        files.push(("centres.safetensors", ser(&t, "centres.safetensors")?));
+        files.push(("centres.safetensors", ser(&t)?));
     }
     files.push((
         "state.json",
         serde_json::to_vec_pretty(meta).expect("serialisable"),
     ));
-    let _ = std::fs::remove_dir_all(&tmp);
     ckpts.save(step, &files)
-}
-
-fn tempfile_dir(ckpts: &CheckpointManager) -> Result<PathBuf> {
-    let dir = ckpts
-        .dir()
-        .join(format!(".serialise-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
-    Ok(dir)
 }
 
 /// Warns on the two collapse signatures of §9.2: uniform (teacher targets at maximal entropy ln K and
