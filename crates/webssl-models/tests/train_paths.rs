@@ -67,15 +67,15 @@ fn every_parameter_receives_a_gradient() {
     let mut missing = Vec::new();
     struct Check<'a> {
         grads: &'a burn::tensor::Gradients,
-        path: Vec<String>,
+        path: checkpoint::PathStack,
         missing: &'a mut Vec<String>,
     }
     impl burn::module::ModuleVisitor for Check<'_> {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.path.push(name.to_owned());
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.path.enter(name, container_type);
         }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.path.pop();
+        fn exit_module(&mut self, _: &str, container_type: &str) {
+            self.path.exit(container_type);
         }
         fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
             let ok = param
@@ -83,7 +83,7 @@ fn every_parameter_receives_a_gradient() {
                 .grad(self.grads)
                 .is_some_and(|g| g.abs().sum().into_scalar::<f32>() > 0.0);
             if !ok {
-                self.missing.push(self.path.join("."));
+                self.missing.push(self.path.path());
             }
         }
     }
@@ -91,7 +91,7 @@ fn every_parameter_receives_a_gradient() {
         &model,
         &mut Check {
             grads: &grads,
-            path: Vec::new(),
+            path: Default::default(),
             missing: &mut missing,
         },
     );

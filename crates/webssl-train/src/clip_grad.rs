@@ -21,26 +21,7 @@ use std::collections::HashMap;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Gradients, Tensor, TensorData};
 
-/// Dotted-path tracking shared by the visitors/mappers of this crate (same convention as
-/// `webssl_models::checkpoint::named_parameters`: enum wrappers add no path component).
-#[derive(Default)]
-pub(crate) struct PathStack(Vec<String>);
-
-impl PathStack {
-    pub(crate) fn enter(&mut self, name: &str, container_type: &str) {
-        if !container_type.starts_with("Enum:") {
-            self.0.push(name.to_owned());
-        }
-    }
-    pub(crate) fn exit(&mut self, container_type: &str) {
-        if !container_type.starts_with("Enum:") {
-            self.0.pop();
-        }
-    }
-    pub(crate) fn path(&self) -> String {
-        self.0.join(".")
-    }
-}
+pub(crate) use webssl_models::checkpoint::PathStack;
 
 /// One gradient: the parameter's shape and its values flattened (row-major) to 1-D.
 #[derive(Debug, Clone)]

@@ -149,26 +149,22 @@ pub fn clip_rule(name: &str, ndim: usize) -> ParamRule {
 /// ([`mae_rule`], [`clip_rule`]) behind an `Fn(&str) -> ParamRule` closure.
 pub fn param_ranks<M: Module>(module: &M) -> HashMap<String, usize> {
     struct Ranks {
-        path: Vec<String>,
+        path: crate::clip_grad::PathStack,
         out: HashMap<String, usize>,
     }
     impl ModuleVisitor for Ranks {
         fn enter_module(&mut self, name: &str, container_type: &str) {
-            if !container_type.starts_with("Enum:") {
-                self.path.push(name.to_owned());
-            }
+            self.path.enter(name, container_type);
         }
         fn exit_module(&mut self, _name: &str, container_type: &str) {
-            if !container_type.starts_with("Enum:") {
-                self.path.pop();
-            }
+            self.path.exit(container_type);
         }
         fn visit_float<const D: usize>(&mut self, _param: &Param<Tensor<D>>) {
-            self.out.insert(self.path.join("."), D);
+            self.out.insert(self.path.path(), D);
         }
     }
     let mut v = Ranks {
-        path: Vec::new(),
+        path: Default::default(),
         out: HashMap::new(),
     };
     module.visit(&mut v);

@@ -23,6 +23,29 @@ use crate::vit::Vit;
 use keymap::Layout;
 use store::TensorStore;
 
+/// The dotted path of the module being visited, as burn's `ModuleVisitor`/`ModuleMapper` enter and
+/// leave sub-modules. This is the one naming convention for parameters across the project (checkpoint
+/// keys, optimizer state, parameter-group rules, EMA): struct fields and `Vec` indices add a component,
+/// enum variants do not (so `Option`/enum wrappers never change a name).
+#[derive(Debug, Default)]
+pub struct PathStack(Vec<String>);
+
+impl PathStack {
+    pub fn enter(&mut self, name: &str, container_type: &str) {
+        if !container_type.starts_with("Enum:") {
+            self.0.push(name.to_owned());
+        }
+    }
+    pub fn exit(&mut self, container_type: &str) {
+        if !container_type.starts_with("Enum:") {
+            self.0.pop();
+        }
+    }
+    pub fn path(&self) -> String {
+        self.0.join(".")
+    }
+}
+
 /// A backbone loaded from disk, with what the directory said about preprocessing.
 pub struct LoadedModel {
     pub model: Vit,
@@ -158,7 +181,7 @@ pub fn load_from_store(
         store,
         layout,
         native_alias: &native_alias,
-        path: Vec::new(),
+        path: PathStack::default(),
         used: BTreeSet::new(),
         errors: Vec::new(),
         device: device.clone(),
@@ -198,7 +221,7 @@ struct Loader<'a> {
     store: &'a TensorStore,
     layout: Layout,
     native_alias: &'a std::collections::BTreeMap<String, String>,
-    path: Vec<String>,
+    path: PathStack,
     used: BTreeSet<String>,
     errors: Vec<ModelError>,
     device: Device,
@@ -294,19 +317,15 @@ impl Loader<'_> {
 
 impl ModuleMapper for Loader<'_> {
     fn enter_module(&mut self, name: &str, container_type: &str) {
-        if !container_type.starts_with("Enum:") {
-            self.path.push(name.to_owned());
-        }
+        self.path.enter(name, container_type);
     }
 
     fn exit_module(&mut self, _name: &str, container_type: &str) {
-        if !container_type.starts_with("Enum:") {
-            self.path.pop();
-        }
+        self.path.exit(container_type);
     }
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let name = self.path.join(".");
+        let name = self.path.path();
         let (id, tensor, mapper) = param.consume();
         let expected = tensor.dims().to_vec();
         match self.fetch(&name, &expected) {
@@ -326,19 +345,15 @@ impl ModuleMapper for Loader<'_> {
 /// Every float parameter of a module with its dotted path, in declaration order.
 pub fn named_parameters<M: Module>(module: &M) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     struct Collect {
-        path: Vec<String>,
+        path: PathStack,
         out: Vec<(String, Vec<usize>, Vec<f32>)>,
     }
     impl burn::module::ModuleVisitor for Collect {
         fn enter_module(&mut self, name: &str, container_type: &str) {
-            if !container_type.starts_with("Enum:") {
-                self.path.push(name.to_owned());
-            }
+            self.path.enter(name, container_type);
         }
         fn exit_module(&mut self, _name: &str, container_type: &str) {
-            if !container_type.starts_with("Enum:") {
-                self.path.pop();
-            }
+            self.path.exit(container_type);
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
             let t = param.val();
@@ -348,11 +363,11 @@ pub fn named_parameters<M: Module>(module: &M) -> Vec<(String, Vec<usize>, Vec<f
                 .convert::<f32>()
                 .try_into_vec::<f32>()
                 .expect("float tensor");
-            self.out.push((self.path.join("."), shape, values));
+            self.out.push((self.path.path(), shape, values));
         }
     }
     let mut c = Collect {
-        path: Vec::new(),
+        path: PathStack::default(),
         out: Vec::new(),
     };
     module.visit(&mut c);
@@ -369,24 +384,20 @@ pub fn assign_named_parameters<M: Module>(
 ) -> Result<M> {
     struct Assign<'a> {
         store: &'a TensorStore,
-        path: Vec<String>,
+        path: PathStack,
         used: BTreeSet<String>,
         errors: Vec<ModelError>,
         device: Device,
     }
     impl ModuleMapper for Assign<'_> {
         fn enter_module(&mut self, name: &str, container_type: &str) {
-            if !container_type.starts_with("Enum:") {
-                self.path.push(name.to_owned());
-            }
+            self.path.enter(name, container_type);
         }
         fn exit_module(&mut self, _name: &str, container_type: &str) {
-            if !container_type.starts_with("Enum:") {
-                self.path.pop();
-            }
+            self.path.exit(container_type);
         }
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-            let name = self.path.join(".");
+            let name = self.path.path();
             let (id, tensor, mapper) = param.consume();
             let expected = tensor.dims().to_vec();
             let result = self.store.read_f32(&name).and_then(|(shape, values)| {
@@ -425,7 +436,7 @@ pub fn assign_named_parameters<M: Module>(
     }
     let mut a = Assign {
         store,
-        path: Vec::new(),
+        path: PathStack::default(),
         used: BTreeSet::new(),
         errors: Vec::new(),
         device: device.clone(),
