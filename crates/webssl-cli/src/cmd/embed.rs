@@ -328,8 +328,9 @@ pub struct Features {
 }
 
 impl Features {
-    fn push(&mut self, name: &str, t: Tensor<3>) {
-        let [_, a, b] = t.dims();
+    /// Appends a batch `[B, ...]`; the per-sample shape is the rest of the dims.
+    fn push<const D: usize>(&mut self, name: &str, t: Tensor<D>) {
+        let per_sample = t.dims()[1..].to_vec();
         let values = t
             .into_data()
             .convert::<f32>()
@@ -338,7 +339,7 @@ impl Features {
         let entry = self
             .tensors
             .entry(name.to_owned())
-            .or_insert_with(|| (vec![a, b], Vec::new()));
+            .or_insert_with(|| (per_sample, Vec::new()));
         entry.1.extend_from_slice(&values);
     }
 
@@ -346,13 +347,14 @@ impl Features {
         let out = model.forward_features(x.clone(), None);
         let [b, d] = out.cls.dims();
         for f in features {
-            let t = match f {
-                Feature::Cls => out.cls.clone().reshape([b, 1, d]),
-                Feature::PatchMean => out.patches.clone().mean_dim(1),
-                Feature::PatchTokens => out.patches.clone(),
-                Feature::Registers => out.registers.clone(),
-            };
-            self.push(f.key(), t);
+            match f {
+                Feature::Cls => self.push(f.key(), out.cls.clone()),
+                Feature::PatchMean => {
+                    self.push(f.key(), out.patches.clone().mean_dim(1).reshape([b, d]))
+                }
+                Feature::PatchTokens => self.push(f.key(), out.patches.clone()),
+                Feature::Registers => self.push(f.key(), out.registers.clone()),
+            }
         }
         if last_layers > 0 {
             let r = model.config().num_register_tokens;
@@ -362,11 +364,11 @@ impl Features {
                 let k = last_layers - i;
                 self.push(
                     &format!("layer-{k}.cls"),
-                    t.clone().slice([0..b, 0..1, 0..d]),
+                    t.clone().slice([0..b, 0..1, 0..d]).reshape([b, d]),
                 );
                 self.push(
                     &format!("layer-{k}.patch_mean"),
-                    t.slice([0..b, 1 + r..n, 0..d]).mean_dim(1),
+                    t.slice([0..b, 1 + r..n, 0..d]).mean_dim(1).reshape([b, d]),
                 );
             }
         }
@@ -374,11 +376,7 @@ impl Features {
 
     fn write(&self, output: &Path, model: &Path, size: (u32, u32)) -> anyhow::Result<()> {
         let n = self.keys.len();
-        let shape = |s: &[usize]| {
-            let mut full = vec![n];
-            full.extend(s.iter().copied().filter(|&d| d != 1 || s.len() == 1));
-            if s == [1, s[1]] { vec![n, s[1]] } else { full }
-        };
+        let shape = |per_sample: &[usize]| [&[n][..], per_sample].concat();
         let is_npy = output.extension().is_some_and(|e| e == "npy");
         if is_npy {
             let stem = output.with_extension("");

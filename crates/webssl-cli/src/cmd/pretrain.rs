@@ -157,7 +157,7 @@ fn knn_report(
         Ok((
             Split::new(
                 &dir.display().to_string(),
-                Matrix::new(labels.len(), shape[1], values.clone())?,
+                Matrix::new(labels.len(), shape[0], values.clone())?,
                 labels,
             )?,
             classes,
