@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
+pub use crate::run::sections::{DataConfig, EvalConfig, RunConfig, SynthSpec};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,36 +26,6 @@ pub struct DinoConfig {
     pub run: RunConfig,
     #[serde(default)]
     pub eval: EvalConfig,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DataConfig {
-    /// Shard directory with `index.json` (relative paths are relative to the working directory).
-    pub train: String,
-    /// Images per optimizer step on this process.
-    pub batch_size: usize,
-    #[serde(default = "default_workers")]
-    pub num_workers: usize,
-    #[serde(default = "default_shuffle")]
-    pub shuffle_buffer: usize,
-    /// Decode/augment threads (0 = all cores).
-    #[serde(default)]
-    pub decode_threads: usize,
-    /// Generate synthetic data into `train` first when it does not exist (the built-in default data).
-    #[serde(default)]
-    pub synth: Option<SynthSpec>,
-}
-
-/// Arguments of `webssl synth` for the built-in data.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SynthSpec {
-    pub samples: usize,
-    pub size: u32,
-    pub seed: u64,
-    #[serde(default = "default_mix")]
-    pub mix: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -200,52 +171,6 @@ pub struct OptimConfig {
     pub betas: (f64, f64),
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RunConfig {
-    /// Run directory (config, metrics, events, checkpoints, export).
-    pub dir: String,
-    pub checkpoint_every_steps: u64,
-    pub keep_last: usize,
-    /// Export the teacher backbone in HF layout every N steps (and always at the end); 0 = only at the end.
-    pub export_every_steps: u64,
-    pub tensorboard: bool,
-}
-
-impl Default for RunConfig {
-    fn default() -> Self {
-        Self {
-            dir: "runs/dino".into(),
-            checkpoint_every_steps: 1000,
-            keep_last: 3,
-            export_every_steps: 0,
-            tensorboard: true,
-        }
-    }
-}
-
-/// kNN on a held-out labelled set at the end of training, for the trained teacher and for the same
-/// architecture at initialisation.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EvalConfig {
-    /// Labelled shards to use as the kNN memory bank; none = no evaluation.
-    pub knn_train: Option<String>,
-    pub knn_val: Option<String>,
-    /// Synthetic data to create for these when missing.
-    pub knn_train_synth: Option<SynthSpec>,
-    pub knn_val_synth: Option<SynthSpec>,
-}
-
-fn default_workers() -> usize {
-    2
-}
-fn default_shuffle() -> usize {
-    1000
-}
-fn default_mix() -> String {
-    "full".into()
-}
 fn default_min_lr() -> f64 {
     1e-6
 }

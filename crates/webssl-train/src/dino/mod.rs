@@ -18,13 +18,14 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::tensor::Device;
-use serde::{Deserialize, Serialize};
 use webssl_data::augment::{DinoAugConfig, DinoAugment};
-use webssl_data::loader::{DinoViews, Loader, LoaderConfig, LoaderCursor, MaskSpec, TarShards};
+use webssl_data::loader::{DinoViews, Loader, LoaderConfig, MaskSpec, TarShards};
 use webssl_data::masks::{IbotMaskConfig, MaskingGenerator};
 use webssl_data::sampler::{SamplerConfig, rng_stream};
 use webssl_models::checkpoint::{self, export, store::TensorStore};
 
+pub use crate::run::sections::ensure_synth;
+pub use crate::run::state::TrainOutcome;
 pub use config::DinoConfig;
 use model::DinoModel;
 
@@ -32,35 +33,16 @@ use crate::clip_grad::ParamGrads;
 use crate::ema::ema_update;
 use crate::error::{Result, TrainError};
 use crate::objectives::Centering as CenterState;
-use crate::optim::AdamW;
 use crate::param_groups::dinov2_rule;
 use crate::run::RunDir;
 use crate::run::checkpoint::{CheckpointManager, Resume};
 use crate::run::metrics::MetricsWriter;
 use crate::run::progress::ProgressUpdate;
+use crate::run::state::{
+    DataIdentity, OptimizerSet, StateMeta, read_all, recipe_hash, tensors_bytes,
+};
 use crate::run::tensorboard::EventWriter;
 use crate::schedule::CosineSchedule;
-
-/// What a finished (or resumed-and-finished) run leaves behind.
-#[derive(Debug, Clone)]
-pub struct TrainOutcome {
-    pub run_dir: PathBuf,
-    /// The teacher backbone in HF layout.
-    pub export_dir: PathBuf,
-    pub steps: u64,
-    pub resumed_from: Option<u64>,
-}
-
-/// The small JSON part of a checkpoint; tensors live in safetensors files beside it.
-#[derive(Serialize, Deserialize)]
-struct TrainStateMeta {
-    /// Steps completed.
-    step: u64,
-    loader: LoaderCursor,
-    world_size: usize,
-    /// Hash of the resolved config minus the run section, to refuse resuming a different recipe.
-    recipe: String,
-}
 
 /// All per-step schedules (§5.2), functions of the step only.
 struct Schedules {
@@ -105,55 +87,6 @@ impl Schedules {
     }
 }
 
-/// Creates the built-in synthetic data when a configured path is missing.
-pub fn ensure_synth(path: &Path, spec: Option<&config::SynthSpec>, split: &str) -> Result<()> {
-    if path.join(webssl_data::shards::INDEX_FILE).is_file() {
-        return Ok(());
-    }
-    let Some(spec) = spec else {
-        return Err(TrainError::config(
-            "data.train",
-            format!(
-                "{} has no index.json and no synth spec is configured",
-                path.display()
-            ),
-        ));
-    };
-    let cfg = webssl_data::synth::SynthConfig {
-        size: spec.size,
-        seed: spec.seed,
-        mix: webssl_data::synth::Mix::parse(&spec.mix)?,
-    };
-    cfg.validate()?;
-    tracing::info!(
-        "generating {} synthetic samples ({}px, seed {}, mix {}) into {}",
-        spec.samples,
-        spec.size,
-        spec.seed,
-        spec.mix,
-        path.display()
-    );
-    let limits = webssl_data::shards::ShardLimits {
-        max_samples: Some(500),
-        max_bytes: None,
-    };
-    webssl_data::synth::write_shards(path, &cfg, spec.samples as u64, split, limits, &mut |_| {})?;
-    Ok(())
-}
-
-fn recipe_hash(resolved: &toml::Table) -> String {
-    let mut t = resolved.clone();
-    t.remove("run");
-    t.remove("eval");
-    let text = toml::to_string(&t).unwrap_or_default();
-    // FNV-1a: stable across platforms and Rust versions (std's hasher is not).
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
-    }
-    format!("{h:016x}")
-}
-
 /// Runs (or resumes) DINOv2 pretraining as configured. `stop_after` ends this process after that many
 /// steps of the schedule have completed (a checkpoint is written there), e.g. for time-sliced jobs; the
 /// next run resumes from it.
@@ -177,17 +110,16 @@ pub fn train(
     }
     let train_dir = PathBuf::from(&cfg.data.train);
     ensure_synth(&train_dir, cfg.data.synth.as_ref(), "train")?;
+    let data = DataIdentity::of(&train_dir)?;
 
     let ad = device.clone().autodiff();
     let mut student = DinoModel::new(&vit, &cfg.heads, cfg.seed, &ad);
     let mut teacher = student.valid();
-    let new_adamw = || AdamW::new(cfg.optim.betas.0, cfg.optim.betas.1, 1e-8);
-    // One optimizer per sub-module (as clipping): state keys are paths within the sub-module.
-    let mut opt = Optimizers {
-        backbone: new_adamw(),
-        dino_head: new_adamw(),
-        ibot_head: cfg.heads.ibot_separate_head.then(new_adamw),
-    };
+    let mut parts = vec!["backbone", "dino_head"];
+    if cfg.heads.ibot_separate_head {
+        parts.push("ibot_head");
+    }
+    let mut opt = OptimizerSet::new(&parts, cfg.optim.betas, 1e-8);
     let k_dino = cfg.heads.dino_prototypes;
     let k_ibot = if cfg.heads.ibot_separate_head {
         cfg.heads.ibot_prototypes
@@ -207,28 +139,7 @@ pub fn train(
     let mut loader_cursor = None;
     let mut resumed_from = None;
     if let Some(dir) = &from {
-        let meta: TrainStateMeta =
-            serde_json::from_slice(&CheckpointManager::load_file(dir, "state.json")?).map_err(
-                |e| TrainError::Checkpoint {
-                    path: dir.clone(),
-                    reason: format!("state.json: {e}"),
-                },
-            )?;
-        if meta.world_size != world_size {
-            return Err(TrainError::Checkpoint {
-                path: dir.clone(),
-                reason: format!(
-                    "written with world size {}, this run has {world_size}",
-                    meta.world_size
-                ),
-            });
-        }
-        if meta.recipe != recipe {
-            return Err(TrainError::Checkpoint {
-                path: dir.clone(),
-                reason: "the checkpoint was trained with a different recipe (config outside [run]/[eval] changed); use a new run dir or --resume never".into(),
-            });
-        }
+        let meta = StateMeta::load_checked(dir, world_size, &recipe, &data)?;
         let open = |name: &str| TensorStore::open_file(&dir.join(name)).map_err(TrainError::from);
         student = checkpoint::assign_named_parameters(student, &open("student.safetensors")?, &ad)?;
         teacher =
@@ -394,15 +305,17 @@ pub fn train(
             dino_head,
             ibot_head,
         } = student;
-        let backbone = opt
-            .backbone
-            .step(backbone, &g_backbone, lr, last_lr, wd, &rule_backbone);
+        let backbone =
+            opt.get("backbone")
+                .step(backbone, &g_backbone, lr, last_lr, wd, &rule_backbone);
         let dino_head = opt
-            .dino_head
+            .get("dino_head")
             .step(dino_head, &g_dino, lr, last_lr, wd, &head_rule);
-        let ibot_head = match (ibot_head, g_ibot.as_ref(), opt.ibot_head.as_mut()) {
-            (Some(h), Some(g), Some(o)) => Some(o.step(h, g, lr, last_lr, wd, &head_rule)),
-            (h, _, _) => h,
+        let ibot_head = match (ibot_head, g_ibot.as_ref()) {
+            (Some(h), Some(g)) => {
+                Some(opt.get("ibot_head").step(h, g, lr, last_lr, wd, &head_rule))
+            }
+            (h, _) => h,
         };
         student = DinoModel {
             backbone,
@@ -463,11 +376,13 @@ pub fn train(
             || step_no == end
             || (cfg.run.checkpoint_every_steps > 0 && step_no % cfg.run.checkpoint_every_steps == 0)
         {
-            let meta = TrainStateMeta {
+            let meta = StateMeta {
                 step: step_no,
                 loader: loader.cursor(),
                 world_size,
                 recipe: recipe.clone(),
+                data: Some(data.clone()),
+                samples_seen: step_no * (cfg.data.batch_size * world_size) as u64,
             };
             save_checkpoint(
                 &ckpts,
@@ -512,81 +427,16 @@ pub fn train(
     })
 }
 
-/// AdamW per student sub-module.
-struct Optimizers {
-    backbone: AdamW,
-    dino_head: AdamW,
-    ibot_head: Option<AdamW>,
-}
-
-impl Optimizers {
-    fn parts(&self) -> Vec<(&'static str, &AdamW)> {
-        let mut v = vec![("backbone", &self.backbone), ("dino_head", &self.dino_head)];
-        if let Some(o) = &self.ibot_head {
-            v.push(("ibot_head", o));
-        }
-        v
-    }
-
-    /// All state, keys prefixed by the sub-module (`backbone/<path>.exp_avg`, ...).
-    fn state_tensors(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
-        self.parts()
-            .into_iter()
-            .flat_map(|(prefix, o)| {
-                o.state_tensors()
-                    .into_iter()
-                    .map(move |(k, s, v)| (format!("{prefix}/{k}"), s, v))
-            })
-            .collect()
-    }
-
-    fn load(&mut self, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<()> {
-        let split = |prefix: &str| -> Vec<(String, Vec<usize>, Vec<f32>)> {
-            let p = format!("{prefix}/");
-            tensors
-                .iter()
-                .filter_map(|(k, s, v)| {
-                    k.strip_prefix(&p)
-                        .map(|k| (k.to_owned(), s.clone(), v.clone()))
-                })
-                .collect()
-        };
-        self.backbone.load_state_tensors(&split("backbone"))?;
-        self.dino_head.load_state_tensors(&split("dino_head"))?;
-        if let Some(o) = self.ibot_head.as_mut() {
-            o.load_state_tensors(&split("ibot_head"))?;
-        }
-        Ok(())
-    }
-}
-
-fn read_all(store: &TensorStore) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
-    store
-        .keys()
-        .map(|k| {
-            store
-                .read_f32(k)
-                .map(|(s, v)| (k.to_owned(), s, v))
-                .map_err(TrainError::from)
-        })
-        .collect()
-}
-
 fn save_checkpoint(
     ckpts: &CheckpointManager,
     step: u64,
     student: &DinoModel,
     teacher: &DinoModel,
-    opt: &Optimizers,
+    opt: &OptimizerSet,
     centres: Option<&step::Centres>,
-    meta: &TrainStateMeta,
+    meta: &StateMeta,
 ) -> Result<PathBuf> {
-    let ser = |tensors: &[(String, Vec<usize>, Vec<f32>)]| -> Result<Vec<u8>> {
-        export::safetensors_bytes(tensors, &[]).map_err(|reason| TrainError::Checkpoint {
-            path: ckpts.dir().to_path_buf(),
-            reason,
-        })
-    };
+    let ser = |tensors: &[(String, Vec<usize>, Vec<f32>)]| tensors_bytes(ckpts, tensors);
     let mut files: Vec<(&str, Vec<u8>)> = vec![
         (
             "student.safetensors",
@@ -603,10 +453,7 @@ fn save_checkpoint(
         t.extend(c.ibot.tensors("ibot"));
         files.push(("centres.safetensors", ser(&t)?));
     }
-    files.push((
-        "state.json",
-        serde_json::to_vec_pretty(meta).expect("serialisable"),
-    ));
+    files.push(("state.json", meta.to_json()));
     ckpts.save(step, &files)
 }
 

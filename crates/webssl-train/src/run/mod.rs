@@ -23,12 +23,16 @@ pub mod checkpoint;
 pub mod config;
 pub mod metrics;
 pub mod progress;
+pub mod sections;
+pub mod state;
 pub mod tensorboard;
 
 pub use checkpoint::{CheckpointManager, Resume};
 pub use config::{diff_tables, load_config, to_toml_string};
 pub use metrics::{MetricsWriter, check_finite, read_jsonl};
 pub use progress::{Progress, ProgressMode, ProgressUpdate};
+pub use sections::ensure_synth;
+pub use state::{DataIdentity, OptimizerSet, StateMeta, TrainOutcome, recipe_hash};
 pub use tensorboard::{EventWriter, read_scalars};
 
 use std::fs::{self, File, OpenOptions};

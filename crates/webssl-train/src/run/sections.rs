@@ -1,0 +1,122 @@
+//! Config sections every objective shares (`[data]`, `[run]`, `[eval]`), so DINO, MAE and CLIP read
+//! the same shard stream and write the same run directory layout. Each trainer's config embeds them
+//! unchanged; only the default run dir differs (set by the presets).
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Shard directory with `index.json` (relative paths are relative to the working directory).
+    pub train: String,
+    /// Images per optimizer step on this process.
+    pub batch_size: usize,
+    #[serde(default = "default_workers")]
+    pub num_workers: usize,
+    #[serde(default = "default_shuffle")]
+    pub shuffle_buffer: usize,
+    /// Decode/augment threads (0 = all cores).
+    #[serde(default)]
+    pub decode_threads: usize,
+    /// Generate synthetic data into `train` first when it does not exist (the built-in default data).
+    #[serde(default)]
+    pub synth: Option<SynthSpec>,
+}
+
+/// Arguments of `webssl synth` for the built-in data.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SynthSpec {
+    pub samples: usize,
+    pub size: u32,
+    pub seed: u64,
+    #[serde(default = "default_mix")]
+    pub mix: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// Run directory (config, metrics, events, checkpoints, export).
+    pub dir: String,
+    pub checkpoint_every_steps: u64,
+    pub keep_last: usize,
+    /// Export the teacher backbone in HF layout every N steps (and always at the end); 0 = only at the end.
+    pub export_every_steps: u64,
+    pub tensorboard: bool,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            dir: "runs/dino".into(),
+            checkpoint_every_steps: 1000,
+            keep_last: 3,
+            export_every_steps: 0,
+            tensorboard: true,
+        }
+    }
+}
+
+/// kNN on a held-out labelled set at the end of training, for the trained teacher and for the same
+/// architecture at initialisation.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Labelled shards to use as the kNN memory bank; none = no evaluation.
+    pub knn_train: Option<String>,
+    pub knn_val: Option<String>,
+    /// Synthetic data to create for these when missing.
+    pub knn_train_synth: Option<SynthSpec>,
+    pub knn_val_synth: Option<SynthSpec>,
+}
+
+fn default_workers() -> usize {
+    2
+}
+fn default_shuffle() -> usize {
+    1000
+}
+fn default_mix() -> String {
+    "full".into()
+}
+
+/// Creates the built-in synthetic data when a configured path is missing.
+pub fn ensure_synth(path: &Path, spec: Option<&SynthSpec>, split: &str) -> Result<()> {
+    if path.join(webssl_data::shards::INDEX_FILE).is_file() {
+        return Ok(());
+    }
+    let Some(spec) = spec else {
+        return Err(TrainError::config(
+            "data.train",
+            format!(
+                "{} has no index.json and no synth spec is configured",
+                path.display()
+            ),
+        ));
+    };
+    let cfg = webssl_data::synth::SynthConfig {
+        size: spec.size,
+        seed: spec.seed,
+        mix: webssl_data::synth::Mix::parse(&spec.mix)?,
+    };
+    cfg.validate()?;
+    tracing::info!(
+        "generating {} synthetic samples ({}px, seed {}, mix {}) into {}",
+        spec.samples,
+        spec.size,
+        spec.seed,
+        spec.mix,
+        path.display()
+    );
+    let limits = webssl_data::shards::ShardLimits {
+        max_samples: Some(500),
+        max_bytes: None,
+    };
+    webssl_data::synth::write_shards(path, &cfg, spec.samples as u64, split, limits, &mut |_| {})?;
+    Ok(())
+}
