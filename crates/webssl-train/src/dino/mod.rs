@@ -19,9 +19,9 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::tensor::Device;
 use webssl_data::augment::{DinoAugConfig, DinoAugment};
-use webssl_data::loader::{DinoViews, Loader, LoaderConfig, MaskSpec, TarShards};
+use webssl_data::loader::{DinoViews, Loader, MaskSpec};
 use webssl_data::masks::{IbotMaskConfig, MaskingGenerator};
-use webssl_data::sampler::{SamplerConfig, rng_stream};
+use webssl_data::sampler::rng_stream;
 use webssl_models::checkpoint::{self, export, store::TensorStore};
 
 pub use crate::run::sections::ensure_synth;
@@ -38,9 +38,7 @@ use crate::run::RunDir;
 use crate::run::checkpoint::{CheckpointManager, Resume};
 use crate::run::metrics::MetricsWriter;
 use crate::run::progress::ProgressUpdate;
-use crate::run::state::{
-    DataIdentity, OptimizerSet, StateMeta, read_all, recipe_hash, tensors_bytes,
-};
+use crate::run::state::{OptimizerSet, StateMeta, read_all, recipe_hash, tensors_bytes};
 use crate::run::tensorboard::EventWriter;
 use crate::schedule::CosineSchedule;
 
@@ -108,9 +106,7 @@ pub fn train(
             changed.join(", ")
         );
     }
-    let train_dir = PathBuf::from(&cfg.data.train);
-    ensure_synth(&train_dir, cfg.data.synth.as_ref(), "train")?;
-    let data = DataIdentity::of(&train_dir)?;
+    let (shards, data) = cfg.data.open_train()?;
 
     let ad = device.clone().autodiff();
     let mut student = DinoModel::new(&vit, &cfg.heads, cfg.seed, &ad);
@@ -175,24 +171,12 @@ pub fn train(
         },
         group: 0,
     };
-    let mut lcfg = LoaderConfig::new(cfg.data.batch_size);
-    if cfg.data.decode_threads > 0 {
-        lcfg.decode_threads = cfg.data.decode_threads;
-    }
-    let sampler = SamplerConfig {
-        seed: cfg.seed,
-        rank: 0,
-        world_size,
-        num_workers: cfg.data.num_workers,
-        shuffle_buffer: cfg.data.shuffle_buffer,
-        shuffle_shards: true,
-    };
     let mut loader = Loader::new(
-        Arc::new(TarShards::open(&train_dir)?),
-        sampler,
+        Arc::new(shards),
+        cfg.data.sampler(cfg.seed, 0, world_size),
         Arc::new(DinoViews::new(aug)),
         masks,
-        lcfg,
+        cfg.data.loader(),
         loader_cursor.as_ref(),
     )?;
 

@@ -6,7 +6,11 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use webssl_data::loader::{LoaderConfig, TarShards};
+use webssl_data::sampler::SamplerConfig;
+
 use crate::error::{Result, TrainError};
+use crate::run::state::DataIdentity;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,6 +29,38 @@ pub struct DataConfig {
     /// Generate synthetic data into `train` first when it does not exist (the built-in default data).
     #[serde(default)]
     pub synth: Option<SynthSpec>,
+}
+
+impl DataConfig {
+    /// The sample order: a function of the run seed and these fields only, never of the objective,
+    /// so DINO, MAE and CLIP runs with the same seed and `[data]` read the identical stream.
+    pub fn sampler(&self, seed: u64, rank: usize, world_size: usize) -> SamplerConfig {
+        SamplerConfig {
+            seed,
+            rank,
+            world_size,
+            num_workers: self.num_workers,
+            shuffle_buffer: self.shuffle_buffer,
+            shuffle_shards: true,
+        }
+    }
+
+    /// Batch size and decode threads for the loader.
+    pub fn loader(&self) -> LoaderConfig {
+        let mut l = LoaderConfig::new(self.batch_size);
+        if self.decode_threads > 0 {
+            l.decode_threads = self.decode_threads;
+        }
+        l
+    }
+
+    /// Creates the synthetic data when configured and missing, then opens the shards and returns
+    /// them with their identity.
+    pub fn open_train(&self) -> Result<(TarShards, DataIdentity)> {
+        let dir = Path::new(&self.train);
+        ensure_synth(dir, self.synth.as_ref(), "train")?;
+        Ok((TarShards::open(dir)?, DataIdentity::of(dir)?))
+    }
 }
 
 /// Arguments of `webssl synth` for the built-in data.
