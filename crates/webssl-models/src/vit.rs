@@ -419,6 +419,42 @@ impl Vit {
         }
     }
 
+    /// The MAE encoder on the visible patches only (`facebookresearch/mae` `models_mae.py`
+    /// `forward_encoder`): patch embedding + position embeddings without the CLS slot → each sample
+    /// keeps its tokens `ids_keep` (in that order) → CLS + its position embedding (+ registers) in
+    /// front → blocks → final norm. The masked patches never enter the encoder.
+    ///
+    /// # Shapes
+    /// - x: `[B, C, H, W]`, `H` and `W` multiples of the patch size
+    /// - ids_keep: `[B, K]` token indices `< (H/p)·(W/p)`
+    /// - returns: `[B, 1 + R + K, D]`, after the final norm
+    pub fn forward_visible(&self, x: Tensor<4>, ids_keep: Tensor<2, Int>) -> Tensor<3> {
+        let cfg = self.config();
+        let [b, _, h, w] = x.dims();
+        let p = cfg.patch_size;
+        assert!(
+            h % p == 0 && w % p == 0,
+            "image {h}x{w} is not a multiple of the patch size {p}"
+        );
+        let (rows, cols) = (h / p, w / p);
+        let (n, d) = (rows * cols, cfg.embed_dim);
+        let [_, k] = ids_keep.dims();
+        let pos = self.pos_embed_for(rows, cols);
+        let tokens = self.patch_embed.forward(x) + pos.clone().slice([0..1, 1..1 + n, 0..d]);
+        let kept = tokens.gather(1, ids_keep.unsqueeze_dim::<3>(2).expand([b, k, d]));
+        let cls = (self.cls_token.val() + pos.slice([0..1, 0..1, 0..d])).expand([b, 1, d]);
+        let mut parts = vec![cls];
+        if let Some(regs) = &self.register_tokens {
+            parts.push(regs.val().expand([b, cfg.num_register_tokens, d]));
+        }
+        parts.push(kept);
+        let mut t = Tensor::cat(parts, 1);
+        for block in &self.blocks {
+            t = block.forward(t);
+        }
+        self.norm.forward(t)
+    }
+
     /// Outputs of the last `n` blocks, each after the final norm (DINOv2 `get_intermediate_layers` with
     /// `norm=True`), oldest first. The last entry equals the normed output of `forward_features`.
     ///
