@@ -597,6 +597,16 @@ impl EvalTransform {
         }
     }
 
+    /// `(w, h)` of every output when it does not depend on the input (a crop, or an exact resize);
+    /// `None` for a shortest-edge resize without a crop. Batching needs a fixed size.
+    pub fn fixed_output_size(&self) -> Option<(u32, u32)> {
+        match (self.crop, self.resize) {
+            (Some(c), _) => Some(c),
+            (None, Some(ResizeMode::Exact { w, h })) => Some((w, h)),
+            _ => None,
+        }
+    }
+
     /// The `u8` image after resize and crop (before normalisation).
     pub fn apply_u8(&self, img: &RgbImage) -> Result<RgbImage> {
         self.validate()?;
