@@ -37,6 +37,8 @@ enum Command {
     /// Evaluate frozen encoders and score VQA predictions.
     #[command(subcommand)]
     Eval(cmd::eval::Command),
+    /// Train and evaluate a grid of methods × model sizes × data on the same images, then report.
+    Experiment(cmd::experiment::Args),
     /// Collect results JSON of run directories into a Markdown table and scaling plots (PNG/SVG/CSV).
     Report(cmd::report::Args),
 }
@@ -54,5 +56,6 @@ fn main() -> anyhow::Result<()> {
         Command::Synth(args) => cmd::synth::run(args),
         Command::Eval(c) => cmd::eval::run(c),
         Command::Report(args) => cmd::report::run(args),
+        Command::Experiment(args) => cmd::experiment::run(args),
     }
 }

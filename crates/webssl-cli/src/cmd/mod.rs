@@ -2,6 +2,7 @@
 
 pub mod embed;
 pub mod eval;
+pub mod experiment;
 pub mod model;
 pub mod pretrain;
 pub mod report;
