@@ -21,6 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Filter image shards (dedup, Light/Heavy text classifiers) into a manifest and new shards.
+    Curate(cmd::curate::Args),
     /// Extract features from images with a backbone checkpoint (HF or native layout).
     Embed(cmd::embed::Args),
     /// Self-supervised pretraining (DINOv2 / Web-DINO).
@@ -49,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     match cli.command {
+        Command::Curate(args) => cmd::curate::run(args),
         Command::Embed(args) => cmd::embed::run(args),
         Command::Model(c) => cmd::model::run(c),
         Command::Pretrain(c) => cmd::pretrain::run(c),

@@ -15,7 +15,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use rayon::prelude::*;
 use webssl_data::decode::{DEFAULT_MAX_PIXELS, decode_rgb};
 use webssl_data::source::{Item, iter_items, resolve_inputs};
-use webssl_data::transform::{EvalTransform, ResizeMode};
+use webssl_data::transform::EvalTransform;
 use webssl_models::checkpoint::{self, export::write_atomic};
 use webssl_models::{Vit, presets};
 
@@ -293,13 +293,7 @@ fn prepare(
 
 /// The output size when it does not depend on the input's aspect ratio.
 pub fn fixed_output_size(t: &EvalTransform) -> Option<(u32, u32)> {
-    if let Some((w, h)) = t.crop {
-        return Some((w, h));
-    }
-    match t.resize {
-        Some(ResizeMode::Exact { w, h }) => Some((w, h)),
-        _ => None,
-    }
+    t.fixed_output_size()
 }
 
 fn check_writable(output: &Path) -> anyhow::Result<()> {

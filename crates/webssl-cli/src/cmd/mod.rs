@@ -1,5 +1,6 @@
 //! One module per top-level command. Each exposes clap `Args`/`Command` and a `run` function.
 
+pub mod curate;
 pub mod embed;
 pub mod eval;
 pub mod experiment;
