@@ -46,6 +46,9 @@ set = ["model.depth=1"]
 [[size]]
 name = "d2"
 set = ["model.depth=2"]
+[[prepare]]
+creates = "{d}/data/prepared"
+args = ["synth", "--out", "{d}/data/prepared", "--samples", "4", "--size", "32", "--seed", "3"]
 [[eval_data]]
 path = "{d}/data/probe-train"
 synth = {{ samples = 40, size = 56, seed = 1 }}
@@ -74,6 +77,7 @@ fn trains_evaluates_reports_and_skips_finished_cells() {
     let out = webssl(&["experiment", "--config", cfg]);
     assert!(out.status.success(), "{}", text(&out));
     let runs = tmp.path().join("runs");
+    assert!(tmp.path().join("data/prepared/index.json").is_file());
     let report = std::fs::read_to_string(runs.join("report/report.md")).unwrap();
     for needle in ["dino-d1", "dino-d2", "knn/top1", "category/top1"] {
         assert!(report.contains(needle), "{needle} missing from\n{report}");
@@ -103,7 +107,10 @@ fn trains_evaluates_reports_and_skips_finished_cells() {
     assert!(out.status.success(), "{}", text(&out));
     let log = text(&out);
     assert_eq!(log.matches("done earlier, skipped").count(), 2, "{log}");
-    assert!(!log.contains(": training"), "{log}");
+    assert!(
+        !log.contains(": training") && !log.contains("prepare:"),
+        "{log}"
+    );
     assert_eq!(std::fs::metadata(&knn).unwrap().modified().unwrap(), stamp);
     assert_eq!(
         std::fs::metadata(&export).unwrap().modified().unwrap(),

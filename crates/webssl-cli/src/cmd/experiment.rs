@@ -16,6 +16,9 @@
 //! [[data]]                              # optional; default: the configs' own [data]
 //! name = "light"
 //! set = ["data.train=runs/data/light"]
+//! [[prepare]]                           # a webssl command run once, when `creates` is missing
+//! creates = "runs/data/light"           # (e.g. `webssl curate` making a filtered subset)
+//! args = ["curate", "--input", "…", "--filters", "configs/curate/light.toml", "--output", "runs/data/light"]
 //! [[eval_data]]                         # probe datasets, generated when missing
 //! path = "runs/data/synth-knn-train"
 //! synth = { samples = 1000, size = 112, seed = 101, mix = "full" }
@@ -87,6 +90,8 @@ pub struct ExperimentConfig {
     #[serde(default)]
     pub data: Vec<AxisEntry>,
     #[serde(default)]
+    pub prepare: Vec<Prepare>,
+    #[serde(default)]
     pub eval_data: Vec<EvalData>,
     #[serde(default)]
     pub probe: Vec<Probe>,
@@ -110,6 +115,14 @@ pub struct AxisEntry {
     pub name: String,
     #[serde(default)]
     pub set: Vec<String>,
+}
+
+/// A `webssl` command line run (as a child process) before any cell when `creates` does not exist.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Prepare {
+    pub creates: PathBuf,
+    pub args: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -493,6 +506,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.dry_run {
         return Ok(());
+    }
+    for p in &exp.prepare {
+        if p.creates.exists() {
+            continue;
+        }
+        println!("prepare: webssl {}", p.args.join(" "));
+        let exe = std::env::current_exe().context("locating the webssl executable")?;
+        let status = std::process::Command::new(exe)
+            .args(&p.args)
+            .status()
+            .with_context(|| format!("running webssl {}", p.args.join(" ")))?;
+        if !status.success() || !p.creates.exists() {
+            bail!(
+                "prepare step `webssl {}` failed ({status}) or did not create {}",
+                p.args.join(" "),
+                p.creates.display()
+            );
+        }
     }
     for d in &exp.eval_data {
         ensure_synth(&d.path, d.synth.as_ref(), "eval")
