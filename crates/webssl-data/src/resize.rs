@@ -24,6 +24,12 @@
 //! - `NEAREST` is not a convolution in Pillow: it samples `floor(x0 + (i + 0.5)·sx)` with the
 //!   position accumulated in `f64`, which this module reproduces.
 //!
+//! Speed (same integers, so the same bytes): on x86-64 CPUs with AVX2 the RGB horizontal pass
+//! widens each source row to 4 bytes per pixel and does two taps per 8-lane `i32` multiply-add
+//! (`x86::horizontal_rgb_rows`), and the vertical pass is compiled for AVX2 (`avx2_dispatch!`);
+//! elsewhere both run Pillow's scalar loops. The intermediate image and the pass buffers are
+//! per-thread scratch reused across calls, and [`crop_resize_into`] writes into a caller buffer.
+//!
 //! Only 1- and 3-channel `u8` images (`L`, `RGB`) are supported: Pillow premultiplies alpha for
 //! `RGBA`/`LA`, which the pipeline never needs (decode converts to RGB first).
 //!
@@ -233,7 +239,10 @@ pub fn resize_box_with<P: PilPixel>(
         w: iw as usize,
         h: ih as usize,
     };
-    let out = resample_view(view, c, w as usize, h as usize, filter, bbox, order);
+    let mut out = Vec::new();
+    resample_view(
+        view, c, w as usize, h as usize, filter, bbox, order, &mut out,
+    );
     Ok(ImageBuffer::from_raw(w, h, out).expect("resample output has w*h*c elements"))
 }
 
@@ -265,6 +274,25 @@ pub fn crop_resize_with<P: PilPixel>(
     filter: Filter,
     order: PassOrder,
 ) -> Result<ImageBuffer<P, Vec<u8>>> {
+    let mut out = Vec::new();
+    crop_resize_into(img, left, top, cw, ch, w, h, filter, order, &mut out)?;
+    Ok(ImageBuffer::from_raw(w, h, out).expect("resample output has w*h*c elements"))
+}
+
+/// [`crop_resize_with`] into a caller-owned buffer (replaced by the `w·h·c` output), so a caller
+/// rendering many crops reuses one allocation.
+pub fn crop_resize_into<P: PilPixel>(
+    img: &ImageBuffer<P, Vec<u8>>,
+    left: u32,
+    top: u32,
+    cw: u32,
+    ch: u32,
+    w: u32,
+    h: u32,
+    filter: Filter,
+    order: PassOrder,
+    out: &mut Vec<u8>,
+) -> Result<()> {
     let c = P::CHANNEL_COUNT as usize;
     let (iw, ih) = img.dimensions();
     if cw == 0
@@ -294,8 +322,8 @@ pub fn crop_resize_with<P: PilPixel>(
         h: ch as usize,
     };
     let bbox = [0.0, 0.0, cw as f32, ch as f32];
-    let out = resample_view(view, c, w as usize, h as usize, filter, bbox, order);
-    Ok(ImageBuffer::from_raw(w, h, out).expect("resample output has w*h*c elements"))
+    resample_view(view, c, w as usize, h as usize, filter, bbox, order, out);
+    Ok(())
 }
 
 fn check_box(iw: u32, ih: u32, w: u32, h: u32, b: [f32; 4]) -> Result<()> {
@@ -387,7 +415,69 @@ fn precompute(in_size: usize, in0: f32, in1: f32, out_size: usize, filter: Filte
     }
 }
 
-/// `ImagingResampleInner` (or the NEAREST affine path) on a window of the source.
+/// Defines `$name($args) -> $ret` that runs `$inner` compiled for AVX2 when the CPU has it, and the
+/// baseline build of `$inner` otherwise. The kernels are written as plain loops over fixed-width
+/// chunks; with AVX2 LLVM turns them into 8-lane integer/float code (SSE2, the x86-64 baseline,
+/// has no 32-bit lane multiply). Integer kernels give the same integers either way, and Rust never
+/// contracts `a * b + c` into an FMA, so the `f32` kernels give the same bits too: the dispatch
+/// changes speed only.
+macro_rules! avx2_dispatch {
+    ($(#[$m:meta])* $vis:vis fn $name:ident => $inner:path, ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?) => {
+        $(#[$m])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $inner($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU supports AVX2 (checked just above), the only requirement of
+                    // calling a `#[target_feature(enable = "avx2")]` function.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $inner($($arg),*)
+        }
+    };
+}
+
+/// Buffers the separable passes reuse from call to call (one set per thread), so resampling a
+/// crop allocates nothing in steady state: fresh multi-100-kB buffers per crop cost more in page
+/// faults and kernel page zeroing than the arithmetic.
+#[derive(Default)]
+struct Scratch {
+    /// The `u8` image between the two passes.
+    tmp: Vec<u8>,
+    hor: HorScratch,
+    /// Vertical-pass accumulators (one output row).
+    acc: Vec<i32>,
+}
+
+#[derive(Default)]
+struct HorScratch {
+    /// Two source rows widened from RGB to RGB0 (4 bytes per pixel), zero-padded on the right.
+    rows4: Vec<u8>,
+    /// Taps expanded for the widened rows: output `x` has `kpad` taps × 4 lanes (R, G, B, 0).
+    kk: Vec<i32>,
+    /// Per output pixel, the offset of its first tap in a widened row, in bytes.
+    starts: Vec<usize>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|s| match s.try_borrow_mut() {
+        Ok(mut s) => f(&mut s),
+        // Not reached (resampling never re-enters itself); correct anyway.
+        Err(_) => f(&mut Scratch::default()),
+    })
+}
+
+/// `ImagingResampleInner` (or the NEAREST affine path) on a window of the source, into `out`
+/// (resized to `out_w·out_h·c`).
 fn resample_view(
     src: View<'_>,
     c: usize,
@@ -396,7 +486,9 @@ fn resample_view(
     filter: Filter,
     b: [f32; 4],
     order: PassOrder,
-) -> Vec<u8> {
+    out: &mut Vec<u8>,
+) {
+    out.clear();
     // Pillow's shortcut in `_resize`: integer box of exactly the output size = crop.
     if b[0].fract() == 0.0
         && b[2] - b[0] == out_w as f32
@@ -404,34 +496,36 @@ fn resample_view(
         && b[3] - b[1] == out_h as f32
     {
         let (bx, by) = (b[0] as usize, b[1] as usize);
-        let mut out = Vec::with_capacity(out_w * out_h * c);
+        out.reserve(out_w * out_h * c);
         for y in 0..out_h {
             out.extend_from_slice(&src.row(by + y, c)[bx * c..(bx + out_w) * c]);
         }
-        return out;
+        return;
     }
     if filter == Filter::Nearest {
-        return nearest(src, c, out_w, out_h, b);
+        *out = nearest(src, c, out_w, out_h, b);
+        return;
     }
-    match c {
-        1 => resample_conv::<1>(src, out_w, out_h, filter, b, order),
-        3 => resample_conv::<3>(src, out_w, out_h, filter, b, order),
-        _ => unreachable!("PilPixel is only implemented for L and RGB"),
-    }
+    out.resize(out_w * out_h * c, 0);
+    with_scratch(|sc| resample_conv(src, c, out_w, out_h, filter, b, order, out, sc));
 }
 
-fn resample_conv<const C: usize>(
+fn resample_conv(
     src: View<'_>,
+    c: usize,
     out_w: usize,
     out_h: usize,
     filter: Filter,
     b: [f32; 4],
     order: PassOrder,
-) -> Vec<u8> {
+    out: &mut [u8],
+    sc: &mut Scratch,
+) {
     let need_h = out_w != src.w || b[0] != 0.0 || b[2] != out_w as f32;
     let need_v = out_h != src.h || b[1] != 0.0 || b[3] != out_h as f32;
     let vert = precompute(src.h, b[1], b[3], out_h, filter);
     let hor = precompute(src.w, b[0], b[2], out_w, filter);
+    let Scratch { tmp, hor: hsc, acc } = sc;
     if need_h && need_v && vertical_first(order, src.w, src.h, out_w, out_h) {
         // Vertical pass over the columns the horizontal pass reads, then horizontal.
         let first = hor.bounds[0].0;
@@ -441,16 +535,19 @@ fn resample_conv<const C: usize>(
             w: last - first,
             ..src
         };
-        let tmp = vertical_pass::<C>(cols, &vert, 0);
+        tmp.clear();
+        tmp.resize(out_h * (last - first) * c, 0);
+        vertical_pass(cols, c, &vert, 0, tmp, acc);
         let tmp_view = View {
-            data: &tmp,
-            stride: (last - first) * C,
+            data: tmp,
+            stride: (last - first) * c,
             x0: 0,
             y0: 0,
             w: last - first,
             h: out_h,
         };
-        return horizontal_pass::<C>(tmp_view, &hor, first, 0, out_h);
+        horizontal_pass(tmp_view, c, &hor, first, 0, out_h, out, hsc);
+        return;
     }
     // Pillow's default: horizontal pass over only the rows the vertical pass reads, then vertical.
     let (first, last) = if need_v {
@@ -462,21 +559,25 @@ fn resample_conv<const C: usize>(
         (0, src.h)
     };
     if !need_h {
-        return vertical_pass::<C>(src, &vert, 0);
+        vertical_pass(src, c, &vert, 0, out, acc);
+        return;
     }
-    let tmp = horizontal_pass::<C>(src, &hor, 0, first, last - first);
     if !need_v {
-        return tmp;
+        horizontal_pass(src, c, &hor, 0, first, last - first, out, hsc);
+        return;
     }
+    tmp.clear();
+    tmp.resize((last - first) * out_w * c, 0);
+    horizontal_pass(src, c, &hor, 0, first, last - first, tmp, hsc);
     let tmp_view = View {
-        data: &tmp,
-        stride: out_w * C,
+        data: tmp,
+        stride: out_w * c,
         x0: 0,
         y0: 0,
         w: out_w,
         h: last - first,
     };
-    vertical_pass::<C>(tmp_view, &vert, first)
+    vertical_pass(tmp_view, c, &vert, first, out, acc);
 }
 
 /// Pillow ≥ 13 (python-pillow/Pillow#9549) runs the vertical pass first when the height shrinks
@@ -494,18 +595,44 @@ fn vertical_first(order: PassOrder, in_w: usize, in_h: usize, out_w: usize, out_
     }
 }
 
-/// Horizontal pass: `rows` output rows from source rows `row0..row0+rows` of `src`; coefficient
-/// bounds are relative to source column `col_off` (non-zero when `src` is a column window).
-fn horizontal_pass<const C: usize>(
+/// Horizontal pass: `rows` output rows (into `out`, `rows·out_w·c`) from source rows
+/// `row0..row0+rows` of `src`; coefficient bounds are relative to source column `col_off`
+/// (non-zero when `src` is a column window).
+fn horizontal_pass(
+    src: View<'_>,
+    c: usize,
+    hor: &Coeffs,
+    col_off: usize,
+    row0: usize,
+    rows: usize,
+    out: &mut [u8],
+    sc: &mut HorScratch,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if c == 3 && std::arch::is_x86_feature_detected!("avx2") {
+        horizontal_rgb_avx2(src, hor, col_off, row0, rows, out, sc);
+        return;
+    }
+    match c {
+        1 => horizontal_scalar::<1>(src, hor, col_off, row0, rows, out),
+        _ => horizontal_scalar::<3>(src, hor, col_off, row0, rows, out),
+    }
+}
+
+/// Pillow's loop: per output pixel, per tap, per channel.
+fn horizontal_scalar<const C: usize>(
     src: View<'_>,
     hor: &Coeffs,
     col_off: usize,
     row0: usize,
     rows: usize,
-) -> Vec<u8> {
+    out: &mut [u8],
+) {
     let out_w = hor.bounds.len();
-    let mut out = vec![0u8; rows * out_w * C];
-    for (ty, out_row) in out.chunks_exact_mut(out_w * C).enumerate() {
+    for (ty, out_row) in out[..rows * out_w * C]
+        .chunks_exact_mut(out_w * C)
+        .enumerate()
+    {
         let in_row = src.row(row0 + ty, C);
         for (xx, px) in out_row.chunks_exact_mut(C).enumerate() {
             let (xmin, n) = hor.bounds[xx];
@@ -523,33 +650,254 @@ fn horizontal_pass<const C: usize>(
             }
         }
     }
-    out
 }
 
-/// Vertical pass over all columns of `src`; coefficient bounds are relative to source row `row_off`
-/// (non-zero when `src` holds only the rows the pass reads).
-fn vertical_pass<const C: usize>(src: View<'_>, vert: &Coeffs, row_off: usize) -> Vec<u8> {
+/// The RGB horizontal pass with AVX2. Pillow's loop does three scalar multiply-adds per tap; here
+/// each source row is first widened to 4 bytes per pixel (`R G B 0`), and every output pixel's
+/// taps are padded with zero taps to one even count `kpad`, so each pair of taps is one 8-lane
+/// `u8 → i32` multiply-add (two pixels times their two taps, each repeated four times), the same
+/// shape for every pixel. The sums are the same integers as Pillow's (integer addition is exact in
+/// any order and the padding taps are zero), so the output is bit-exact; two rows share each load
+/// of the taps.
+#[cfg(target_arch = "x86_64")]
+fn horizontal_rgb_avx2(
+    src: View<'_>,
+    hor: &Coeffs,
+    col_off: usize,
+    row0: usize,
+    rows: usize,
+    out: &mut [u8],
+    sc: &mut HorScratch,
+) {
+    let out_w = hor.bounds.len();
+    if out_w == 0 || rows == 0 {
+        return;
+    }
+    // Source columns read, relative to `src`.
+    let first = hor.bounds[0].0 - col_off;
+    let last = hor
+        .bounds
+        .iter()
+        .map(|&(xmin, n)| xmin - col_off + n)
+        .max()
+        .unwrap_or(first);
+    let span = last - first;
+    let max_n = hor.bounds.iter().map(|b| b.1).max().unwrap_or(0);
+    let kpad = (max_n.max(1) + 1) & !1;
+    // Zero padding after the widened pixels keeps every padded tap window in bounds.
+    let row4_len = (span + kpad) * 4;
+    sc.rows4.clear();
+    sc.rows4.resize(2 * row4_len, 0);
+    sc.kk.clear();
+    sc.kk.resize(out_w * kpad * 4, 0);
+    sc.starts.clear();
+    for (xx, &(xmin, n)) in hor.bounds.iter().enumerate() {
+        sc.starts.push((xmin - col_off - first) * 4);
+        let taps = &hor.k[xx * hor.ksize..xx * hor.ksize + n];
+        let dst = &mut sc.kk[xx * kpad * 4..(xx * kpad + n) * 4];
+        for (lanes, &k) in dst.chunks_exact_mut(4).zip(taps) {
+            lanes[..3].fill(k);
+        }
+    }
+    let p = x86::HorRgb {
+        src,
+        first,
+        span,
+        kpad,
+        row0,
+        precision: hor.precision,
+    };
+    // SAFETY: the caller checked that the CPU supports AVX2.
+    unsafe {
+        x86::horizontal_rgb_rows(
+            &p,
+            &sc.kk,
+            &sc.starts,
+            &mut sc.rows4,
+            &mut out[..rows * out_w * 3],
+        )
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::View;
+
+    pub(super) struct HorRgb<'a> {
+        pub src: View<'a>,
+        /// First source column read, and how many.
+        pub first: usize,
+        pub span: usize,
+        /// Taps per output pixel after zero padding (even).
+        pub kpad: usize,
+        pub row0: usize,
+        pub precision: u32,
+    }
+
+    /// RGB → RGB0: `dst[4i..4i+4] = [src[3i], src[3i+1], src[3i+2], 0]` for every pixel of `src`.
+    #[target_feature(enable = "avx2")]
+    fn widen_rgb(dst: &mut [u8], src: &[u8]) {
+        let n = src.len() / 3;
+        assert!(dst.len() >= 4 * n);
+        let shuf = _mm_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1);
+        let mut i = 0;
+        // 16-byte loads of which 12 are used: stop while 16 bytes remain readable.
+        while 3 * i + 16 <= src.len() {
+            // SAFETY: `src[3i..3i+16]` and `dst[4i..4i+16]` are in bounds (loop condition and
+            // the assert: 4i + 16 <= 4n because i + 4 <= n here); unaligned loads/stores.
+            unsafe {
+                let v = _mm_loadu_si128(src.as_ptr().add(3 * i).cast());
+                _mm_storeu_si128(
+                    dst.as_mut_ptr().add(4 * i).cast(),
+                    _mm_shuffle_epi8(v, shuf),
+                );
+            }
+            i += 4;
+        }
+        for (d, s) in dst[4 * i..4 * n]
+            .chunks_exact_mut(4)
+            .zip(src[3 * i..].chunks_exact(3))
+        {
+            d[..3].copy_from_slice(s);
+            d[3] = 0;
+        }
+    }
+
+    /// `u8` lanes `s[..8]` zero-extended to eight `i32`, times `k[..8]`, added to `acc`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn madd8(acc: __m256i, s: &[u8], k: &[i32]) -> __m256i {
+        let (s, k) = (&s[..8], &k[..8]);
+        // SAFETY: 8 readable bytes and 8 readable `i32` (the slices above); unaligned loads.
+        let (v, kv) = unsafe {
+            (
+                _mm256_cvtepu8_epi32(_mm_loadl_epi64(s.as_ptr().cast())),
+                _mm256_loadu_si256(k.as_ptr().cast()),
+            )
+        };
+        _mm256_add_epi32(acc, _mm256_mullo_epi32(v, kv))
+    }
+
+    /// Folds the two pixels' lanes, adds the rounding bias, shifts, clamps to `u8` and writes
+    /// `R G B` to `out[..3]`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn store_px(out: &mut [u8], acc: __m256i, bias: __m128i, shift: __m128i) {
+        let s = _mm_add_epi32(
+            _mm_add_epi32(
+                _mm256_castsi256_si128(acc),
+                _mm256_extracti128_si256::<1>(acc),
+            ),
+            bias,
+        );
+        let s = _mm_sra_epi32(s, shift);
+        // i32 → i16 (saturating; the shifted sums are far inside i16) → u8 (saturating: the clamp).
+        let s = _mm_packus_epi16(_mm_packs_epi32(s, s), s);
+        let px = (_mm_cvtsi128_si32(s) as u32).to_le_bytes();
+        out[..3].copy_from_slice(&px[..3]);
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2. `rows4` holds two widened rows of `(span + kpad)·4` bytes whose
+    /// padding is zero; `kk` and `starts` are the expanded taps as built by the caller.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn horizontal_rgb_rows(
+        p: &HorRgb<'_>,
+        kk: &[i32],
+        starts: &[usize],
+        rows4: &mut [u8],
+        out: &mut [u8],
+    ) {
+        let out_w = starts.len();
+        let row_out = out_w * 3;
+        let taps4 = p.kpad * 4;
+        let bias = _mm_set1_epi32(1i32 << (p.precision - 1));
+        let shift = _mm_cvtsi32_si128(p.precision as i32);
+        let (ra, rb) = rows4.split_at_mut(rows4.len() / 2);
+        let cols = p.first * 3..(p.first + p.span) * 3;
+        let mut out_rows = out.chunks_exact_mut(row_out);
+        let mut y = p.row0;
+        while let Some(oa) = out_rows.next() {
+            widen_rgb(&mut ra[..p.span * 4], &p.src.row(y, 3)[cols.clone()]);
+            if let Some(ob) = out_rows.next() {
+                widen_rgb(&mut rb[..p.span * 4], &p.src.row(y + 1, 3)[cols.clone()]);
+                for (xx, (&s, k)) in starts.iter().zip(kk.chunks_exact(taps4)).enumerate() {
+                    let (sa, sb) = (&ra[s..s + taps4], &rb[s..s + taps4]);
+                    let (mut aa, mut ab) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+                    for ((a8, b8), k8) in sa
+                        .chunks_exact(8)
+                        .zip(sb.chunks_exact(8))
+                        .zip(k.chunks_exact(8))
+                    {
+                        aa = madd8(aa, a8, k8);
+                        ab = madd8(ab, b8, k8);
+                    }
+                    store_px(&mut oa[xx * 3..], aa, bias, shift);
+                    store_px(&mut ob[xx * 3..], ab, bias, shift);
+                }
+                y += 2;
+            } else {
+                for (xx, (&s, k)) in starts.iter().zip(kk.chunks_exact(taps4)).enumerate() {
+                    let mut aa = _mm256_setzero_si256();
+                    for (a8, k8) in ra[s..s + taps4].chunks_exact(8).zip(k.chunks_exact(8)) {
+                        aa = madd8(aa, a8, k8);
+                    }
+                    store_px(&mut oa[xx * 3..], aa, bias, shift);
+                }
+                y += 1;
+            }
+        }
+    }
+}
+
+/// Vertical pass over all columns of `src` into `out` (`out_h·src.w·c`); coefficient bounds are
+/// relative to source row `row_off` (non-zero when `src` holds only the rows the pass reads).
+fn vertical_pass(
+    src: View<'_>,
+    c: usize,
+    vert: &Coeffs,
+    row_off: usize,
+    out: &mut [u8],
+    acc: &mut Vec<i32>,
+) {
+    acc.clear();
+    acc.resize(src.w * c, 0);
+    vertical_pass_rows(src, c, vert, row_off, out, acc);
+}
+
+avx2_dispatch!(fn vertical_pass_rows => vertical_pass_impl, (
+    src: View<'_>, c: usize, vert: &Coeffs, row_off: usize, out: &mut [u8], acc: &mut [i32]
+));
+
+#[inline(always)]
+fn vertical_pass_impl(
+    src: View<'_>,
+    c: usize,
+    vert: &Coeffs,
+    row_off: usize,
+    out: &mut [u8],
+    acc: &mut [i32],
+) {
+    let row_len = src.w * c;
     let out_h = vert.bounds.len();
-    let row_len = src.w * C;
-    let mut out = vec![0u8; out_h * row_len];
-    let mut acc = vec![0i32; row_len];
-    for (yy, out_row) in out.chunks_exact_mut(row_len).enumerate() {
+    for (yy, out_row) in out[..out_h * row_len].chunks_exact_mut(row_len).enumerate() {
         let (ymin, n) = vert.bounds[yy];
         let k = &vert.k[yy * vert.ksize..yy * vert.ksize + n];
         acc.fill(1i32 << (vert.precision - 1));
         for (y, &ky) in k.iter().enumerate() {
-            let in_row = src.row(ymin + y - row_off, C);
+            let in_row = src.row(ymin + y - row_off, c);
             // Integer sums are exact, so accumulating row by row (vectorisable) gives Pillow's
             // per-pixel result.
             for (a, &p) in acc.iter_mut().zip(in_row) {
                 *a += p as i32 * ky;
             }
         }
-        for (o, &a) in out_row.iter_mut().zip(&acc) {
+        for (o, &a) in out_row.iter_mut().zip(acc.iter()) {
             *o = clip8(a, vert.precision);
         }
     }
-    out
 }
 
 /// torch's antialiased resize of a `uint8` image (`torchvision.transforms.v2.functional.resize` on a
@@ -603,10 +951,9 @@ pub fn torch_resize_u8<P: PilPixel>(
         let mut cur_w = view.w;
         if w != view.w {
             let hor = torch_coeffs(view.w, w, interp_size);
-            cur = Some(match c {
-                1 => horizontal_pass::<1>(view, &hor, 0, 0, view.h),
-                _ => horizontal_pass::<3>(view, &hor, 0, 0, view.h),
-            });
+            let mut buf = vec![0u8; view.h * w * c];
+            with_scratch(|sc| horizontal_pass(view, c, &hor, 0, 0, view.h, &mut buf, &mut sc.hor));
+            cur = Some(buf);
             cur_w = w;
         }
         if h != view.h {
@@ -622,10 +969,9 @@ pub fn torch_resize_u8<P: PilPixel>(
                 },
                 None => view,
             };
-            cur = Some(match c {
-                1 => vertical_pass::<1>(src, &vert, 0),
-                _ => vertical_pass::<3>(src, &vert, 0),
-            });
+            let mut buf = vec![0u8; h * src.w * c];
+            with_scratch(|sc| vertical_pass(src, c, &vert, 0, &mut buf, &mut sc.acc));
+            cur = Some(buf);
         }
         cur.unwrap_or_else(|| view.data.to_vec())
     };
@@ -776,6 +1122,34 @@ mod tests {
                 let b = crop_resize_with(&img, left, top, cw, ch, w, h, filter, PassOrder::HorizontalFirst).unwrap();
                 proptest::prop_assert_eq!(a, b);
             }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// The RGB horizontal pass actually used (AVX2 on x86-64 CPUs that have it) equals Pillow's
+        /// per-pixel loop, for Pillow's and torch's taps, up- and downscales and column windows.
+        #[test]
+        fn horizontal_pass_equals_pillow_loop(
+            iw in 1usize..300, rows in 1usize..5, w in 1usize..260, x0 in 0.0f32..0.5,
+            x1 in 0.5f32..1.0, f in 0usize..5, torch in proptest::bool::ANY, col_off in 0usize..3,
+        ) {
+            let filter = [Filter::Box, Filter::Bilinear, Filter::Hamming, Filter::Bicubic, Filter::Lanczos][f];
+            let img = ramp((iw + col_off) as u32, rows as u32);
+            let hor = if torch {
+                torch_coeffs(iw, w, if f == 1 { 2 } else { 4 })
+            } else {
+                precompute(iw, x0 * iw as f32, x1 * iw as f32, w, filter)
+            };
+            // A column window starting at `col_off`, with bounds relative to the full row as
+            // `resample_conv` passes them in the vertical-first order.
+            let hor = Coeffs { bounds: hor.bounds.iter().map(|&(x, n)| (x + col_off, n)).collect(), ..hor };
+            let src = View { data: img.as_raw(), stride: (iw + col_off) * 3, x0: col_off, y0: 0, w: iw, h: rows };
+            let mut want = vec![0u8; rows * w * 3];
+            horizontal_scalar::<3>(src, &hor, col_off, 0, rows, &mut want);
+            let mut got = vec![0u8; rows * w * 3];
+            horizontal_pass(src, 3, &hor, col_off, 0, rows, &mut got, &mut HorScratch::default());
+            proptest::prop_assert_eq!(got, want);
         }
     }
 
