@@ -8,6 +8,7 @@ pub mod heads;
 pub mod mae;
 pub mod pos_embed;
 pub mod presets;
+pub mod text;
 pub mod vit;
 
 pub use config::{Ffn, Flavour, PosInterp, VitConfig};

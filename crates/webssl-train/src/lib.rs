@@ -14,6 +14,8 @@ pub mod schedule;
 
 pub mod run;
 
+pub mod clip;
 pub mod dino;
+pub mod mae;
 
 pub use error::{Result, TrainError};

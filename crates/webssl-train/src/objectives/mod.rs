@@ -16,6 +16,7 @@
 //! - world size 1 semantics: the reference's all-reduces (centre, Sinkhorn sums, masked-token count)
 //!   become the identity. A data-parallel trainer must reduce the same quantities across ranks.
 
+pub mod clip;
 pub mod dino;
 pub mod ibot;
 pub mod koleo;

@@ -1,0 +1,132 @@
+//! The CLIP objective: symmetric InfoNCE over L2-normalised image and text features with a learnable
+//! temperature, and the clamp applied to that temperature after every optimizer step.
+//!
+//! Reference: open_clip `src/open_clip/loss.py::ClipLoss` (as MetaCLIP `src/mini_clip/loss.py` uses it)
+//! and `src/training/train.py` (`logit_scale.clamp_(0, math.log(100))` after `optimizer.step()`);
+//! `reference/training-algorithms.md` §8. Golden values: `fixtures/clip/make_clip.py`.
+//!
+//! ```text
+//! Î = I / max(‖I‖, 1e-12),  T̂ = T / max(‖T‖, 1e-12)          (F.normalize)
+//! s = exp(t)                                                   (t = the `logit_scale` parameter)
+//! L = ½ [ CE(s·Î T̂ᵀ, arange) + CE(s·T̂ Îᵀ, arange) ]
+//! ```
+//!
+//! Computed in f32 (inputs in another float dtype are cast). World size 1: the distributed form
+//! (`gather_with_grad`, `local_loss`, labels offset by rank) reduces to this; a data-parallel trainer
+//! must all-gather the features with their gradient first.
+
+use burn::tensor::Tensor;
+use burn::tensor::activation::log_softmax;
+
+use super::f32_of;
+
+/// `ln(1/0.07)`: CLIP's initial logit scale (temperature 0.07).
+pub fn logit_scale_init() -> f64 {
+    (1.0f64 / 0.07).ln()
+}
+
+/// `ln 100`: the clamp's upper bound (a maximum scale of 100).
+pub fn logit_scale_max() -> f64 {
+    100f64.ln()
+}
+
+/// The loss with what is worth logging about it.
+pub struct ClipLossTerms {
+    /// `[1]`, keeps the autodiff graph.
+    pub loss: Tensor<1>,
+    /// Fraction of images whose own caption scores highest (in-batch retrieval top-1).
+    pub i2t_acc: f64,
+    /// Fraction of captions whose own image scores highest.
+    pub t2i_acc: f64,
+}
+
+/// Symmetric InfoNCE; see the module docs.
+///
+/// # Shapes
+/// - image, text: `[B, E]` (unnormalised projections; row `i` of each is a pair)
+/// - logit_scale: `[1]` (the parameter `t`, before `exp`)
+/// - returns: `[1]`
+pub fn clip_loss(image: Tensor<2>, text: Tensor<2>, logit_scale: Tensor<1>) -> Tensor<1> {
+    clip_loss_terms(image, text, logit_scale).loss
+}
+
+/// [`clip_loss`] plus the in-batch retrieval accuracies.
+pub fn clip_loss_terms(image: Tensor<2>, text: Tensor<2>, logit_scale: Tensor<1>) -> ClipLossTerms {
+    const EPS: f64 = 1e-12;
+    let normalize = |x: Tensor<2>| {
+        let x = f32_of(x);
+        let n = x.clone().square().sum_dim(1).sqrt().clamp_min(EPS);
+        x / n
+    };
+    let (i, t) = (normalize(image), normalize(text));
+    let [b, _] = i.dims();
+    let device = i.device();
+    let scale = f32_of(logit_scale).exp().unsqueeze::<2>();
+    // logits_per_text = logits_per_imageᵀ, so its row-wise CE is the column-wise CE of one matrix.
+    let logits = i.matmul(t.transpose()) * scale;
+    let eye = Tensor::<2>::eye(b, &device);
+    let diag_mean = |lsm: Tensor<2>| (lsm * eye.clone()).sum().div_scalar(b as f64);
+    let i2t = diag_mean(log_softmax(logits.clone(), 1));
+    let t2i = diag_mean(log_softmax(logits.clone(), 0));
+    let loss = -(i2t + t2i).div_scalar(2.0);
+
+    // Retrieval accuracy on the host from the untracked logits (first index on ties).
+    let host = logits
+        .inner()
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap_or_default();
+    let (mut ok_i, mut ok_t) = (0usize, 0usize);
+    if host.len() == b * b {
+        let best = |vals: &mut dyn Iterator<Item = f32>| {
+            let mut arg = 0;
+            let mut max = f32::NEG_INFINITY;
+            for (k, v) in vals.enumerate() {
+                if v > max {
+                    max = v;
+                    arg = k;
+                }
+            }
+            arg
+        };
+        for r in 0..b {
+            ok_i += usize::from(best(&mut (0..b).map(|c| host[r * b + c])) == r);
+            ok_t += usize::from(best(&mut (0..b).map(|c| host[c * b + r])) == r);
+        }
+    }
+    ClipLossTerms {
+        loss,
+        i2t_acc: ok_i as f64 / b.max(1) as f64,
+        t2i_acc: ok_t as f64 / b.max(1) as f64,
+    }
+}
+
+/// `t.clamp(0, ln 100)`, applied to the logit-scale parameter after every optimizer step.
+pub fn clamp_logit_scale(t: Tensor<1>) -> Tensor<1> {
+    t.clamp(0.0, logit_scale_max())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, TensorData};
+
+    #[test]
+    fn perfectly_aligned_pairs_at_high_scale_have_near_zero_loss() {
+        let dev = Device::flex();
+        let x = Tensor::<2>::eye(4, &dev);
+        let t = Tensor::<1>::from_data(TensorData::new(vec![logit_scale_max() as f32], [1]), &dev);
+        let terms = clip_loss_terms(x.clone(), x * 3.0, t);
+        let v = terms.loss.into_data().try_to_vec::<f32>().unwrap()[0];
+        // Off-diagonal cosine 0, diagonal 1: CE = ln(1 + 3·e^-100) ≈ 0.
+        assert!(v.abs() < 1e-6, "{v}");
+        assert_eq!((terms.i2t_acc, terms.t2i_acc), (1.0, 1.0));
+    }
+
+    #[test]
+    fn constants() {
+        assert!((logit_scale_init() - 2.659_260_036_932_778).abs() < 1e-12);
+        assert!((logit_scale_max() - 4.605_170_185_988_092).abs() < 1e-12);
+    }
+}

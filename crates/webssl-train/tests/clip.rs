@@ -1,0 +1,314 @@
+//! CLIP against the reference values of `fixtures/clip/make_clip.py` (PyTorch, open_clip / OpenAI CLIP
+//! semantics): symmetric InfoNCE and its gradients, the logit-scale clamp, the causal text tower with
+//! EOT pooling; plus the tokenizer round trip and gradient flow to every parameter of both towers.
+
+use std::path::PathBuf;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use webssl_models::checkpoint::{self, store::TensorStore};
+use webssl_models::text::{TextActivation, TextConfig, TextTransformer};
+use webssl_train::clip::{ClipModel, ClipTokenizer};
+use webssl_train::clip_grad::ParamGrads;
+use webssl_train::objectives::clip::{
+    clamp_logit_scale, clip_loss, logit_scale_init, logit_scale_max,
+};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/clip")
+}
+
+fn json() -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(fixtures().join("clip.json")).unwrap()).unwrap()
+}
+
+fn store() -> TensorStore {
+    TensorStore::open_file(&fixtures().join("clip.safetensors")).unwrap()
+}
+
+fn tensor2(store: &TensorStore, key: &str, device: &Device) -> Tensor<2> {
+    let (shape, v) = store.read_f32(key).unwrap();
+    Tensor::from_data(TensorData::new(v, [shape[0], shape[1]]), device)
+}
+
+fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+}
+
+/// max |a − b| / max |b|
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+#[test]
+fn infonce_loss_and_gradients_match_open_clip() {
+    let j = json();
+    let s = store();
+    let device = Device::flex().autodiff();
+    for (case, c) in j["loss"].as_array().unwrap().iter().enumerate() {
+        let t0 = c["logit_scale"].as_f64().unwrap();
+        let img = tensor2(&s, "loss.image", &device).require_grad();
+        let txt = tensor2(&s, "loss.text", &device).require_grad();
+        let t =
+            Tensor::<1>::from_data(TensorData::new(vec![t0 as f32], [1]), &device).require_grad();
+        let loss = clip_loss(img.clone(), txt.clone(), t.clone());
+        let v = host(loss.clone())[0] as f64;
+        let want = c["loss"].as_f64().unwrap();
+        assert!(
+            (v - want).abs() <= 1e-5 * want.abs().max(1.0),
+            "case {case}: loss {v} vs {want}"
+        );
+        let grads = loss.backward();
+        let gi = host(img.grad(&grads).unwrap());
+        let gt = host(txt.grad(&grads).unwrap());
+        let gs = host(t.grad(&grads).unwrap())[0] as f64;
+        let (_, ri) = s.read_f32(&format!("loss.{case}.grad_image")).unwrap();
+        let (_, rt) = s.read_f32(&format!("loss.{case}.grad_text")).unwrap();
+        assert!(
+            rel_err(&gi, &ri) < 1e-4,
+            "case {case}: image grad {}",
+            rel_err(&gi, &ri)
+        );
+        assert!(
+            rel_err(&gt, &rt) < 1e-4,
+            "case {case}: text grad {}",
+            rel_err(&gt, &rt)
+        );
+        let want_gs = c["grad_logit_scale"].as_f64().unwrap();
+        assert!(
+            (gs - want_gs).abs() < 1e-5 * want_gs.abs().max(1.0),
+            "case {case}: d/dt {gs} vs {want_gs}"
+        );
+    }
+}
+
+#[test]
+fn logit_scale_clamp_matches_torch_and_keeps_the_parameter_trainable() {
+    let j = json();
+    let before: Vec<f32> = j["clamp"]["before"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    let after: Vec<f32> = j["clamp"]["after"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    let n = before.len();
+    let got = host(clamp_logit_scale(Tensor::<1>::from_data(
+        TensorData::new(before, [n]),
+        &Device::flex(),
+    )));
+    assert_eq!(
+        got, after,
+        "clamp must equal torch's clamp_(0, ln 100) bit for bit"
+    );
+    assert!((logit_scale_init() - (1.0f64 / 0.07).ln()).abs() < 1e-15);
+    assert_eq!(logit_scale_max(), 100f64.ln());
+
+    // On the model: a scale pushed past ln 100 comes back to it and still receives gradients.
+    let device = Device::flex().autodiff();
+    let (vit, text) = tiny_towers(40);
+    let mut model = ClipModel::new(&vit, &text, 9.0, 0, &device).unwrap();
+    model = model.clamp_logit_scale();
+    assert!((model.logit_scale_value() - logit_scale_max()).abs() < 1e-6);
+    let g = grads_of(&model, &device);
+    assert!(
+        g.get("logit_scale").is_some(),
+        "logit_scale lost its gradient"
+    );
+}
+
+fn text_from_fixture(activation: TextActivation, device: &Device) -> TextTransformer {
+    let j = json();
+    let t = &j["text"];
+    let u = |k: &str| t[k].as_u64().unwrap() as usize;
+    let cfg = TextConfig {
+        vocab_size: u("vocab_size"),
+        context_length: u("context_length"),
+        width: u("width"),
+        heads: u("heads"),
+        layers: u("layers"),
+        mlp_ratio: 4.0,
+        embed_dim: u("embed_dim"),
+        activation,
+        ln_eps: t["ln_eps"].as_f64().unwrap(),
+    };
+    let fresh = TextTransformer::new(&cfg, 0, device).unwrap();
+    let weights = TensorStore::open_file(&fixtures().join("text_tower.safetensors")).unwrap();
+    checkpoint::assign_named_parameters(fresh, &weights, device).unwrap()
+}
+
+#[test]
+fn text_tower_matches_the_reference_with_causal_mask_and_eot_pooling() {
+    let device = Device::flex();
+    let s = store();
+    let (shape, ids) = s.read_f32("text.ids").unwrap();
+    let (_, eot) = s.read_f32("text.eot").unwrap();
+    let (b, l) = (shape[0], shape[1]);
+    let ids: Vec<i64> = ids.iter().map(|&x| x as i64).collect();
+    let eot: Vec<usize> = eot.iter().map(|&x| x as usize).collect();
+    for (act, key) in [
+        (TextActivation::QuickGelu, "text.out_quick_gelu"),
+        (TextActivation::Gelu, "text.out_gelu"),
+    ] {
+        let tower = text_from_fixture(act, &device);
+        let (_, want) = s.read_f32(key).unwrap();
+        let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [b, l]), &device);
+        let got = host(tower.forward(tokens, &eot));
+        let err = rel_err(&got, &want);
+        assert!(err <= 1e-4, "{key}: relative error {err}");
+
+        // Rows 1 and 2 cut right after their EOT (what the trainer does with short captions): the
+        // causal mask makes the result identical.
+        let cut = 6;
+        let short: Vec<i64> = (1..3)
+            .flat_map(|r| ids[r * l..r * l + cut].to_vec())
+            .collect();
+        let tokens = Tensor::<2, Int>::from_data(TensorData::new(short, [2, cut]), &device);
+        let got = host(tower.forward(tokens, &eot[1..3]));
+        let e = want.len() / b;
+        let err = rel_err(&got, &want[e..3 * e]);
+        assert!(err <= 1e-4, "{key} (cut): relative error {err}");
+    }
+    // Pooling at argmax(ids) instead of the EOT position would read row 0 at position 8 (id 39):
+    // the reference is sensitive to the position.
+    let tower = text_from_fixture(TextActivation::QuickGelu, &device);
+    let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids[..l].to_vec(), [1, l]), &device);
+    let wrong = host(tower.forward(tokens, &[8]));
+    let (_, want) = s.read_f32("text.out_quick_gelu").unwrap();
+    assert!(rel_err(&wrong, &want[..wrong.len()]) > 1e-2);
+}
+
+fn captions() -> Vec<String> {
+    let nouns = [
+        "cat",
+        "dog",
+        "bar chart",
+        "red circle",
+        "street sign",
+        "table",
+    ];
+    let adj = ["a small", "the large", "a blue", "one striped", "a green"];
+    let mut out = Vec::new();
+    for (i, n) in nouns.iter().enumerate() {
+        for (k, a) in adj.iter().enumerate() {
+            out.push(format!(
+                "{a} {n} on   a {} background, number {}",
+                adj[(i + k) % 5],
+                i * 7 + k
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn tokenizer_training_is_deterministic_and_round_trips_through_tokenizer_json() {
+    let caps = captions();
+    let a = ClipTokenizer::train(caps.clone().into_iter(), 300, 12).unwrap();
+    let b = ClipTokenizer::train(caps.clone().into_iter(), 300, 12).unwrap();
+    let json = a.to_json().unwrap();
+    assert_eq!(
+        json,
+        b.to_json().unwrap(),
+        "BPE training is not deterministic"
+    );
+    assert_eq!(a.vocab_size(), 300);
+    assert_eq!(a.token_to_id("<|startoftext|>"), Some(0));
+    assert_eq!(a.token_to_id("<|endoftext|>"), Some(1));
+    assert_eq!(a.token_to_id("<|pad|>"), Some(2));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("tokenizer.json");
+    a.save(&path).unwrap();
+    let c = ClipTokenizer::load(&path, 12).unwrap();
+    assert_eq!(
+        c.to_json().unwrap(),
+        json,
+        "save → load changed the tokenizer"
+    );
+
+    // Framing: SOT … EOT, normalised (case, whitespace), merges learned (fewer tokens than bytes).
+    let text = "A Small   CAT on  blue";
+    let ids = c.encode(text).unwrap();
+    assert_eq!(ids, a.encode("a small cat on blue").unwrap());
+    assert_eq!((ids[0], *ids.last().unwrap()), (0, 1));
+    assert!(ids.len() < 2 + "a small cat on blue".len() - 5, "{ids:?}");
+    assert_eq!(
+        c.decode(&ids).unwrap().trim(),
+        "a small cat on blue"
+    );
+    // Truncation keeps the EOT inside the context.
+    let long = c.encode(&"number 12345 ".repeat(20)).unwrap();
+    assert_eq!(long.len(), 12);
+    assert_eq!((long[0], long[11]), (0, 1));
+    // Batches: padded with PAD, EOT positions explicit.
+    let batch = c.encode_batch(&["cat", &"dog ".repeat(30)]).unwrap();
+    assert_eq!((batch.batch, batch.len), (2, 12));
+    assert_eq!(batch.eot[1], 11);
+    let e0 = batch.eot[0];
+    assert_eq!(batch.ids[e0], 1);
+    assert!(batch.ids[e0 + 1..12].iter().all(|&t| t == 2));
+}
+
+fn tiny_towers(vocab: usize) -> (webssl_models::VitConfig, TextConfig) {
+    let mut vit = webssl_models::presets::preset("vit-tiny").unwrap();
+    vit.embed_dim = 32;
+    vit.depth = 2;
+    vit.num_heads = 2;
+    vit.img_size = 28;
+    let text = TextConfig {
+        context_length: 8,
+        ..TextConfig::new(vocab, 16, 2, 2, 8)
+    };
+    (vit, text)
+}
+
+fn grads_of(model: &ClipModel, device: &Device) -> ParamGrads {
+    let b = 3;
+    let pixels: Vec<f32> = (0..b * 3 * 28 * 28)
+        .map(|i| ((i * 7919) % 255) as f32 / 127.0 - 1.0)
+        .collect();
+    let images = Tensor::<4>::from_data(TensorData::new(pixels, [b, 3, 28, 28]), device);
+    let ids = Tensor::<2, Int>::from_data(
+        TensorData::new(vec![0i64, 5, 9, 1, 0, 7, 1, 2, 0, 3, 4, 1], [b, 4]),
+        device,
+    );
+    let img = model.encode_image(images);
+    let txt = model.encode_text(ids, &[3, 2, 3]);
+    let loss = clip_loss(img, txt, model.logit_scale.val());
+    let grads = loss.backward();
+    ParamGrads::from_module(model, &grads)
+}
+
+#[test]
+fn gradient_reaches_every_parameter_of_both_towers_and_the_logit_scale() {
+    let device = Device::flex().autodiff();
+    let (vit, text) = tiny_towers(10);
+    let model = ClipModel::new(&vit, &text, logit_scale_init(), 1, &device).unwrap();
+    let g = grads_of(&model, &device);
+    let names: Vec<String> = checkpoint::named_parameters(&model)
+        .into_iter()
+        .map(|(n, _, _)| n)
+        .collect();
+    assert!(names.iter().any(|n| n.starts_with("visual.blocks.1.")));
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with("text.blocks.1.attn.qkv"))
+    );
+    for n in &names {
+        // iBOT's mask token is only used on masked crops: CLIP never masks.
+        if n == "visual.mask_token" {
+            continue;
+        }
+        let grad = g.get(n).unwrap_or_else(|| panic!("no gradient for {n}"));
+        let norm = host(grad.clone().square().sum())[0];
+        assert!(norm > 0.0, "zero gradient for {n}");
+    }
+}
