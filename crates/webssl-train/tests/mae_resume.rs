@@ -1,0 +1,169 @@
+//! MAE end to end on a tiny model: a run interrupted and resumed from its checkpoint produces the same
+//! metrics and the same exported encoder, bit for bit, as one that ran straight through; the export
+//! loads as an HF ViTModel backbone with the trained features; the schedule is MAE's.
+
+use std::path::Path;
+
+use burn::tensor::{Device, Distribution, Tensor};
+use webssl_models::checkpoint::{self, store::TensorStore};
+use webssl_models::mae::sincos_pos_embed_2d;
+use webssl_train::mae::{self, MaeConfig, model::MaeModel};
+use webssl_train::run::checkpoint::Resume;
+use webssl_train::run::config::load_config;
+use webssl_train::run::metrics::read_jsonl;
+
+fn config(dir: &Path, data: &Path, run: &str, extra: &[&str]) -> (MaeConfig, toml::Table) {
+    let file = dir.join("tiny.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+seed = 3
+[data]
+train = "{data}"
+batch_size = 4
+num_workers = 2
+shuffle_buffer = 8
+decode_threads = 2
+synth = {{ samples = 24, size = 32, seed = 5 }}
+[model]
+arch = "vit-tiny"
+embed_dim = 32
+depth = 2
+num_heads = 2
+patch_size = 7
+[decoder]
+embed_dim = 16
+depth = 1
+num_heads = 2
+[crop]
+size = 28
+[optim]
+total_steps = 8
+warmup_steps = 2
+lr_per_256 = 0.05
+[run]
+dir = "{run}"
+checkpoint_every_steps = 2
+keep_last = 2
+tensorboard = false
+"#,
+            data = data.display(),
+            run = dir.join(run).display(),
+        ),
+    )
+    .unwrap();
+    let overrides: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    load_config(Some(&file), dir, None, &overrides).unwrap()
+}
+
+#[test]
+fn resume_is_bit_exact_and_the_export_is_the_trained_encoder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let device = Device::flex();
+
+    let (cfg, resolved) = config(tmp.path(), &data, "straight", &[]);
+    let straight = mae::train(&cfg, &resolved, Resume::Never, &device, None).unwrap();
+    assert_eq!(straight.steps, 8);
+
+    let (cfg, resolved) = config(tmp.path(), &data, "interrupted", &[]);
+    let first = mae::train(&cfg, &resolved, Resume::Auto, &device, Some(3)).unwrap();
+    assert_eq!(first.steps, 3);
+    let second = mae::train(&cfg, &resolved, Resume::Auto, &device, None).unwrap();
+    assert_eq!(second.resumed_from, Some(3));
+
+    let a = std::fs::read_to_string(straight.run_dir.join("metrics.jsonl")).unwrap();
+    let b = std::fs::read_to_string(second.run_dir.join("metrics.jsonl")).unwrap();
+    assert_eq!(a.lines().count(), 8);
+    assert_eq!(a, b, "resumed metrics differ from the uninterrupted run");
+    let ea = std::fs::read(straight.export_dir.join("model.safetensors")).unwrap();
+    let eb = std::fs::read(second.export_dir.join("model.safetensors")).unwrap();
+    assert!(ea == eb, "exported encoder differs");
+
+    // MAE's schedule: linear warm-up from 0, peak blr·batch/256, then half-cosine; constant wd.
+    let rows = read_jsonl(&straight.run_dir.join("metrics.jsonl")).unwrap();
+    let at = |i: usize, k: &str| rows[i].1[k];
+    let peak = 0.05 * 4.0 / 256.0;
+    assert_eq!(at(0, "lr"), 0.0);
+    assert!((at(1, "lr") - peak / 2.0).abs() < 1e-15);
+    assert!((at(2, "lr") - peak).abs() < 1e-15);
+    assert!(at(7, "lr") < at(3, "lr"));
+    assert!(rows.iter().all(|(_, m)| m["wd"] == 0.05
+        && m["visible_patches"] == 4.0
+        && m["loss"] > 0.0
+        && m["grad_norm"] > 0.0));
+
+    // The export is the encoder of the last checkpoint, loadable as an HF ViTModel backbone: same
+    // features; the position table is still the fixed sin-cos one; training moved the weights.
+    let exported = checkpoint::load(&straight.export_dir, None, &device).unwrap();
+    let hf: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(straight.export_dir.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(hf["model_type"], "vit");
+    assert_eq!(hf["layer_norm_eps"], 1e-6);
+    let ckpt = webssl_train::run::CheckpointManager::new(&straight.run_dir, 2);
+    let (step, dir) = ckpt.latest().unwrap().unwrap();
+    assert_eq!(step, 8);
+    let fresh = MaeModel::new(
+        &cfg.vit().unwrap(),
+        &cfg.decoder().unwrap(),
+        cfg.seed,
+        &device,
+    )
+    .unwrap();
+    let init_params = checkpoint::named_parameters(&fresh.encoder);
+    let trained = checkpoint::assign_named_parameters(
+        fresh,
+        &TensorStore::open_file(&dir.join("model.safetensors")).unwrap(),
+        &device,
+    )
+    .unwrap();
+    let x = Tensor::<4>::random([2, 3, 28, 28], Distribution::Normal(0.0, 1.0), &device);
+    let want = trained.encoder.forward_features(x.clone(), None);
+    let got = exported.model.forward_features(x, None);
+    let diff = (want.cls - got.cls).abs().max().into_scalar::<f32>();
+    assert!(diff < 1e-5, "export features differ by {diff}");
+    let trained_params = checkpoint::named_parameters(&trained.encoder);
+    for ((name, _, before), (_, _, after)) in init_params.iter().zip(&trained_params) {
+        if name == "pos_embed" {
+            assert_eq!(
+                after,
+                &sincos_pos_embed_2d(32, 4, true),
+                "pos_embed trained"
+            );
+        } else {
+            assert_ne!(before, after, "{name} did not move");
+        }
+    }
+    // The kNN baseline encoder is the step-0 encoder.
+    let init = mae::init_backbone(&cfg, &device).unwrap();
+    assert_eq!(checkpoint::named_parameters(&init), init_params);
+
+    // A different recipe refuses to resume from these checkpoints.
+    let (cfg, resolved) = config(tmp.path(), &data, "interrupted", &["loss.mask_ratio=0.5"]);
+    let err = mae::train(&cfg, &resolved, Resume::Auto, &device, None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("different recipe"), "{err}");
+}
+
+#[test]
+fn config_errors_name_the_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    for (set, field) in [
+        ("crop.size=30", "crop.size"),
+        ("loss.mask_ratio=0.99", "loss.mask_ratio"),
+        ("decoder.num_heads=3", "decoder.num_heads"),
+        ("optim.warmup_steps=9", "optim.warmup_steps"),
+    ] {
+        let (cfg, _) = config(tmp.path(), &data, "bad", &[set]);
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains(field), "{set}: {err}");
+    }
+    let plan = mae::plan(&config(tmp.path(), &data, "p", &[]).0, 1)
+        .unwrap()
+        .to_string();
+    assert!(plan.contains("4 of 16 patches visible"), "{plan}");
+}
