@@ -8,7 +8,9 @@ use webssl_data::decode::DEFAULT_MAX_PIXELS;
 use webssl_data::source::resolve_inputs;
 use webssl_data::transform::EvalTransform;
 use webssl_models::checkpoint;
+use webssl_train::clip::{self, ClipConfig};
 use webssl_train::dino::{self, DinoConfig};
+use webssl_train::mae::{self, MaeConfig};
 
 use super::embed::{Feature, Options, embed_items};
 use webssl_train::run::checkpoint::Resume;
@@ -18,6 +20,10 @@ use webssl_train::run::config::load_config;
 pub enum Command {
     /// DINOv2 / Web-DINO: DINO + iBOT + KoLeo with an EMA teacher on multi-crop views.
     Dino(RunArgs),
+    /// CLIP control on the same data: ViT image tower + causal text tower, symmetric InfoNCE.
+    Clip(RunArgs),
+    /// MAE / Web-MAE: encoder on 25% visible patches, 512x8 decoder, normalised-pixel loss.
+    Mae(RunArgs),
 }
 
 #[derive(clap::Args)]
@@ -48,6 +54,8 @@ pub struct RunArgs {
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Dino(args) => run_dino(args),
+        Command::Clip(args) => run_clip(args),
+        Command::Mae(args) => run_mae(args),
     }
 }
 
@@ -87,8 +95,12 @@ fn run_dino(args: RunArgs) -> anyhow::Result<()> {
         outcome.export_dir.display()
     );
     if let (Some(train), Some(val)) = (&cfg.eval.knn_train, &cfg.eval.knn_val) {
+        let init = dino::model::DinoModel::new(&cfg.vit()?, &cfg.heads, cfg.seed, &device).backbone;
         knn_report(
-            &cfg,
+            cfg.crops.global_size,
+            &cfg.eval,
+            &init,
+            "trained teacher",
             &outcome.export_dir,
             &outcome.run_dir,
             Path::new(train),
@@ -99,11 +111,115 @@ fn run_dino(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// kNN (dinov2 protocol) on held-out labelled shards for the trained teacher and for the same
-/// architecture at initialisation (the student at step 0), printed side by side and written to
-/// `<run>/eval/knn.json`.
+fn run_clip(args: RunArgs) -> anyhow::Result<()> {
+    if args.config.is_none() && args.preset.is_none() {
+        anyhow::bail!(
+            "give --config FILE or --preset NAME (presets: {})",
+            list_presets(&args.configs_dir)
+        );
+    }
+    let (cfg, resolved): (ClipConfig, toml::Table) = load_config(
+        args.config.as_deref(),
+        &args.configs_dir,
+        args.preset.as_deref(),
+        &args.overrides,
+    )?;
+    cfg.validate()?;
+    let text = toml::to_string(&resolved).context("printing the resolved config")?;
+    println!("# resolved config\n{text}");
+    println!("{}", clip::plan(&cfg, 1)?);
+    if args.dry_run {
+        return Ok(());
+    }
+    let resume: Resume = args.resume.parse()?;
+    let device = Device::flex();
+    let outcome = clip::train(&cfg, &resolved, resume, &device, args.stop_after)?;
+    if outcome.steps < cfg.optim.total_steps {
+        println!(
+            "stopped after step {} of {}; run again to resume",
+            outcome.steps, cfg.optim.total_steps
+        );
+        return Ok(());
+    }
+    println!(
+        "image tower exported to {} (full CLIP: {})",
+        outcome.export_dir.display(),
+        outcome.run_dir.join("clip.safetensors").display()
+    );
+    if let (Some(train), Some(val)) = (&cfg.eval.knn_train, &cfg.eval.knn_val) {
+        let init = clip::ClipModel::init_visual(&cfg.vit()?, cfg.seed, &device);
+        knn_report(
+            cfg.image.size,
+            &cfg.eval,
+            &init,
+            "trained (CLIP)",
+            &outcome.export_dir,
+            &outcome.run_dir,
+            Path::new(train),
+            Path::new(val),
+            &device,
+        )?;
+    }
+    Ok(())
+}
+
+fn run_mae(args: RunArgs) -> anyhow::Result<()> {
+    if args.config.is_none() && args.preset.is_none() {
+        anyhow::bail!(
+            "give --config FILE or --preset NAME (presets: {})",
+            list_presets(&args.configs_dir)
+        );
+    }
+    let (cfg, resolved): (MaeConfig, toml::Table) = load_config(
+        args.config.as_deref(),
+        &args.configs_dir,
+        args.preset.as_deref(),
+        &args.overrides,
+    )?;
+    cfg.validate()?;
+    let text = toml::to_string(&resolved).context("printing the resolved config")?;
+    println!("# resolved config\n{text}");
+    println!("{}", mae::plan(&cfg, 1)?);
+    if args.dry_run {
+        return Ok(());
+    }
+    let resume: Resume = args.resume.parse()?;
+    let device = Device::flex();
+    let outcome = mae::train(&cfg, &resolved, resume, &device, args.stop_after)?;
+    if outcome.steps < cfg.optim.total_steps {
+        println!(
+            "stopped after step {} of {}; run again to resume",
+            outcome.steps, cfg.optim.total_steps
+        );
+        return Ok(());
+    }
+    println!("encoder exported to {}", outcome.export_dir.display());
+    if let (Some(train), Some(val)) = (&cfg.eval.knn_train, &cfg.eval.knn_val) {
+        let init = mae::init_backbone(&cfg, &device)?;
+        knn_report(
+            cfg.crop.size,
+            &cfg.eval,
+            &init,
+            "trained (MAE)",
+            &outcome.export_dir,
+            &outcome.run_dir,
+            Path::new(train),
+            Path::new(val),
+            &device,
+        )?;
+    }
+    Ok(())
+}
+
+/// kNN (dinov2 protocol) on held-out labelled shards for the trained backbone (`export_dir`) and for
+/// the same architecture at initialisation (`init`, the backbone at step 0), at `size` px, printed
+/// side by side and written to `<run>/eval/knn.json`.
+#[allow(clippy::too_many_arguments)]
 fn knn_report(
-    cfg: &DinoConfig,
+    size: u32,
+    eval: &webssl_train::run::sections::EvalConfig,
+    init: &webssl_models::Vit,
+    trained_label: &str,
     export_dir: &Path,
     run_dir: &Path,
     train: &Path,
@@ -113,13 +229,11 @@ fn knn_report(
     use webssl_eval::features::{Matrix, Split};
     use webssl_eval::knn::{self, KnnConfig};
 
-    dino::ensure_synth(train, cfg.eval.knn_train_synth.as_ref(), "knn-train")?;
-    dino::ensure_synth(val, cfg.eval.knn_val_synth.as_ref(), "knn-val")?;
-    let size = cfg.crops.global_size;
+    dino::ensure_synth(train, eval.knn_train_synth.as_ref(), "knn-train")?;
+    dino::ensure_synth(val, eval.knn_val_synth.as_ref(), "knn-val")?;
     let trained = checkpoint::load(export_dir, None, device)
-        .context("loading the exported teacher")?
+        .with_context(|| format!("loading the exported backbone {}", export_dir.display()))?
         .model;
-    let init = dino::model::DinoModel::new(&cfg.vit()?, &cfg.heads, cfg.seed, device).backbone;
     let opts = Options {
         batch_size: 64,
         max_pixels: DEFAULT_MAX_PIXELS,
@@ -165,7 +279,7 @@ fn knn_report(
     };
     let kcfg = KnnConfig::default();
     let mut rows = Vec::new();
-    for (name, model) in [("initialisation", &init), ("trained teacher", &trained)] {
+    for (name, model) in [("initialisation", init), (trained_label, &trained)] {
         let (tr, c1) = split(model, train)?;
         let (va, c2) = split(model, val)?;
         let result = knn::evaluate(&tr, &va, c1.max(c2), &kcfg)?;

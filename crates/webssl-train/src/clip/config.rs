@@ -203,16 +203,19 @@ impl ClipConfig {
 
     /// Consistency checks that serde cannot express; each names the field.
     pub fn validate(&self) -> Result<()> {
-        let vit = self.vit()?;
-        if self.image.size as usize % vit.patch_size != 0 {
+        // Checked before building the ViT, whose own check would name its `img_size`.
+        let preset = webssl_models::presets::preset(&self.model.arch)?;
+        let p = self.model.patch_size.unwrap_or(preset.patch_size);
+        if p == 0 || self.image.size as usize % p != 0 {
             return Err(TrainError::config(
                 "image.size",
                 format!(
-                    "{} is not a multiple of the patch size {}",
-                    self.image.size, vit.patch_size
+                    "{} is not a multiple of the patch size {p}",
+                    self.image.size
                 ),
             ));
         }
+        self.vit()?;
         let (lo, hi) = self.image.scale;
         if !(0.0 < lo && lo <= hi && hi <= 1.0) {
             return Err(TrainError::config(
