@@ -656,6 +656,33 @@ impl BinaryMetrics {
     }
 }
 
+/// Area under the ROC curve: the probability that a random yes-sample scores above a random
+/// no-sample (ties count half; Mann–Whitney U / (n₊ n₋)). Threshold-free, so it says how well the
+/// scores rank even when the stored threshold does not transfer. `None` without both classes.
+pub fn roc_auc(scores: &[f64], labels: &[bool]) -> Option<f64> {
+    let mut order: Vec<(f64, bool)> = scores.iter().copied().zip(labels.iter().copied()).collect();
+    order.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let pos = labels.iter().filter(|&&y| y).count();
+    let neg = labels.len() - pos;
+    if pos == 0 || neg == 0 {
+        return None;
+    }
+    // Sum of the (average, for ties) ranks of the positives.
+    let mut rank_sum = 0.0;
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j < order.len() && order[j].0 == order[i].0 {
+            j += 1;
+        }
+        let avg_rank = (i + 1 + j) as f64 / 2.0;
+        rank_sum += avg_rank * order[i..j].iter().filter(|e| e.1).count() as f64;
+        i = j;
+    }
+    let u = rank_sum - (pos * (pos + 1)) as f64 / 2.0;
+    Some(u / (pos * neg) as f64)
+}
+
 /// Settings of [`fit_probe`].
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ProbeOptions {
@@ -691,6 +718,8 @@ pub struct ProbeReport {
     pub best_c: f64,
     pub train: BinaryMetrics,
     pub heldout: BinaryMetrics,
+    /// ROC AUC of the held-out scores.
+    pub heldout_auc: Option<f64>,
     /// Held-out precision/recall at other thresholds, to pick a different operating point.
     pub heldout_curve: Vec<BinaryMetrics>,
     pub options: ProbeOptions,
@@ -853,6 +882,7 @@ pub fn fit_probe(
         best_c,
         train: BinaryMetrics::compute(&train_scores, &y_train, opts.threshold),
         heldout: BinaryMetrics::compute(&hold_scores, &y_hold, opts.threshold),
+        heldout_auc: roc_auc(&hold_scores, &y_hold),
         heldout_curve,
         options: opts.clone(),
     };
@@ -906,6 +936,15 @@ mod tests {
         assert!((m.precision - 2.0 / 3.0).abs() < 1e-12);
         assert!((m.recall - 2.0 / 3.0).abs() < 1e-12);
         assert!((m.kept - 0.6).abs() < 1e-12);
+        // Positives 0.9, 0.2, 0.6 vs negatives 0.8, 0.1: 4 of 6 pairs ranked right.
+        let auc = roc_auc(
+            &[0.9, 0.8, 0.2, 0.6, 0.1],
+            &[true, false, true, true, false],
+        )
+        .unwrap();
+        assert!((auc - 4.0 / 6.0).abs() < 1e-12, "{auc}");
+        assert_eq!(roc_auc(&[0.5, 0.5], &[true, false]), Some(0.5));
+        assert_eq!(roc_auc(&[0.1], &[true]), None);
     }
 
     #[test]

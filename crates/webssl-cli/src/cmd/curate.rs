@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use webssl_curate::probe::{
     BinaryMetrics, FeatureExtractor, FilterFile, LabelSpec, PROBE_FILE, Pooling, ProbeClassifier,
-    ProbeOptions, REPORT_FILE, collect_labelled, fit_probe,
+    ProbeOptions, REPORT_FILE, collect_labelled, fit_probe, roc_auc,
 };
 use webssl_curate::run::{CurateOptions, Summary, curate};
 use webssl_data::decode::DEFAULT_MAX_PIXELS;
@@ -251,9 +251,10 @@ pub fn print_summary(s: &Summary) {
     }
 }
 
-fn print_metrics(what: &str, m: &BinaryMetrics) {
+fn print_metrics(what: &str, m: &BinaryMetrics, auc: Option<f64>) {
+    let auc = auc.map_or("-".to_string(), |a| format!("{a:.3}"));
     println!(
-        "{what:<10} n {:>5}  yes {:>5}  threshold {:.2}  precision {:.3}  recall {:.3}  F1 {:.3}  accuracy {:.3}  kept {:.1}%",
+        "{what:<10} n {:>5}  yes {:>5}  threshold {:.2}  precision {:.3}  recall {:.3}  F1 {:.3}  accuracy {:.3}  kept {:.1}%  ROC-AUC {auc}",
         m.n,
         m.positives,
         m.threshold,
@@ -325,8 +326,8 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
     webssl_data::shards::write_atomic(a.output.join(REPORT_FILE), &json)?;
     file.save(&a.output)?;
     println!("C = {} (chosen on a 20% split of train)", report.best_c);
-    print_metrics("train", &report.train);
-    print_metrics("held-out", &report.heldout);
+    print_metrics("train", &report.train, None);
+    print_metrics("held-out", &report.heldout, report.heldout_auc);
     println!("filter -> {}", a.output.display());
     Ok(())
 }
@@ -363,12 +364,14 @@ fn eval(a: EvalArgs) -> anyhow::Result<()> {
             println!("{s:.3}  {}  {k}", if *y { "yes" } else { "no " });
         }
     }
-    print_metrics(&clf.file.name, &m);
+    let auc = roc_auc(&scores, &data.labels);
+    print_metrics(&clf.file.name, &m, auc);
     if let Some(out) = a.output {
         let json = serde_json::json!({
             "filter": a.filter.display().to_string(),
             "label": a.label,
             "metrics": m,
+            "roc_auc": auc,
             "scores": data.keys.iter().zip(&scores).zip(&data.labels)
                 .map(|((k, s), y)| serde_json::json!({"key": k, "score": s, "label": y}))
                 .collect::<Vec<_>>(),
