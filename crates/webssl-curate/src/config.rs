@@ -108,7 +108,7 @@ pub struct NearDup {
     /// Hamming distance (0–64) at or below which two images are near-duplicates.
     #[serde(default = "default_max_distance")]
     pub max_distance: u32,
-    /// How many kept hashes are remembered (a FIFO ring; memory 8 bytes each, the scan is linear).
+    /// How many kept hashes are remembered (a FIFO ring of (hash, key); the scan is linear).
     #[serde(default = "default_window")]
     pub window: usize,
 }

@@ -11,12 +11,13 @@
 //! Memory: a batch holds its encoded and decoded images; the dedup filters hold their seen-sets —
 //! [`ExactDedupFilter`] 16 bytes per distinct kept image (the first 128 bits of SHA-256; ~1.6 GB
 //! per 10⁸ images with the hash-set overhead, so shard a larger corpus by hash prefix or run
-//! exact dedup per subset), [`NearDupFilter`] a fixed ring of `window` 64-bit pHashes scanned
-//! linearly (65,536 hashes = 512 KB and ~30 µs per image): near-duplicates further apart than
-//! `window` kept images are not caught (web-scale near-dup needs an embedding index, out of scope).
+//! exact dedup per subset), [`NearDupFilter`] a fixed ring of `window` (64-bit pHash, key) pairs
+//! scanned linearly (65,536 entries ≈ 3 MB with 30-byte keys, ~30 µs per image): near-duplicates
+//! further apart than `window` kept images are not caught (web-scale near-dup needs an embedding
+//! index, out of scope).
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use image::RgbImage;
 use rayon::prelude::*;
@@ -115,9 +116,9 @@ pub trait Filter: Send {
         alive: &[bool],
     ) -> Vec<std::result::Result<Judgement, String>>;
 
-    /// Replays a committed verdict of this filter (resume): filters with memory re-learn it.
-    /// `alive` is whether the sample was still kept when it reached this filter.
-    fn restore(&mut self, _verdict: &Verdict, _alive: bool) -> Result<()> {
+    /// Replays a committed verdict of this filter for sample `key` (resume): filters with memory
+    /// re-learn it. `alive` is whether the sample was still kept when it reached this filter.
+    fn restore(&mut self, _key: &str, _verdict: &Verdict, _alive: bool) -> Result<()> {
         Ok(())
     }
 }
@@ -235,7 +236,7 @@ impl Filter for ExactDedupFilter {
             .collect()
     }
 
-    fn restore(&mut self, v: &Verdict, alive: bool) -> Result<()> {
+    fn restore(&mut self, _key: &str, v: &Verdict, alive: bool) -> Result<()> {
         if v.keep
             && alive
             && let Some(k) = v.hash.as_deref().and_then(hash_key)
@@ -250,7 +251,8 @@ impl Filter for ExactDedupFilter {
 pub struct NearDupFilter {
     max_distance: u32,
     window: usize,
-    recent: VecDeque<u64>,
+    /// Recently kept (pHash, key), oldest first; the key names the original in drop reasons.
+    recent: VecDeque<(u64, Arc<str>)>,
 }
 
 impl NearDupFilter {
@@ -262,11 +264,23 @@ impl NearDupFilter {
         }
     }
 
-    fn remember(&mut self, h: u64) {
+    fn remember(&mut self, h: u64, key: &str) {
         if self.recent.len() == self.window {
             self.recent.pop_front();
         }
-        self.recent.push_back(h);
+        self.recent.push_back((h, Arc::from(key)));
+    }
+
+    /// The closest remembered hash (the oldest among equals): (distance, its key).
+    fn nearest(&self, h: u64) -> Option<(u32, Arc<str>)> {
+        let mut best: Option<(u32, &Arc<str>)> = None;
+        for (s, k) in &self.recent {
+            let d = hamming(*s, h);
+            if best.is_none_or(|(bd, _)| d < bd) {
+                best = Some((d, k));
+            }
+        }
+        best.map(|(d, k)| (d, Arc::clone(k)))
     }
 }
 
@@ -285,30 +299,31 @@ impl Filter for NearDupFilter {
             .collect();
         hashes
             .into_iter()
+            .zip(batch)
             .zip(alive)
-            .map(|(h, &alive)| {
+            .map(|((h, c), &alive)| {
                 let h = h?;
-                let nearest = self.recent.iter().map(|&s| hamming(s, h)).min();
-                let dup = nearest.is_some_and(|d| d <= self.max_distance);
+                let nearest = self.nearest(h);
+                let dup = nearest
+                    .as_ref()
+                    .is_some_and(|(d, _)| *d <= self.max_distance);
                 if !dup && alive {
-                    self.remember(h);
+                    self.remember(h, &c.key);
                 }
                 Ok(Judgement {
                     keep: !dup,
-                    score: nearest.map(f64::from),
-                    reason: dup.then(|| {
-                        format!(
-                            "pHash within {} bits of a recent sample",
-                            nearest.unwrap_or(0)
-                        )
-                    }),
+                    score: nearest.as_ref().map(|(d, _)| f64::from(*d)),
+                    reason: match (&nearest, dup) {
+                        (Some((d, k)), true) => Some(format!("pHash {d} bits from `{k}`")),
+                        _ => None,
+                    },
                     hash: Some(format!("{h:016x}")),
                 })
             })
             .collect()
     }
 
-    fn restore(&mut self, v: &Verdict, alive: bool) -> Result<()> {
+    fn restore(&mut self, key: &str, v: &Verdict, alive: bool) -> Result<()> {
         if v.keep
             && alive
             && let Some(h) = v
@@ -316,7 +331,7 @@ impl Filter for NearDupFilter {
                 .as_deref()
                 .and_then(|s| u64::from_str_radix(s, 16).ok())
         {
-            self.remember(h);
+            self.remember(h, key);
         }
         Ok(())
     }
@@ -422,11 +437,11 @@ impl Chain {
     }
 
     /// Replays the verdicts of one committed manifest record (resume).
-    pub fn restore(&mut self, verdicts: &[Verdict]) -> Result<()> {
+    pub fn restore(&mut self, key: &str, verdicts: &[Verdict]) -> Result<()> {
         let mut alive = true;
         for v in verdicts {
             if let Some(stage) = self.stages.iter_mut().find(|s| s.name == v.filter) {
-                stage.filter.restore(v, alive)?;
+                stage.filter.restore(key, v, alive)?;
             }
             alive &= v.keep;
         }
@@ -477,7 +492,7 @@ mod tests {
         let mut again = vec![cand("a3", png(&pattern(1, 40, 30)))];
         assert!(!ch.judge(&mut again)[0].0);
         let mut fresh = chain("[[filter]]\nkind = \"exact_dedup\"\n");
-        fresh.restore(&out[0].1).unwrap();
+        fresh.restore("a", &out[0].1).unwrap();
         let mut again = vec![cand("a4", png(&pattern(1, 40, 30)))];
         assert!(!fresh.judge(&mut again)[0].0);
     }
@@ -499,6 +514,8 @@ mod tests {
             [true, true, false]
         );
         assert!(out[2].1[0].score.unwrap() <= 6.0);
+        let reason = out[2].1[0].reason.as_deref().unwrap();
+        assert!(reason.ends_with("from `a`"), "{reason}");
     }
 
     #[test]

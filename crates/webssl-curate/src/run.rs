@@ -375,7 +375,8 @@ pub fn curate_with(
     if state.manifest_bytes > 0 {
         let mut replayed = 0u64;
         for r in read_records(&manifest_path, state.manifest_bytes)? {
-            chain.restore(&r?.filters)?;
+            let r = r?;
+            chain.restore(r.key.as_deref().unwrap_or(""), &r.filters)?;
             replayed += 1;
         }
         if replayed != state.summary.samples {
