@@ -441,6 +441,7 @@ macro_rules! avx2_dispatch {
         }
     };
 }
+pub(crate) use avx2_dispatch;
 
 /// Buffers the separable passes reuse from call to call (one set per thread), so resampling a
 /// crop allocates nothing in steady state: fresh multi-100-kB buffers per crop cost more in page
