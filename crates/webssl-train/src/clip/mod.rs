@@ -431,6 +431,8 @@ pub struct Plan {
     /// Both projections and the logit scale.
     pub head_params: u64,
     pub vocab_size: usize,
+    /// The vocabulary is the cap of a BPE still to be trained (merges may run out below it).
+    pub vocab_is_cap: bool,
     pub global_batch: usize,
     pub lr: f64,
     pub total_steps: u64,
@@ -449,12 +451,13 @@ pub struct Plan {
 /// (an upper bound: the trainer cuts each batch after its longest caption).
 pub fn plan(cfg: &ClipConfig, world_size: usize) -> Result<Plan> {
     let vit = cfg.vit()?;
-    let vocab = cfg
+    let loaded = cfg
         .text
         .tokenizer
         .as_ref()
-        .and_then(|p| ClipTokenizer::load(Path::new(p), cfg.text.context_length).ok())
-        .map_or(cfg.text.vocab_size, |t| t.vocab_size());
+        .and_then(|p| ClipTokenizer::load(Path::new(p), cfg.text.context_length).ok());
+    let vocab_is_cap = cfg.text.tokenizer.is_none();
+    let vocab = loaded.map_or(cfg.text.vocab_size, |t| t.vocab_size());
     let text = cfg.text_tower(vocab)?;
     let image_params = webssl_models::presets::param_count(&vit);
     let text_params = text.num_params();
@@ -485,6 +488,7 @@ pub fn plan(cfg: &ClipConfig, world_size: usize) -> Result<Plan> {
         text_params,
         head_params,
         vocab_size: vocab,
+        vocab_is_cap,
         global_batch,
         lr: cfg.optim.lr,
         total_steps: cfg.optim.total_steps,
@@ -500,9 +504,10 @@ impl std::fmt::Display for Plan {
         writeln!(f, "# plan")?;
         writeln!(
             f,
-            "parameters: image tower {} + text tower {} (vocab {}) + projections/logit scale {} = {}",
+            "parameters: image tower {} + text tower {} (vocab {}{}) + projections/logit scale {} = {}",
             self.image_params,
             self.text_params,
+            if self.vocab_is_cap { "≤ " } else { "" },
             self.vocab_size,
             self.head_params,
             self.image_params + self.text_params + self.head_params
