@@ -111,7 +111,7 @@ impl TextConfig {
                 "must be positive (context ≥ 2 for SOT + EOT)".into(),
             );
         }
-        if self.heads == 0 || self.width % self.heads != 0 {
+        if self.heads == 0 || !self.width.is_multiple_of(self.heads) {
             return bad(
                 "heads",
                 format!(

@@ -206,7 +206,7 @@ impl ClipConfig {
         // Checked before building the ViT, whose own check would name its `img_size`.
         let preset = webssl_models::presets::preset(&self.model.arch)?;
         let p = self.model.patch_size.unwrap_or(preset.patch_size);
-        if p == 0 || self.image.size as usize % p != 0 {
+        if p == 0 || !(self.image.size as usize).is_multiple_of(p) {
             return Err(TrainError::config(
                 "image.size",
                 format!(
