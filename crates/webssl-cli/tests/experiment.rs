@@ -21,10 +21,11 @@ fn text(out: &Output) -> String {
     )
 }
 
-/// One DINO config (the repository's demo, shrunk) at two depths, a kNN probe and a text probe.
+/// DINO, MAE and CLIP (the repository's demo configs, shrunk) at two depths on the same data, a kNN
+/// probe and a linear probe.
 fn write_experiment(dir: &Path, extra_method: &str) -> std::path::PathBuf {
     let d = dir.display();
-    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/demo.toml");
+    let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
     let path = dir.join("exp.toml");
     std::fs::write(
         &path,
@@ -33,12 +34,21 @@ fn write_experiment(dir: &Path, extra_method: &str) -> std::path::PathBuf {
 dir = "{d}/runs"
 set = ["optim.total_steps=3", "optim.warmup_steps=1", "data.batch_size=8", "data.decode_threads=2",
        "data.train={d}/data/train", "data.synth={{samples=48, size=56, seed=0}}",
-       "crops.global_size=42", "crops.local_size=14", "model.embed_dim=32", "model.num_heads=2",
-       "heads.dino_prototypes=64", "heads.ibot_prototypes=64", "heads.hidden_dim=32",
-       "run.tensorboard=false", "eval={{}}"]
+       "model.embed_dim=32", "model.num_heads=2", "run.tensorboard=false", "eval={{}}"]
 [[method]]
 name = "dino"
-config = "{demo}"
+config = "{configs}/demo.toml"
+set = ["crops.global_size=42", "crops.local_size=14", "heads.dino_prototypes=64",
+       "heads.ibot_prototypes=64", "heads.hidden_dim=32"]
+[[method]]
+name = "mae"
+config = "{configs}/mae-demo.toml"
+set = ["crop.size=42", "decoder.embed_dim=32", "decoder.depth=1", "decoder.num_heads=2"]
+[[method]]
+name = "clip"
+config = "{configs}/clip-demo.toml"
+set = ["image.size=42", "text.width=32", "text.heads=2", "text.layers=1", "text.vocab_size=300",
+       "text.tokenizer_train_samples=48", "clip.embed_dim=16"]
 {extra_method}
 [[size]]
 name = "d1"
@@ -62,7 +72,7 @@ args = ["knn", "--model", "{{export}}", "--resolution", "{{image_size}}", "--tra
 name = "category"
 args = ["linear", "--method", "logreg", "--c-values", "0.1,10", "--label", "meta:category", "--model", "{{export}}", "--resolution", "{{image_size}}", "--train", "{d}/data/probe-train", "--val", "{d}/data/probe-val"]
 "#,
-            demo = demo.display()
+            configs = configs.display()
         ),
     )
     .unwrap();
@@ -79,13 +89,20 @@ fn trains_evaluates_reports_and_skips_finished_cells() {
     let runs = tmp.path().join("runs");
     assert!(tmp.path().join("data/prepared/index.json").is_file());
     let report = std::fs::read_to_string(runs.join("report/report.md")).unwrap();
-    for needle in ["dino-d1", "dino-d2", "knn/top1", "category/top1"] {
+    for needle in [
+        "dino-d1",
+        "dino-d2",
+        "mae-d1",
+        "clip-d2",
+        "knn/top1",
+        "category/top1",
+    ] {
         assert!(report.contains(needle), "{needle} missing from\n{report}");
     }
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(runs.join("experiment.json")).unwrap()).unwrap();
     let cells = summary["cells"].as_array().unwrap();
-    assert_eq!(cells.len(), 2);
+    assert_eq!(cells.len(), 6);
     for c in cells {
         assert_eq!(c["action"], "trained");
         assert_eq!(c["steps"], 3);
@@ -106,7 +123,7 @@ fn trains_evaluates_reports_and_skips_finished_cells() {
     let out = webssl(&["experiment", "--config", cfg]);
     assert!(out.status.success(), "{}", text(&out));
     let log = text(&out);
-    assert_eq!(log.matches("done earlier, skipped").count(), 2, "{log}");
+    assert_eq!(log.matches("done earlier, skipped").count(), 6, "{log}");
     assert!(
         !log.contains(": training") && !log.contains("prepare:"),
         "{log}"
@@ -118,24 +135,22 @@ fn trains_evaluates_reports_and_skips_finished_cells() {
     );
 
     // A lost results file is recomputed, and only that one.
-    std::fs::remove_file(runs.join("dino-d2/eval/category.json")).unwrap();
+    std::fs::remove_file(runs.join("mae-d2/eval/category.json")).unwrap();
     let out = webssl(&["experiment", "--config", cfg]);
     let log = text(&out);
     assert!(out.status.success(), "{log}");
-    assert!(log.contains("dino-d2: probe category"), "{log}");
-    assert!(
-        !log.contains("dino-d2: probe knn") && !log.contains(": training"),
-        "{log}"
-    );
-    assert!(runs.join("dino-d2/eval/category.json").is_file());
+    assert!(log.contains("mae-d2: probe category"), "{log}");
+    assert_eq!(log.matches(": probe").count(), 1, "{log}");
+    assert!(!log.contains(": training"), "{log}");
+    assert!(runs.join("mae-d2/eval/category.json").is_file());
 }
 
 #[test]
 fn cells_reading_different_data_are_refused_before_training() {
     let tmp = tempfile::tempdir().unwrap();
-    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/demo.toml");
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/mae-demo.toml");
     let extra = format!(
-        "[[method]]\nname = \"dino-reseeded\"\nobjective = \"dino\"\nconfig = \"{}\"\nset = [\"seed=5\"]",
+        "[[method]]\nname = \"mae-reseeded\"\nobjective = \"mae\"\nconfig = \"{}\"\nset = [\"seed=5\", \"crop.size=42\"]",
         demo.display()
     );
     let exp = write_experiment(tmp.path(), &extra);

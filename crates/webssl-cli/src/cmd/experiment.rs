@@ -53,7 +53,9 @@ use clap::Parser;
 use serde::{Deserialize, Serialize};
 use webssl_eval::report;
 use webssl_models::checkpoint::export::write_atomic;
+use webssl_train::clip::{self, ClipConfig};
 use webssl_train::dino::{self, DinoConfig};
+use webssl_train::mae::{self, MaeConfig};
 use webssl_train::run::checkpoint::{CheckpointManager, Resume};
 use webssl_train::run::config::load_config;
 use webssl_train::run::sections::SynthSpec;
@@ -146,13 +148,17 @@ pub struct Probe {
 #[serde(rename_all = "lowercase")]
 pub enum Objective {
     Dino,
+    Mae,
+    Clip,
 }
 
 impl Objective {
     fn parse(name: &str) -> anyhow::Result<Self> {
         match name {
             "dino" => Ok(Objective::Dino),
-            other => bail!("unknown objective `{other}` (expected dino)"),
+            "mae" => Ok(Objective::Mae),
+            "clip" => Ok(Objective::Clip),
+            other => bail!("unknown objective `{other}` (expected dino, mae or clip)"),
         }
     }
 
@@ -166,6 +172,16 @@ impl Objective {
         let resolved = match self {
             Objective::Dino => {
                 let (cfg, t): (DinoConfig, _) = load_config(Some(file), configs_dir, None, sets)?;
+                cfg.validate()?;
+                t
+            }
+            Objective::Mae => {
+                let (cfg, t): (MaeConfig, _) = load_config(Some(file), configs_dir, None, sets)?;
+                cfg.validate()?;
+                t
+            }
+            Objective::Clip => {
+                let (cfg, t): (ClipConfig, _) = load_config(Some(file), configs_dir, None, sets)?;
                 cfg.validate()?;
                 t
             }
@@ -184,6 +200,14 @@ impl Objective {
             Objective::Dino => {
                 let (cfg, t): (DinoConfig, _) = load_config(Some(file), configs_dir, None, sets)?;
                 dino::train(&cfg, &t, Resume::Auto, device, None)?
+            }
+            Objective::Mae => {
+                let (cfg, t): (MaeConfig, _) = load_config(Some(file), configs_dir, None, sets)?;
+                mae::train(&cfg, &t, Resume::Auto, device, None)?
+            }
+            Objective::Clip => {
+                let (cfg, t): (ClipConfig, _) = load_config(Some(file), configs_dir, None, sets)?;
+                clip::train(&cfg, &t, Resume::Auto, device, None)?
             }
         })
     }
