@@ -28,7 +28,6 @@
 
 use burn::module::{Module, Param};
 use burn::nn::Linear;
-use burn::tensor::activation::gelu;
 use burn::tensor::module::linear;
 use burn::tensor::{Device, Tensor, TensorData};
 use rand_chacha::ChaCha8Rng;
@@ -167,10 +166,12 @@ impl DinoHead {
         let n = self.mlp.len();
         let mut h = x;
         for (i, layer) in self.mlp.iter().enumerate() {
-            h = layer.forward(h);
-            if i + 1 < n {
-                h = gelu(h);
-            }
+            // Linear + GELU fused on CPU (see `crate::kernels`), the last layer plain.
+            h = if i + 1 < n {
+                crate::kernels::linear_gelu(h, layer)
+            } else {
+                layer.forward(h)
+            };
         }
         // F.normalize: x / max(‖x‖, eps), eps = 1e-12 for fp32 activations.
         let norm = h.clone().square().sum_dim(D - 1).sqrt().clamp_min(1e-12);

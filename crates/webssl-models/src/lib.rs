@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod heads;
+pub mod kernels;
 pub mod mae;
 pub mod pos_embed;
 pub mod presets;

@@ -11,12 +11,10 @@
 use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::IndexingUpdateOp;
-use burn::tensor::activation::{gelu, silu};
-use burn::tensor::module::{attention, layer_norm};
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Distribution, Int, Tensor};
 
 use crate::config::{Ffn, VitConfig};
+use crate::kernels;
 use crate::pos_embed;
 
 /// LayerNorm with PyTorch's parameter names (`weight`, `bias`).
@@ -36,10 +34,12 @@ impl LayerNorm {
         }
     }
 
+    /// Fused on CPU unless the kernels are switched off (see [`crate::kernels`]).
+    ///
     /// # Shapes
     /// `[..., dim]` → `[..., dim]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        layer_norm(x, self.weight.val(), Some(self.bias.val()), self.eps)
+        kernels::layer_norm(x, self.weight.val(), self.bias.val(), self.eps)
     }
 }
 
@@ -90,18 +90,10 @@ impl Attention {
     /// # Shapes
     /// `[B, N, D]` → `[B, N, D]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let [b, n, d] = x.dims();
-        let h = self.num_heads;
-        let qkv = self
-            .qkv
-            .forward(x)
-            .reshape([b, n, 3, h, d / h])
-            .permute([2, 0, 3, 1, 4]);
-        let q = qkv.clone().slice(0..1).squeeze_dim::<4>(0);
-        let k = qkv.clone().slice(1..2).squeeze_dim::<4>(0);
-        let v = qkv.slice(2..3).squeeze_dim::<4>(0);
-        let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
-        self.proj.forward(out.swap_dims(1, 2).reshape([b, n, d]))
+        // [B, N, 3D] → [B, N, D] without materialising per-head Q/K/V (fused kernel on CPU; burn's
+        // `attention` on views otherwise: `kernels::reference::qkv_attention`)
+        let out = kernels::qkv_attention(self.qkv.forward(x), self.num_heads);
+        self.proj.forward(out)
     }
 }
 
@@ -136,15 +128,8 @@ impl Mlp {
 
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         match (&self.fc1, &self.fc2, &self.w12, &self.w3) {
-            (Some(fc1), Some(fc2), _, _) => fc2.forward(gelu(fc1.forward(x))),
-            (_, _, Some(w12), Some(w3)) => {
-                let x12 = w12.forward(x);
-                let hidden = x12.dims()[2] / 2;
-                let [b, n, _] = x12.dims();
-                let x1 = x12.clone().slice([0..b, 0..n, 0..hidden]);
-                let x2 = x12.slice([0..b, 0..n, hidden..2 * hidden]);
-                w3.forward(silu(x1) * x2)
-            }
+            (Some(fc1), Some(fc2), _, _) => fc2.forward(kernels::linear_gelu(x, fc1)),
+            (_, _, Some(w12), Some(w3)) => w3.forward(kernels::linear_swiglu(x, w12)),
             _ => unreachable!("Mlp is built with exactly one of (fc1, fc2) or (w12, w3)"),
         }
     }

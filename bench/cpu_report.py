@@ -1,0 +1,97 @@
+"""Table for `bench/cpu.sh`: reads its JSONL (one line per process), prints a markdown section and
+optionally appends it to bench/RESULTS.md.
+
+Rows: arch x batch x mode. Columns: img/s (median over runs of each process's median iteration) of
+ours with the fused kernels, ours unfused (burn's own ops), torch; the speed ratios ours/torch taken
+within each run (the processes of one run ran back to back) and their median over runs; and each
+one's FLOP rate as a % of the best GEMM rate measured at the start.
+"""
+
+import argparse
+import json
+import statistics
+import time
+from collections import defaultdict
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--results", required=True)
+    ap.add_argument("--load-before", default="")
+    ap.add_argument("--load-after", default="")
+    ap.add_argument("--wall-s", type=int, default=0)
+    ap.add_argument("--build-info", default="")
+    ap.add_argument("--settings", default="")
+    ap.add_argument("--record")
+    a = ap.parse_args()
+    rows = [json.loads(l) for l in open(a.results) if l.strip()]
+    gemm = {}
+    gflop = {}
+    cells = defaultdict(lambda: defaultdict(list))  # (arch, batch, mode) -> kind -> [rows]
+    for r in rows:
+        if r["mode"] == "gemm":
+            gemm[r["impl"]] = 2 * 1024**3 / r["median_s"] / 1e9
+            continue
+        kind = r["impl"] if r["impl"] == "torch" else ("fused" if r.get("fused") else "unfused")
+        key = (r["arch"], r["batch"], r["mode"])
+        cells[key][kind].append(r)
+        if "gflop" in r:
+            gflop[key] = r["gflop"]
+    peak = max(gemm.values()) if gemm else float("nan")
+    out = []
+    out.append(f"## CPU backbone benchmark (`bench/cpu.sh`), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    out.append("")
+    out.append(f"Command: `bash bench/cpu.sh` ({a.settings}). {a.build_info}.")
+    out.append(
+        f"Machine load (1/5/15-min averages, 2 CPUs): before {a.load_before}, after {a.load_after}; wall {a.wall_s} s. "
+        "A shared, noisy 2-core VM: read the within-run ratios, not the absolute rates."
+    )
+    out.append(
+        "GEMM 1024³ f32, 2 threads: "
+        + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in sorted(gemm.items()))
+        + f"; peak used below = {peak:.0f} GFLOP/s."
+    )
+    out.append("")
+    out.append(
+        "| arch | batch | mode | ours fused img/s | ours unfused img/s | torch img/s | fused/torch | unfused/torch | fused/unfused | fused % peak | unfused % peak | torch % peak | runs |"
+    )
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+    def med(xs):
+        return statistics.median(xs) if xs else float("nan")
+
+    details = []
+    for key in sorted(cells, key=lambda k: (k[0] != "vit-small", k[0], k[1], k[2] != "infer")):
+        c = cells[key]
+        ips = {k: med([r["img_s"] for r in c[k]]) for k in ("fused", "unfused", "torch")}
+        n = min(len(c[k]) for k in ("fused", "unfused", "torch")) if all(c[k] for k in ("fused", "unfused", "torch")) else 0
+
+        def ratio(x, y):
+            return med([c[x][i]["img_s"] / c[y][i]["img_s"] for i in range(n)]) if n else float("nan")
+
+        g = gflop.get(key, float("nan"))
+        pct = {k: 100 * g / (key[1] / ips[k]) / peak if ips[k] == ips[k] else float("nan") for k in ips}
+        out.append(
+            f"| {key[0]} | {key[1]} | {key[2]} | {ips['fused']:.2f} | {ips['unfused']:.2f} | {ips['torch']:.2f} | "
+            f"**{ratio('fused', 'torch'):.2f}** | {ratio('unfused', 'torch'):.2f} | {ratio('fused', 'unfused'):.2f} | "
+            f"{pct['fused']:.0f}% | {pct['unfused']:.0f}% | {pct['torch']:.0f}% | {n} |"
+        )
+        for k in ("fused", "unfused", "torch"):
+            for i, r in enumerate(c[k]):
+                details.append(
+                    f"- {key[0]} b{key[1]} {key[2]} {k} run {i + 1}: {r['img_s']:.3f} img/s, iterations {r['times_s']} s (load {r.get('load', '?')})"
+                )
+    out.append("")
+    out.append("Per process (median iteration → img/s; the iteration times; load average before the process):")
+    out.append("")
+    out.extend(details)
+    out.append("")
+    text = "\n".join(out)
+    print(text)
+    if a.record:
+        with open(a.record, "a") as f:
+            f.write("\n" + text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,786 @@
+//! The raw f32 kernels on contiguous row-major slices: LayerNorm, bias + GELU(erf), bias + SwiGLU,
+//! row softmax and multi-head attention straight from a fused `qkv` projection, each with its
+//! backward. No tensor library here: the burn glue is in `ext.rs`.
+//!
+//! Parallelism: rayon over independent rows / (batch, head) pairs, with one scratch buffer per rayon
+//! job (`for_each_init`); the inner loops are written over `chunks_exact(LANES)` with independent
+//! accumulators so that LLVM vectorises them without `-C target-cpu`. Attention's small matrix
+//! products go through the `gemm` crate (the one burn-flex itself uses) single-threaded inside each
+//! job, on strided views of the `qkv` buffer, so Q/K/V are never copied out or transposed.
+
+use rayon::prelude::*;
+
+/// Independent partial sums per reduction: enough for two AVX-512 or four AVX2 registers.
+const LANES: usize = 16;
+/// Rows per rayon job for the row-wise kernels (a few hundred KiB of activations per job).
+const ROWS_PER_JOB: usize = 64;
+/// Query rows per attention tile.
+pub const ATTN_BLOCK_Q: usize = 64;
+/// Key/value rows per attention tile. Sequences up to this length take one tile (exact softmax);
+/// longer ones are tiled with the online (running max / running sum) softmax.
+pub const ATTN_BLOCK_KV: usize = 512;
+
+#[inline(always)]
+fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] += c[l];
+        }
+    }
+    acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
+}
+
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let ca = a.chunks_exact(LANES);
+    let cb = b.chunks_exact(LANES);
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..LANES {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + ra.iter().zip(rb).map(|(x, y)| x * y).sum::<f32>()
+}
+
+#[inline(always)]
+fn centered_sq_sum(x: &[f32], mean: f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            let v = c[l] - mean;
+            acc[l] += v * v;
+        }
+    }
+    acc.iter().sum::<f32>() + rest.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>()
+}
+
+// ------------------------------------------------------------------------------------------------
+// LayerNorm over the last dimension `d`.
+
+/// `y = (x − mean) · rstd · gamma + beta` per row; writes the per-row `mean` and `rstd = 1/√(var+eps)`
+/// (biased variance, as PyTorch) for the backward pass. Two passes over the row (mean, then the
+/// centred variance) as burn's and PyTorch's reference, for the same rounding behaviour.
+pub fn layer_norm_fwd(
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    y: &mut [f32],
+    mean: &mut [f32],
+    rstd: &mut [f32],
+) {
+    let d = gamma.len();
+    assert!(d > 0 && x.len() % d == 0 && y.len() == x.len() && beta.len() == d);
+    let rows = x.len() / d;
+    assert!(mean.len() == rows && rstd.len() == rows);
+    y.par_chunks_mut(ROWS_PER_JOB * d)
+        .zip(x.par_chunks(ROWS_PER_JOB * d))
+        .zip(mean.par_chunks_mut(ROWS_PER_JOB))
+        .zip(rstd.par_chunks_mut(ROWS_PER_JOB))
+        .for_each(|(((y, x), mean), rstd)| {
+            for (r, (yr, xr)) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)).enumerate() {
+                let mu = sum(xr) / d as f32;
+                let rs = 1.0 / (centered_sq_sum(xr, mu) / d as f32 + eps).sqrt();
+                for j in 0..d {
+                    yr[j] = (xr[j] - mu) * rs * gamma[j] + beta[j];
+                }
+                mean[r] = mu;
+                rstd[r] = rs;
+            }
+        });
+}
+
+/// The LayerNorm backward: with `x̂ = (x − mean)·rstd` and `g = dy·gamma`,
+/// `dx = rstd · (g − mean(g) − x̂ · mean(g·x̂))`, `dgamma = Σ_rows dy·x̂`, `dbeta = Σ_rows dy`.
+/// The column sums are reduced per rayon job, then across jobs.
+pub fn layer_norm_bwd(
+    x: &[f32],
+    gamma: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let d = gamma.len();
+    assert!(d > 0 && x.len() % d == 0 && dy.len() == x.len() && dx.len() == x.len());
+    let zero = || (vec![0f32; d], vec![0f32; d]);
+    dx.par_chunks_mut(ROWS_PER_JOB * d)
+        .zip(x.par_chunks(ROWS_PER_JOB * d))
+        .zip(dy.par_chunks(ROWS_PER_JOB * d))
+        .zip(mean.par_chunks(ROWS_PER_JOB))
+        .zip(rstd.par_chunks(ROWS_PER_JOB))
+        .fold(zero, |(mut dg, mut db), ((((dx, x), dy), mean), rstd)| {
+            let mut g = vec![0f32; d];
+            let mut xh = vec![0f32; d];
+            for r in 0..mean.len() {
+                let (xr, dyr) = (&x[r * d..(r + 1) * d], &dy[r * d..(r + 1) * d]);
+                let (mu, rs) = (mean[r], rstd[r]);
+                for j in 0..d {
+                    xh[j] = (xr[j] - mu) * rs;
+                    g[j] = dyr[j] * gamma[j];
+                    dg[j] += dyr[j] * xh[j];
+                    db[j] += dyr[j];
+                }
+                let a = sum(&g) / d as f32;
+                let b = dot(&g, &xh) / d as f32;
+                let dxr = &mut dx[r * d..(r + 1) * d];
+                for j in 0..d {
+                    dxr[j] = rs * (g[j] - a - xh[j] * b);
+                }
+            }
+            (dg, db)
+        })
+        .reduce(zero, |(mut g1, mut b1), (g2, b2)| {
+            for j in 0..d {
+                g1[j] += g2[j];
+                b1[j] += b2[j];
+            }
+            (g1, b1)
+        })
+}
+
+// ------------------------------------------------------------------------------------------------
+// GELU (erf) and SwiGLU, each with the Linear's bias folded in.
+
+/// `erf` in f32 as a rational function on `[-4, 4]` (saturated outside): the minimax approximation
+/// Eigen and XLA use for `erf` (`generic_fast_erf_float`), max error a few f32 ulp; branch-free
+/// so the calling loops vectorise.
+#[inline(always)]
+pub fn erf(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = -2.726_142_3e-10_f32;
+    p = p * x2 + 2.770_681_4e-8;
+    p = p * x2 - 2.101_024e-6;
+    p = p * x2 - 5.692_506_4e-5;
+    p = p * x2 - 7.349_906_3e-4;
+    p = p * x2 - 2.954_600_3e-3;
+    p = p * x2 - 1.609_603_3e-2;
+    p *= x;
+    let mut q = -1.456_607_2e-5_f32;
+    q = q * x2 - 2.133_740_6e-4;
+    q = q * x2 - 1.682_827e-3;
+    q = q * x2 - 7.373_329e-3;
+    q = q * x2 - 1.426_474e-2;
+    p / q
+}
+
+const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+/// 1/√(2π)
+const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
+
+/// `exp` in f32, branch-free so loops over it vectorise: `2^k · p(r)` with `x = k·ln2 + r`,
+/// `|r| ≤ ln2/2`, `p` the degree-6 Taylor polynomial (relative error < 2e-7 on the range);
+/// inputs are clamped to [−87.3, 88] (below: ~1e-38 instead of a denormal or 0, harmless for
+/// softmax weights and the GELU density).
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    let x = x.clamp(-87.3, 88.0);
+    let k = (x * std::f32::consts::LOG2_E).round();
+    let r = x - k * 0.693_145_75 - k * 1.428_606_8e-6;
+    let mut p = 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    // 2^k through the exponent bits; k ∈ [-126, 128) after the clamp
+    p * f32::from_bits(((k as i32 + 127) as u32) << 23)
+}
+
+/// `y = gelu(x + bias)` over rows of `bias.len()` (exact GELU: `½·z·(1 + erf(z/√2))`).
+pub fn bias_gelu_fwd(x: &[f32], bias: &[f32], y: &mut [f32]) {
+    let d = bias.len();
+    assert!(d > 0 && x.len() % d == 0 && y.len() == x.len());
+    y.par_chunks_mut(ROWS_PER_JOB * d)
+        .zip(x.par_chunks(ROWS_PER_JOB * d))
+        .for_each(|(y, x)| {
+            for (yr, xr) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                for j in 0..d {
+                    let z = xr[j] + bias[j];
+                    yr[j] = 0.5 * z * (1.0 + erf(z * FRAC_1_SQRT_2));
+                }
+            }
+        });
+}
+
+/// The backward of [`bias_gelu_fwd`]: `dx = dy · (½(1 + erf(z/√2)) + z·φ(z))`, `dbias = Σ_rows dx`.
+pub fn bias_gelu_bwd(x: &[f32], bias: &[f32], dy: &[f32], dx: &mut [f32]) -> Vec<f32> {
+    let d = bias.len();
+    assert!(d > 0 && x.len() % d == 0 && dy.len() == x.len() && dx.len() == x.len());
+    dx.par_chunks_mut(ROWS_PER_JOB * d)
+        .zip(x.par_chunks(ROWS_PER_JOB * d))
+        .zip(dy.par_chunks(ROWS_PER_JOB * d))
+        .fold(
+            || vec![0f32; d],
+            |mut db, ((dx, x), dy)| {
+                for ((dxr, xr), dyr) in dx
+                    .chunks_exact_mut(d)
+                    .zip(x.chunks_exact(d))
+                    .zip(dy.chunks_exact(d))
+                {
+                    for j in 0..d {
+                        let z = xr[j] + bias[j];
+                        let cdf = 0.5 * (1.0 + erf(z * FRAC_1_SQRT_2));
+                        let pdf = FRAC_1_SQRT_2PI * exp(-0.5 * z * z);
+                        let g = dyr[j] * (cdf + z * pdf);
+                        dxr[j] = g;
+                        db[j] += g;
+                    }
+                }
+                db
+            },
+        )
+        .reduce(|| vec![0f32; d], add_vec)
+}
+
+fn add_vec(mut a: Vec<f32>, b: Vec<f32>) -> Vec<f32> {
+    for (x, y) in a.iter_mut().zip(&b) {
+        *x += y;
+    }
+    a
+}
+
+#[inline(always)]
+fn sigmoid(z: f32) -> f32 {
+    1.0 / (1.0 + exp(-z))
+}
+
+/// SwiGLU with the `w12` bias folded in: rows of `x` are `[x1 | x2]` (2·h wide, DINOv2's fused
+/// `w12` output), `z = x + bias`, `y = silu(z1) · z2` (`h` wide).
+pub fn bias_swiglu_fwd(x: &[f32], bias: &[f32], y: &mut [f32]) {
+    let h2 = bias.len();
+    let h = h2 / 2;
+    assert!(h2 > 0 && h2 % 2 == 0 && x.len() % h2 == 0 && y.len() == x.len() / 2);
+    y.par_chunks_mut(ROWS_PER_JOB * h)
+        .zip(x.par_chunks(ROWS_PER_JOB * h2))
+        .for_each(|(y, x)| {
+            for (yr, xr) in y.chunks_exact_mut(h).zip(x.chunks_exact(h2)) {
+                let (x1, x2) = xr.split_at(h);
+                let (b1, b2) = bias.split_at(h);
+                for j in 0..h {
+                    let z1 = x1[j] + b1[j];
+                    yr[j] = z1 * sigmoid(z1) * (x2[j] + b2[j]);
+                }
+            }
+        });
+}
+
+/// The backward of [`bias_swiglu_fwd`]: `dz1 = dy·z2·σ(z1)(1 + z1(1 − σ(z1)))`, `dz2 = dy·silu(z1)`;
+/// returns `dbias = Σ_rows dz`.
+pub fn bias_swiglu_bwd(x: &[f32], bias: &[f32], dy: &[f32], dx: &mut [f32]) -> Vec<f32> {
+    let h2 = bias.len();
+    let h = h2 / 2;
+    assert!(h2 > 0 && x.len() % h2 == 0 && dx.len() == x.len() && dy.len() == x.len() / 2);
+    dx.par_chunks_mut(ROWS_PER_JOB * h2)
+        .zip(x.par_chunks(ROWS_PER_JOB * h2))
+        .zip(dy.par_chunks(ROWS_PER_JOB * h))
+        .fold(
+            || vec![0f32; h2],
+            |mut db, ((dx, x), dy)| {
+                for ((dxr, xr), dyr) in dx
+                    .chunks_exact_mut(h2)
+                    .zip(x.chunks_exact(h2))
+                    .zip(dy.chunks_exact(h))
+                {
+                    let (x1, x2) = xr.split_at(h);
+                    let (d1, d2) = dxr.split_at_mut(h);
+                    let (db1, db2) = db.split_at_mut(h);
+                    for j in 0..h {
+                        let z1 = x1[j] + bias[j];
+                        let z2 = x2[j] + bias[h + j];
+                        let s = sigmoid(z1);
+                        let g1 = dyr[j] * z2 * s * (1.0 + z1 * (1.0 - s));
+                        let g2 = dyr[j] * z1 * s;
+                        d1[j] = g1;
+                        d2[j] = g2;
+                        db1[j] += g1;
+                        db2[j] += g2;
+                    }
+                }
+                db
+            },
+        )
+        .reduce(|| vec![0f32; h2], add_vec)
+}
+
+// ------------------------------------------------------------------------------------------------
+// Softmax over the last dimension (rows of `d`).
+
+/// `y = softmax(x)` per row (max-subtracted).
+pub fn softmax_fwd(x: &[f32], d: usize, y: &mut [f32]) {
+    assert!(d > 0 && x.len() % d == 0 && y.len() == x.len());
+    y.par_chunks_mut(ROWS_PER_JOB * d)
+        .zip(x.par_chunks(ROWS_PER_JOB * d))
+        .for_each(|(y, x)| {
+            for (yr, xr) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                softmax_row(xr, yr);
+            }
+        });
+}
+
+#[inline(always)]
+fn softmax_row(x: &[f32], y: &mut [f32]) {
+    let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for (o, &v) in y.iter_mut().zip(x) {
+        *o = exp(v - m);
+    }
+    let inv = 1.0 / sum(y);
+    for o in y.iter_mut() {
+        *o *= inv;
+    }
+}
+
+/// The softmax backward from its output: `dx = y · (dy − Σ dy·y)` per row.
+pub fn softmax_bwd(y: &[f32], dy: &[f32], d: usize, dx: &mut [f32]) {
+    assert!(d > 0 && y.len() % d == 0 && dy.len() == y.len() && dx.len() == y.len());
+    dx.par_chunks_mut(ROWS_PER_JOB * d)
+        .zip(y.par_chunks(ROWS_PER_JOB * d))
+        .zip(dy.par_chunks(ROWS_PER_JOB * d))
+        .for_each(|((dx, y), dy)| {
+            for ((dxr, yr), dyr) in dx
+                .chunks_exact_mut(d)
+                .zip(y.chunks_exact(d))
+                .zip(dy.chunks_exact(d))
+            {
+                let s = dot(dyr, yr);
+                for j in 0..d {
+                    dxr[j] = yr[j] * (dyr[j] - s);
+                }
+            }
+        });
+}
+
+// ------------------------------------------------------------------------------------------------
+// Multi-head attention from a fused qkv projection.
+
+/// Geometry of one attention call: `qkv` is `[B, N, 3·D]` (Q | K | V, heads contiguous inside each,
+/// the layout of DINOv2's `qkv` Linear output before `reshape(B, N, 3, H, Dh)`), the output is
+/// `[B, N, D]` with heads already merged (what `proj` consumes).
+#[derive(Clone, Copy, Debug)]
+pub struct AttnShape {
+    pub batch: usize,
+    pub seq: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+}
+
+impl AttnShape {
+    fn dim(&self) -> usize {
+        self.heads * self.head_dim
+    }
+}
+
+/// A raw pointer that rayon jobs may share: each job writes a disjoint (batch, head) column block.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: every job derives pointers to a region no other job touches (its own batch row range and
+// head column range), and the buffer outlives the parallel loop that uses it.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// Through a method, so closures capture the `Sync` wrapper, not the raw pointer field.
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `dst[m×n] = beta·dst + lhs[m×k] · rhs[k×n]` with explicit (row, column) strides, one thread.
+///
+/// # Safety
+/// Pointers and strides must describe valid, non-overlapping (dst vs inputs) memory.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn mm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    (dst_rs, dst_cs): (usize, usize),
+    accumulate: bool,
+    lhs: *const f32,
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: *const f32,
+    (rhs_rs, rhs_cs): (usize, usize),
+    scale: f32,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            dst_cs as isize,
+            dst_rs as isize,
+            accumulate,
+            lhs,
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs,
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// Attention forward: `out = softmax(Q·Kᵀ·scale)·V` per (batch, head), tiled `ATTN_BLOCK_Q` query
+/// rows × `ATTN_BLOCK_KV` keys with the online softmax, so no `N × N` score matrix exists (one
+/// `64 × min(N, 512)` tile per rayon job). Writes the log-sum-exp of each row's scaled scores
+/// (`lse`, `[B, H, N]`) for the backward pass.
+pub fn attention_fwd(qkv: &[f32], s: AttnShape, scale: f32, out: &mut [f32], lse: &mut [f32]) {
+    attention_fwd_tiled(qkv, s, scale, out, lse, ATTN_BLOCK_Q, ATTN_BLOCK_KV);
+}
+
+/// [`attention_fwd`] with explicit tile sizes (tests use small ones to exercise the online softmax).
+pub fn attention_fwd_tiled(
+    qkv: &[f32],
+    s: AttnShape,
+    scale: f32,
+    out: &mut [f32],
+    lse: &mut [f32],
+    bq: usize,
+    bkv: usize,
+) {
+    let (n, dh, d) = (s.seq, s.head_dim, s.dim());
+    let d3 = 3 * d;
+    assert_eq!(qkv.len(), s.batch * n * d3, "qkv is not [B, N, 3·H·Dh]");
+    assert_eq!(out.len(), s.batch * n * d);
+    assert_eq!(lse.len(), s.batch * s.heads * n);
+    assert!(bq > 0 && bkv > 0 && dh > 0);
+    let out_ptr = SharedMut(out.as_mut_ptr());
+    let lse_ptr = SharedMut(lse.as_mut_ptr());
+    let qkv_ptr = qkv.as_ptr() as usize;
+    (0..s.batch * s.heads).into_par_iter().for_each_init(
+        || (vec![0f32; bq * bkv.min(n)], vec![0f32; bq], vec![0f32; bq]),
+        |(scores, row_max, row_sum), bh| {
+            let (b, h) = (bh / s.heads, bh % s.heads);
+            let base = qkv_ptr as *const f32;
+            // SAFETY: offsets stay inside `qkv` ([B, N, 3D]): row b·N.., column blocks of this head.
+            let (q, k, v) = unsafe {
+                let row = base.add(b * n * d3);
+                (
+                    row.add(h * dh),
+                    row.add(d + h * dh),
+                    row.add(2 * d + h * dh),
+                )
+            };
+            let o = out_ptr;
+            let l = lse_ptr;
+            for i0 in (0..n).step_by(bq) {
+                let mq = bq.min(n - i0);
+                // SAFETY: this job's rows i0..i0+mq of batch b, columns h·Dh..(h+1)·Dh of `out`.
+                let o_blk = unsafe { o.get().add((b * n + i0) * d + h * dh) };
+                let q_blk = unsafe { q.add(i0 * d3) };
+                row_max[..mq].fill(f32::NEG_INFINITY);
+                row_sum[..mq].fill(0.0);
+                for j0 in (0..n).step_by(bkv) {
+                    let nk = bkv.min(n - j0);
+                    let sc = &mut scores[..mq * nk];
+                    // S = Q_blk · K_blkᵀ · scale   (K row j at k + j·3D; Kᵀ[c][j] → strides (1, 3D))
+                    unsafe {
+                        mm(
+                            mq,
+                            nk,
+                            dh,
+                            sc.as_mut_ptr(),
+                            (nk, 1),
+                            false,
+                            q_blk,
+                            (d3, 1),
+                            k.add(j0 * d3),
+                            (1, d3),
+                            scale,
+                        );
+                    }
+                    for r in 0..mq {
+                        let row = &mut sc[r * nk..(r + 1) * nk];
+                        let m_new = row.iter().copied().fold(row_max[r], f32::max);
+                        let corr = exp(row_max[r] - m_new);
+                        for e in row.iter_mut() {
+                            *e = exp(*e - m_new);
+                        }
+                        row_sum[r] = row_sum[r] * corr + sum(row);
+                        row_max[r] = m_new;
+                        if j0 > 0 && corr != 1.0 {
+                            // SAFETY: row r of this job's output block, Dh values.
+                            let orow =
+                                unsafe { std::slice::from_raw_parts_mut(o_blk.add(r * d), dh) };
+                            for e in orow.iter_mut() {
+                                *e *= corr;
+                            }
+                        }
+                    }
+                    // O_blk (+)= P · V_blk
+                    unsafe {
+                        mm(
+                            mq,
+                            dh,
+                            nk,
+                            o_blk,
+                            (d, 1),
+                            j0 > 0,
+                            sc.as_ptr(),
+                            (nk, 1),
+                            v.add(j0 * d3),
+                            (d3, 1),
+                            1.0,
+                        );
+                    }
+                }
+                for r in 0..mq {
+                    let inv = 1.0 / row_sum[r];
+                    // SAFETY: as above; `lse` entry (b, h, i0 + r) belongs to this job only.
+                    unsafe {
+                        let orow = std::slice::from_raw_parts_mut(o_blk.add(r * d), dh);
+                        for e in orow.iter_mut() {
+                            *e *= inv;
+                        }
+                        *l.get().add(bh * n + i0 + r) = row_max[r] + row_sum[r].ln();
+                    }
+                }
+            }
+        },
+    );
+}
+
+/// Attention backward (FlashAttention-2 style, recomputing the probabilities from `lse`): returns
+/// `dqkv` `[B, N, 3D]` given the forward inputs, its output `out`, the row log-sum-exps and `dout`.
+/// Per (batch, head) job and query tile: `P = exp(S − lse)`, `dV += Pᵀ·dO`, `dP = dO·Vᵀ`,
+/// `dS = P ∘ (dP − rowsum(dO ∘ O))`, `dQ += dS·K·scale`, `dK += dSᵀ·Q·scale`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_bwd(
+    qkv: &[f32],
+    s: AttnShape,
+    scale: f32,
+    out: &[f32],
+    lse: &[f32],
+    dout: &[f32],
+    dqkv: &mut [f32],
+) {
+    attention_bwd_tiled(
+        qkv,
+        s,
+        scale,
+        out,
+        lse,
+        dout,
+        dqkv,
+        ATTN_BLOCK_Q,
+        ATTN_BLOCK_KV,
+    );
+}
+
+/// [`attention_bwd`] with explicit tile sizes.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_bwd_tiled(
+    qkv: &[f32],
+    s: AttnShape,
+    scale: f32,
+    out: &[f32],
+    lse: &[f32],
+    dout: &[f32],
+    dqkv: &mut [f32],
+    bq: usize,
+    bkv: usize,
+) {
+    let (n, dh, d) = (s.seq, s.head_dim, s.dim());
+    let d3 = 3 * d;
+    assert_eq!(qkv.len(), s.batch * n * d3);
+    assert_eq!(dqkv.len(), qkv.len());
+    assert_eq!(out.len(), s.batch * n * d);
+    assert_eq!(dout.len(), out.len());
+    assert_eq!(lse.len(), s.batch * s.heads * n);
+    let dq_ptr = SharedMut(dqkv.as_mut_ptr());
+    let qkv_ptr = qkv.as_ptr() as usize;
+    let nk_max = bkv.min(n);
+    (0..s.batch * s.heads).into_par_iter().for_each_init(
+        || {
+            (
+                vec![0f32; bq * nk_max],
+                vec![0f32; bq * nk_max],
+                vec![0f32; bq],
+            )
+        },
+        |(p, dp, delta), bh| {
+            let (b, h) = (bh / s.heads, bh % s.heads);
+            let base = qkv_ptr as *const f32;
+            // SAFETY: as in the forward; the d* pointers address this job's (batch, head) columns.
+            let (q, k, v, dq, dk, dv) = unsafe {
+                let row = base.add(b * n * d3);
+                let drow = dq_ptr.get().add(b * n * d3);
+                (
+                    row.add(h * dh),
+                    row.add(d + h * dh),
+                    row.add(2 * d + h * dh),
+                    drow.add(h * dh),
+                    drow.add(d + h * dh),
+                    drow.add(2 * d + h * dh),
+                )
+            };
+            let o_head = &out[b * n * d..(b + 1) * n * d];
+            let do_head = &dout[b * n * d..(b + 1) * n * d];
+            let lse_head = &lse[bh * n..(bh + 1) * n];
+            for i0 in (0..n).step_by(bq) {
+                let mq = bq.min(n - i0);
+                for r in 0..mq {
+                    let at = (i0 + r) * d + h * dh;
+                    delta[r] = dot(&o_head[at..at + dh], &do_head[at..at + dh]);
+                }
+                let q_blk = unsafe { q.add(i0 * d3) };
+                let dq_blk = unsafe { dq.add(i0 * d3) };
+                let do_blk = do_head[i0 * d + h * dh..].as_ptr();
+                for j0 in (0..n).step_by(bkv) {
+                    let nk = bkv.min(n - j0);
+                    let (pp, dpp) = (&mut p[..mq * nk], &mut dp[..mq * nk]);
+                    let (k_blk, v_blk) = unsafe { (k.add(j0 * d3), v.add(j0 * d3)) };
+                    let (dk_blk, dv_blk) = unsafe { (dk.add(j0 * d3), dv.add(j0 * d3)) };
+                    // SAFETY (all mm calls): strided views inside qkv / dout / this job's dqkv columns.
+                    unsafe {
+                        mm(
+                            mq,
+                            nk,
+                            dh,
+                            pp.as_mut_ptr(),
+                            (nk, 1),
+                            false,
+                            q_blk,
+                            (d3, 1),
+                            k_blk,
+                            (1, d3),
+                            scale,
+                        );
+                    }
+                    for r in 0..mq {
+                        let m = lse_head[i0 + r];
+                        for e in pp[r * nk..(r + 1) * nk].iter_mut() {
+                            *e = exp(*e - m);
+                        }
+                    }
+                    unsafe {
+                        // dV_blk += Pᵀ · dO_blk      (Pᵀ[j][r] = p[r·nk + j] → strides (1, nk))
+                        mm(
+                            nk,
+                            dh,
+                            mq,
+                            dv_blk,
+                            (d3, 1),
+                            true,
+                            pp.as_ptr(),
+                            (1, nk),
+                            do_blk,
+                            (d, 1),
+                            1.0,
+                        );
+                        // dP = dO_blk · V_blkᵀ
+                        mm(
+                            mq,
+                            nk,
+                            dh,
+                            dpp.as_mut_ptr(),
+                            (nk, 1),
+                            false,
+                            do_blk,
+                            (d, 1),
+                            v_blk,
+                            (1, d3),
+                            1.0,
+                        );
+                    }
+                    for r in 0..mq {
+                        let dl = delta[r];
+                        let (pr, dpr) = (&mut pp[r * nk..(r + 1) * nk], &dpp[r * nk..(r + 1) * nk]);
+                        for j in 0..nk {
+                            pr[j] *= dpr[j] - dl;
+                        }
+                    }
+                    // pp now holds dS (unscaled)
+                    unsafe {
+                        // dQ_blk += dS · K_blk · scale
+                        mm(
+                            mq,
+                            dh,
+                            nk,
+                            dq_blk,
+                            (d3, 1),
+                            true,
+                            pp.as_ptr(),
+                            (nk, 1),
+                            k_blk,
+                            (d3, 1),
+                            scale,
+                        );
+                        // dK_blk += dSᵀ · Q_blk · scale
+                        mm(
+                            nk,
+                            dh,
+                            mq,
+                            dk_blk,
+                            (d3, 1),
+                            true,
+                            pp.as_ptr(),
+                            (1, nk),
+                            q_blk,
+                            (d3, 1),
+                            scale,
+                        );
+                    }
+                }
+            }
+        },
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// erf by its Maclaurin series in f64 (|x| ≤ 4: ~1e-9 absolute after cancellation).
+    fn erf_ref(x: f64) -> f64 {
+        let (mut term, mut acc) = (x, x);
+        for n in 1..200 {
+            term *= -x * x / n as f64;
+            acc += term / (2 * n + 1) as f64;
+        }
+        acc * 2.0 / std::f64::consts::PI.sqrt()
+    }
+
+    #[test]
+    fn erf_and_exp_match_f64() {
+        let mut worst_erf = 0f64;
+        let mut worst_exp = 0f64;
+        for i in -4000..=4000 {
+            // the reference at the f32 input, so that input rounding is not counted
+            let x = (i as f64 / 1000.0) as f32;
+            worst_erf = worst_erf.max((erf(x) as f64 - erf_ref(x as f64)).abs());
+        }
+        for i in -8700..=8800 {
+            let x = (i as f64 / 100.0) as f32;
+            let want = (x as f64).exp();
+            let r = (exp(x) as f64 - want).abs() / want;
+            worst_exp = worst_exp.max(r);
+        }
+        assert!(worst_erf < 1e-6, "erf max abs error {worst_erf}");
+        assert!(worst_exp < 1e-6, "exp max rel error {worst_exp}");
+        assert!((erf(10.0) - 1.0).abs() < 1e-6 && (erf(-10.0) + 1.0).abs() < 1e-6);
+        assert!(exp(-200.0) < 1e-37 && exp(f32::NEG_INFINITY) < 1e-37);
+    }
+}

@@ -1,0 +1,235 @@
+//! Fused CPU kernels for the ViT hot path, wired into burn as a backend extension with hand-written
+//! backward passes.
+//!
+//! Why: on burn-flex every elementwise/normalisation op is a separate pass over memory with its own
+//! output allocation, and under autodiff each keeps its own saved tensors; on a 2-core VM these
+//! memory-bound passes, not the GEMMs, are the gap to PyTorch (reference/rust-foundation.md §2b).
+//!
+//! The switch: fused kernels are used on the Flex device (with or without autodiff) unless the
+//! environment variable `WEBSSL_FUSED_KERNELS` is `0`/`off`/`false` when first consulted, or
+//! [`set_enabled`]`(false)` was called. On any other device (CUDA) the model always uses burn's own
+//! ops. The unfused path stays the reference the gradient tests compare against.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// 0 = not yet read from the environment, 1 = off, 2 = on.
+static ENABLED: AtomicU8 = AtomicU8::new(0);
+
+/// Whether the model uses the fused kernels (on devices that have them).
+pub fn enabled() -> bool {
+    match ENABLED.load(Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => {
+            let on = !matches!(
+                std::env::var("WEBSSL_FUSED_KERNELS").as_deref(),
+                Ok("0" | "off" | "false" | "no")
+            );
+            ENABLED.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+            on
+        }
+    }
+}
+
+/// Turns the fused kernels on or off for the whole process (overrides the environment variable).
+pub fn set_enabled(on: bool) {
+    ENABLED.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+}
+
+mod cpu;
+mod ext;
+
+pub use cpu::{ATTN_BLOCK_KV, ATTN_BLOCK_Q, AttnShape};
+pub use ext::FusedOps;
+
+/// The raw slice kernels, exposed for tests and benchmarks (tile sizes as parameters).
+pub mod raw {
+    pub use super::cpu::{
+        attention_bwd_tiled, attention_fwd_tiled, bias_gelu_bwd, bias_gelu_fwd, bias_swiglu_bwd,
+        bias_swiglu_fwd, erf, exp, layer_norm_bwd, layer_norm_fwd, softmax_bwd, softmax_fwd,
+    };
+}
+
+use burn::backend::Dispatch;
+use burn::backend::DispatchDevice;
+use burn::nn::Linear;
+use burn::tensor::activation::{gelu, silu, softmax as burn_softmax};
+use burn::tensor::module::{attention, layer_norm as burn_layer_norm, linear};
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{DType, Tensor};
+
+/// Whether `t` goes through the fused kernels: switch on, f32, on the Flex device (plain or
+/// autodiff).
+pub fn applies<const D: usize>(t: &Tensor<D>) -> bool {
+    enabled()
+        && t.dtype() == DType::F32
+        && matches!(t.device().inner().as_dispatch(), DispatchDevice::Flex(_))
+}
+
+/// LayerNorm over the last dimension (`weight`, `bias`), fused when [`applies`].
+///
+/// # Shapes
+/// `x`: `[..., d]`, `gamma`, `beta`: `[d]` → `[..., d]`
+pub fn layer_norm<const D: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    eps: f64,
+) -> Tensor<D> {
+    if applies(&x) {
+        fused::layer_norm(x, gamma, beta, eps)
+    } else {
+        reference::layer_norm(x, gamma, beta, eps)
+    }
+}
+
+/// `gelu(lin(x))` (erf GELU) with the Linear's bias added inside the fused activation.
+///
+/// # Shapes
+/// `x`: `[..., in]` → `[..., out]`
+pub fn linear_gelu<const D: usize>(x: Tensor<D>, lin: &Linear) -> Tensor<D> {
+    match &lin.bias {
+        Some(b) if applies(&x) => fused::bias_gelu(linear(x, lin.weight.val(), None), b.val()),
+        _ => gelu(lin.forward(x)),
+    }
+}
+
+/// DINOv2's SwiGLU FFN input side: `silu(x1) · x2` with `[x1 | x2] = w12(x)`, the `w12` bias added
+/// inside the fused activation.
+///
+/// # Shapes
+/// `x`: `[B, N, in]` → `[B, N, hidden]` (`w12` maps to `2·hidden`)
+pub fn linear_swiglu(x: Tensor<3>, w12: &Linear) -> Tensor<3> {
+    match &w12.bias {
+        Some(b) if applies(&x) => fused::bias_swiglu(linear(x, w12.weight.val(), None), b.val()),
+        _ => reference::swiglu(w12.forward(x)),
+    }
+}
+
+/// Softmax over the last dimension, fused when [`applies`].
+pub fn softmax<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if applies(&x) {
+        fused::softmax(x)
+    } else {
+        burn_softmax(x, D - 1)
+    }
+}
+
+/// Multi-head self-attention (scale `1/√Dh`, no mask) straight from the fused `qkv` projection
+/// output, heads merged in the result; fused (tiled, online softmax, flash-style backward) when
+/// [`applies`].
+///
+/// # Shapes
+/// `qkv`: `[B, N, 3·D]` (Q | K | V, each `heads × Dh`) → `[B, N, D]`
+pub fn qkv_attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
+    if applies(&qkv) {
+        fused::qkv_attention(qkv, heads)
+    } else {
+        reference::qkv_attention(qkv, heads)
+    }
+}
+
+/// The fused ops, unconditionally (Flex device, f32; they panic elsewhere).
+pub mod fused {
+    use super::*;
+
+    pub fn layer_norm<const D: usize>(
+        x: Tensor<D>,
+        gamma: Tensor<1>,
+        beta: Tensor<1>,
+        eps: f64,
+    ) -> Tensor<D> {
+        Tensor::from_dispatch(<Dispatch as FusedOps>::fused_layer_norm(
+            x.into_dispatch(),
+            gamma.into_dispatch(),
+            beta.into_dispatch(),
+            eps,
+        ))
+    }
+
+    /// # Shapes
+    /// `x`: `[..., d]`, `bias`: `[d]`
+    pub fn bias_gelu<const D: usize>(x: Tensor<D>, bias: Tensor<1>) -> Tensor<D> {
+        Tensor::from_dispatch(<Dispatch as FusedOps>::fused_bias_gelu(
+            x.into_dispatch(),
+            bias.into_dispatch(),
+        ))
+    }
+
+    /// # Shapes
+    /// `x`: `[..., 2h]`, `bias`: `[2h]` → `[..., h]`
+    pub fn bias_swiglu<const D: usize>(x: Tensor<D>, bias: Tensor<1>) -> Tensor<D> {
+        Tensor::from_dispatch(<Dispatch as FusedOps>::fused_bias_swiglu(
+            x.into_dispatch(),
+            bias.into_dispatch(),
+        ))
+    }
+
+    pub fn softmax<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+        Tensor::from_dispatch(<Dispatch as FusedOps>::fused_softmax(x.into_dispatch()))
+    }
+
+    pub fn qkv_attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
+        let [_, _, d3] = qkv.dims();
+        assert!(
+            heads > 0 && d3 % (3 * heads) == 0,
+            "qkv width {d3} is not 3·heads·Dh for {heads} heads"
+        );
+        let scale = 1.0 / ((d3 / (3 * heads)) as f64).sqrt();
+        Tensor::from_dispatch(<Dispatch as FusedOps>::fused_qkv_attention(
+            qkv.into_dispatch(),
+            heads,
+            scale,
+        ))
+    }
+}
+
+/// The same ops composed from burn's own (differentiable) tensor ops: the fall-back on other
+/// devices and the reference the gradient tests compare the fused kernels against.
+pub mod reference {
+    use super::*;
+
+    pub fn layer_norm<const D: usize>(
+        x: Tensor<D>,
+        gamma: Tensor<1>,
+        beta: Tensor<1>,
+        eps: f64,
+    ) -> Tensor<D> {
+        burn_layer_norm(x, gamma, Some(beta), eps)
+    }
+
+    pub fn bias_gelu<const D: usize>(x: Tensor<D>, bias: Tensor<1>) -> Tensor<D> {
+        gelu(x + bias.unsqueeze())
+    }
+
+    /// `silu(x1) · x2` for `x = [x1 | x2]` on the last dimension.
+    pub fn swiglu(x12: Tensor<3>) -> Tensor<3> {
+        let [b, n, h2] = x12.dims();
+        let h = h2 / 2;
+        let x1 = x12.clone().slice([0..b, 0..n, 0..h]);
+        let x2 = x12.slice([0..b, 0..n, h..h2]);
+        silu(x1) * x2
+    }
+
+    pub fn bias_swiglu(x: Tensor<3>, bias: Tensor<1>) -> Tensor<3> {
+        swiglu(x + bias.unsqueeze())
+    }
+
+    pub fn softmax<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+        burn_softmax(x, D - 1)
+    }
+
+    /// burn's `attention` on Q, K, V views of `qkv` (what `vit::Attention` did before the kernels).
+    pub fn qkv_attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
+        let [b, n, d3] = qkv.dims();
+        let d = d3 / 3;
+        let qkv = qkv
+            .reshape([b, n, 3, heads, d / heads])
+            .permute([2, 0, 3, 1, 4]);
+        let q = qkv.clone().slice(0..1).squeeze_dim::<4>(0);
+        let k = qkv.clone().slice(1..2).squeeze_dim::<4>(0);
+        let v = qkv.slice(2..3).squeeze_dim::<4>(0);
+        let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
+        out.swap_dims(1, 2).reshape([b, n, d])
+    }
+}

@@ -1,0 +1,311 @@
+//! The fused CPU kernels against burn's own (unfused, differentiable) ops: forward outputs and the
+//! gradients of every input, in f32, relative error ‖Δ‖∞ / ‖ref‖∞ ≤ 1e-4. Shapes are small and
+//! deliberately not multiples of the vector width or the attention tiles.
+
+use burn::module::Param;
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use webssl_models::config::{Ffn, VitConfig};
+use webssl_models::kernels::{self, AttnShape, fused, raw, reference};
+use webssl_models::{Flavour, PosInterp, Vit};
+
+const TOL: f32 = 1e-4;
+
+fn ad() -> Device {
+    Device::flex().autodiff()
+}
+
+fn rand<const D: usize>(shape: [usize; D], std: f64, device: &Device) -> Tensor<D> {
+    Tensor::random(shape, Distribution::Normal(0.0, std), device)
+}
+
+fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().expect("f32 tensor")
+}
+
+/// ‖a − b‖∞ / ‖b‖∞
+fn rel(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-20);
+    let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(diff.is_finite(), "non-finite values");
+    diff / scale
+}
+
+fn check(what: &str, a: Vec<f32>, b: Vec<f32>) {
+    let r = rel(&a, &b);
+    eprintln!("{what}: {r:.2e}");
+    assert!(r <= TOL, "{what}: relative error {r:.3e} > {TOL:e}");
+}
+
+/// Runs `f` (fused) and `g` (reference) on fresh leaf copies of `inputs`, with a loss
+/// `Σ y ∘ w` for a fixed random `w`, and compares the outputs and every input gradient.
+fn grad_check<const D: usize, const E: usize>(
+    what: &str,
+    inputs: Vec<Tensor<D>>,
+    out_shape: [usize; E],
+    f: impl Fn(Vec<Tensor<D>>) -> Tensor<E>,
+    g: impl Fn(Vec<Tensor<D>>) -> Tensor<E>,
+) {
+    let dev = ad();
+    let w = rand(out_shape, 1.0, &dev);
+    let run = |op: &dyn Fn(Vec<Tensor<D>>) -> Tensor<E>| {
+        let leaves: Vec<Tensor<D>> = inputs
+            .iter()
+            .map(|t| Tensor::from_data(t.to_data(), &dev).require_grad())
+            .collect();
+        let y = op(leaves.clone());
+        assert_eq!(y.dims(), out_shape, "{what}: output shape");
+        let grads = (y.clone() * w.clone()).sum().backward();
+        let gs: Vec<Vec<f32>> = leaves
+            .iter()
+            .map(|l| vals(l.grad(&grads).expect("every input gets a gradient")))
+            .collect();
+        (vals(y), gs)
+    };
+    let (yf, gf) = run(&f);
+    let (yr, gr) = run(&g);
+    check(&format!("{what} forward"), yf, yr);
+    for (i, (a, b)) in gf.into_iter().zip(gr).enumerate() {
+        check(&format!("{what} grad of input {i}"), a, b);
+    }
+}
+
+/// Pads 1-D parameters to the common rank of a check (grad_check takes one rank).
+fn as1(t: &Tensor<2>) -> Tensor<1> {
+    t.clone().squeeze_dim(0)
+}
+
+#[test]
+fn layer_norm_matches_burn() {
+    let dev = ad();
+    let (rows, d) = (37, 45);
+    let x = rand([rows, d], 2.0, &dev) + 0.5;
+    let g = rand([1, d], 1.0, &dev) + 1.0;
+    let b = rand([1, d], 1.0, &dev);
+    grad_check(
+        "layer_norm",
+        vec![x, g, b],
+        [rows, d],
+        |v| fused::layer_norm(v[0].clone(), as1(&v[1]), as1(&v[2]), 1e-6),
+        |v| reference::layer_norm(v[0].clone(), as1(&v[1]), as1(&v[2]), 1e-6),
+    );
+}
+
+#[test]
+fn bias_gelu_matches_burn() {
+    let dev = ad();
+    let (rows, d) = (70, 33);
+    grad_check(
+        "bias_gelu",
+        vec![rand([rows, d], 2.0, &dev), rand([1, d], 1.0, &dev)],
+        [rows, d],
+        |v| fused::bias_gelu(v[0].clone(), as1(&v[1])),
+        |v| reference::bias_gelu(v[0].clone(), as1(&v[1])),
+    );
+}
+
+#[test]
+fn bias_swiglu_matches_burn() {
+    let dev = ad();
+    let (b, n, h) = (2, 35, 20);
+    let x = rand([b, n, 2 * h], 2.0, &dev);
+    let bias = rand([1, 1, 2 * h], 1.0, &dev);
+    grad_check(
+        "bias_swiglu",
+        vec![x, bias],
+        [b, n, h],
+        |v| fused::bias_swiglu(v[0].clone(), v[1].clone().reshape([2 * h])),
+        |v| reference::bias_swiglu(v[0].clone(), v[1].clone().reshape([2 * h])),
+    );
+}
+
+#[test]
+fn softmax_matches_burn() {
+    let dev = ad();
+    grad_check(
+        "softmax",
+        vec![rand([3, 67, 29], 3.0, &dev)],
+        [3, 67, 29],
+        |v| fused::softmax(v[0].clone()),
+        |v| reference::softmax(v[0].clone()),
+    );
+}
+
+#[test]
+fn qkv_attention_matches_burn() {
+    let dev = ad();
+    // N = 71 > one 64-row query tile; Dh = 8
+    let (b, n, heads, dh) = (2, 71, 3, 8);
+    grad_check(
+        "qkv_attention",
+        vec![rand([b, n, 3 * heads * dh], 1.5, &dev)],
+        [b, n, heads * dh],
+        |v| fused::qkv_attention(v[0].clone(), heads),
+        |v| reference::qkv_attention(v[0].clone(), heads),
+    );
+}
+
+#[test]
+fn qkv_attention_longer_than_one_kv_tile_matches_burn() {
+    // N > ATTN_BLOCK_KV: the online softmax across key tiles runs through the public op
+    let dev = ad();
+    let n = kernels::ATTN_BLOCK_KV + 9;
+    let (heads, dh) = (1, 4);
+    grad_check(
+        "qkv_attention (2 kv tiles)",
+        vec![rand([1, n, 3 * heads * dh], 1.5, &dev)],
+        [1, n, heads * dh],
+        |v| fused::qkv_attention(v[0].clone(), heads),
+        |v| reference::qkv_attention(v[0].clone(), heads),
+    );
+}
+
+#[test]
+fn attention_tiles_do_not_change_the_result() {
+    // small tiles (5 query rows × 7 keys) exercise the running max / running sum rescaling
+    let s = AttnShape {
+        batch: 2,
+        seq: 23,
+        heads: 2,
+        head_dim: 5,
+    };
+    let d = s.heads * s.head_dim;
+    let len = s.batch * s.seq * 3 * d;
+    let qkv: Vec<f32> = (0..len)
+        .map(|i| (i * 7919 % 1000) as f32 / 250.0 - 2.0)
+        .collect();
+    let dout: Vec<f32> = (0..s.batch * s.seq * d)
+        .map(|i| (i * 104729 % 1000) as f32 / 500.0 - 1.0)
+        .collect();
+    let scale = 1.0 / (s.head_dim as f32).sqrt();
+    let run = |bq: usize, bkv: usize| {
+        let mut out = vec![0f32; s.batch * s.seq * d];
+        let mut lse = vec![0f32; s.batch * s.heads * s.seq];
+        raw::attention_fwd_tiled(&qkv, s, scale, &mut out, &mut lse, bq, bkv);
+        let mut dqkv = vec![0f32; len];
+        raw::attention_bwd_tiled(&qkv, s, scale, &out, &lse, &dout, &mut dqkv, bq, bkv);
+        (out, lse, dqkv)
+    };
+    let (o1, l1, d1) = run(64, 512);
+    let (o2, l2, d2) = run(5, 7);
+    check("tiled out", o2, o1);
+    check("tiled lse", l2, l1);
+    check("tiled dqkv", d2, d1);
+}
+
+#[test]
+fn inference_path_matches_burn() {
+    // plain Flex device (no autodiff): the forward-only impls
+    let dev = Device::flex();
+    let x = rand([5, 40, 2 * 24], 1.0, &dev);
+    let bias = rand([2 * 24], 1.0, &dev);
+    check(
+        "swiglu (flex)",
+        vals(fused::bias_swiglu(x.clone(), bias.clone())),
+        vals(reference::bias_swiglu(x.clone(), bias.clone())),
+    );
+    check(
+        "gelu (flex)",
+        vals(fused::bias_gelu(x.clone(), bias.clone())),
+        vals(reference::bias_gelu(x.clone(), bias.clone())),
+    );
+    let g = rand([48], 1.0, &dev);
+    check(
+        "layer_norm (flex)",
+        vals(fused::layer_norm(x.clone(), g.clone(), bias.clone(), 1e-6)),
+        vals(reference::layer_norm(x.clone(), g, bias, 1e-6)),
+    );
+    let qkv = rand([2, 30, 3 * 4 * 6], 1.0, &dev);
+    check(
+        "attention (flex)",
+        vals(fused::qkv_attention(qkv.clone(), 4)),
+        vals(reference::qkv_attention(qkv, 4)),
+    );
+    // a strided (non-contiguous) input is made contiguous, not misread
+    let xt = rand([48, 5], 1.0, &dev).swap_dims(0, 1);
+    check(
+        "softmax of a transposed view",
+        vals(fused::softmax(xt.clone())),
+        vals(reference::softmax(xt)),
+    );
+}
+
+fn tiny(ffn: Ffn) -> VitConfig {
+    VitConfig {
+        flavour: Flavour::Dinov2,
+        img_size: 42,
+        patch_size: 14,
+        in_chans: 3,
+        embed_dim: 48,
+        depth: 2,
+        num_heads: 3,
+        ffn,
+        mlp_ratio: 4.0,
+        num_register_tokens: 1,
+        layerscale_init: Some(0.5),
+        qkv_bias: true,
+        ln_eps: 1e-6,
+        mask_token: true,
+        pos_interp: PosInterp::Size,
+    }
+}
+
+/// The only test that flips the process-wide switch (tests in this binary run concurrently; the
+/// others call `fused::` / `reference::` directly).
+#[test]
+fn vit_forward_and_gradients_match_the_unfused_model() {
+    let dev = ad();
+    for ffn in [Ffn::Gelu, Ffn::Swiglu] {
+        let vit = Vit::new(&tiny(ffn), &dev);
+        let x = rand([2, 3, 42, 42], 1.0, &dev);
+        let run = |on: bool| {
+            kernels::set_enabled(on);
+            let out = vit.forward_features(x.clone(), None);
+            let y = Tensor::cat(vec![out.cls.unsqueeze_dim::<3>(1), out.patches], 1);
+            let loss = (y.clone() * y.clone().sin()).sum();
+            let grads = loss.backward();
+            let b0 = &vit.blocks[0];
+            let b1 = &vit.blocks[1];
+            let p1 = |p: &Param<Tensor<1>>| vals(p.val().grad(&grads).expect("grad"));
+            let p2 = |p: &Param<Tensor<2>>| vals(p.val().grad(&grads).expect("grad"));
+            let ffn_in = b1.mlp.fc1.as_ref().or(b1.mlp.w12.as_ref()).expect("ffn");
+            let named = vec![
+                ("patch_embed.proj.weight", p2(&vit.patch_embed.proj.weight)),
+                (
+                    "cls_token",
+                    vals(vit.cls_token.val().grad(&grads).expect("grad")),
+                ),
+                ("blocks.0.norm1.weight", p1(&b0.norm1.weight)),
+                ("blocks.0.attn.qkv.weight", p2(&b0.attn.qkv.weight)),
+                (
+                    "blocks.0.attn.qkv.bias",
+                    p1(b0.attn.qkv.bias.as_ref().expect("bias")),
+                ),
+                ("blocks.1.norm2.bias", p1(&b1.norm2.bias)),
+                ("blocks.1.mlp.in.weight", p2(&ffn_in.weight)),
+                (
+                    "blocks.1.mlp.in.bias",
+                    p1(ffn_in.bias.as_ref().expect("bias")),
+                ),
+                ("norm.weight", p1(&vit.norm.weight)),
+            ];
+            (vals(y), named)
+        };
+        let (yr, gr) = run(false);
+        let (yf, gf) = run(true);
+        check(&format!("{ffn:?} vit output"), yf, yr);
+        for ((name, a), (_, b)) in gf.into_iter().zip(gr) {
+            check(&format!("{ffn:?} vit grad {name}"), a, b);
+        }
+    }
+}
+
+#[test]
+fn switch_and_device_gate() {
+    let t = Tensor::<2>::from_data(TensorData::new(vec![1f32, 2.0], [1, 2]), &Device::flex());
+    // f64 tensors never take the f32 kernels
+    let t64 = t.clone().cast(burn::tensor::DType::F64);
+    assert!(!kernels::applies(&t64));
+    // (the f32 case depends on the switch, which the ViT test flips concurrently)
+    assert_eq!(t64.dims(), t.dims());
+}
