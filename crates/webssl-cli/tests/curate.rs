@@ -177,3 +177,105 @@ fn bad_chain_names_the_field() {
         "{stderr}"
     );
 }
+
+#[test]
+fn sigkill_then_resume_gives_the_same_manifest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("synth");
+    ok(webssl()
+        .args([
+            "synth",
+            "--samples",
+            "240",
+            "--size",
+            "32",
+            "--shard-size",
+            "80",
+            "--out",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap());
+    let model = tmp.path().join("model");
+    ok(webssl()
+        .args([
+            "model",
+            "init",
+            "--arch",
+            "vit-tiny",
+            "--img-size",
+            "28",
+            "--out",
+        ])
+        .arg(&model)
+        .output()
+        .unwrap());
+    let filter = tmp.path().join("heavy");
+    ok(webssl()
+        .args([
+            "curate",
+            "train-filter",
+            "--label",
+            "heavy",
+            "--max-samples",
+            "60",
+        ])
+        .arg("--model")
+        .arg(&model)
+        .arg("--input")
+        .arg(&data)
+        .arg("--output")
+        .arg(&filter)
+        .output()
+        .unwrap());
+    let chain = tmp.path().join("chain.toml");
+    std::fs::write(
+        &chain,
+        "[chain]\nbatch_size = 8\n[[filter]]\nkind = \"near_dup\"\n[[filter]]\nkind = \"probe\"\nname = \"heavy\"\npath = \"heavy\"\n",
+    )
+    .unwrap();
+    let curate = |out: &Path| {
+        let mut c = webssl();
+        c.args(["curate", "--commit-every", "16", "--threads", "1"])
+            .arg("--input")
+            .arg(&data)
+            .arg("--filters")
+            .arg(&chain)
+            .arg("--output")
+            .arg(out);
+        c
+    };
+    let full = tmp.path().join("full");
+    ok(curate(&full).output().unwrap());
+
+    // Kill -9 once a commit past the start is on disk, then resume.
+    let part = tmp.path().join("part");
+    let mut child = curate(&part)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let state_file = part.join("state.json");
+    let killed = loop {
+        if let Ok(bytes) = std::fs::read(&state_file)
+            && let Ok(s) = serde_json::from_slice::<serde_json::Value>(&bytes)
+            && s["next_index"].as_u64().unwrap_or(0) + s["next_input"].as_u64().unwrap_or(0) > 0
+        {
+            child.kill().unwrap();
+            break true;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    child.wait().unwrap();
+    assert!(killed, "the run finished before it could be killed");
+    assert!(!part.join("summary.json").exists());
+    let stdout = ok(curate(&part).arg("--resume").output().unwrap());
+    assert!(stdout.contains("240 samples"), "{stdout}");
+    assert_eq!(
+        std::fs::read(part.join("manifest.jsonl")).unwrap(),
+        std::fs::read(full.join("manifest.jsonl")).unwrap()
+    );
+}
