@@ -253,7 +253,7 @@ impl LinearProbe {
             std: get("std")?,
         };
         let d = p.weight.len();
-        if p.mean.len() != d || p.std.len() != d || p.std.iter().any(|&s| !(s > 0.0)) {
+        if p.mean.len() != d || p.std.len() != d || p.std.iter().any(|&s| !s.is_finite() || s <= 0.0) {
             return Err(bad(format!(
                 "weight [{d}], mean [{}], std [{}] (std must be > 0)",
                 p.mean.len(),
@@ -819,7 +819,7 @@ pub fn fit_probe(
             "must be in [0, 1)",
         ));
     }
-    if opts.c_values.is_empty() || opts.c_values.iter().any(|&c| !(c > 0.0)) {
+    if opts.c_values.is_empty() || opts.c_values.iter().any(|&c| !c.is_finite() || c <= 0.0) {
         return Err(CurateError::config(
             "--c",
             "c_values",
