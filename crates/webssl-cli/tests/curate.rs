@@ -139,6 +139,20 @@ fn train_filter_then_curate_with_it() {
         manifest
     );
 
+    // A filter retrained in place (another threshold here) is not the filter the output was made
+    // with: the finished output is not silently reused.
+    let toml = std::fs::read_to_string(filter.join("filter.toml")).unwrap();
+    std::fs::write(
+        filter.join("filter.toml"),
+        toml.replace("threshold = 0.5", "threshold = 0.6"),
+    )
+    .unwrap();
+    let o = curate().arg("--resume").output().unwrap();
+    assert!(!o.status.success());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("another filter chain"), "{stderr}");
+    std::fs::write(filter.join("filter.toml"), toml).unwrap();
+
     // The probe on the committed real images (mechanics: it runs and counts every image).
     let stdout = ok(webssl()
         .args([

@@ -19,8 +19,8 @@
 //! replays the committed records into the filters (the dedup seen-sets are rebuilt from the hashes
 //! in the manifest, nothing else is kept), skips the committed samples (read, not decoded) and goes
 //! on. Batches start at the same positions as in an uninterrupted run, so the resumed manifest is
-//! byte-identical. The state records a fingerprint of the chain and the inputs; resuming with
-//! others is refused. A finished output is not redone (only a missing re-shard is done).
+//! byte-identical. The state records a fingerprint of the chain, the inputs and the probe filters'
+//! files; resuming with others (or a filter retrained in place) is refused. A finished output is not redone (only a missing re-shard is done).
 //!
 //! **Re-sharding** is a second streaming pass after the manifest is complete: the inputs are read
 //! again alongside the manifest (each record must match its input and position) and kept samples
@@ -189,10 +189,30 @@ fn input_samples(
     }
 }
 
+/// What a resumed run must share with the interrupted one: the chain, the inputs, and the content
+/// of each probe filter's files (a filter retrained in place would otherwise mix two classifiers
+/// in one manifest). Files that cannot be read hash as absent; loading the filter reports them.
 fn fingerprint(cfg: &ChainConfig, inputs: &[InputSpec]) -> String {
+    let probes: Vec<String> = cfg
+        .filter
+        .iter()
+        .filter_map(|f| match f {
+            crate::config::FilterConfig::Probe(p) => Some(p),
+            _ => None,
+        })
+        .map(|p| {
+            let mut h = Sha256::new();
+            for file in [crate::probe::FILTER_FILE, crate::probe::PROBE_FILE] {
+                h.update(file.as_bytes());
+                h.update(std::fs::read(p.path.join(file)).unwrap_or_default());
+            }
+            h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+        })
+        .collect();
     let json = serde_json::json!({
         "chain": cfg,
         "inputs": inputs.iter().map(|s| input_path(s).display().to_string()).collect::<Vec<_>>(),
+        "probes": probes,
     });
     let digest = Sha256::digest(json.to_string().as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
@@ -300,7 +320,7 @@ pub fn curate_with(
         if s.fingerprint != fp {
             return Err(manifest_err(
                 &state_path,
-                "this output holds a run with another filter chain or other inputs; use a new --output",
+                "this output holds a run with another filter chain, other inputs or other probe filter files; use a new --output",
             ));
         }
         if !s.summary.finished && !opts.resume {
