@@ -55,7 +55,11 @@
 //! ```
 //!
 //! Memory: each reader's shuffle buffer holds up to `shuffle_buffer` raw (encoded) samples, e.g.
-//! 1000 × ~100 kB = 100 MB per logical worker.
+//! 1000 × ~100 kB = 100 MB per logical worker. The per-sample view buffers (~2 MB for a DINO
+//! sample) are pooled and reused, at most `prefetch_samples + batch_size + decode_threads` of them,
+//! since faulting in and zeroing fresh pages for every sample cost more than the colour jitter;
+//! a consumer can also hand a batch back with [`Loader::recycle`] so that the next one is collated
+//! into its buffers.
 //!
 //! Reference: dinov2 `dinov2/data/{collate,loaders}.py`, webdataset's pipeline;
 //! reference/ecosystem-and-style.md P3 (resume), P5 (splitting), P6 (loader wait fraction).
@@ -245,7 +249,9 @@ pub struct ViewGroup {
 /// The per-sample transform: one image in, every view out as CHW `f32`.
 ///
 /// `out` holds one slice per view, groups in order, views within a group in order, each exactly
-/// `shape.len()` long. All randomness must come from `rng` (the sample's own stream).
+/// `shape.len()` long, and must be written in full: the loader reuses these buffers from sample to
+/// sample, so on entry they hold an earlier sample's values. All randomness must come from `rng`
+/// (the sample's own stream).
 pub trait SampleTransform: Send + Sync {
     fn groups(&self) -> &[ViewGroup];
     fn apply(&self, image: &RgbImage, rng: &mut ChaCha8Rng, out: &mut [&mut [f32]]) -> Result<()>;
@@ -645,6 +651,36 @@ struct Prep {
     mae: Option<(usize, f64)>,
     view_lens: Vec<usize>,
     busy_nanos: Arc<AtomicU64>,
+    pool: Arc<BufferPool>,
+}
+
+/// Per-sample view buffers returned by the consumer after collation and handed to the decode
+/// threads again. A DINO sample is ~2 MB of `f32`; allocating it fresh for every sample made the
+/// kernel fault in and zero those pages each time (~15 % of the loader's CPU time, measured).
+struct BufferPool {
+    bufs: std::sync::Mutex<Vec<Vec<f32>>>,
+    /// Buffers kept at most (enough for every sample that can be in flight).
+    cap: usize,
+    len: usize,
+}
+
+impl BufferPool {
+    /// A buffer of `self.len` values (contents unspecified).
+    fn take(&self) -> Vec<f32> {
+        let reused = self.bufs.lock().ok().and_then(|mut b| b.pop());
+        reused.unwrap_or_else(|| vec![0f32; self.len])
+    }
+
+    fn give(&self, buf: Vec<f32>) {
+        if buf.len() != self.len {
+            return;
+        }
+        if let Ok(mut b) = self.bufs.lock()
+            && b.len() < self.cap
+        {
+            b.push(buf);
+        }
+    }
 }
 
 impl Prep {
@@ -674,7 +710,7 @@ impl Prep {
             Err(e) => return skip(e.to_string()),
         };
         let ids = [item.epoch, u64::from(item.addr.shard), item.addr.index];
-        let mut data = vec![0f32; self.view_lens.iter().sum()];
+        let mut data = self.pool.take();
         let mut slices: Vec<&mut [f32]> = Vec::with_capacity(self.view_lens.len());
         let mut rest = data.as_mut_slice();
         for &len in &self.view_lens {
@@ -684,6 +720,7 @@ impl Prep {
         }
         let mut rng = rng_stream(self.seed, "augment", &ids);
         if let Err(e) = self.transform.apply(&image, &mut rng, &mut slices) {
+            self.pool.give(data);
             return skip(format!("transform: {e}"));
         }
         let mae = self
@@ -748,6 +785,9 @@ pub struct Loader {
     threads: Vec<JoinHandle<()>>,
     first_call: Option<Instant>,
     wait: Duration,
+    pool: Arc<BufferPool>,
+    /// Collated view buffers handed back with [`Loader::recycle`], per group.
+    spare_views: Vec<Option<Vec<f32>>>,
 }
 
 impl Loader {
@@ -850,6 +890,16 @@ impl Loader {
             Box::new(move || dispatcher_main(reader_rxs, consumed, ticket_rx, job_tx)),
         )?);
         let (result_tx, result_rx) = unbounded(); // bounded by the tickets
+        let view_lens: Vec<usize> = groups
+            .iter()
+            .flat_map(|g| std::iter::repeat_n(g.shape.len(), g.count))
+            .collect();
+        let pool = Arc::new(BufferPool {
+            bufs: std::sync::Mutex::new(Vec::new()),
+            // In flight at once: the tickets, the batch being collated, one per decode thread.
+            cap: prefetch + cfg.batch_size + cfg.decode_threads.max(1),
+            len: view_lens.iter().sum(),
+        });
         let prep = Arc::new(Prep {
             source: source.clone(),
             transform,
@@ -862,11 +912,9 @@ impl Loader {
                 } => Some((*n_tokens, *mask_ratio)),
                 _ => None,
             },
-            view_lens: groups
-                .iter()
-                .flat_map(|g| std::iter::repeat_n(g.shape.len(), g.count))
-                .collect(),
+            view_lens,
             busy_nanos: busy_nanos.clone(),
+            pool: pool.clone(),
         });
         for t in 0..cfg.decode_threads.max(1) {
             let (jobs, results, prep) = (job_rx.clone(), result_tx.clone(), prep.clone());
@@ -893,7 +941,20 @@ impl Loader {
             threads,
             first_call: None,
             wait: Duration::ZERO,
+            pool,
+            spare_views: Vec::new(),
         })
+    }
+
+    /// Hands a consumed batch back so that the next batch is collated into its view buffers
+    /// instead of fresh ones (optional: call it once the views have been copied out, e.g. into
+    /// tensors). A DINO batch of 32 is 68 MB of views; fresh buffers make the kernel fault in and
+    /// zero every page again. The rest of the batch is dropped.
+    pub fn recycle(&mut self, batch: Batch) {
+        if batch.groups != self.groups {
+            return;
+        }
+        self.spare_views = batch.views.into_iter().map(Some).collect();
     }
 
     /// The sampler this loader follows.
@@ -977,15 +1038,20 @@ impl Loader {
         Ok(batch)
     }
 
-    fn collate(&self, samples: Vec<(EpochAddr, Prepared)>) -> Batch {
+    fn collate(&mut self, samples: Vec<(EpochAddr, Prepared)>) -> Batch {
         let b = samples.len();
         // Row `v·B + i` of a group is view `v` of image `i` (dinov2's view-major stacking). The copy
         // is memory-bound (a B = 64 DINO batch is 136 MB of f32), so rows are copied in parallel.
         let mut views = Vec::with_capacity(self.groups.len());
         let mut group_offset = 0; // of the group's first view within a sample's concatenated data
-        for g in &self.groups {
+        for (gi, g) in self.groups.iter().enumerate() {
             let len = g.shape.len();
-            let mut buf = vec![0f32; g.count * b * len];
+            // Every row is overwritten below, so a recycled buffer of the right size needs no
+            // clearing.
+            let mut buf = match self.spare_views.get_mut(gi).and_then(Option::take) {
+                Some(buf) if buf.len() == g.count * b * len => buf,
+                _ => vec![0f32; g.count * b * len],
+            };
             buf.par_chunks_mut(len.max(1))
                 .enumerate()
                 .for_each(|(row, dst)| {
@@ -1024,15 +1090,24 @@ impl Loader {
             _ => None,
         };
         let (addrs, rest): (Vec<EpochAddr>, Vec<Prepared>) = samples.into_iter().unzip();
+        let mut keys = Vec::with_capacity(b);
+        let mut captions = Vec::with_capacity(b);
+        let mut labels = Vec::with_capacity(b);
+        for p in rest {
+            keys.push(p.key);
+            captions.push(p.caption);
+            labels.push(p.label);
+            self.pool.give(p.data);
+        }
         Batch {
             index: self.batches,
             batch_size: b,
             groups: self.groups.clone(),
             views,
-            keys: rest.iter().map(|p| p.key.clone()).collect(),
+            keys,
             addrs,
-            captions: rest.iter().map(|p| p.caption.clone()).collect(),
-            labels: rest.iter().map(|p| p.label).collect(),
+            captions,
+            labels,
             ibot,
             mae,
         }
@@ -1056,5 +1131,95 @@ impl Drop for Loader {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::augment::DinoAugConfig;
+    use image::ImageEncoder;
+
+    fn png(id: u8, w: u32, h: u32) -> Vec<u8> {
+        let img = RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([id, (x * 7 + y) as u8, (x ^ y) as u8 * 3])
+        });
+        let mut out = Vec::new();
+        image::codecs::png::PngEncoder::new(&mut out)
+            .write_image(img.as_raw(), w, h, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        out
+    }
+
+    /// Reused per-sample buffers (the pool) and recycled batch buffers change nothing: the same
+    /// batches, byte for byte, as a loader whose batches are dropped, with skips in the stream.
+    #[test]
+    fn reused_buffers_give_identical_batches() {
+        let mut members = Vec::new();
+        for id in 0..40u8 {
+            members.push(Ok(RawSample {
+                key: format!("k{id}"),
+                image: Some(png(
+                    id,
+                    30 + u32::from(id % 5) * 7,
+                    24 + u32::from(id % 3) * 9,
+                )),
+                ..RawSample::default()
+            }));
+        }
+        members.insert(
+            7,
+            Ok(RawSample {
+                key: "bad".into(),
+                image: Some(b"not an image".to_vec()),
+                ..RawSample::default()
+            }),
+        );
+        let source = MemorySource {
+            shards: vec![MemoryShard {
+                name: "s0".into(),
+                len: members.len() as u64,
+                members,
+            }],
+        };
+        let aug = DinoAugment::new(DinoAugConfig {
+            global_size: 28,
+            local_size: 14,
+            n_local: 3,
+            ..Default::default()
+        })
+        .unwrap();
+        let transform: Arc<dyn SampleTransform> = Arc::new(DinoViews::new(aug));
+        let start = || {
+            let mut cfg = LoaderConfig::new(4);
+            cfg.decode_threads = 2;
+            cfg.prefetch_samples = 6;
+            let scfg = SamplerConfig {
+                seed: 3,
+                shuffle_buffer: 8,
+                ..SamplerConfig::default()
+            };
+            Loader::new(
+                Arc::new(source.clone()),
+                scfg,
+                transform.clone(),
+                MaskSpec::None,
+                cfg,
+                None,
+            )
+            .unwrap()
+        };
+        let (mut plain, mut reusing) = (start(), start());
+        // 25 batches of 4 = 2.5 epochs: the pool and the recycled buffers are reused many times.
+        for i in 0..25 {
+            let want = plain.next_batch().unwrap();
+            let got = reusing.next_batch().unwrap();
+            assert_eq!(got, want, "batch {i}");
+            reusing.recycle(got);
+        }
+        // The bad member came by in each of the three epochs touched.
+        assert_eq!(reusing.stats().samples_skipped, 3);
+        assert_eq!(plain.stats().samples_skipped, 3);
+        assert!(reusing.pool.bufs.lock().unwrap().len() <= reusing.pool.cap);
     }
 }
