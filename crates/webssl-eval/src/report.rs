@@ -31,7 +31,7 @@
 //!   by default, as the trainer does);
 //! - **samples seen**: `optim.total_samples`, else `optim.total_steps × data.batch_size × world size`
 //!   (`run.world_size` / `distributed.world_size`, default 1): the planned length, not a stopped run's;
-//! - **data**: `data.mix`, else `data.synth.mix`, else the file name of `data.train`.
+//! - **data**: `data.name`, else `data.mix`, else `data.synth.mix`, else the file name of `data.train`.
 //!
 //! # What is written ([`write_report`])
 //!
@@ -425,7 +425,7 @@ fn samples_seen(cfg: &toml::Table) -> Option<u64> {
 }
 
 fn data_mix(cfg: &toml::Table) -> Option<String> {
-    for key in ["data.mix", "data.synth.mix"] {
+    for key in ["data.name", "data.mix", "data.synth.mix"] {
         if let Some(s) = get(cfg, key).and_then(|v| v.as_str()) {
             return Some(s.to_string());
         }

@@ -313,6 +313,10 @@ impl ExperimentConfig {
                     let run_dir = self.dir.join(&name);
                     let mut overrides: Vec<String> = m.set.clone();
                     overrides.extend(s.set.iter().cloned());
+                    if !d.name.is_empty() {
+                        // The report's data column.
+                        overrides.push(format!("data.name={}", toml_string(Path::new(&d.name))));
+                    }
                     overrides.extend(d.set.iter().cloned());
                     overrides.extend(self.set.iter().cloned());
                     overrides.extend(extra.iter().cloned());

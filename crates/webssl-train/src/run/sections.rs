@@ -29,6 +29,9 @@ pub struct DataConfig {
     /// Generate synthetic data into `train` first when it does not exist (the built-in default data).
     #[serde(default)]
     pub synth: Option<SynthSpec>,
+    /// The dataset's name in reports (`webssl report`'s data column; e.g. `full`, `light`, `heavy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl DataConfig {
