@@ -38,6 +38,7 @@ def main():
         if "gflop" in r:
             gflop[key] = r["gflop"]
     peak = max(gemm.values()) if gemm else float("nan")
+    purge = sorted({r.get("mi_purge", "default (not set by this binary)") for r in rows if r["impl"] == "ours"})
     out = []
     out.append(f"## CPU backbone benchmark (`bench/cpu.sh`), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     out.append("")
@@ -51,6 +52,7 @@ def main():
         + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in sorted(gemm.items()))
         + f"; peak used below = {peak:.0f} GFLOP/s."
     )
+    out.append(f"Ours: mimalloc purge_delay {', '.join(purge)} (see `keep_freed_pages` in `cpu_bench.rs`).")
     out.append("")
     out.append(
         "| arch | batch | mode | ours fused img/s | ours unfused img/s | torch img/s | fused/torch | unfused/torch | fused/unfused | fused % peak | unfused % peak | torch % peak | runs |"

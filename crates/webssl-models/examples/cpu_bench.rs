@@ -12,6 +12,7 @@
 //! - `gemm`: a 1024³ f32 matmul (burn-flex's GEMM), the reference for "% of GEMM peak".
 //!
 //! The fused CPU kernels (`webssl_models::kernels`) are used unless `WEBSSL_FUSED_KERNELS=0`.
+//! mimalloc keeps freed pages (see `keep_freed_pages`) unless `WEBSSL_MI_PURGE=default`.
 //! Prints one JSON line: per-iteration seconds, the median, img/s and the FLOPs of one iteration
 //! (forward = 2·MACs of every GEMM incl. attention; a training step counts 3× the forward).
 
@@ -24,6 +25,28 @@ use webssl_models::{Ffn, Vit, VitConfig, presets};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mimalloc returns freed pages to the OS after `purge_delay` (1 s in v3, 10 ms before); a training
+/// step frees and reallocates tens of MiB per op, so every op then page-faults fresh zeroed pages
+/// (`clear_page_erms` was 25–29% of a ViT-S training step in `perf`). `-1` keeps them committed.
+/// An explicit `MIMALLOC_PURGE_DELAY` in the environment wins; `WEBSSL_MI_PURGE=default` leaves
+/// mimalloc's default (to measure the difference). Returns the setting used.
+fn keep_freed_pages() -> &'static str {
+    unsafe extern "C" {
+        fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+    }
+    /// `mi_option_purge_delay` in mimalloc v3's `include/mimalloc.h` (libmimalloc-sys 0.1.49).
+    const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return "env";
+    }
+    if std::env::var("WEBSSL_MI_PURGE").as_deref() == Ok("default") {
+        return "default";
+    }
+    // SAFETY: a plain option store, called before any other thread exists.
+    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    "never"
+}
 
 struct Args {
     arch: String,
@@ -77,6 +100,7 @@ fn median(v: &[f64]) -> f64 {
 }
 
 fn main() -> Result<(), String> {
+    let purge = keep_freed_pages();
     let a = parse()?;
     let cfg = presets::preset(&a.arch).map_err(|e| e.to_string())?;
     let s = cfg.img_size;
@@ -138,11 +162,12 @@ fn main() -> Result<(), String> {
     let times_s: Vec<String> = times.iter().map(|t| format!("{t:.4}")).collect();
     let fused = webssl_models::kernels::enabled();
     println!(
-        "{{\"impl\":\"ours\",\"arch\":\"{}\",\"batch\":{},\"mode\":\"{}\",\"fused\":{},\"times_s\":[{}],\"median_s\":{:.5},\"img_s\":{:.4},\"gflop\":{:.2},\"gflop_s\":{:.2}}}",
+        "{{\"impl\":\"ours\",\"arch\":\"{}\",\"batch\":{},\"mode\":\"{}\",\"fused\":{},\"mi_purge\":\"{}\",\"times_s\":[{}],\"median_s\":{:.5},\"img_s\":{:.4},\"gflop\":{:.2},\"gflop_s\":{:.2}}}",
         a.arch,
         a.batch,
         a.mode,
         fused,
+        purge,
         times_s.join(","),
         med,
         a.batch as f64 / med,
