@@ -39,7 +39,10 @@ use crate::vit::{Attention, Block, LayerNorm, Mlp, PatchEmbed, Vit};
 /// # Panics
 /// If `dim` is odd.
 pub fn sincos_pos_embed_1d(dim: usize, positions: &[f64]) -> Vec<f64> {
-    assert!(dim % 2 == 0, "sin-cos embedding width {dim} is odd");
+    assert!(
+        dim.is_multiple_of(2),
+        "sin-cos embedding width {dim} is odd"
+    );
     let half = dim / 2;
     let omega: Vec<f64> = (0..half)
         .map(|k| 1.0 / 10000f64.powf(k as f64 / half as f64))
@@ -62,7 +65,7 @@ pub fn sincos_pos_embed_1d(dim: usize, positions: &[f64]) -> Vec<f64> {
 /// If `dim` is not a multiple of 4.
 pub fn sincos_pos_embed_2d(dim: usize, grid: usize, cls: bool) -> Vec<f32> {
     assert!(
-        dim % 4 == 0,
+        dim.is_multiple_of(4),
         "2-D sin-cos embedding width {dim} is not a multiple of 4"
     );
     let n = grid * grid;
@@ -159,7 +162,7 @@ impl MaeDecoderConfig {
                 return Err(ModelError::config(field, "must be > 0"));
             }
         }
-        if self.embed_dim % self.num_heads != 0 {
+        if !self.embed_dim.is_multiple_of(self.num_heads) {
             return Err(ModelError::config(
                 "decoder.num_heads",
                 format!(
@@ -168,7 +171,7 @@ impl MaeDecoderConfig {
                 ),
             ));
         }
-        if self.embed_dim % 4 != 0 {
+        if !self.embed_dim.is_multiple_of(4) {
             return Err(ModelError::config(
                 "decoder.embed_dim",
                 format!(
@@ -177,7 +180,7 @@ impl MaeDecoderConfig {
                 ),
             ));
         }
-        if !(self.mlp_ratio > 0.0) {
+        if self.mlp_ratio.is_nan() || self.mlp_ratio <= 0.0 {
             return Err(ModelError::config("decoder.mlp_ratio", "must be > 0"));
         }
         Ok(())

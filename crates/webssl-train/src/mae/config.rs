@@ -167,7 +167,7 @@ impl MaeConfig {
             pos_interp: PosInterp::Size,
         };
         v.validate()?;
-        if v.embed_dim % 4 != 0 {
+        if !v.embed_dim.is_multiple_of(4) {
             return Err(TrainError::config(
                 "model.embed_dim",
                 format!(
@@ -203,7 +203,7 @@ impl MaeConfig {
     pub fn validate(&self) -> Result<()> {
         let preset = webssl_models::presets::preset(&self.model.arch)?;
         let p = self.model.patch_size.unwrap_or(preset.patch_size) as u32;
-        if p == 0 || self.crop.size % p != 0 {
+        if p == 0 || !self.crop.size.is_multiple_of(p) {
             return Err(TrainError::config(
                 "crop.size",
                 format!("{} is not a multiple of the patch size {p}", self.crop.size),
