@@ -56,13 +56,29 @@ def main():
         vals = [r["result"][key] for r in cells.get((side, cores), []) if r["result"].get(key) is not None]
         return statistics.median(vals) if vals else None
 
-    table = ["| cores | webssl img/s | torch img/s | ratio | webssl img per CPU-s | torch img per CPU-s | ratio per CPU-s |",
-             "|---|---|---|---|---|---|---|"]
+    def paired(cores, key):
+        """Per round, webssl / torch of the same round (the two ran back to back, so they shared
+        about the same load); returns the list of ratios."""
+        by_round = {}
+        for side in ("webssl", "torch"):
+            for r in cells.get((side, cores), []):
+                by_round.setdefault(r["round"], {})[side] = r["result"].get(key)
+        return [ratio(v.get("webssl"), v.get("torch")) for _, v in sorted(by_round.items())
+                if ratio(v.get("webssl"), v.get("torch")) is not None]
+
+    table = ["| cores | webssl img/s | torch img/s | ratio | webssl img per CPU-s | torch img per CPU-s | ratio per CPU-s "
+             "| paired ratio per CPU-s (median of rounds) |",
+             "|---|---|---|---|---|---|---|---|"]
+    paired_lines = []
     for cores in (1, 2):
         w, t = med("webssl", cores, "images_per_sec"), med("torch", cores, "images_per_sec")
         wc, tc = med("webssl", cores, "images_per_cpu_sec"), med("torch", cores, "images_per_cpu_sec")
+        pc = paired(cores, "images_per_cpu_sec")
+        pw = paired(cores, "images_per_sec")
         table.append(f"| {cores} | {fmt(w)} | {fmt(t)} | **{fmt(ratio(w, t), 2)}** | {fmt(wc)} | {fmt(tc)} "
-                     f"| **{fmt(ratio(wc, tc), 2)}** |")
+                     f"| **{fmt(ratio(wc, tc), 2)}** | **{fmt(statistics.median(pc) if pc else None, 2)}** |")
+        paired_lines.append(f"- {cores} core(s), per round: per CPU-s " + ", ".join(f"{x:.2f}" for x in pc)
+                            + "; img/s " + ", ".join(f"{x:.2f}" for x in pw))
 
     raw = []
     for (side, cores), rs in sorted(cells.items()):
@@ -95,7 +111,11 @@ besides it) vs torch in one process; "2 cores": webssl `--threads 2` vs a 2-work
 
 {chr(10).join(table)}
 
-Ratios are webssl / torch (> 1: webssl faster). Per run (img/s / images per CPU-second, load at the end of the run):
+Ratios are webssl / torch (> 1: webssl faster); "ratio" columns divide the two medians, the paired
+column is the median over rounds of webssl / torch within a round. Per-round ratios:
+{chr(10).join(paired_lines)}
+
+Per run (img/s / images per CPU-second, load at the end of the run):
 {chr(10).join(raw)}
 """
     print(section)
