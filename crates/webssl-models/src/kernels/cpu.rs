@@ -4,7 +4,11 @@
 //!
 //! Parallelism: rayon over independent rows / (batch, head) pairs, with one scratch buffer per rayon
 //! job (`for_each_init`); the inner loops are written over `chunks_exact(LANES)` with independent
-//! accumulators so that LLVM vectorises them without `-C target-cpu`. Attention's small matrix
+//! accumulators so that LLVM vectorises them without `-C target-cpu`. Known limit: the workspace
+//! builds for generic x86-64, so these loops are vectorised with SSE2 only, while burn-flex's own
+//! elementwise kernels dispatch to AVX-512 at run time. A closure handed to a `#[target_feature]`
+//! wrapper is not inlined into it (checked in the disassembly), so run-time multiversioning needs
+//! the row bodies as `#[inline(always)]` functions called from per-ISA wrappers (to do). Attention's small matrix
 //! products go through the `gemm` crate (the one burn-flex itself uses) single-threaded inside each
 //! job, on strided views of the `qkv` buffer, so Q/K/V are never copied out or transposed.
 
@@ -183,7 +187,10 @@ const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.3, 88.0);
-    let k = (x * std::f32::consts::LOG2_E).round();
+    // round to nearest through the 1.5·2²³ trick: `f32::round` is a libm call (`roundf`, 2% of a
+    // training step in `perf`) unless SSE4.1 is enabled at compile time; this vectorises with SSE2
+    const ROUND: f32 = 12_582_912.0;
+    let k = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
     let r = x - k * 0.693_145_75 - k * 1.428_606_8e-6;
     let mut p = 1.0 / 720.0;
     p = p * r + 1.0 / 120.0;
