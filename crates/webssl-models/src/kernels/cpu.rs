@@ -14,6 +14,51 @@
 
 use rayon::prelude::*;
 
+/// Defines `fn name(args)` whose body is compiled three times — for AVX-512, for AVX2+FMA and for
+/// baseline x86-64 — and picks one at run time. The workspace builds for generic x86-64, where LLVM
+/// vectorises these loops with SSE2 only, while burn-flex's own elementwise kernels dispatch to
+/// AVX-512 (macerator). The body is an `#[inline(always)]` function called from each
+/// `#[target_feature]` wrapper, so it is inlined and vectorised for that ISA (a closure passed to
+/// such a wrapper is not inlined: checked in the disassembly).
+macro_rules! multiversion {
+    (fn $name:ident($($a:ident: $t:ty),* $(,)?) $body:block) => {
+        #[allow(clippy::too_many_arguments)]
+        fn $name($($a: $t),*) {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn body($($a: $t),*) $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn v4($($a: $t),*) {
+                body($($a),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn v3($($a: $t),*) {
+                body($($a),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512dq")
+                {
+                    // SAFETY: the CPU has every feature `v4` is compiled for (checked above).
+                    return unsafe { v4($($a),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: as above, for `v3`.
+                    return unsafe { v3($($a),*) };
+                }
+            }
+            body($($a),*)
+        }
+    };
+}
+
 /// Independent partial sums per reduction: enough for two AVX-512 or four AVX2 registers.
 const LANES: usize = 16;
 /// Rows per rayon job for the row-wise kernels (a few hundred KiB of activations per job).
@@ -89,15 +134,7 @@ pub fn layer_norm_fwd(
         .zip(mean.par_chunks_mut(ROWS_PER_JOB))
         .zip(rstd.par_chunks_mut(ROWS_PER_JOB))
         .for_each(|(((y, x), mean), rstd)| {
-            for (r, (yr, xr)) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)).enumerate() {
-                let mu = sum(xr) / d as f32;
-                let rs = 1.0 / (centered_sq_sum(xr, mu) / d as f32 + eps).sqrt();
-                for j in 0..d {
-                    yr[j] = (xr[j] - mu) * rs * gamma[j] + beta[j];
-                }
-                mean[r] = mu;
-                rstd[r] = rs;
-            }
+            ln_rows(y, x, mean, rstd, gamma, beta, eps, d);
         });
 }
 
@@ -121,24 +158,7 @@ pub fn layer_norm_bwd(
         .zip(mean.par_chunks(ROWS_PER_JOB))
         .zip(rstd.par_chunks(ROWS_PER_JOB))
         .fold(zero, |(mut dg, mut db), ((((dx, x), dy), mean), rstd)| {
-            let mut g = vec![0f32; d];
-            let mut xh = vec![0f32; d];
-            for r in 0..mean.len() {
-                let (xr, dyr) = (&x[r * d..(r + 1) * d], &dy[r * d..(r + 1) * d]);
-                let (mu, rs) = (mean[r], rstd[r]);
-                for j in 0..d {
-                    xh[j] = (xr[j] - mu) * rs;
-                    g[j] = dyr[j] * gamma[j];
-                    dg[j] += dyr[j] * xh[j];
-                    db[j] += dyr[j];
-                }
-                let a = sum(&g) / d as f32;
-                let b = dot(&g, &xh) / d as f32;
-                let dxr = &mut dx[r * d..(r + 1) * d];
-                for j in 0..d {
-                    dxr[j] = rs * (g[j] - a - xh[j] * b);
-                }
-            }
+            ln_bwd_rows(&mut dg, &mut db, dx, x, dy, mean, rstd, gamma, d);
             (dg, db)
         })
         .reduce(zero, |(mut g1, mut b1), (g2, b2)| {
@@ -210,12 +230,7 @@ pub fn bias_gelu_fwd(x: &[f32], bias: &[f32], y: &mut [f32]) {
     y.par_chunks_mut(ROWS_PER_JOB * d)
         .zip(x.par_chunks(ROWS_PER_JOB * d))
         .for_each(|(y, x)| {
-            for (yr, xr) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-                for j in 0..d {
-                    let z = xr[j] + bias[j];
-                    yr[j] = 0.5 * z * (1.0 + erf(z * FRAC_1_SQRT_2));
-                }
-            }
+            gelu_rows(y, x, bias, d);
         });
 }
 
@@ -229,20 +244,7 @@ pub fn bias_gelu_bwd(x: &[f32], bias: &[f32], dy: &[f32], dx: &mut [f32]) -> Vec
         .fold(
             || vec![0f32; d],
             |mut db, ((dx, x), dy)| {
-                for ((dxr, xr), dyr) in dx
-                    .chunks_exact_mut(d)
-                    .zip(x.chunks_exact(d))
-                    .zip(dy.chunks_exact(d))
-                {
-                    for j in 0..d {
-                        let z = xr[j] + bias[j];
-                        let cdf = 0.5 * (1.0 + erf(z * FRAC_1_SQRT_2));
-                        let pdf = FRAC_1_SQRT_2PI * exp(-0.5 * z * z);
-                        let g = dyr[j] * (cdf + z * pdf);
-                        dxr[j] = g;
-                        db[j] += g;
-                    }
-                }
+                gelu_bwd_rows(&mut db, dx, x, dy, bias, d);
                 db
             },
         )
@@ -270,14 +272,7 @@ pub fn bias_swiglu_fwd(x: &[f32], bias: &[f32], y: &mut [f32]) {
     y.par_chunks_mut(ROWS_PER_JOB * h)
         .zip(x.par_chunks(ROWS_PER_JOB * h2))
         .for_each(|(y, x)| {
-            for (yr, xr) in y.chunks_exact_mut(h).zip(x.chunks_exact(h2)) {
-                let (x1, x2) = xr.split_at(h);
-                let (b1, b2) = bias.split_at(h);
-                for j in 0..h {
-                    let z1 = x1[j] + b1[j];
-                    yr[j] = z1 * sigmoid(z1) * (x2[j] + b2[j]);
-                }
-            }
+            swiglu_rows(y, x, bias, h, h2);
         });
 }
 
@@ -293,26 +288,7 @@ pub fn bias_swiglu_bwd(x: &[f32], bias: &[f32], dy: &[f32], dx: &mut [f32]) -> V
         .fold(
             || vec![0f32; h2],
             |mut db, ((dx, x), dy)| {
-                for ((dxr, xr), dyr) in dx
-                    .chunks_exact_mut(h2)
-                    .zip(x.chunks_exact(h2))
-                    .zip(dy.chunks_exact(h))
-                {
-                    let (x1, x2) = xr.split_at(h);
-                    let (d1, d2) = dxr.split_at_mut(h);
-                    let (db1, db2) = db.split_at_mut(h);
-                    for j in 0..h {
-                        let z1 = x1[j] + bias[j];
-                        let z2 = x2[j] + bias[h + j];
-                        let s = sigmoid(z1);
-                        let g1 = dyr[j] * z2 * s * (1.0 + z1 * (1.0 - s));
-                        let g2 = dyr[j] * z1 * s;
-                        d1[j] = g1;
-                        d2[j] = g2;
-                        db1[j] += g1;
-                        db2[j] += g2;
-                    }
-                }
+                swiglu_bwd_rows(&mut db, dx, x, dy, bias, h, h2);
                 db
             },
         )
@@ -328,9 +304,7 @@ pub fn softmax_fwd(x: &[f32], d: usize, y: &mut [f32]) {
     y.par_chunks_mut(ROWS_PER_JOB * d)
         .zip(x.par_chunks(ROWS_PER_JOB * d))
         .for_each(|(y, x)| {
-            for (yr, xr) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-                softmax_row(xr, yr);
-            }
+            softmax_rows(y, x, d);
         });
 }
 
@@ -353,6 +327,130 @@ pub fn softmax_bwd(y: &[f32], dy: &[f32], d: usize, dx: &mut [f32]) {
         .zip(y.par_chunks(ROWS_PER_JOB * d))
         .zip(dy.par_chunks(ROWS_PER_JOB * d))
         .for_each(|((dx, y), dy)| {
+            softmax_bwd_rows(dx, y, dy, d);
+        });
+}
+
+// Row bodies of the kernels above, one multiversioned function each (see `multiversion!`).
+
+multiversion! {
+    fn ln_rows(y: &mut [f32], x: &[f32], mean: &mut [f32], rstd: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32, d: usize) {
+            for (r, (yr, xr)) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)).enumerate() {
+                let mu = sum(xr) / d as f32;
+                let rs = 1.0 / (centered_sq_sum(xr, mu) / d as f32 + eps).sqrt();
+                for j in 0..d {
+                    yr[j] = (xr[j] - mu) * rs * gamma[j] + beta[j];
+                }
+                mean[r] = mu;
+                rstd[r] = rs;
+            }
+        }
+}
+
+multiversion! {
+    fn ln_bwd_rows(dg: &mut [f32], db: &mut [f32], dx: &mut [f32], x: &[f32], dy: &[f32], mean: &[f32], rstd: &[f32], gamma: &[f32], d: usize) {
+            let mut g = vec![0f32; d];
+            let mut xh = vec![0f32; d];
+            for r in 0..mean.len() {
+                let (xr, dyr) = (&x[r * d..(r + 1) * d], &dy[r * d..(r + 1) * d]);
+                let (mu, rs) = (mean[r], rstd[r]);
+                for j in 0..d {
+                    xh[j] = (xr[j] - mu) * rs;
+                    g[j] = dyr[j] * gamma[j];
+                    dg[j] += dyr[j] * xh[j];
+                    db[j] += dyr[j];
+                }
+                let a = sum(&g) / d as f32;
+                let b = dot(&g, &xh) / d as f32;
+                let dxr = &mut dx[r * d..(r + 1) * d];
+                for j in 0..d {
+                    dxr[j] = rs * (g[j] - a - xh[j] * b);
+                }
+            }
+
+}
+}
+
+multiversion! {
+    fn gelu_rows(y: &mut [f32], x: &[f32], bias: &[f32], d: usize) {
+            for (yr, xr) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                for j in 0..d {
+                    let z = xr[j] + bias[j];
+                    yr[j] = 0.5 * z * (1.0 + erf(z * FRAC_1_SQRT_2));
+                }
+            }
+        }
+}
+
+multiversion! {
+    fn gelu_bwd_rows(db: &mut [f32], dx: &mut [f32], x: &[f32], dy: &[f32], bias: &[f32], d: usize) {
+                for ((dxr, xr), dyr) in dx
+                    .chunks_exact_mut(d)
+                    .zip(x.chunks_exact(d))
+                    .zip(dy.chunks_exact(d))
+                {
+                    for j in 0..d {
+                        let z = xr[j] + bias[j];
+                        let cdf = 0.5 * (1.0 + erf(z * FRAC_1_SQRT_2));
+                        let pdf = FRAC_1_SQRT_2PI * exp(-0.5 * z * z);
+                        let g = dyr[j] * (cdf + z * pdf);
+                        dxr[j] = g;
+                        db[j] += g;
+                    }
+                }
+
+}
+}
+
+multiversion! {
+    fn swiglu_rows(y: &mut [f32], x: &[f32], bias: &[f32], h: usize, h2: usize) {
+            for (yr, xr) in y.chunks_exact_mut(h).zip(x.chunks_exact(h2)) {
+                let (x1, x2) = xr.split_at(h);
+                let (b1, b2) = bias.split_at(h);
+                for j in 0..h {
+                    let z1 = x1[j] + b1[j];
+                    yr[j] = z1 * sigmoid(z1) * (x2[j] + b2[j]);
+                }
+            }
+        }
+}
+
+multiversion! {
+    fn swiglu_bwd_rows(db: &mut [f32], dx: &mut [f32], x: &[f32], dy: &[f32], bias: &[f32], h: usize, h2: usize) {
+                for ((dxr, xr), dyr) in dx
+                    .chunks_exact_mut(h2)
+                    .zip(x.chunks_exact(h2))
+                    .zip(dy.chunks_exact(h))
+                {
+                    let (x1, x2) = xr.split_at(h);
+                    let (d1, d2) = dxr.split_at_mut(h);
+                    let (db1, db2) = db.split_at_mut(h);
+                    for j in 0..h {
+                        let z1 = x1[j] + bias[j];
+                        let z2 = x2[j] + bias[h + j];
+                        let s = sigmoid(z1);
+                        let g1 = dyr[j] * z2 * s * (1.0 + z1 * (1.0 - s));
+                        let g2 = dyr[j] * z1 * s;
+                        d1[j] = g1;
+                        d2[j] = g2;
+                        db1[j] += g1;
+                        db2[j] += g2;
+                    }
+                }
+
+}
+}
+
+multiversion! {
+    fn softmax_rows(y: &mut [f32], x: &[f32], d: usize) {
+            for (yr, xr) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                softmax_row(xr, yr);
+            }
+        }
+}
+
+multiversion! {
+    fn softmax_bwd_rows(dx: &mut [f32], y: &[f32], dy: &[f32], d: usize) {
             for ((dxr, yr), dyr) in dx
                 .chunks_exact_mut(d)
                 .zip(y.chunks_exact(d))
@@ -363,7 +461,7 @@ pub fn softmax_bwd(y: &[f32], dy: &[f32], d: usize, dx: &mut [f32]) {
                     dxr[j] = yr[j] * (dyr[j] - s);
                 }
             }
-        });
+        }
 }
 
 // ------------------------------------------------------------------------------------------------
