@@ -474,6 +474,10 @@ fn run_probe(cell: &Cell, probe: &Probe) -> anyhow::Result<()> {
             obj.insert("probe_command".into(), o);
         }
         obj.insert("experiment_cell".into(), cell.name.clone().into());
+        // The report names dense columns `<method>-<task>`; here the probe name alone is the group.
+        if let Some(task) = obj.remove("task") {
+            obj.insert("probe_task".into(), task);
+        }
     }
     write_atomic(&out, serde_json::to_string_pretty(&value)?.as_bytes())?;
     std::fs::remove_file(&partial).ok();
@@ -493,6 +497,7 @@ struct CellRecord {
     steps: Option<u64>,
     samples_seen: Option<u64>,
     data_identity: Option<webssl_train::run::DataIdentity>,
+    /// Wall-clock seconds spent on the cell, all invocations together.
     seconds: f64,
     results: std::collections::BTreeMap<String, serde_json::Value>,
 }
@@ -559,6 +564,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&exp.dir).with_context(|| format!("creating {}", exp.dir.display()))?;
     let device = Device::flex();
+    // Seconds spent on each cell by earlier invocations, so a rerun that skips it keeps the record.
+    let earlier: std::collections::BTreeMap<String, f64> =
+        std::fs::read(exp.dir.join("experiment.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v.get("cells").and_then(|c| c.as_array()).cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|c| {
+                Some((
+                    c.get("name")?.as_str()?.to_string(),
+                    c.get("seconds")?.as_f64()?,
+                ))
+            })
+            .collect();
     let mut records = Vec::new();
     for (i, cell) in cells.iter().enumerate() {
         let started = Instant::now();
@@ -598,12 +618,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 cell.name
             );
         }
-        records.push(record(
-            cell,
-            &exp.probe,
-            action,
-            started.elapsed().as_secs_f64(),
-        )?);
+        let seconds =
+            started.elapsed().as_secs_f64() + earlier.get(&cell.name).copied().unwrap_or(0.0);
+        records.push(record(cell, &exp.probe, action, seconds)?);
     }
     let summary = serde_json::json!({
         "config": args.config.display().to_string(),
