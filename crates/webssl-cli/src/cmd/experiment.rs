@@ -53,11 +53,12 @@ use clap::Parser;
 use serde::{Deserialize, Serialize};
 use webssl_eval::report;
 use webssl_models::checkpoint::export::write_atomic;
-use webssl_train::clip::{self, ClipConfig};
-use webssl_train::dino::{self, DinoConfig};
-use webssl_train::mae::{self, MaeConfig};
+use webssl_train::clip::ClipConfig;
+use webssl_train::dino::DinoConfig;
+use webssl_train::mae::MaeConfig;
+
+use super::pretrain::{Recipe, load_recipe};
 use webssl_train::run::checkpoint::{CheckpointManager, Resume};
-use webssl_train::run::config::load_config;
 use webssl_train::run::sections::SynthSpec;
 use webssl_train::run::{StateMeta, TrainOutcome, ensure_synth};
 
@@ -169,26 +170,21 @@ impl Objective {
         configs_dir: &Path,
         sets: &[String],
     ) -> anyhow::Result<toml::Table> {
-        let resolved = match self {
-            Objective::Dino => {
-                let (cfg, t): (DinoConfig, _) = load_config(Some(file), configs_dir, None, sets)?;
-                cfg.validate()?;
-                t
-            }
-            Objective::Mae => {
-                let (cfg, t): (MaeConfig, _) = load_config(Some(file), configs_dir, None, sets)?;
-                cfg.validate()?;
-                t
-            }
-            Objective::Clip => {
-                let (cfg, t): (ClipConfig, _) = load_config(Some(file), configs_dir, None, sets)?;
-                cfg.validate()?;
-                t
-            }
-        };
-        Ok(resolved)
+        fn resolve<C: Recipe>(
+            f: &Path,
+            dir: &Path,
+            sets: &[String],
+        ) -> anyhow::Result<toml::Table> {
+            Ok(load_recipe::<C>(Some(f), dir, None, sets)?.1)
+        }
+        match self {
+            Objective::Dino => resolve::<DinoConfig>(file, configs_dir, sets),
+            Objective::Mae => resolve::<MaeConfig>(file, configs_dir, sets),
+            Objective::Clip => resolve::<ClipConfig>(file, configs_dir, sets),
+        }
     }
 
+    /// Trains the cell to the end of its schedule, resuming from its latest checkpoint.
     fn train(
         self,
         file: &Path,
@@ -196,20 +192,20 @@ impl Objective {
         sets: &[String],
         device: &Device,
     ) -> anyhow::Result<TrainOutcome> {
-        Ok(match self {
-            Objective::Dino => {
-                let (cfg, t): (DinoConfig, _) = load_config(Some(file), configs_dir, None, sets)?;
-                dino::train(&cfg, &t, Resume::Auto, device, None)?
-            }
-            Objective::Mae => {
-                let (cfg, t): (MaeConfig, _) = load_config(Some(file), configs_dir, None, sets)?;
-                mae::train(&cfg, &t, Resume::Auto, device, None)?
-            }
-            Objective::Clip => {
-                let (cfg, t): (ClipConfig, _) = load_config(Some(file), configs_dir, None, sets)?;
-                clip::train(&cfg, &t, Resume::Auto, device, None)?
-            }
-        })
+        fn train<C: Recipe>(
+            f: &Path,
+            dir: &Path,
+            sets: &[String],
+            device: &Device,
+        ) -> anyhow::Result<TrainOutcome> {
+            let (cfg, resolved) = load_recipe::<C>(Some(f), dir, None, sets)?;
+            Ok(cfg.train(&resolved, Resume::Auto, device, None)?)
+        }
+        match self {
+            Objective::Dino => train::<DinoConfig>(file, configs_dir, sets, device),
+            Objective::Mae => train::<MaeConfig>(file, configs_dir, sets, device),
+            Objective::Clip => train::<ClipConfig>(file, configs_dir, sets, device),
+        }
     }
 }
 

@@ -13,8 +13,11 @@ use webssl_train::dino::{self, DinoConfig};
 use webssl_train::mae::{self, MaeConfig};
 
 use super::embed::{Feature, Options, embed_items};
+use webssl_models::Vit;
+use webssl_train::run::TrainOutcome;
 use webssl_train::run::checkpoint::Resume;
 use webssl_train::run::config::load_config;
+use webssl_train::run::sections::EvalConfig;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -53,154 +56,191 @@ pub struct RunArgs {
 
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Dino(args) => run_dino(args),
-        Command::Clip(args) => run_clip(args),
-        Command::Mae(args) => run_mae(args),
+        Command::Dino(args) => run_recipe::<DinoConfig>(args),
+        Command::Clip(args) => run_recipe::<ClipConfig>(args),
+        Command::Mae(args) => run_recipe::<MaeConfig>(args),
     }
 }
 
-fn run_dino(args: RunArgs) -> anyhow::Result<()> {
-    if args.config.is_none() && args.preset.is_none() {
-        anyhow::bail!(
-            "give --config FILE or --preset NAME (presets: {})",
-            list_presets(&args.configs_dir)
-        );
-    }
-    let (cfg, resolved): (DinoConfig, toml::Table) = load_config(
-        args.config.as_deref(),
-        &args.configs_dir,
-        args.preset.as_deref(),
-        &args.overrides,
-    )?;
-    cfg.validate()?;
-    let text = toml::to_string(&resolved).context("printing the resolved config")?;
-    println!("# resolved config\n{text}");
-    let plan = dino::plan(&cfg, 1)?;
-    println!("{plan}");
-    if args.dry_run {
-        return Ok(());
-    }
-    let resume: Resume = args.resume.parse()?;
-    let device = Device::flex();
-    let outcome = dino::train(&cfg, &resolved, resume, &device, args.stop_after)?;
-    if outcome.steps < cfg.optim.total_steps {
-        println!(
-            "stopped after step {} of {}; run again to resume",
-            outcome.steps, cfg.optim.total_steps
-        );
-        return Ok(());
-    }
-    println!(
-        "teacher backbone exported to {}",
-        outcome.export_dir.display()
-    );
-    if let (Some(train), Some(val)) = (&cfg.eval.knn_train, &cfg.eval.knn_val) {
-        let init = dino::model::DinoModel::new(&cfg.vit()?, &cfg.heads, cfg.seed, &device).backbone;
-        knn_report(
-            cfg.crops.global_size,
-            &cfg.eval,
-            &init,
-            "trained teacher",
-            &outcome.export_dir,
-            &outcome.run_dir,
-            Path::new(train),
-            Path::new(val),
-            &device,
-        )?;
-    }
-    Ok(())
+/// What the CLI needs from a pretraining objective's config: `webssl pretrain <objective>` and the
+/// cells of `webssl experiment` load, plan, train and report every objective the same way.
+pub trait Recipe: serde::de::DeserializeOwned + serde::Serialize {
+    fn validate(&self) -> webssl_train::Result<()>;
+    /// The `--dry-run` text: parameters, batch, lr, memory estimate.
+    fn plan(&self) -> anyhow::Result<String>;
+    fn total_steps(&self) -> u64;
+    fn train(
+        &self,
+        resolved: &toml::Table,
+        resume: Resume,
+        device: &Device,
+        stop_after: Option<u64>,
+    ) -> webssl_train::Result<TrainOutcome>;
+    /// The final message: what was exported where.
+    fn exported(&self, outcome: &TrainOutcome) -> String;
+    /// The `[eval]` section (held-out kNN sets).
+    fn eval(&self) -> &EvalConfig;
+    /// For the init-vs-trained kNN report: the training crop size, the backbone at step 0 and the
+    /// label of the trained row.
+    fn knn_baseline(&self, device: &Device) -> anyhow::Result<(u32, Vit, &'static str)>;
 }
 
-fn run_clip(args: RunArgs) -> anyhow::Result<()> {
-    if args.config.is_none() && args.preset.is_none() {
-        anyhow::bail!(
-            "give --config FILE or --preset NAME (presets: {})",
-            list_presets(&args.configs_dir)
-        );
+impl Recipe for DinoConfig {
+    fn validate(&self) -> webssl_train::Result<()> {
+        DinoConfig::validate(self)
     }
-    let (cfg, resolved): (ClipConfig, toml::Table) = load_config(
-        args.config.as_deref(),
-        &args.configs_dir,
-        args.preset.as_deref(),
-        &args.overrides,
-    )?;
-    cfg.validate()?;
-    let text = toml::to_string(&resolved).context("printing the resolved config")?;
-    println!("# resolved config\n{text}");
-    println!("{}", clip::plan(&cfg, 1)?);
-    if args.dry_run {
-        return Ok(());
+    fn plan(&self) -> anyhow::Result<String> {
+        Ok(dino::plan(self, 1)?.to_string())
     }
-    let resume: Resume = args.resume.parse()?;
-    let device = Device::flex();
-    let outcome = clip::train(&cfg, &resolved, resume, &device, args.stop_after)?;
-    if outcome.steps < cfg.optim.total_steps {
-        println!(
-            "stopped after step {} of {}; run again to resume",
-            outcome.steps, cfg.optim.total_steps
-        );
-        return Ok(());
+    fn total_steps(&self) -> u64 {
+        self.optim.total_steps
     }
-    println!(
-        "image tower exported to {} (full CLIP: {})",
-        outcome.export_dir.display(),
-        outcome.run_dir.join("clip.safetensors").display()
-    );
-    if let (Some(train), Some(val)) = (&cfg.eval.knn_train, &cfg.eval.knn_val) {
-        let init = clip::ClipModel::init_visual(&cfg.vit()?, cfg.seed, &device);
-        knn_report(
-            cfg.image.size,
-            &cfg.eval,
-            &init,
-            "trained (CLIP)",
-            &outcome.export_dir,
-            &outcome.run_dir,
-            Path::new(train),
-            Path::new(val),
-            &device,
-        )?;
+    fn train(
+        &self,
+        resolved: &toml::Table,
+        resume: Resume,
+        device: &Device,
+        stop_after: Option<u64>,
+    ) -> webssl_train::Result<TrainOutcome> {
+        dino::train(self, resolved, resume, device, stop_after)
     }
-    Ok(())
+    fn exported(&self, outcome: &TrainOutcome) -> String {
+        format!(
+            "teacher backbone exported to {}",
+            outcome.export_dir.display()
+        )
+    }
+    fn eval(&self) -> &EvalConfig {
+        &self.eval
+    }
+    fn knn_baseline(&self, device: &Device) -> anyhow::Result<(u32, Vit, &'static str)> {
+        let init =
+            dino::model::DinoModel::new(&self.vit()?, &self.heads, self.seed, device).backbone;
+        Ok((self.crops.global_size, init, "trained teacher"))
+    }
 }
 
-fn run_mae(args: RunArgs) -> anyhow::Result<()> {
-    if args.config.is_none() && args.preset.is_none() {
-        anyhow::bail!(
-            "give --config FILE or --preset NAME (presets: {})",
-            list_presets(&args.configs_dir)
-        );
+impl Recipe for MaeConfig {
+    fn validate(&self) -> webssl_train::Result<()> {
+        MaeConfig::validate(self)
     }
-    let (cfg, resolved): (MaeConfig, toml::Table) = load_config(
-        args.config.as_deref(),
-        &args.configs_dir,
-        args.preset.as_deref(),
-        &args.overrides,
-    )?;
-    cfg.validate()?;
-    let text = toml::to_string(&resolved).context("printing the resolved config")?;
-    println!("# resolved config\n{text}");
-    println!("{}", mae::plan(&cfg, 1)?);
-    if args.dry_run {
-        return Ok(());
+    fn plan(&self) -> anyhow::Result<String> {
+        Ok(mae::plan(self, 1)?.to_string())
     }
-    let resume: Resume = args.resume.parse()?;
-    let device = Device::flex();
-    let outcome = mae::train(&cfg, &resolved, resume, &device, args.stop_after)?;
-    if outcome.steps < cfg.optim.total_steps {
-        println!(
-            "stopped after step {} of {}; run again to resume",
-            outcome.steps, cfg.optim.total_steps
-        );
-        return Ok(());
+    fn total_steps(&self) -> u64 {
+        self.optim.total_steps
     }
-    println!("encoder exported to {}", outcome.export_dir.display());
-    if let (Some(train), Some(val)) = (&cfg.eval.knn_train, &cfg.eval.knn_val) {
-        let init = mae::init_backbone(&cfg, &device)?;
-        knn_report(
-            cfg.crop.size,
-            &cfg.eval,
-            &init,
+    fn train(
+        &self,
+        resolved: &toml::Table,
+        resume: Resume,
+        device: &Device,
+        stop_after: Option<u64>,
+    ) -> webssl_train::Result<TrainOutcome> {
+        mae::train(self, resolved, resume, device, stop_after)
+    }
+    fn exported(&self, outcome: &TrainOutcome) -> String {
+        format!("encoder exported to {}", outcome.export_dir.display())
+    }
+    fn eval(&self) -> &EvalConfig {
+        &self.eval
+    }
+    fn knn_baseline(&self, device: &Device) -> anyhow::Result<(u32, Vit, &'static str)> {
+        Ok((
+            self.crop.size,
+            mae::init_backbone(self, device)?,
             "trained (MAE)",
+        ))
+    }
+}
+
+impl Recipe for ClipConfig {
+    fn validate(&self) -> webssl_train::Result<()> {
+        ClipConfig::validate(self)
+    }
+    fn plan(&self) -> anyhow::Result<String> {
+        Ok(clip::plan(self, 1)?.to_string())
+    }
+    fn total_steps(&self) -> u64 {
+        self.optim.total_steps
+    }
+    fn train(
+        &self,
+        resolved: &toml::Table,
+        resume: Resume,
+        device: &Device,
+        stop_after: Option<u64>,
+    ) -> webssl_train::Result<TrainOutcome> {
+        clip::train(self, resolved, resume, device, stop_after)
+    }
+    fn exported(&self, outcome: &TrainOutcome) -> String {
+        format!(
+            "image tower exported to {} (full CLIP: {})",
+            outcome.export_dir.display(),
+            outcome.run_dir.join("clip.safetensors").display()
+        )
+    }
+    fn eval(&self) -> &EvalConfig {
+        &self.eval
+    }
+    fn knn_baseline(&self, device: &Device) -> anyhow::Result<(u32, Vit, &'static str)> {
+        let init = clip::ClipModel::init_visual(&self.vit()?, self.seed, device);
+        Ok((self.image.size, init, "trained (CLIP)"))
+    }
+}
+
+/// Loads (file or preset, then `--set` overrides) and validates a config; returns it with the
+/// resolved table.
+pub fn load_recipe<C: Recipe>(
+    file: Option<&Path>,
+    configs_dir: &Path,
+    preset: Option<&str>,
+    overrides: &[String],
+) -> anyhow::Result<(C, toml::Table)> {
+    let (cfg, resolved): (C, toml::Table) = load_config(file, configs_dir, preset, overrides)?;
+    cfg.validate()?;
+    Ok((cfg, resolved))
+}
+
+fn run_recipe<C: Recipe>(args: RunArgs) -> anyhow::Result<()> {
+    if args.config.is_none() && args.preset.is_none() {
+        anyhow::bail!(
+            "give --config FILE or --preset NAME (presets: {})",
+            list_presets(&args.configs_dir)
+        );
+    }
+    let (cfg, resolved) = load_recipe::<C>(
+        args.config.as_deref(),
+        &args.configs_dir,
+        args.preset.as_deref(),
+        &args.overrides,
+    )?;
+    let text = toml::to_string(&resolved).context("printing the resolved config")?;
+    println!("# resolved config\n{text}");
+    println!("{}", cfg.plan()?);
+    if args.dry_run {
+        return Ok(());
+    }
+    let resume: Resume = args.resume.parse()?;
+    let device = Device::flex();
+    let outcome = cfg.train(&resolved, resume, &device, args.stop_after)?;
+    if outcome.steps < cfg.total_steps() {
+        println!(
+            "stopped after step {} of {}; run again to resume",
+            outcome.steps,
+            cfg.total_steps()
+        );
+        return Ok(());
+    }
+    println!("{}", cfg.exported(&outcome));
+    let eval = cfg.eval();
+    if let (Some(train), Some(val)) = (&eval.knn_train, &eval.knn_val) {
+        let (size, init, label) = cfg.knn_baseline(&device)?;
+        knn_report(
+            size,
+            eval,
+            &init,
+            label,
             &outcome.export_dir,
             &outcome.run_dir,
             Path::new(train),
@@ -217,8 +257,8 @@ fn run_mae(args: RunArgs) -> anyhow::Result<()> {
 #[allow(clippy::too_many_arguments)]
 fn knn_report(
     size: u32,
-    eval: &webssl_train::run::sections::EvalConfig,
-    init: &webssl_models::Vit,
+    eval: &EvalConfig,
+    init: &Vit,
     trained_label: &str,
     export_dir: &Path,
     run_dir: &Path,
