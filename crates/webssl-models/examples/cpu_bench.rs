@@ -96,7 +96,13 @@ fn forward_flops(cfg: &VitConfig) -> f64 {
 fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
-    s[s.len() / 2]
+    let n = s.len();
+    // the mean of the middle two for an even count, as Python's `statistics.median` (torch side)
+    if n % 2 == 0 {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    } else {
+        s[n / 2]
+    }
 }
 
 fn main() -> Result<(), String> {

@@ -4,11 +4,10 @@
 //!
 //! Parallelism: rayon over independent rows / (batch, head) pairs, with one scratch buffer per rayon
 //! job (`for_each_init`); the inner loops are written over `chunks_exact(LANES)` with independent
-//! accumulators so that LLVM vectorises them without `-C target-cpu`. Known limit: the workspace
-//! builds for generic x86-64, so these loops are vectorised with SSE2 only, while burn-flex's own
-//! elementwise kernels dispatch to AVX-512 at run time. A closure handed to a `#[target_feature]`
-//! wrapper is not inlined into it (checked in the disassembly), so run-time multiversioning needs
-//! the row bodies as `#[inline(always)]` functions called from per-ISA wrappers (to do). Attention's small matrix
+//! accumulators so that LLVM vectorises them; the workspace builds for generic x86-64 (SSE2), so the
+//! row bodies are compiled per ISA and picked at run time (`multiversion!`: AVX-512, AVX2+FMA,
+//! baseline), as burn-flex's own elementwise kernels are. The attention kernel's elementwise parts
+//! (exp of a score tile) are not multiversioned: its time is in the `gemm` calls. Attention's small matrix
 //! products go through the `gemm` crate (the one burn-flex itself uses) single-threaded inside each
 //! job, on strided views of the `qkv` buffer, so Q/K/V are never copied out or transposed.
 
