@@ -126,6 +126,13 @@ fn default_mix() -> String {
 
 /// Creates the built-in synthetic data when a configured path is missing.
 pub fn ensure_synth(path: &Path, spec: Option<&SynthSpec>, split: &str) -> Result<()> {
+    if path.as_os_str().is_empty() {
+        // `--set eval.knn_train=` would otherwise write shards into the working directory.
+        return Err(TrainError::config(
+            split,
+            "the data path is empty; give a directory",
+        ));
+    }
     if path.join(webssl_data::shards::INDEX_FILE).is_file() {
         return Ok(());
     }
