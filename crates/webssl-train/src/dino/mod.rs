@@ -237,6 +237,10 @@ pub fn train(
             &mut drop_rng,
             &ad,
         );
+        // The views are in tensors now: hand the buffers back so the next batch is collated into
+        // them instead of ~68 MB of freshly faulted, zeroed pages (batch 32 at 224/98 px).
+        let batch_size = batch.batch_size;
+        loader.recycle(batch);
         let total_loss = loss
             .total
             .clone()
@@ -307,7 +311,7 @@ pub fn train(
             ibot_head,
         };
         teacher = ema_update(teacher, &student.valid(), mom);
-        images_done += batch.batch_size as u64;
+        images_done += batch_size as u64;
 
         let step_no = it + 1;
         let stats = loader.stats();
@@ -329,7 +333,7 @@ pub fn train(
             ("masked_patches", loss.n_masked as f64),
         ];
         let timing = [
-            ("img_per_s", batch.batch_size as f64 / step_secs),
+            ("img_per_s", batch_size as f64 / step_secs),
             ("loader_wait", stats.wait_fraction()),
             ("samples_skipped", stats.samples_skipped as f64),
         ];
