@@ -98,14 +98,7 @@ pub fn train(
     cfg.validate()?;
     let vit = cfg.vit()?;
     let world_size = 1;
-    let run = RunDir::create(Path::new(&cfg.run.dir))?;
-    let changed = run.write_resolved_config(resolved)?;
-    if !changed.is_empty() {
-        tracing::warn!(
-            "config differs from the one this run dir was started with: {}",
-            changed.join(", ")
-        );
-    }
+    let run = RunDir::start(Path::new(&cfg.run.dir), resolved)?;
     let (shards, data) = cfg.data.open_train()?;
 
     let ad = device.clone().autodiff();
@@ -394,19 +387,7 @@ pub fn train(
     if start_step >= total && !export_dir.join("model.safetensors").is_file() {
         export::export_hf(&teacher.backbone, &export_dir, Some(&preprocessor))?;
     }
-    let stats = loader.stats();
-    if stats.samples_skipped > 0 {
-        tracing::warn!(
-            "{} samples skipped; first: {:?}",
-            stats.samples_skipped,
-            stats
-                .skipped
-                .iter()
-                .take(5)
-                .map(|s| &s.what)
-                .collect::<Vec<_>>()
-        );
-    }
+    crate::run::warn_skipped(&loader.stats());
     Ok(TrainOutcome {
         run_dir: run.path.clone(),
         export_dir,

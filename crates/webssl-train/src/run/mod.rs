@@ -99,6 +99,20 @@ impl RunDir {
         }
     }
 
+    /// Opens the run dir for a trainer: [`RunDir::create`], then [`RunDir::write_resolved_config`],
+    /// warning when the config differs from the one the run was started with.
+    pub fn start(path: impl AsRef<Path>, resolved: &toml::Table) -> Result<Self> {
+        let run = Self::create(path)?;
+        let changed = run.write_resolved_config(resolved)?;
+        if !changed.is_empty() {
+            tracing::warn!(
+                "config differs from the one this run dir was started with: {}",
+                changed.join(", ")
+            );
+        }
+        Ok(run)
+    }
+
     /// Writes `config.resolved.toml` atomically. When a previous run left a *different* resolved
     /// config (a resume with changed settings), that file is kept as `config.resolved.<n>.toml`
     /// (n = 1, 2, ...) and the changed keys are returned (`"optim.lr: 0.001 -> 0.002"`), so the
@@ -386,5 +400,21 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
             .collect();
         assert!(leftovers.is_empty());
+    }
+}
+
+/// Ends a run's log with the loader's skipped samples (count and the first few), if any.
+pub fn warn_skipped(stats: &webssl_data::loader::LoaderStats) {
+    if stats.samples_skipped > 0 {
+        tracing::warn!(
+            "{} samples skipped; first: {:?}",
+            stats.samples_skipped,
+            stats
+                .skipped
+                .iter()
+                .take(5)
+                .map(|s| &s.what)
+                .collect::<Vec<_>>()
+        );
     }
 }
