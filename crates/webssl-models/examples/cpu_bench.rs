@@ -98,7 +98,7 @@ fn median(v: &[f64]) -> f64 {
     s.sort_by(f64::total_cmp);
     let n = s.len();
     // the mean of the middle two for an even count, as Python's `statistics.median` (torch side)
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         (s[n / 2 - 1] + s[n / 2]) / 2.0
     } else {
         s[n / 2]

@@ -309,3 +309,74 @@ fn switch_and_device_gate() {
     // (the f32 case depends on the switch, which the ViT test flips concurrently)
     assert_eq!(t64.dims(), t.dims());
 }
+
+/// Student logits and teacher targets for the cross-entropy checks: `rows × k` logits (std 3, plus
+/// a ramp across the row so that later online-softmax chunks raise the running max, or lower it
+/// when `rising` is false) and targets that are softmaxes of other random logits, times `mass`
+/// (a sum of `mass` teacher targets, as `dino_loss` passes).
+fn ce_inputs(rows: usize, k: usize, rising: bool, mass: f64, dev: &Device) -> [Tensor<2>; 2] {
+    let ramp: Vec<f32> = (0..rows * k)
+        .map(|i| {
+            let x = (i % k) as f32 / k as f32 * 4.0;
+            if rising { x } else { -x }
+        })
+        .collect();
+    let s = rand([rows, k], 3.0, dev) + Tensor::from_data(TensorData::new(ramp, [rows, k]), dev);
+    let t = burn::tensor::activation::softmax(rand([rows, k], 2.0, dev) / 0.5, 1) * mass;
+    [s, t]
+}
+
+#[test]
+fn soft_cross_entropy_matches_burn() {
+    let dev = ad();
+    // K = 2500: two full 1024-wide online-softmax chunks and a remainder; τs = 0.1 as DINO
+    for (rows, k, rising, mass) in [
+        (13, 2500, true, 1.0),
+        (5, 2500, false, 2.0),
+        (9, 7, true, 1.0),
+    ] {
+        let [s, t] = ce_inputs(rows, k, rising, mass, &dev);
+        let w = rand([rows], 1.0, &dev);
+        let run = |op: &dyn Fn(Tensor<2>, Tensor<2>) -> Tensor<1>| {
+            let sl = Tensor::<2>::from_data(s.to_data(), &dev).require_grad();
+            // a tracked target: neither path may send it a gradient
+            let tl = Tensor::<2>::from_data(t.to_data(), &dev).require_grad();
+            let y = op(sl.clone(), tl.clone());
+            assert_eq!(y.dims(), [rows]);
+            let grads = (y.clone() * w.clone()).sum().backward();
+            assert!(tl.grad(&grads).is_none(), "the target got a gradient");
+            (vals(y), vals(sl.grad(&grads).expect("logit gradient")))
+        };
+        let (yf, gf) = run(&|s, t| fused::soft_cross_entropy(s, t, 0.1));
+        let (yr, gr) = run(&|s, t| reference::soft_cross_entropy(s, t, 0.1));
+        let what = format!("soft CE {rows}x{k} (rising {rising}, target mass {mass})");
+        check(&format!("{what} forward"), yf, yr);
+        check(&format!("{what} grad of the logits"), gf, gr);
+    }
+    // plain Flex device (forward-only impl) and the switch-gated entry point
+    let fdev = Device::flex();
+    let [s, t] = ce_inputs(4, 1500, true, 1.0, &fdev);
+    let want = vals(reference::soft_cross_entropy(s.clone(), t.clone(), 0.07));
+    check(
+        "soft CE (flex)",
+        vals(fused::soft_cross_entropy(s.clone(), t.clone(), 0.07)),
+        want.clone(),
+    );
+    check(
+        "soft CE (gated)",
+        vals(kernels::soft_cross_entropy(s, t, 0.07)),
+        want,
+    );
+}
+
+#[test]
+fn soft_cross_entropy_of_uniform_logits_is_ln_k() {
+    // constant logits: log_softmax = −ln K whatever the (unit-mass) target
+    let dev = Device::flex();
+    let (rows, k) = (3, 3000);
+    let s = Tensor::<2>::zeros([rows, k], &dev) + 5.0;
+    let t = burn::tensor::activation::softmax(rand([rows, k], 1.0, &dev), 1);
+    for v in vals(fused::soft_cross_entropy(s, t, 0.1)) {
+        assert!((v - (k as f32).ln()).abs() < 1e-4, "{v} vs ln K");
+    }
+}

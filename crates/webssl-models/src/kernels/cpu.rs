@@ -1,6 +1,7 @@
 //! The raw f32 kernels on contiguous row-major slices: LayerNorm, bias + GELU(erf), bias + SwiGLU,
-//! row softmax and multi-head attention straight from a fused `qkv` projection, each with its
-//! backward. No tensor library here: the burn glue is in `ext.rs`.
+//! row softmax, the DINO/iBOT soft cross-entropy over K prototypes and multi-head attention straight
+//! from a fused `qkv` projection, each with its backward. No tensor library here: the burn glue is
+//! in `ext.rs`.
 //!
 //! Parallelism: rayon over independent rows / (batch, head) pairs, with one scratch buffer per rayon
 //! job (`for_each_init`); the inner loops are written over `chunks_exact(LANES)` with independent
@@ -125,7 +126,7 @@ pub fn layer_norm_fwd(
     rstd: &mut [f32],
 ) {
     let d = gamma.len();
-    assert!(d > 0 && x.len() % d == 0 && y.len() == x.len() && beta.len() == d);
+    assert!(d > 0 && x.len().is_multiple_of(d) && y.len() == x.len() && beta.len() == d);
     let rows = x.len() / d;
     assert!(mean.len() == rows && rstd.len() == rows);
     y.par_chunks_mut(ROWS_PER_JOB * d)
@@ -149,7 +150,7 @@ pub fn layer_norm_bwd(
     dx: &mut [f32],
 ) -> (Vec<f32>, Vec<f32>) {
     let d = gamma.len();
-    assert!(d > 0 && x.len() % d == 0 && dy.len() == x.len() && dx.len() == x.len());
+    assert!(d > 0 && x.len().is_multiple_of(d) && dy.len() == x.len() && dx.len() == x.len());
     let zero = || (vec![0f32; d], vec![0f32; d]);
     dx.par_chunks_mut(ROWS_PER_JOB * d)
         .zip(x.par_chunks(ROWS_PER_JOB * d))
@@ -225,7 +226,7 @@ pub fn exp(x: f32) -> f32 {
 /// `y = gelu(x + bias)` over rows of `bias.len()` (exact GELU: `½·z·(1 + erf(z/√2))`).
 pub fn bias_gelu_fwd(x: &[f32], bias: &[f32], y: &mut [f32]) {
     let d = bias.len();
-    assert!(d > 0 && x.len() % d == 0 && y.len() == x.len());
+    assert!(d > 0 && x.len().is_multiple_of(d) && y.len() == x.len());
     y.par_chunks_mut(ROWS_PER_JOB * d)
         .zip(x.par_chunks(ROWS_PER_JOB * d))
         .for_each(|(y, x)| {
@@ -236,7 +237,7 @@ pub fn bias_gelu_fwd(x: &[f32], bias: &[f32], y: &mut [f32]) {
 /// The backward of [`bias_gelu_fwd`]: `dx = dy · (½(1 + erf(z/√2)) + z·φ(z))`, `dbias = Σ_rows dx`.
 pub fn bias_gelu_bwd(x: &[f32], bias: &[f32], dy: &[f32], dx: &mut [f32]) -> Vec<f32> {
     let d = bias.len();
-    assert!(d > 0 && x.len() % d == 0 && dy.len() == x.len() && dx.len() == x.len());
+    assert!(d > 0 && x.len().is_multiple_of(d) && dy.len() == x.len() && dx.len() == x.len());
     dx.par_chunks_mut(ROWS_PER_JOB * d)
         .zip(x.par_chunks(ROWS_PER_JOB * d))
         .zip(dy.par_chunks(ROWS_PER_JOB * d))
@@ -267,7 +268,7 @@ fn sigmoid(z: f32) -> f32 {
 pub fn bias_swiglu_fwd(x: &[f32], bias: &[f32], y: &mut [f32]) {
     let h2 = bias.len();
     let h = h2 / 2;
-    assert!(h2 > 0 && h2 % 2 == 0 && x.len() % h2 == 0 && y.len() == x.len() / 2);
+    assert!(h2 > 0 && h2.is_multiple_of(2) && x.len().is_multiple_of(h2) && y.len() == x.len() / 2);
     y.par_chunks_mut(ROWS_PER_JOB * h)
         .zip(x.par_chunks(ROWS_PER_JOB * h2))
         .for_each(|(y, x)| {
@@ -280,7 +281,7 @@ pub fn bias_swiglu_fwd(x: &[f32], bias: &[f32], y: &mut [f32]) {
 pub fn bias_swiglu_bwd(x: &[f32], bias: &[f32], dy: &[f32], dx: &mut [f32]) -> Vec<f32> {
     let h2 = bias.len();
     let h = h2 / 2;
-    assert!(h2 > 0 && x.len() % h2 == 0 && dx.len() == x.len() && dy.len() == x.len() / 2);
+    assert!(h2 > 0 && x.len().is_multiple_of(h2) && dx.len() == x.len() && dy.len() == x.len() / 2);
     dx.par_chunks_mut(ROWS_PER_JOB * h2)
         .zip(x.par_chunks(ROWS_PER_JOB * h2))
         .zip(dy.par_chunks(ROWS_PER_JOB * h))
@@ -299,7 +300,7 @@ pub fn bias_swiglu_bwd(x: &[f32], bias: &[f32], dy: &[f32], dx: &mut [f32]) -> V
 
 /// `y = softmax(x)` per row (max-subtracted).
 pub fn softmax_fwd(x: &[f32], d: usize, y: &mut [f32]) {
-    assert!(d > 0 && x.len() % d == 0 && y.len() == x.len());
+    assert!(d > 0 && x.len().is_multiple_of(d) && y.len() == x.len());
     y.par_chunks_mut(ROWS_PER_JOB * d)
         .zip(x.par_chunks(ROWS_PER_JOB * d))
         .for_each(|(y, x)| {
@@ -321,7 +322,7 @@ fn softmax_row(x: &[f32], y: &mut [f32]) {
 
 /// The softmax backward from its output: `dx = y · (dy − Σ dy·y)` per row.
 pub fn softmax_bwd(y: &[f32], dy: &[f32], d: usize, dx: &mut [f32]) {
-    assert!(d > 0 && y.len() % d == 0 && dy.len() == y.len() && dx.len() == y.len());
+    assert!(d > 0 && y.len().is_multiple_of(d) && dy.len() == y.len() && dx.len() == y.len());
     dx.par_chunks_mut(ROWS_PER_JOB * d)
         .zip(y.par_chunks(ROWS_PER_JOB * d))
         .zip(dy.par_chunks(ROWS_PER_JOB * d))
@@ -461,6 +462,163 @@ multiversion! {
                 }
             }
         }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Soft cross-entropy over K prototypes: the per-row DINO / iBOT loss.
+
+/// Elements of a row per online-softmax chunk (4 KiB): the chunk is read once for its max and once
+/// more for its exps while it sits in L1, so a K-wide row streams from memory once.
+const CE_CHUNK: usize = 1024;
+/// Elements per rayon job of the row-wise cross-entropy: one row per job for real prototype counts
+/// (K = 65 536–131 072), many short rows per job for small K.
+const CE_JOB_ELEMS: usize = 1 << 16;
+
+fn ce_rows_per_job(k: usize) -> usize {
+    (CE_JOB_ELEMS / k.max(1)).max(1)
+}
+
+#[inline(always)]
+fn max_of(x: &[f32]) -> f32 {
+    // per-lane compare-and-select (not `f32::max`, whose NaN rule blocks vectorisation)
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] = if c[l] > acc[l] { c[l] } else { acc[l] };
+        }
+    }
+    acc.iter()
+        .chain(rest)
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+}
+
+/// `Σ_k t[k] · (s[k]·inv_temp − c)`
+#[inline(always)]
+fn shifted_dot(t: &[f32], s: &[f32], inv_temp: f32, c: f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let ct = t.chunks_exact(LANES);
+    let cs = s.chunks_exact(LANES);
+    let (rt, rs) = (ct.remainder(), cs.remainder());
+    for (x, y) in ct.zip(cs) {
+        for l in 0..LANES {
+            acc[l] += x[l] * (y[l] * inv_temp - c);
+        }
+    }
+    acc.iter().sum::<f32>()
+        + rt.iter()
+            .zip(rs)
+            .map(|(x, y)| x * (y * inv_temp - c))
+            .sum::<f32>()
+}
+
+/// Row-wise soft cross-entropy of `[rows, K]` logits `s` against targets `t`:
+/// `loss[r] = −Σ_k t[r,k] · log_softmax(s[r,·]·inv_temp)[k] = tsum·lse − Σ_k t·z` with
+/// `z = s·inv_temp`, in one sweep over each row (chunked online log-sum-exp: each chunk's max
+/// rescales the running sum once, then its exps, `Σ t·z` and `Σ t` are accumulated); no
+/// log-softmax row is written. `Σ t·z` is taken relative to the first chunk's max `c`
+/// (`tsum·(lse − c) − Σ t·(z − c)`), so the two terms stay near the size of the loss instead of
+/// cancelling at the size of the logits. Writes each row's `lse` and target mass `tsum = Σ_k t`
+/// (not 1 when several teacher targets were summed) for [`soft_ce_bwd`].
+#[allow(clippy::too_many_arguments)]
+pub fn soft_ce_fwd(
+    s: &[f32],
+    t: &[f32],
+    k: usize,
+    inv_temp: f32,
+    loss: &mut [f32],
+    lse: &mut [f32],
+    tsum: &mut [f32],
+) {
+    assert!(k > 0 && s.len().is_multiple_of(k) && t.len() == s.len());
+    let rows = s.len() / k;
+    assert!(loss.len() == rows && lse.len() == rows && tsum.len() == rows);
+    let rj = ce_rows_per_job(k);
+    loss.par_chunks_mut(rj)
+        .zip(lse.par_chunks_mut(rj))
+        .zip(tsum.par_chunks_mut(rj))
+        .zip(s.par_chunks(rj * k).zip(t.par_chunks(rj * k)))
+        .for_each(|(((loss, lse), tsum), (s, t))| {
+            ce_rows(loss, lse, tsum, s, t, k, inv_temp);
+        });
+}
+
+/// The backward of [`soft_ce_fwd`] with respect to the logits (the targets get none):
+/// `ds[r,k] = dloss[r] · inv_temp · (tsum[r] · exp(z[r,k] − lse[r]) − t[r,k])`, the softmax
+/// recomputed from the saved `lse` in the same sweep.
+#[allow(clippy::too_many_arguments)]
+pub fn soft_ce_bwd(
+    s: &[f32],
+    t: &[f32],
+    k: usize,
+    inv_temp: f32,
+    lse: &[f32],
+    tsum: &[f32],
+    dloss: &[f32],
+    ds: &mut [f32],
+) {
+    assert!(k > 0 && s.len().is_multiple_of(k) && t.len() == s.len() && ds.len() == s.len());
+    let rows = s.len() / k;
+    assert!(lse.len() == rows && tsum.len() == rows && dloss.len() == rows);
+    let rj = ce_rows_per_job(k);
+    ds.par_chunks_mut(rj * k)
+        .zip(s.par_chunks(rj * k).zip(t.par_chunks(rj * k)))
+        .zip(lse.par_chunks(rj).zip(tsum.par_chunks(rj)))
+        .zip(dloss.par_chunks(rj))
+        .for_each(|(((ds, (s, t)), (lse, tsum)), dloss)| {
+            ce_bwd_rows(ds, s, t, lse, tsum, dloss, k, inv_temp);
+        });
+}
+
+multiversion! {
+    fn ce_rows(loss: &mut [f32], lse: &mut [f32], tsum: &mut [f32], s: &[f32], t: &[f32], k: usize, inv_temp: f32) {
+        let mut e = [0f32; CE_CHUNK];
+        for (r, (sr, tr)) in s.chunks_exact(k).zip(t.chunks_exact(k)).enumerate() {
+            let (mut m, mut se, mut dt, mut ts) = (f32::NEG_INFINITY, 0f32, 0f32, 0f32);
+            let mut c = 0f32;
+            for (i, (sc, tc)) in sr.chunks(CE_CHUNK).zip(tr.chunks(CE_CHUNK)).enumerate() {
+                // inv_temp > 0, so max(s)·inv_temp = max(z)
+                let cm = max_of(sc) * inv_temp;
+                if i == 0 {
+                    c = cm;
+                }
+                let m_new = if cm > m { cm } else { m };
+                // first chunk: m = −∞ → exp clamps to ~1e-38, times se = 0
+                se *= exp(m - m_new);
+                let n = sc.len();
+                for j in 0..n {
+                    e[j] = exp(sc[j] * inv_temp - m_new);
+                }
+                se += sum(&e[..n]);
+                dt += shifted_dot(tc, sc, inv_temp, c);
+                ts += sum(tc);
+                m = m_new;
+            }
+            let l = m + se.ln();
+            lse[r] = l;
+            tsum[r] = ts;
+            loss[r] = ts * (l - c) - dt;
+        }
+    }
+}
+
+multiversion! {
+    fn ce_bwd_rows(ds: &mut [f32], s: &[f32], t: &[f32], lse: &[f32], tsum: &[f32], dloss: &[f32], k: usize, inv_temp: f32) {
+        for (r, ((dr, sr), tr)) in ds
+            .chunks_exact_mut(k)
+            .zip(s.chunks_exact(k))
+            .zip(t.chunks_exact(k))
+            .enumerate()
+        {
+            let a = dloss[r] * inv_temp;
+            let b = a * tsum[r];
+            let l = lse[r];
+            for j in 0..k {
+                dr[j] = b * exp(sr[j] * inv_temp - l) - a * tr[j];
+            }
+        }
+    }
 }
 
 // ------------------------------------------------------------------------------------------------

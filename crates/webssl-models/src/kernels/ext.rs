@@ -41,6 +41,13 @@ pub trait FusedOps: Backend {
     fn fused_softmax(x: FloatTensor<Self>) -> FloatTensor<Self>;
     /// Multi-head attention from `qkv` `[B, N, 3·D]` to `[B, N, D]` (heads merged).
     fn fused_qkv_attention(qkv: FloatTensor<Self>, heads: usize, scale: f64) -> FloatTensor<Self>;
+    /// Soft cross-entropy per row, `−Σ_k t[k] · log_softmax(s · inv_temp)[k]`, of logits `s`
+    /// `[..., K]` against targets `t` (same shape) → `[...]`. No gradient reaches `t`.
+    fn fused_soft_cross_entropy(
+        s: FloatTensor<Self>,
+        t: FloatTensor<Self>,
+        inv_temp: f64,
+    ) -> FloatTensor<Self>;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -78,7 +85,7 @@ fn last_dim(t: &FlexTensor) -> usize {
 fn attn_shape(qkv: &FlexTensor, heads: usize) -> AttnShape {
     let s = dims(qkv);
     assert!(
-        s.len() == 3 && s[2] % (3 * heads) == 0,
+        s.len() == 3 && s[2].is_multiple_of(3 * heads),
         "qkv {s:?} is not [B, N, 3·D] for {heads} heads"
     );
     AttnShape {
@@ -144,6 +151,35 @@ fn attention_forward(qkv: &FlexTensor, heads: usize, scale: f64) -> (FlexTensor,
     (tensor(out, vec![s.batch, s.seq, s.heads * s.head_dim]), lse)
 }
 
+/// The per-row losses (shape = `s` without its last dimension) and the `(lse, tsum)` rows the
+/// backward needs.
+fn soft_ce_forward(s: &FlexTensor, t: &FlexTensor, inv_temp: f64) -> (FlexTensor, CeStats) {
+    let (sd, td) = (dims(s), dims(t));
+    assert_eq!(
+        sd, td,
+        "soft cross-entropy: logits {sd:?} vs targets {td:?}"
+    );
+    let k = last_dim(s);
+    let rows = data(s).len() / k.max(1);
+    let (mut loss, mut lse, mut tsum) = (vec![0f32; rows], vec![0f32; rows], vec![0f32; rows]);
+    cpu::soft_ce_fwd(
+        data(s),
+        data(t),
+        k,
+        inv_temp as f32,
+        &mut loss,
+        &mut lse,
+        &mut tsum,
+    );
+    (
+        tensor(loss, sd[..sd.len() - 1].to_vec()),
+        Arc::new((lse, tsum)),
+    )
+}
+
+/// Per row: log-sum-exp of the scaled logits and the target mass.
+type CeStats = Arc<(Vec<f32>, Vec<f32>)>;
+
 impl FusedOps for Flex {
     fn fused_layer_norm(
         x: FlexTensor,
@@ -168,6 +204,10 @@ impl FusedOps for Flex {
 
     fn fused_qkv_attention(qkv: FlexTensor, heads: usize, scale: f64) -> FlexTensor {
         attention_forward(&dense(qkv), heads, scale).0
+    }
+
+    fn fused_soft_cross_entropy(s: FlexTensor, t: FlexTensor, inv_temp: f64) -> FlexTensor {
+        soft_ce_forward(&dense(s), &dense(t), inv_temp).0
     }
 }
 
@@ -301,6 +341,41 @@ impl Backward<Flex, 1> for AttentionBackward {
     }
 }
 
+#[derive(Debug)]
+struct SoftCeBackward;
+
+#[derive(Clone, Debug)]
+struct SoftCeState {
+    s: FlexTensor,
+    t: FlexTensor,
+    stats: CeStats,
+    inv_temp: f64,
+}
+
+impl Backward<Flex, 1> for SoftCeBackward {
+    type State = SoftCeState;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [ns] = ops.parents;
+        let dloss = dense(grads.consume::<Flex>(&ops.node));
+        let st = ops.state;
+        if let Some(n) = ns {
+            let mut ds = vec![0f32; data(&st.s).len()];
+            cpu::soft_ce_bwd(
+                data(&st.s),
+                data(&st.t),
+                last_dim(&st.s),
+                st.inv_temp as f32,
+                &st.stats.0,
+                &st.stats.1,
+                data(&dloss),
+                &mut ds,
+            );
+            grads.register::<Flex>(n.id, tensor(ds, dims(&st.s)));
+        }
+    }
+}
+
 impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
     fn fused_layer_norm(
         x: FloatTensor<Self>,
@@ -370,6 +445,32 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
                 prep.finish(state, out)
             }
             OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+
+    fn fused_soft_cross_entropy(
+        s: FloatTensor<Self>,
+        t: FloatTensor<Self>,
+        inv_temp: f64,
+    ) -> FloatTensor<Self> {
+        // Only the logits are a parent: the targets are constants of the loss (teacher output).
+        let prep = SoftCeBackward
+            .prepare::<C>([s.node()])
+            .compute_bound()
+            .stateful();
+        let (sp, tp) = (dense(s.into_primitive()), dense(t.into_primitive()));
+        let (loss, stats) = soft_ce_forward(&sp, &tp, inv_temp);
+        match prep {
+            OpsKind::Tracked(prep) => prep.finish(
+                SoftCeState {
+                    s: sp,
+                    t: tp,
+                    stats,
+                    inv_temp,
+                },
+                loss,
+            ),
+            OpsKind::UnTracked(prep) => prep.finish(loss),
         }
     }
 }

@@ -9,6 +9,10 @@
 //! environment variable `WEBSSL_FUSED_KERNELS` is `0`/`off`/`false` when first consulted, or
 //! [`set_enabled`]`(false)` was called. On any other device (CUDA) the model always uses burn's own
 //! ops. The unfused path stays the reference the gradient tests compare against.
+//!
+//! Ops: LayerNorm, bias + GELU(erf), bias + SwiGLU, softmax, multi-head attention from the fused
+//! `qkv` projection, and the DINO/iBOT soft cross-entropy over K prototypes
+//! ([`soft_cross_entropy`], used by `webssl-train`'s `dino_loss` and `ibot_loss`).
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -46,14 +50,15 @@ pub use ext::FusedOps;
 pub mod raw {
     pub use super::cpu::{
         attention_bwd_tiled, attention_fwd_tiled, bias_gelu_bwd, bias_gelu_fwd, bias_swiglu_bwd,
-        bias_swiglu_fwd, erf, exp, layer_norm_bwd, layer_norm_fwd, softmax_bwd, softmax_fwd,
+        bias_swiglu_fwd, erf, exp, layer_norm_bwd, layer_norm_fwd, soft_ce_bwd, soft_ce_fwd,
+        softmax_bwd, softmax_fwd,
     };
 }
 
 use burn::backend::Dispatch;
 use burn::backend::DispatchDevice;
 use burn::nn::Linear;
-use burn::tensor::activation::{gelu, silu, softmax as burn_softmax};
+use burn::tensor::activation::{gelu, log_softmax, silu, softmax as burn_softmax};
 use burn::tensor::module::{attention, layer_norm as burn_layer_norm, linear};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{DType, Tensor};
@@ -129,6 +134,28 @@ pub fn qkv_attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
     }
 }
 
+/// The DINO / iBOT cross-entropy of each row, `−Σ_k target[k] · log_softmax(student / τs)[k]`
+/// (dinov2 `DINOLoss.forward` / `iBOTPatchLoss.forward_masked` before their mean over rows).
+/// Fused when [`applies`] to the logits and the target is f32 too: one sweep per row with an
+/// online log-sum-exp, no `[rows, K]` log-softmax tensor in the forward nor kept for the backward,
+/// whose hand-written node recomputes the softmax from the saved per-row log-sum-exp. No gradient
+/// reaches `target` on either path (teacher targets are constants of the loss). Targets need not
+/// sum to 1 per row (a sum of teacher targets gives the sum of the cross-entropies).
+///
+/// # Shapes
+/// `student_logits`, `target`: `[rows, K]` → `[rows]`
+pub fn soft_cross_entropy(
+    student_logits: Tensor<2>,
+    target: Tensor<2>,
+    student_temp: f64,
+) -> Tensor<1> {
+    if applies(&student_logits) && target.dtype() == DType::F32 {
+        fused::soft_cross_entropy(student_logits, target, student_temp)
+    } else {
+        reference::soft_cross_entropy(student_logits, target, student_temp)
+    }
+}
+
 /// The fused ops, unconditionally (Flex device, f32; they panic elsewhere).
 pub mod fused {
     use super::*;
@@ -169,10 +196,28 @@ pub mod fused {
         Tensor::from_dispatch(<Dispatch as FusedOps>::fused_softmax(x.into_dispatch()))
     }
 
+    /// # Shapes
+    /// `student_logits`, `target`: `[rows, K]` → `[rows]`
+    pub fn soft_cross_entropy(
+        student_logits: Tensor<2>,
+        target: Tensor<2>,
+        student_temp: f64,
+    ) -> Tensor<1> {
+        assert!(
+            student_temp > 0.0,
+            "student temperature {student_temp} is not > 0"
+        );
+        Tensor::from_dispatch(<Dispatch as FusedOps>::fused_soft_cross_entropy(
+            student_logits.into_dispatch(),
+            target.into_dispatch(),
+            1.0 / student_temp,
+        ))
+    }
+
     pub fn qkv_attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
         let [_, _, d3] = qkv.dims();
         assert!(
-            heads > 0 && d3 % (3 * heads) == 0,
+            heads > 0 && d3.is_multiple_of(3 * heads),
             "qkv width {d3} is not 3·heads·Dh for {heads} heads"
         );
         let scale = 1.0 / ((d3 / (3 * heads)) as f64).sqrt();
@@ -217,6 +262,18 @@ pub mod reference {
 
     pub fn softmax<const D: usize>(x: Tensor<D>) -> Tensor<D> {
         burn_softmax(x, D - 1)
+    }
+
+    /// `−Σ_k target · log_softmax(s / τs)` per row, the target detached (what `dino_loss` /
+    /// `ibot_loss` computed before the fused op).
+    pub fn soft_cross_entropy(
+        student_logits: Tensor<2>,
+        target: Tensor<2>,
+        student_temp: f64,
+    ) -> Tensor<1> {
+        let [rows, _] = student_logits.dims();
+        let lsm = log_softmax(student_logits / student_temp, 1);
+        -(target.detach() * lsm).sum_dim(1).reshape([rows])
     }
 
     /// burn's `attention` on Q, K, V views of `qkv` (what `vit::Attention` did before the kernels).
