@@ -16,9 +16,12 @@
 //! above, so this module takes the teacher targets in natural view order and skips the same-view
 //! pair instead. The `max(·, 1)` is dinov2's (it only matters without local crops: 2 globals give 3).
 //! Deviation: computed in f32 (the reference uses the fp16 logits of its mixed-precision forward).
+//! The per-row cross-entropy is `webssl_models::kernels::soft_cross_entropy`: on the CPU one fused
+//! sweep per row with a hand-written backward (no `[B, K]` log-softmax tensor kept per crop), burn's
+//! `log_softmax` elsewhere or with `WEBSSL_FUSED_KERNELS=0`.
 
 use burn::tensor::Tensor;
-use burn::tensor::activation::log_softmax;
+use webssl_models::kernels::soft_cross_entropy;
 
 use super::f32_of;
 
@@ -85,8 +88,7 @@ pub fn dino_loss_terms(
         } else {
             local_target.clone().expect("locals present")
         };
-        let lsm = log_softmax(f32_of(s.clone()) / student_temp, 1);
-        let ce = -(target * lsm).sum_dim(1).mean();
+        let ce = soft_cross_entropy(f32_of(s.clone()), target, student_temp).mean();
         if i < n_g {
             global = global + ce;
         } else {

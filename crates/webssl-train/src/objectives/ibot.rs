@@ -11,9 +11,11 @@
 //! `n_global_crops` counts every global crop of the batch (2B), masked or not, as the reference's
 //! `student_masks_flat.shape[0]`. The meta-arch multiplies by `loss_scales · ibot_loss_scale = 2 · ½ = 1`,
 //! so this is the value that enters the total loss (dinov2 *displays* it halved).
+//! `ℓ_j` is `webssl_models::kernels::soft_cross_entropy` (negated): fused on the CPU, burn's
+//! `log_softmax` elsewhere or with `WEBSSL_FUSED_KERNELS=0`.
 
 use burn::tensor::Tensor;
-use burn::tensor::activation::log_softmax;
+use webssl_models::kernels::soft_cross_entropy;
 
 use super::f32_of;
 
@@ -52,9 +54,9 @@ pub fn ibot_loss(
     }
     let t = f32_of(teacher_patch_probs.detach());
     let w = f32_of(masks_weight.detach());
-    let lsm = log_softmax(f32_of(student_patch_logits) / student_temp, 1);
-    let per_token = (t * lsm).sum_dim(1).reshape([m]);
-    -(per_token * w).sum() / n_global_crops as f64
+    // per-token cross-entropy −ℓ_j
+    let per_token = soft_cross_entropy(f32_of(student_patch_logits), t, student_temp);
+    (per_token * w).sum() / n_global_crops as f64
 }
 
 #[cfg(test)]
