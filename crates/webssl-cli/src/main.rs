@@ -45,6 +45,8 @@ enum Command {
     Eval(cmd::eval::Command),
     /// Train and evaluate a grid of methods × model sizes × data on the same images, then report.
     Experiment(cmd::experiment::Args),
+    /// Run a webssl command as N data-parallel ranks on this machine (through mpirun).
+    Launch(cmd::launch::Args),
     /// Collect results JSON of run directories into a Markdown table and scaling plots (PNG/SVG/CSV).
     Report(cmd::report::Args),
 }
@@ -87,5 +89,6 @@ fn main() -> anyhow::Result<()> {
         Command::Eval(c) => cmd::eval::run(c),
         Command::Report(args) => cmd::report::run(args),
         Command::Experiment(args) => cmd::experiment::run(args),
+        Command::Launch(args) => cmd::launch::run(args),
     }
 }

@@ -111,6 +111,77 @@ impl ParamGrads {
         t.out
     }
 
+    /// Averages these gradients of `module` over all ranks (DDP/FSDP semantics: every rank then holds
+    /// the gradient of the global-batch mean loss). One host all-reduce over the whole module, laid out
+    /// by the module's parameters so that every rank's buffer matches even where a rank has no
+    /// gradient for a parameter (no masked patch here, say): it contributes zeros, and the parameter
+    /// has a gradient afterwards on every rank iff it had one on some rank — as it would in one process
+    /// over the global batch. Identity at world size 1.
+    pub fn all_reduce_mean<M: Module>(&mut self, module: &M, dist: &crate::dist::Dist) {
+        if dist.world_size() == 1 {
+            return;
+        }
+        struct Params {
+            path: PathStack,
+            out: Vec<(String, Vec<usize>, Device)>,
+        }
+        impl ModuleVisitor for Params {
+            fn enter_module(&mut self, name: &str, container_type: &str) {
+                self.path.enter(name, container_type);
+            }
+            fn exit_module(&mut self, _name: &str, container_type: &str) {
+                self.path.exit(container_type);
+            }
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                if param.is_require_grad() {
+                    let t = param.val();
+                    self.out
+                        .push((self.path.path(), t.dims().to_vec(), t.device().inner()));
+                }
+            }
+        }
+        let mut v = Params {
+            path: PathStack::default(),
+            out: Vec::new(),
+        };
+        module.visit(&mut v);
+        let params = v.out;
+        // [presence flag per parameter | every gradient flattened, zeros where absent]
+        let sizes: Vec<usize> = params.iter().map(|(_, s, _)| s.iter().product()).collect();
+        let mut buf = vec![0f32; params.len() + sizes.iter().sum::<usize>()];
+        let present: Vec<Tensor<1>> = params
+            .iter()
+            .filter_map(|(p, _, _)| self.get(p).cloned())
+            .collect();
+        let mut host = if present.is_empty() {
+            Vec::new()
+        } else {
+            to_vec(Tensor::cat(present, 0))
+        }
+        .into_iter();
+        let mut at = params.len();
+        for (i, ((path, _, _), &n)) in params.iter().zip(&sizes).enumerate() {
+            if self.get(path).is_some() {
+                buf[i] = 1.0;
+                for (dst, src) in buf[at..at + n].iter_mut().zip(host.by_ref()) {
+                    *dst = src;
+                }
+            }
+            at += n;
+        }
+        dist.all_reduce_f32("gradients", &mut buf, crate::dist::ReduceOp::Sum);
+        let w = dist.world_size() as f32;
+        let mut at = params.len();
+        for (i, ((path, shape, device), &n)) in params.into_iter().zip(&sizes).enumerate() {
+            if buf[i] > 0.0 {
+                let g: Vec<f32> = buf[at..at + n].iter().map(|x| x / w).collect();
+                let t = Tensor::<1>::from_data(TensorData::new(g, [n]), &device);
+                self.push(path, shape, t);
+            }
+            at += n;
+        }
+    }
+
     /// Gradients given on the host, e.g. from a reference implementation or a test.
     /// Panics if a value count does not match its shape (a programming error).
     pub fn from_host(items: Vec<(String, Vec<usize>, Vec<f32>)>, device: &Device) -> Self {

@@ -24,6 +24,9 @@ pub enum TrainError {
     /// Optimizer state that does not fit (a missing moment, a wrong shape, a bad step count).
     #[error("optimizer state `{key}`: {reason}")]
     OptimizerState { key: String, reason: String },
+    /// A multi-process job that cannot start or continue (launch environment, collective engine).
+    #[error("distributed: {0}")]
+    Distributed(String),
     #[error(transparent)]
     Model(#[from] webssl_models::ModelError),
     #[error(transparent)]

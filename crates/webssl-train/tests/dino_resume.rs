@@ -6,6 +6,7 @@ use std::path::Path;
 
 use burn::tensor::Device;
 use webssl_train::dino::{self, DinoConfig};
+use webssl_train::dist::Dist;
 use webssl_train::run::checkpoint::Resume;
 use webssl_train::run::config::load_config;
 use webssl_train::run::metrics::read_jsonl;
@@ -70,13 +71,37 @@ fn resume_is_bit_exact_and_training_moves_every_parameter() {
     let device = Device::flex();
 
     let (cfg, resolved) = config(tmp.path(), &data, "straight", &[]);
-    let straight = dino::train(&cfg, &resolved, Resume::Never, &device, None).unwrap();
+    let straight = dino::train(
+        &cfg,
+        &resolved,
+        Resume::Never,
+        &device,
+        None,
+        &Dist::single(),
+    )
+    .unwrap();
     assert_eq!(straight.steps, 8);
 
     let (cfg, resolved) = config(tmp.path(), &data, "interrupted", &[]);
-    let first = dino::train(&cfg, &resolved, Resume::Auto, &device, Some(3)).unwrap();
+    let first = dino::train(
+        &cfg,
+        &resolved,
+        Resume::Auto,
+        &device,
+        Some(3),
+        &Dist::single(),
+    )
+    .unwrap();
     assert_eq!(first.steps, 3);
-    let second = dino::train(&cfg, &resolved, Resume::Auto, &device, None).unwrap();
+    let second = dino::train(
+        &cfg,
+        &resolved,
+        Resume::Auto,
+        &device,
+        None,
+        &Dist::single(),
+    )
+    .unwrap();
     assert_eq!(second.resumed_from, Some(3));
 
     let a = std::fs::read_to_string(straight.run_dir.join("metrics.jsonl")).unwrap();
@@ -124,9 +149,16 @@ fn resume_is_bit_exact_and_training_moves_every_parameter() {
 
     // A different recipe refuses to resume from these checkpoints.
     let (cfg, resolved) = config(tmp.path(), &data, "interrupted", &["optim.lr_per_1024=0.1"]);
-    let err = dino::train(&cfg, &resolved, Resume::Auto, &device, None)
-        .unwrap_err()
-        .to_string();
+    let err = dino::train(
+        &cfg,
+        &resolved,
+        Resume::Auto,
+        &device,
+        None,
+        &Dist::single(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("different recipe"), "{err}");
 }
 
@@ -141,7 +173,15 @@ fn a_diverging_run_stops_with_a_clear_error_and_keeps_its_last_good_checkpoint()
         "diverge",
         &["optim.warmup_steps=0", "optim.total_steps=6"],
     );
-    dino::train(&cfg, &resolved, Resume::Never, &device, Some(2)).unwrap();
+    dino::train(
+        &cfg,
+        &resolved,
+        Resume::Never,
+        &device,
+        Some(2),
+        &Dist::single(),
+    )
+    .unwrap();
     let (cfg, resolved) = config(
         tmp.path(),
         &data,
@@ -155,9 +195,16 @@ fn a_diverging_run_stops_with_a_clear_error_and_keeps_its_last_good_checkpoint()
     );
     // The recipe changed, so resume explicitly from the checkpoint dir is refused too: start fresh
     // into the same run dir instead and let it blow up.
-    let err = dino::train(&cfg, &resolved, Resume::Never, &device, None)
-        .unwrap_err()
-        .to_string();
+    let err = dino::train(
+        &cfg,
+        &resolved,
+        Resume::Never,
+        &device,
+        None,
+        &Dist::single(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("not finite"), "{err}");
     let ckpts = webssl_train::run::CheckpointManager::new(tmp.path().join("diverge"), 2);
     let (step, _) = ckpts

@@ -199,7 +199,9 @@ impl Objective {
             device: &Device,
         ) -> anyhow::Result<TrainOutcome> {
             let (cfg, resolved) = load_recipe::<C>(Some(f), dir, None, sets)?;
-            Ok(cfg.train(&resolved, Resume::Auto, device, None)?)
+            // Cells run one at a time, each in this one process.
+            let dist = webssl_train::dist::Dist::single();
+            Ok(cfg.train(&resolved, Resume::Auto, device, None, &dist)?)
         }
         match self {
             Objective::Dino => train::<DinoConfig>(file, configs_dir, sets, device),

@@ -4,6 +4,7 @@ pub mod curate;
 pub mod embed;
 pub mod eval;
 pub mod experiment;
+pub mod launch;
 pub mod model;
 pub mod pretrain;
 pub mod report;

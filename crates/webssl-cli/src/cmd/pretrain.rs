@@ -10,6 +10,7 @@ use webssl_data::transform::EvalTransform;
 use webssl_models::checkpoint;
 use webssl_train::clip::{self, ClipConfig};
 use webssl_train::dino::{self, DinoConfig};
+use webssl_train::dist::{Dist, LaunchEnv};
 use webssl_train::mae::{self, MaeConfig};
 
 use super::embed::{Feature, Options, embed_items};
@@ -66,15 +67,18 @@ pub fn run(command: Command) -> anyhow::Result<()> {
 /// cells of `webssl experiment` load, plan, train and report every objective the same way.
 pub trait Recipe: serde::de::DeserializeOwned + serde::Serialize {
     fn validate(&self) -> webssl_train::Result<()>;
-    /// The `--dry-run` text: parameters, batch, lr, memory estimate.
-    fn plan(&self) -> anyhow::Result<String>;
+    /// The `--dry-run` text for a run on `world_size` processes: parameters, global batch, lr,
+    /// memory estimate.
+    fn plan(&self, world_size: usize) -> anyhow::Result<String>;
     fn total_steps(&self) -> u64;
+    /// Trains as this process's rank of `dist` (one process: [`Dist::single`]).
     fn train(
         &self,
         resolved: &toml::Table,
         resume: Resume,
         device: &Device,
         stop_after: Option<u64>,
+        dist: &Dist,
     ) -> webssl_train::Result<TrainOutcome>;
     /// The final message: what was exported where.
     fn exported(&self, outcome: &TrainOutcome) -> String;
@@ -89,8 +93,8 @@ impl Recipe for DinoConfig {
     fn validate(&self) -> webssl_train::Result<()> {
         DinoConfig::validate(self)
     }
-    fn plan(&self) -> anyhow::Result<String> {
-        Ok(dino::plan(self, 1)?.to_string())
+    fn plan(&self, world_size: usize) -> anyhow::Result<String> {
+        Ok(dino::plan(self, world_size)?.to_string())
     }
     fn total_steps(&self) -> u64 {
         self.optim.total_steps
@@ -101,8 +105,9 @@ impl Recipe for DinoConfig {
         resume: Resume,
         device: &Device,
         stop_after: Option<u64>,
+        dist: &Dist,
     ) -> webssl_train::Result<TrainOutcome> {
-        dino::train(self, resolved, resume, device, stop_after)
+        dino::train(self, resolved, resume, device, stop_after, dist)
     }
     fn exported(&self, outcome: &TrainOutcome) -> String {
         format!(
@@ -124,8 +129,8 @@ impl Recipe for MaeConfig {
     fn validate(&self) -> webssl_train::Result<()> {
         MaeConfig::validate(self)
     }
-    fn plan(&self) -> anyhow::Result<String> {
-        Ok(mae::plan(self, 1)?.to_string())
+    fn plan(&self, world_size: usize) -> anyhow::Result<String> {
+        Ok(mae::plan(self, world_size)?.to_string())
     }
     fn total_steps(&self) -> u64 {
         self.optim.total_steps
@@ -136,7 +141,9 @@ impl Recipe for MaeConfig {
         resume: Resume,
         device: &Device,
         stop_after: Option<u64>,
+        dist: &Dist,
     ) -> webssl_train::Result<TrainOutcome> {
+        single_process_only("mae", dist)?;
         mae::train(self, resolved, resume, device, stop_after)
     }
     fn exported(&self, outcome: &TrainOutcome) -> String {
@@ -158,8 +165,8 @@ impl Recipe for ClipConfig {
     fn validate(&self) -> webssl_train::Result<()> {
         ClipConfig::validate(self)
     }
-    fn plan(&self) -> anyhow::Result<String> {
-        Ok(clip::plan(self, 1)?.to_string())
+    fn plan(&self, world_size: usize) -> anyhow::Result<String> {
+        Ok(clip::plan(self, world_size)?.to_string())
     }
     fn total_steps(&self) -> u64 {
         self.optim.total_steps
@@ -170,7 +177,9 @@ impl Recipe for ClipConfig {
         resume: Resume,
         device: &Device,
         stop_after: Option<u64>,
+        dist: &Dist,
     ) -> webssl_train::Result<TrainOutcome> {
+        single_process_only("clip", dist)?;
         clip::train(self, resolved, resume, device, stop_after)
     }
     fn exported(&self, outcome: &TrainOutcome) -> String {
@@ -187,6 +196,17 @@ impl Recipe for ClipConfig {
         let init = clip::ClipModel::init_visual(&self.vit()?, self.seed, device);
         Ok((self.image.size, init, "trained (CLIP)"))
     }
+}
+
+/// Refuses a multi-process run for an objective whose trainer is not wired to the collectives yet.
+fn single_process_only(objective: &str, dist: &Dist) -> webssl_train::Result<()> {
+    if dist.world_size() > 1 {
+        return Err(webssl_train::TrainError::Distributed(format!(
+            "`pretrain {objective}` runs on one process for now (world size {} requested)",
+            dist.world_size()
+        )));
+    }
+    Ok(())
 }
 
 /// Loads (file or preset, then `--set` overrides) and validates a config; returns it with the
@@ -215,15 +235,26 @@ fn run_recipe<C: Recipe>(args: RunArgs) -> anyhow::Result<()> {
         args.preset.as_deref(),
         &args.overrides,
     )?;
-    let text = toml::to_string(&resolved).context("printing the resolved config")?;
-    println!("# resolved config\n{text}");
-    println!("{}", cfg.plan()?);
+    // Who this process is (torchrun / Slurm / MPI conventions); only rank 0 prints and reports.
+    let launch = LaunchEnv::from_env()?;
+    if launch.rank == 0 {
+        let text = toml::to_string(&resolved).context("printing the resolved config")?;
+        println!("# resolved config\n{text}");
+        println!("{}", cfg.plan(launch.world_size)?);
+    }
     if args.dry_run {
         return Ok(());
     }
     let resume: Resume = args.resume.parse()?;
     let device = Device::flex();
-    let outcome = cfg.train(&resolved, resume, &device, args.stop_after)?;
+    let dist = Dist::from_env()?;
+    let outcome = match cfg.train(&resolved, resume, &device, args.stop_after, &dist) {
+        Ok(o) => o,
+        Err(e) => dist.fail(e)?,
+    };
+    if !dist.is_main() {
+        return Ok(());
+    }
     if outcome.steps < cfg.total_steps() {
         println!(
             "stopped after step {} of {}; run again to resume",

@@ -345,6 +345,7 @@ pub fn train(
                 recipe: recipe.clone(),
                 data: Some(data.clone()),
                 samples_seen: step_no * (cfg.data.batch_size * world_size) as u64,
+                rank_loaders: Vec::new(),
             };
             let ser = |t: &[(String, Vec<usize>, Vec<f32>)]| tensors_bytes(&ckpts, t);
             ckpts.save(

@@ -19,7 +19,7 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::tensor::Device;
 use webssl_data::augment::{DinoAugConfig, DinoAugment};
-use webssl_data::loader::{DinoViews, Loader, MaskSpec};
+use webssl_data::loader::{Batch, DinoViews, Loader, MaskSpec};
 use webssl_data::masks::{IbotMaskConfig, MaskingGenerator};
 use webssl_data::sampler::rng_stream;
 use webssl_models::checkpoint::{self, export, store::TensorStore};
@@ -30,6 +30,7 @@ pub use config::DinoConfig;
 use model::DinoModel;
 
 use crate::clip_grad::ParamGrads;
+use crate::dist::{Dist, ReduceOp};
 use crate::ema::ema_update;
 use crate::error::{Result, TrainError};
 use crate::objectives::Centering as CenterState;
@@ -94,53 +95,38 @@ pub fn train(
     resume: Resume,
     device: &Device,
     stop_after: Option<u64>,
+    dist: &Dist,
 ) -> Result<TrainOutcome> {
     cfg.validate()?;
     let vit = cfg.vit()?;
-    let world_size = 1;
-    let run = RunDir::start(Path::new(&cfg.run.dir), resolved)?;
-    let (shards, data) = cfg.data.open_train()?;
-
-    let ad = device.clone().autodiff();
-    let mut student = DinoModel::new(&vit, &cfg.heads, cfg.seed, &ad);
-    let mut teacher = student.valid();
-    let mut parts = vec!["backbone", "dino_head"];
-    if cfg.heads.ibot_separate_head {
-        parts.push("ibot_head");
-    }
-    let mut opt = OptimizerSet::new(&parts, cfg.optim.betas, 1e-8);
-    let k_dino = cfg.heads.dino_prototypes;
-    let k_ibot = if cfg.heads.ibot_separate_head {
-        cfg.heads.ibot_prototypes
-    } else {
-        k_dino
-    };
-    let mut centres = (cfg.loss.centering == config::Centering::Centering).then(|| step::Centres {
-        dino: CenterState::new(k_dino, 0.9, device),
-        ibot: CenterState::new(k_ibot, 0.9, device),
-    });
+    let (rank, world_size, main) = (dist.rank(), dist.world_size(), dist.is_main());
     let recipe = recipe_hash(resolved);
+    dist.check_same(
+        "the recipe (config outside [run]/[eval])",
+        recipe.as_bytes(),
+    )?;
+    dist.check_same("the run dir", cfg.run.dir.as_bytes())?;
+    let run = RunDir::start_ranked(Path::new(&cfg.run.dir), resolved, dist)?;
+    let (shards, data) = cfg.data.open_train_ranked(dist)?;
+
+    let mut trainer = DinoTrainer::new(cfg, world_size, device)?;
 
     // ---- resume ----
     let ckpts = CheckpointManager::new(&run.path, cfg.run.keep_last);
     let from = resume.resolve(&ckpts)?.map(|(_, dir)| dir);
+    let chosen = from
+        .as_ref()
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
+    dist.check_same("the checkpoint to resume from", chosen.as_bytes())?;
     let mut start_step = 0;
     let mut loader_cursor = None;
     let mut resumed_from = None;
     if let Some(dir) = &from {
         let meta = StateMeta::load_checked(dir, world_size, &recipe, &data)?;
-        let open = |name: &str| TensorStore::open_file(&dir.join(name)).map_err(TrainError::from);
-        student = checkpoint::assign_named_parameters(student, &open("student.safetensors")?, &ad)?;
-        teacher =
-            checkpoint::assign_named_parameters(teacher, &open("teacher.safetensors")?, device)?;
-        opt.load(&read_all(&open("optim.safetensors")?)?)?;
-        if let Some(c) = centres.as_mut() {
-            let store = open("centres.safetensors")?;
-            c.dino.load(&store, "dino", device)?;
-            c.ibot.load(&store, "ibot", device)?;
-        }
+        trainer = trainer.load(dir)?;
         start_step = meta.step;
-        loader_cursor = Some(meta.loader);
+        loader_cursor = Some(meta.loader_of(rank, dir)?);
         resumed_from = Some(meta.step);
         tracing::info!("resumed from {} (step {})", dir.display(), meta.step);
     }
@@ -166,7 +152,7 @@ pub fn train(
     };
     let mut loader = Loader::new(
         Arc::new(shards),
-        cfg.data.sampler(cfg.seed, 0, world_size),
+        cfg.data.sampler(cfg.seed, rank, world_size),
         Arc::new(DinoViews::new(aug)),
         masks,
         cfg.data.loader(),
@@ -174,31 +160,25 @@ pub fn train(
     )?;
 
     // ---- logging ----
-    let mut metrics = MetricsWriter::open(&run.path, start_step)?;
-    let mut events = if cfg.run.tensorboard {
+    // Rank 0 logs; the others only compute.
+    let mut metrics = main
+        .then(|| MetricsWriter::open(&run.path, start_step))
+        .transpose()?;
+    let mut events = if cfg.run.tensorboard && main {
         Some(EventWriter::create(&run.path.join("events"))?)
     } else {
         None
     };
-    let sched = Schedules::new(cfg, world_size);
-    let depth = vit.depth;
-    let rule_backbone = |name: &str| {
-        dinov2_rule(
-            name,
-            depth,
-            cfg.optim.layerwise_decay,
-            cfg.optim.patch_embed_lr_mult,
-        )
-    };
+    let k_dino = cfg.heads.dino_prototypes;
     let export_dir = run.path.join("export");
     let preprocessor = export::default_preprocessor(vit.img_size);
     let total = cfg.optim.total_steps;
-    let bar = crate::run::progress::Progress::new(start_step, total);
+    let bar = main.then(|| crate::run::progress::Progress::new(start_step, total));
     let started = Instant::now();
     let mut images_done = 0u64;
 
     tracing::info!(
-        "DINOv2: {} ({} params), batch {}, lr {:.3e} (scaled), {} steps, {} global {}px + {} local {}px",
+        "DINOv2: {} ({} params), batch {} × {world_size} process(es), lr {:.3e} (scaled), {} steps, {} global {}px + {} local {}px",
         cfg.model.arch,
         webssl_models::presets::param_count(&vit),
         cfg.data.batch_size,
@@ -214,27 +194,223 @@ pub fn train(
     for it in start_step..end {
         let step_start = Instant::now();
         let batch = loader.next_batch()?;
-        let lr = sched.lr.at(it);
-        let last_lr = sched.last_layer_lr.at(it);
-        let wd = sched.wd.at(it);
-        let mom = sched.momentum.at(it);
-        let tt = sched.teacher_temp.at(it);
-        let mut drop_rng = rng_stream(cfg.seed, "drop_path", &[it]);
-        let loss = step::forward(
-            cfg,
-            &student,
-            &teacher,
-            &batch,
-            tt,
-            &mut centres,
-            &mut drop_rng,
-            &ad,
-        );
+        let batch_size = batch.batch_size;
+        let values;
+        (trainer, values) = trainer.step(it, &batch, dist)?;
         // The views are in tensors now: hand the buffers back so the next batch is collated into
         // them instead of ~68 MB of freshly faulted, zeroed pages (batch 32 at 224/98 px).
-        let batch_size = batch.batch_size;
         loader.recycle(batch);
-        let total_loss = loss
+        let val = |name: &str| {
+            values
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map_or(f64::NAN, |(_, v)| *v)
+        };
+        images_done += (batch_size * world_size) as u64;
+
+        let step_no = it + 1;
+        let stats = loader.stats();
+        let step_secs = step_start.elapsed().as_secs_f64();
+        let timing = [
+            ("img_per_s", (batch_size * world_size) as f64 / step_secs),
+            ("loader_wait", stats.wait_fraction()),
+            ("samples_skipped", stats.samples_skipped as f64),
+        ];
+        crate::run::check_finite(step_no, &values)?;
+        if let Some(m) = metrics.as_mut() {
+            m.write(step_no, &values, &timing)?;
+        }
+        if let Some(ev) = events.as_mut() {
+            for (k, v) in values.iter().chain(timing.iter()) {
+                ev.add_scalar(k, *v as f32, step_no as i64)?;
+            }
+        }
+        if main {
+            collapse_watch(step_no, val("dino_loss"), val("teacher_entropy"), k_dino);
+        }
+        let update = ProgressUpdate {
+            step: step_no,
+            terms: &[
+                ("loss", val("loss")),
+                ("dino", val("dino_loss")),
+                ("ibot", val("ibot_loss")),
+                ("koleo", val("koleo_loss")),
+            ],
+            lr: val("lr"),
+            samples_per_s: images_done as f64 / started.elapsed().as_secs_f64(),
+            loader_img_per_s: None,
+            loader_wait: Some(stats.wait_fraction()),
+        };
+        if let Some(bar) = &bar {
+            bar.update(&update);
+        }
+
+        let last = step_no == total;
+        if last
+            || step_no == end
+            || (cfg.run.checkpoint_every_steps > 0 && step_no % cfg.run.checkpoint_every_steps == 0)
+        {
+            let mut meta = StateMeta {
+                step: step_no,
+                loader: loader.cursor(),
+                world_size,
+                recipe: recipe.clone(),
+                data: Some(data.clone()),
+                samples_seen: step_no * (cfg.data.batch_size * world_size) as u64,
+                rank_loaders: Vec::new(),
+            };
+            meta.gather_loaders(dist)?;
+            if main {
+                trainer.save(&ckpts, step_no, &meta)?;
+            }
+            if let Some(m) = metrics.as_mut() {
+                m.sync()?;
+            }
+            if let Some(ev) = events.as_mut() {
+                ev.flush()?;
+            }
+        }
+        if main
+            && (last
+                || (cfg.run.export_every_steps > 0 && step_no % cfg.run.export_every_steps == 0))
+        {
+            export::export_hf(&trainer.teacher.backbone, &export_dir, Some(&preprocessor))?;
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish();
+    }
+    if main && start_step >= total && !export_dir.join("model.safetensors").is_file() {
+        export::export_hf(&trainer.teacher.backbone, &export_dir, Some(&preprocessor))?;
+    }
+    crate::run::warn_skipped(&loader.stats());
+    Ok(TrainOutcome {
+        run_dir: run.path.clone(),
+        export_dir,
+        steps: end,
+        resumed_from,
+    })
+}
+
+/// The trainable state of a DINOv2 run — student, EMA teacher, optimizer moments, centres — and one
+/// optimizer step on it. [`train`] feeds it from the loader; the multi-process equivalence test feeds
+/// it hand-made batches.
+pub struct DinoTrainer<'c> {
+    cfg: &'c DinoConfig,
+    pub student: DinoModel,
+    pub teacher: DinoModel,
+    opt: OptimizerSet,
+    centres: Option<step::Centres>,
+    sched: Schedules,
+    depth: usize,
+    device: Device,
+    ad: Device,
+}
+
+impl<'c> DinoTrainer<'c> {
+    /// Fresh state (seeded init) for a run on `world_size` processes (the lr scales with it).
+    pub fn new(cfg: &'c DinoConfig, world_size: usize, device: &Device) -> Result<Self> {
+        let vit = cfg.vit()?;
+        let ad = device.clone().autodiff();
+        let student = DinoModel::new(&vit, &cfg.heads, cfg.seed, &ad);
+        let teacher = student.valid();
+        let mut parts = vec!["backbone", "dino_head"];
+        if cfg.heads.ibot_separate_head {
+            parts.push("ibot_head");
+        }
+        let k_dino = cfg.heads.dino_prototypes;
+        let k_ibot = if cfg.heads.ibot_separate_head {
+            cfg.heads.ibot_prototypes
+        } else {
+            k_dino
+        };
+        let centres = (cfg.loss.centering == config::Centering::Centering).then(|| step::Centres {
+            dino: CenterState::new(k_dino, 0.9, device),
+            ibot: CenterState::new(k_ibot, 0.9, device),
+        });
+        Ok(DinoTrainer {
+            cfg,
+            student,
+            teacher,
+            opt: OptimizerSet::new(&parts, cfg.optim.betas, 1e-8),
+            centres,
+            sched: Schedules::new(cfg, world_size),
+            depth: vit.depth,
+            device: device.clone(),
+            ad,
+        })
+    }
+
+    /// Restores student, teacher, optimizer and centres from a checkpoint directory.
+    fn load(mut self, dir: &Path) -> Result<Self> {
+        let open = |name: &str| TensorStore::open_file(&dir.join(name)).map_err(TrainError::from);
+        self.student = checkpoint::assign_named_parameters(
+            self.student,
+            &open("student.safetensors")?,
+            &self.ad,
+        )?;
+        self.teacher = checkpoint::assign_named_parameters(
+            self.teacher,
+            &open("teacher.safetensors")?,
+            &self.device,
+        )?;
+        self.opt.load(&read_all(&open("optim.safetensors")?)?)?;
+        if let Some(c) = self.centres.as_mut() {
+            let store = open("centres.safetensors")?;
+            c.dino.load(&store, "dino", &self.device)?;
+            c.ibot.load(&store, "ibot", &self.device)?;
+        }
+        Ok(self)
+    }
+
+    fn save(&self, ckpts: &CheckpointManager, step: u64, meta: &StateMeta) -> Result<PathBuf> {
+        let ser = |tensors: &[(String, Vec<usize>, Vec<f32>)]| tensors_bytes(ckpts, tensors);
+        let mut files: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "student.safetensors",
+                ser(&checkpoint::named_parameters(&self.student))?,
+            ),
+            (
+                "teacher.safetensors",
+                ser(&checkpoint::named_parameters(&self.teacher))?,
+            ),
+            ("optim.safetensors", ser(&self.opt.state_tensors())?),
+        ];
+        if let Some(c) = &self.centres {
+            let mut t = c.dino.tensors("dino");
+            t.extend(c.ibot.tensors("ibot"));
+            files.push(("centres.safetensors", ser(&t)?));
+        }
+        files.push(("state.json", meta.to_json()));
+        ckpts.save(step, &files)
+    }
+
+    /// One optimizer step at schedule position `it` on this rank's `batch` (§5.4): forward, losses,
+    /// backward, gradients averaged over ranks, per-module clipping, AdamW, EMA. Returns the logged
+    /// values, averaged over ranks (every rank gets the same, so a NaN stops all of them at once).
+    pub fn step(
+        mut self,
+        it: u64,
+        batch: &Batch,
+        dist: &Dist,
+    ) -> Result<(Self, Vec<(&'static str, f64)>)> {
+        let cfg = self.cfg;
+        let sched = &self.sched;
+        let (lr, last_lr, wd) = (sched.lr.at(it), sched.last_layer_lr.at(it), sched.wd.at(it));
+        let (mom, tt) = (sched.momentum.at(it), sched.teacher_temp.at(it));
+        let mut drop_rng = rng_stream(cfg.seed, "drop_path", &[it, dist.rank() as u64]);
+        let loss = step::forward(
+            cfg,
+            &self.student,
+            &self.teacher,
+            batch,
+            tt,
+            &mut self.centres,
+            &mut drop_rng,
+            dist,
+            &self.ad,
+        );
+        let local_total = loss
             .total
             .clone()
             .into_data()
@@ -242,6 +418,19 @@ pub fn train(
             .try_to_vec::<f64>()
             .map(|v| v[0])
             .unwrap_or(f64::NAN);
+        // Logged values and the NaN check are over all ranks (every rank stops together).
+        let mut terms = [
+            local_total,
+            loss.dino,
+            loss.ibot,
+            loss.koleo,
+            loss.teacher_entropy,
+            loss.n_masked as f64,
+        ];
+        dist.all_reduce_f64("loss values", &mut terms, ReduceOp::Sum);
+        let w = dist.world_size() as f64;
+        let [total_loss, dino_l, ibot_l, koleo_l, entropy] = [0, 1, 2, 3, 4].map(|i| terms[i] / w);
+        let n_masked = terms[5];
         if !total_loss.is_finite() {
             return Err(TrainError::NonFinite {
                 step: it,
@@ -250,12 +439,19 @@ pub fn train(
             });
         }
         let grads = loss.total.backward();
+        let student = &self.student;
         let mut g_backbone = ParamGrads::from_module(&student.backbone, &grads);
         let mut g_dino = ParamGrads::from_module(&student.dino_head, &grads);
         let mut g_ibot = student
             .ibot_head
             .as_ref()
             .map(|h| ParamGrads::from_module(h, &grads));
+        // Average over ranks before clipping (FSDP reduces gradients, then dinov2 clips).
+        g_backbone.all_reduce_mean(&student.backbone, dist);
+        g_dino.all_reduce_mean(&student.dino_head, dist);
+        if let (Some(g), Some(h)) = (g_ibot.as_mut(), student.ibot_head.as_ref()) {
+            g.all_reduce_mean(h, dist);
+        }
         let norm_backbone = g_backbone.clip(cfg.optim.clip_grad);
         let norm_dino = g_dino.clip(cfg.optim.clip_grad);
         let norm_ibot = g_ibot.as_mut().map(|g| g.clip(cfg.optim.clip_grad));
@@ -272,6 +468,15 @@ pub fn train(
                 });
             }
         }
+        let depth = self.depth;
+        let rule_backbone = |name: &str| {
+            dinov2_rule(
+                name,
+                depth,
+                cfg.optim.layerwise_decay,
+                cfg.optim.patch_embed_lr_mult,
+            )
+        };
         // Heads: dinov2 calls the rule with depth 0 there ("not a ViT"): multiplier 1.
         let head_rule = |name: &str| {
             let mut rule = dinov2_rule(name, 0, 1.0, 1.0);
@@ -285,7 +490,8 @@ pub fn train(
             backbone,
             dino_head,
             ibot_head,
-        } = student;
+        } = self.student;
+        let opt = &mut self.opt;
         let backbone =
             opt.get("backbone")
                 .step(backbone, &g_backbone, lr, last_lr, wd, &rule_backbone);
@@ -298,132 +504,30 @@ pub fn train(
             }
             (h, _) => h,
         };
-        student = DinoModel {
+        self.student = DinoModel {
             backbone,
             dino_head,
             ibot_head,
         };
-        teacher = ema_update(teacher, &student.valid(), mom);
-        images_done += batch_size as u64;
-
-        let step_no = it + 1;
-        let stats = loader.stats();
-        let step_secs = step_start.elapsed().as_secs_f64();
-        let values: Vec<(&str, f64)> = vec![
+        self.teacher = ema_update(self.teacher, &self.student.valid(), mom);
+        let values = vec![
             ("loss", total_loss),
-            ("dino_loss", loss.dino),
-            ("ibot_loss", loss.ibot),
-            ("koleo_loss", loss.koleo),
+            ("dino_loss", dino_l),
+            ("ibot_loss", ibot_l),
+            ("koleo_loss", koleo_l),
             ("lr", lr),
             ("last_layer_lr", last_lr),
             ("wd", wd),
             ("momentum", mom),
             ("teacher_temp", tt),
-            ("teacher_entropy", loss.teacher_entropy),
+            ("teacher_entropy", entropy),
             ("grad_norm_backbone", norm_backbone),
             ("grad_norm_dino_head", norm_dino),
             ("grad_norm_ibot_head", norm_ibot.unwrap_or(0.0)),
-            ("masked_patches", loss.n_masked as f64),
+            ("masked_patches", n_masked),
         ];
-        let timing = [
-            ("img_per_s", batch_size as f64 / step_secs),
-            ("loader_wait", stats.wait_fraction()),
-            ("samples_skipped", stats.samples_skipped as f64),
-        ];
-        crate::run::check_finite(step_no, &values)?;
-        metrics.write(step_no, &values, &timing)?;
-        if let Some(ev) = events.as_mut() {
-            for (k, v) in values.iter().chain(timing.iter()) {
-                ev.add_scalar(k, *v as f32, step_no as i64)?;
-            }
-        }
-        collapse_watch(step_no, loss.dino, loss.teacher_entropy, k_dino);
-        bar.update(&ProgressUpdate {
-            step: step_no,
-            terms: &[
-                ("loss", total_loss),
-                ("dino", loss.dino),
-                ("ibot", loss.ibot),
-                ("koleo", loss.koleo),
-            ],
-            lr,
-            samples_per_s: images_done as f64 / started.elapsed().as_secs_f64(),
-            loader_img_per_s: None,
-            loader_wait: Some(stats.wait_fraction()),
-        });
-
-        let last = step_no == total;
-        if last
-            || step_no == end
-            || (cfg.run.checkpoint_every_steps > 0 && step_no % cfg.run.checkpoint_every_steps == 0)
-        {
-            let meta = StateMeta {
-                step: step_no,
-                loader: loader.cursor(),
-                world_size,
-                recipe: recipe.clone(),
-                data: Some(data.clone()),
-                samples_seen: step_no * (cfg.data.batch_size * world_size) as u64,
-            };
-            save_checkpoint(
-                &ckpts,
-                step_no,
-                &student,
-                &teacher,
-                &opt,
-                centres.as_ref(),
-                &meta,
-            )?;
-            metrics.sync()?;
-            if let Some(ev) = events.as_mut() {
-                ev.flush()?;
-            }
-        }
-        if last || (cfg.run.export_every_steps > 0 && step_no % cfg.run.export_every_steps == 0) {
-            export::export_hf(&teacher.backbone, &export_dir, Some(&preprocessor))?;
-        }
+        Ok((self, values))
     }
-    bar.finish();
-    if start_step >= total && !export_dir.join("model.safetensors").is_file() {
-        export::export_hf(&teacher.backbone, &export_dir, Some(&preprocessor))?;
-    }
-    crate::run::warn_skipped(&loader.stats());
-    Ok(TrainOutcome {
-        run_dir: run.path.clone(),
-        export_dir,
-        steps: end,
-        resumed_from,
-    })
-}
-
-fn save_checkpoint(
-    ckpts: &CheckpointManager,
-    step: u64,
-    student: &DinoModel,
-    teacher: &DinoModel,
-    opt: &OptimizerSet,
-    centres: Option<&step::Centres>,
-    meta: &StateMeta,
-) -> Result<PathBuf> {
-    let ser = |tensors: &[(String, Vec<usize>, Vec<f32>)]| tensors_bytes(ckpts, tensors);
-    let mut files: Vec<(&str, Vec<u8>)> = vec![
-        (
-            "student.safetensors",
-            ser(&checkpoint::named_parameters(student))?,
-        ),
-        (
-            "teacher.safetensors",
-            ser(&checkpoint::named_parameters(teacher))?,
-        ),
-        ("optim.safetensors", ser(&opt.state_tensors())?),
-    ];
-    if let Some(c) = centres {
-        let mut t = c.dino.tensors("dino");
-        t.extend(c.ibot.tensors("ibot"));
-        files.push(("centres.safetensors", ser(&t)?));
-    }
-    files.push(("state.json", meta.to_json()));
-    ckpts.save(step, &files)
 }
 
 /// Warns on the two collapse signatures of §9.2: uniform (teacher targets at maximal entropy ln K and

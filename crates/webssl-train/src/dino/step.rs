@@ -8,6 +8,7 @@ use webssl_data::loader::Batch;
 
 use super::config::{Centering, DinoConfig};
 use super::model::DinoModel;
+use crate::dist::{Dist, ReduceOp};
 use crate::objectives::{self, Centering as CenterState};
 
 /// Loss terms of one step (the total keeps the autodiff graph).
@@ -63,6 +64,7 @@ pub fn forward(
     teacher_temp: f64,
     centres: &mut Option<Centres>,
     drop_rng: &mut impl Rng,
+    dist: &Dist,
     device: &Device,
 ) -> StepLoss {
     let b = batch.batch_size;
@@ -80,6 +82,11 @@ pub fn forward(
         .expect("the DINO loader draws iBOT masks");
     let n_tokens = ibot.n_tokens;
     let m = ibot.n_masked_patches;
+    // Masked patches over all ranks: iBOT runs (and takes part in the collectives) everywhere when
+    // any rank has one, even on a rank that has none itself.
+    let mut m_all = [m as f64];
+    dist.all_reduce_f64("masked patch count", &mut m_all, ReduceOp::Sum);
+    let ibot_on = m_all[0] > 0.0;
     let mask_idx = |dev: &Device| {
         Tensor::<1, Int>::from_data(TensorData::new(ibot.mask_indices_list.clone(), [m]), dev)
     };
@@ -92,6 +99,7 @@ pub fn forward(
     let t_out = teacher.backbone.forward_features(globals_t, None);
     let d = t_out.cls.dims()[1];
     let t_cls_logits = teacher.dino_head.forward(t_out.cls);
+    let k_dino = t_cls_logits.dims()[1];
     let t_patch_logits = (m > 0).then(|| {
         let patches = t_out
             .patches
@@ -99,19 +107,33 @@ pub fn forward(
             .select(0, mask_idx(&inner));
         teacher.patch_head().forward(patches)
     });
+    let k_ibot = if cfg.heads.ibot_separate_head {
+        cfg.heads.ibot_prototypes
+    } else {
+        k_dino
+    };
     let (t_cls, t_patch) = match (cfg.loss.centering, centres.as_mut()) {
-        (Centering::SinkhornKnopp, _) => (
-            objectives::sinkhorn_knopp(t_cls_logits.clone(), teacher_temp, 3),
-            t_patch_logits.map(|t| objectives::sinkhorn_knopp(t, teacher_temp, 3)),
-        ),
+        (Centering::SinkhornKnopp, _) => {
+            let sk = |t: Option<Tensor<2>>, k: usize| {
+                objectives::sinkhorn_knopp_dist(t, k, teacher_temp, 3, dist, &inner)
+            };
+            let cls = sk(Some(t_cls_logits.clone()), k_dino).expect("local cls logits");
+            let patch = if ibot_on {
+                sk(t_patch_logits, k_ibot)
+            } else {
+                None
+            };
+            (cls, patch)
+        }
         (Centering::Centering, Some(c)) => {
             let cls = c.dino.softmax_centered(t_cls_logits.clone(), teacher_temp);
-            let patch = t_patch_logits.map(|t| {
-                let p = c.ibot.softmax_centered(t.clone(), teacher_temp);
-                c.ibot.update(t);
-                p
-            });
-            c.dino.update(t_cls_logits.clone());
+            let patch = t_patch_logits
+                .as_ref()
+                .map(|t| c.ibot.softmax_centered(t.clone(), teacher_temp));
+            if ibot_on {
+                c.ibot.update_mean_of_ranks(t_patch_logits, dist);
+            }
+            c.dino.update_global(t_cls_logits.clone(), dist);
             (cls, patch)
         }
         (Centering::Centering, None) => unreachable!("centres exist in centering mode"),
@@ -148,6 +170,8 @@ pub fn forward(
     let dino = objectives::dino_loss(&student_crops, &t_views, cfg.loss.student_temp);
 
     let ibot_loss = match t_patch {
+        // No masked patch on this rank (but on another): the iBOT term is 0 here; averaging the
+        // gradients over ranks then weighs each rank's images as the one-process global batch does.
         Some(t_patch) => {
             let s_patch = s_g
                 .patches

@@ -229,6 +229,7 @@ pub fn train(
                 recipe: recipe.clone(),
                 data: Some(data.clone()),
                 samples_seen: step_no * (cfg.data.batch_size * world_size) as u64,
+                rank_loaders: Vec::new(),
             };
             save_checkpoint(&ckpts, step_no, &model, &opt, &meta)?;
             metrics.sync()?;

@@ -25,7 +25,7 @@ pub mod targets;
 pub use dino::{DinoLossTerms, dino_loss, dino_loss_terms};
 pub use ibot::ibot_loss;
 pub use koleo::koleo_loss;
-pub use targets::{Centering, sinkhorn_knopp};
+pub use targets::{Centering, sinkhorn_knopp, sinkhorn_knopp_dist};
 
 use burn::tensor::{FloatDType, Tensor};
 use serde::{Deserialize, Serialize};

@@ -26,9 +26,11 @@ use burn::tensor::{Device, Tensor, TensorData};
 use webssl_models::checkpoint::store::TensorStore;
 
 use super::{on_kind_of, untracked_f32};
+use crate::dist::{Dist, ReduceOp};
 use crate::{Result, TrainError};
 
-/// Sinkhorn-Knopp teacher targets (world size 1; for iBOT `B` is the number of masked tokens).
+/// Sinkhorn-Knopp teacher targets of one process (world size 1; for iBOT `B` is the number of
+/// masked tokens).
 ///
 /// ```text
 /// Q = exp(T/τ)ᵀ (K×B);  Q /= ΣQ
@@ -41,24 +43,79 @@ use crate::{Result, TrainError};
 /// `[B, K]` logits → `[B, K]` targets; each row sums to 1 and, once converged, each prototype
 /// (column) receives a mass of `B/K`.
 pub fn sinkhorn_knopp(teacher_logits: Tensor<2>, temp: f64, iters: usize) -> Tensor<2> {
-    let autodiff = teacher_logits.is_autodiff();
-    let t = untracked_f32(teacher_logits);
-    let [b, k] = t.dims();
-    let shift = if iters > 0 {
+    let (k, device) = (teacher_logits.dims()[1], teacher_logits.device());
+    sinkhorn_knopp_dist(
+        Some(teacher_logits),
+        k,
+        temp,
+        iters,
+        &Dist::single(),
+        &device,
+    )
+    .expect("a local batch gives local targets")
+}
+
+/// Sinkhorn-Knopp over the batch of **all ranks** (dinov2's `sinkhorn_knopp_teacher` with its
+/// all-reduces): the total mass, the per-prototype shift and the per-prototype (row) sums are
+/// reduced over ranks and `B` is the global row count; the per-sample (column) sums stay local.
+/// A rank with no rows (`None`: no masked patch in its iBOT batch) still takes part in every
+/// collective, with zero mass, and gets `None` back. At world size 1 this is [`sinkhorn_knopp`].
+pub fn sinkhorn_knopp_dist(
+    teacher_logits: Option<Tensor<2>>,
+    k: usize,
+    temp: f64,
+    iters: usize,
+    dist: &Dist,
+    device: &Device,
+) -> Option<Tensor<2>> {
+    let mut b_tot = [teacher_logits.as_ref().map_or(0, |t| t.dims()[0]) as f64];
+    dist.all_reduce_f64("sinkhorn batch size", &mut b_tot, ReduceOp::Sum);
+    let b_tot = b_tot[0];
+    let shift_shape = if iters > 0 { [1, k] } else { [1, 1] };
+    let Some(logits) = teacher_logits else {
+        let inner = device.clone().inner();
+        let none = Tensor::<2>::full(shift_shape, f32::NEG_INFINITY, &inner);
+        dist.all_reduce_tensor("sinkhorn shift", none, ReduceOp::Max);
+        dist.all_reduce_tensor(
+            "sinkhorn mass",
+            Tensor::<2>::zeros([1, 1], &inner),
+            ReduceOp::Sum,
+        );
+        for _ in 0..iters {
+            let rows = Tensor::<2>::zeros([1, k], &inner);
+            dist.all_reduce_tensor("sinkhorn prototype mass", rows, ReduceOp::Sum);
+        }
+        return None;
+    };
+    let autodiff = logits.is_autodiff();
+    let t = untracked_f32(logits);
+    let local_shift = if iters > 0 {
         t.clone().max_dim(0)
     } else {
         t.clone().max().reshape([1, 1])
     };
+    // The same shift on every rank, or the first normalisation would not cancel it.
+    let shift = dist.all_reduce_tensor("sinkhorn shift", local_shift, ReduceOp::Max);
     // Layout [B, K] (the transpose of the reference's Q): its "rows" (per prototype) are our dim 0.
     let mut q = ((t - shift) / temp).exp();
-    q = q.clone() / q.clone().sum().reshape([1, 1]);
+    let total = dist.all_reduce_tensor(
+        "sinkhorn mass",
+        q.clone().sum().reshape([1, 1]),
+        ReduceOp::Sum,
+    );
+    q = q / total;
     for _ in 0..iters {
-        q = q.clone() / q.clone().sum_dim(0);
+        let rows = dist.all_reduce_tensor(
+            "sinkhorn prototype mass",
+            q.clone().sum_dim(0),
+            ReduceOp::Sum,
+        );
+        q = q / rows;
         q = q / k as f64;
         q = q.clone() / q.clone().sum_dim(1);
-        q = q / b as f64;
+        q = q / b_tot;
     }
-    on_kind_of(q * b as f64, autodiff)
+    Some(on_kind_of(q * b_tot, autodiff))
 }
 
 /// The EMA centre of the teacher logits, `c ← m·c + (1 − m)·mean_rows(t)` (dinov2: m = 0.9, c₀ = 0).
@@ -136,6 +193,49 @@ impl Centering {
         on_kind_of(softmax((t - self.center.clone()) / temp, 1), autodiff)
     }
 
+    /// The DINO centre over ranks (dinov2's `DINOLoss.update_center`): the sum of every rank's
+    /// teacher cls logits over the total row count. At world size 1 this is [`Centering::update`].
+    pub fn update_global(&mut self, logits: Tensor<2>, dist: &Dist) {
+        if dist.world_size() == 1 {
+            return self.update(logits);
+        }
+        let t = untracked_f32(logits);
+        let mut rows = [t.dims()[0] as f64];
+        dist.all_reduce_f64("centre rows", &mut rows, ReduceOp::Sum);
+        let sum = dist.all_reduce_tensor("centre", t.sum_dim(0), ReduceOp::Sum);
+        if rows[0] > 0.0 {
+            self.fold(sum / rows[0]);
+        }
+    }
+
+    /// The iBOT centre over ranks (dinov2's `iBOTPatchLoss.update_center`, training-algorithms.md
+    /// §4.1): each rank's mean over its masked tokens, averaged over the ranks. A rank without masked
+    /// tokens (`None`) takes part with no vote (dinov2 would divide by zero there); no tokens anywhere
+    /// leaves the centre unchanged. At world size 1 this is [`Centering::update`].
+    pub fn update_mean_of_ranks(&mut self, logits: Option<Tensor<2>>, dist: &Dist) {
+        if dist.world_size() == 1 {
+            if let Some(t) = logits {
+                self.update(t);
+            }
+            return;
+        }
+        let k = self.center.dims()[1];
+        let (mean, votes) = match logits {
+            Some(t) if t.dims()[0] > 0 => (untracked_f32(t).mean_dim(0), 1.0),
+            _ => (Tensor::zeros([1, k], &self.center.device()), 0.0),
+        };
+        let mut votes = [votes];
+        dist.all_reduce_f64("ibot centre ranks", &mut votes, ReduceOp::Sum);
+        let sum = dist.all_reduce_tensor("ibot centre", mean, ReduceOp::Sum);
+        if votes[0] > 0.0 {
+            self.fold(sum / votes[0]);
+        }
+    }
+
+    fn fold(&mut self, batch_center: Tensor<2>) {
+        self.center = self.center.clone() * self.momentum + batch_center * (1.0 - self.momentum);
+    }
+
     /// Folds this batch's mean logit into the centre (to be used from the next step on). A batch with
     /// no rows (an iBOT step without masked tokens) leaves the centre unchanged; dinov2 would divide by
     /// zero there.
@@ -147,8 +247,7 @@ impl Centering {
         if t.dims()[0] == 0 {
             return;
         }
-        let batch_center = t.mean_dim(0);
-        self.center = self.center.clone() * self.momentum + batch_center * (1.0 - self.momentum);
+        self.fold(t.mean_dim(0));
     }
 }
 

@@ -46,11 +46,12 @@ pub const RESOLVED_CONFIG: &str = "config.resolved.toml";
 /// File name of the run lock inside a run dir.
 pub const LOCK_FILE: &str = "run.lock";
 
-/// A run directory, locked for this process for as long as the value lives.
+/// A run directory, locked for this process for as long as the value lives (by rank 0 in a
+/// multi-process run: the other ranks hold no lock and write nothing there).
 #[derive(Debug)]
 pub struct RunDir {
     pub path: PathBuf,
-    lock: RunLock,
+    lock: Option<RunLock>,
 }
 
 impl RunDir {
@@ -69,7 +70,10 @@ impl RunDir {
         }
         fs::create_dir_all(&path).map_err(|e| TrainError::io(&path, e))?;
         let lock = RunLock::acquire(&path.join(LOCK_FILE))?;
-        Ok(RunDir { path, lock })
+        Ok(RunDir {
+            path,
+            lock: Some(lock),
+        })
     }
 
     pub fn checkpoints_dir(&self) -> PathBuf {
@@ -81,9 +85,9 @@ impl RunDir {
     pub fn resolved_config_path(&self) -> PathBuf {
         self.path.join(RESOLVED_CONFIG)
     }
-    /// Path of the lock file held by this value.
-    pub fn lock_path(&self) -> &Path {
-        &self.lock.path
+    /// Path of the lock file held by this value (none on ranks other than 0).
+    pub fn lock_path(&self) -> Option<&Path> {
+        self.lock.as_ref().map(|l| l.path.as_path())
     }
 
     /// The resolved config a previous run wrote here, if any.
@@ -111,6 +115,34 @@ impl RunDir {
             );
         }
         Ok(run)
+    }
+
+    /// [`RunDir::start`] on rank 0; the other ranks wait for it and use the same directory without
+    /// writing to it (only rank 0 writes checkpoints, logs and exports; the directory must be on a
+    /// filesystem every rank sees, as for dinov2).
+    pub fn start_ranked(
+        path: impl AsRef<Path>,
+        resolved: &toml::Table,
+        dist: &crate::dist::Dist,
+    ) -> Result<Self> {
+        let run = if dist.is_main() {
+            Some(Self::start(path.as_ref(), resolved))
+        } else {
+            None
+        };
+        // Rank 0's failure must not leave the others waiting: everyone learns whether it worked.
+        let mut ok = [f64::from(u8::from(run.as_ref().is_none_or(|r| r.is_ok())))];
+        dist.all_reduce_f64("run dir start", &mut ok, crate::dist::ReduceOp::Sum);
+        match run {
+            Some(r) => r,
+            None if ok[0] as usize == dist.world_size() => Ok(RunDir {
+                path: path.as_ref().to_path_buf(),
+                lock: None,
+            }),
+            None => Err(TrainError::Distributed(
+                "rank 0 could not set up the run directory (see its error)".into(),
+            )),
+        }
     }
 
     /// Writes `config.resolved.toml` atomically. When a previous run left a *different* resolved
@@ -333,13 +365,13 @@ mod tests {
 
         let run = RunDir::create(tmp.path().join("a/b")).unwrap();
         assert!(run.path.is_dir());
-        assert!(run.lock_path().exists());
+        assert!(run.lock_path().unwrap().exists());
         // Same process again: refused (a second writer in this process is a bug too).
         let err = RunDir::create(tmp.path().join("a/b"))
             .unwrap_err()
             .to_string();
         assert!(err.contains("already locked"), "{err}");
-        let lock = run.lock_path().to_path_buf();
+        let lock = run.lock_path().unwrap().to_path_buf();
         drop(run);
         assert!(!lock.exists(), "lock removed on drop");
         RunDir::create(tmp.path().join("a/b")).unwrap();

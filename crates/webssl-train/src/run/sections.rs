@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use webssl_data::loader::{LoaderConfig, TarShards};
 use webssl_data::sampler::SamplerConfig;
 
+use crate::dist::{Dist, ReduceOp};
 use crate::error::{Result, TrainError};
 use crate::run::state::DataIdentity;
 
@@ -63,6 +64,33 @@ impl DataConfig {
         let dir = Path::new(&self.train);
         ensure_synth(dir, self.synth.as_ref(), "train")?;
         Ok((TarShards::open(dir)?, DataIdentity::of(dir)?))
+    }
+
+    /// [`DataConfig::open_train`] where only rank 0 may generate the built-in data: the others wait
+    /// (without a time limit: generating can take long) and then open the same shards. Every rank
+    /// must see the same shard list.
+    pub fn open_train_ranked(&self, dist: &Dist) -> Result<(TarShards, DataIdentity)> {
+        let dir = Path::new(&self.train);
+        let made = if dist.is_main() {
+            ensure_synth(dir, self.synth.as_ref(), "train").err()
+        } else {
+            None
+        };
+        dist.barrier_untimed();
+        let mut ok = [f64::from(u8::from(made.is_none()))];
+        dist.all_reduce_f64("training data ready", &mut ok, ReduceOp::Sum);
+        if let Some(e) = made {
+            return Err(e);
+        }
+        if ok[0] as usize != dist.world_size() {
+            return Err(TrainError::Distributed(
+                "rank 0 could not prepare the training data (see its error)".into(),
+            ));
+        }
+        let shards = TarShards::open(dir)?;
+        let data = DataIdentity::of(dir)?;
+        dist.check_same("the training shard list", data.shards_hash.as_bytes())?;
+        Ok((shards, data))
     }
 }
 

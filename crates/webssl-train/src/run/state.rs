@@ -71,6 +71,9 @@ pub struct StateMeta {
     /// Images consumed so far, all ranks.
     #[serde(default)]
     pub samples_seen: u64,
+    /// The loader cursors of ranks 1, 2, … (rank 0's is `loader`); empty for one process.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rank_loaders: Vec<LoaderCursor>,
 }
 
 impl StateMeta {
@@ -91,8 +94,15 @@ impl StateMeta {
                 .map_err(|e| bad(format!("state.json: {e}")))?;
         if meta.world_size != world_size {
             return Err(bad(format!(
-                "written with world size {}, this run has {world_size}",
-                meta.world_size
+                "written with world size {}, this run has {world_size}: a run resumes only on the same \
+                 number of processes (each rank's data cursor and sample split belong to that world \
+                 size); start it with {} or use a new run dir",
+                meta.world_size,
+                if meta.world_size == 1 {
+                    "one process".to_string()
+                } else {
+                    format!("`webssl launch --nproc {}`", meta.world_size)
+                }
             )));
         }
         if meta.recipe != recipe {
@@ -107,6 +117,41 @@ impl StateMeta {
             )));
         }
         Ok(meta)
+    }
+
+    /// The loader cursor of `rank`.
+    pub fn loader_of(&self, rank: usize, dir: &Path) -> Result<LoaderCursor> {
+        match rank {
+            0 => Ok(self.loader.clone()),
+            r => self
+                .rank_loaders
+                .get(r - 1)
+                .cloned()
+                .ok_or_else(|| TrainError::Checkpoint {
+                    path: dir.to_path_buf(),
+                    reason: format!("state.json has no loader cursor for rank {r}"),
+                }),
+        }
+    }
+
+    /// Collects every rank's loader cursor into `loader` + `rank_loaders` (a collective: every rank
+    /// calls it; the result is complete on all of them).
+    pub fn gather_loaders(&mut self, dist: &crate::dist::Dist) -> Result<()> {
+        if dist.world_size() == 1 {
+            return Ok(());
+        }
+        let mine = serde_json::to_vec(&self.loader).expect("serialisable");
+        let all = dist.all_gather_bytes("loader cursors", &mine);
+        let mut cursors = all
+            .iter()
+            .map(|b| serde_json::from_slice::<LoaderCursor>(b))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| {
+                TrainError::Distributed(format!("a rank sent a bad loader cursor: {e}"))
+            })?;
+        self.loader = cursors.remove(0);
+        self.rank_loaders = cursors;
+        Ok(())
     }
 
     pub fn to_json(&self) -> Vec<u8> {
