@@ -6,6 +6,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod cmd;
+mod device;
 
 use clap::{Parser, Subcommand};
 
@@ -19,6 +20,8 @@ struct Cli {
     /// Log filter, e.g. `info`, `debug`, `webssl_data=trace` (also read from RUST_LOG).
     #[arg(long, global = true, default_value = "info")]
     log: String,
+    #[command(flatten)]
+    device: device::DeviceFlag,
     #[command(subcommand)]
     command: Command,
 }
@@ -79,6 +82,7 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    device::init(&cli.device);
     match cli.command {
         Command::Curate(args) => cmd::curate::run(args),
         Command::Embed(args) => cmd::embed::run(args),

@@ -101,7 +101,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .context("--threads: cannot size the thread pool")?;
     }
     check_writable(&args.output)?;
-    let device = Device::flex();
+    let device = crate::device::selected()?;
     let arch = args.arch.as_deref().map(presets::preset).transpose()?;
     let loaded = checkpoint::load(&args.model, arch.as_ref(), &device)
         .with_context(|| format!("loading model {}", args.model.display()))?;

@@ -930,7 +930,7 @@ mod dense_probe {
         if args.batch_size == 0 {
             bail!("--batch-size must be at least 1");
         }
-        let device = Device::flex();
+        let device = crate::device::selected()?;
         let arch = args.arch.as_deref().map(presets::preset).transpose()?;
         let loaded = checkpoint::load(&args.model, arch.as_ref(), &device)
             .with_context(|| format!("loading model {}", args.model.display()))?;

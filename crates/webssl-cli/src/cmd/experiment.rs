@@ -561,7 +561,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("eval_data {}", d.path.display()))?;
     }
     std::fs::create_dir_all(&exp.dir).with_context(|| format!("creating {}", exp.dir.display()))?;
-    let device = Device::flex();
+    let device = crate::device::selected()?;
     // Seconds spent on each cell by earlier invocations, so a rerun that skips it keeps the record.
     let earlier: std::collections::BTreeMap<String, f64> =
         std::fs::read(exp.dir.join("experiment.json"))

@@ -36,7 +36,13 @@ pub enum Command {
 }
 
 pub fn run(command: Command) -> anyhow::Result<()> {
+    // Always the CPU, whatever `--device` says: `init --seed S` must write the same weights on every
+    // machine (the CUDA backend's RNG draws a different stream for the same seed), and `info` only
+    // reads a config. Neither does enough arithmetic for a GPU to matter.
     let device = Device::flex();
+    if crate::device::selected_spec() != crate::device::DeviceSpec::Cpu {
+        tracing::info!("webssl model runs on the CPU (same weights for the same seed everywhere)");
+    }
     match command {
         Command::Init {
             arch,

@@ -246,7 +246,7 @@ fn run_recipe<C: Recipe>(args: RunArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let resume: Resume = args.resume.parse()?;
-    let device = Device::flex();
+    let device = crate::device::selected()?;
     let dist = Dist::from_env()?;
     let outcome = match cfg.train(&resolved, resume, &device, args.stop_after, &dist) {
         Ok(o) => o,

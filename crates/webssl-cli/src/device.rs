@@ -1,0 +1,254 @@
+//! Device selection: the global `--device cpu|cuda|cuda:N` flag.
+//!
+//! `cpu` is burn's Flex backend (the fused CPU kernels of `webssl_models::kernels` apply there);
+//! `cuda` is burn's CubeCL CUDA runtime (kernels compiled at run time by NVRTC, so the binary builds
+//! without a CUDA toolkit and needs only the driver + NVRTC library where it runs). CUDA is behind
+//! the crate feature `cuda` (`cargo build --release -p webssl-cli --features cuda`); a binary built
+//! without it refuses `--device cuda` with a message naming the feature instead of failing later.
+//!
+//! `cuda` without an index follows the launcher convention of torchrun (and `webssl launch`): the
+//! process drives GPU `LOCAL_RANK` (0 when unset). Where the scheduler already narrowed each process
+//! to one GPU (`CUDA_VISIBLE_DEVICES` listing one device, e.g. Slurm `--gpus-per-task=1`), that one
+//! visible GPU is index 0 whatever the local rank is; a local rank beyond the visible devices is a
+//! clear error rather than a CUDA "invalid device" deep inside the first kernel launch.
+//!
+//! burn API used (burn-tensor-0.22.1/src/device.rs): `Device::flex()`, `Device::cuda(index)`.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::OnceLock;
+
+use anyhow::{Context, bail};
+use burn::tensor::Device;
+
+/// The build command that enables the CUDA backend, quoted in errors.
+pub const CUDA_BUILD_HINT: &str = "cargo build --release -p webssl-cli --features cuda";
+
+/// What the user asked for on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DeviceSpec {
+    /// burn-flex on the CPU.
+    #[default]
+    Cpu,
+    /// A CUDA GPU: `Some(n)` for `cuda:n`, `None` for "my local rank's GPU".
+    Cuda(Option<usize>),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim().to_ascii_lowercase();
+        match s.as_str() {
+            "cpu" | "flex" => Ok(Self::Cpu),
+            "cuda" | "gpu" => Ok(Self::Cuda(None)),
+            _ => match s.strip_prefix("cuda:") {
+                Some(n) => n
+                    .parse()
+                    .map(|n| Self::Cuda(Some(n)))
+                    .map_err(|_| format!("`{s}`: expected cuda:N with N a GPU index (0, 1, ...)")),
+                None => Err(format!("`{s}`: expected cpu, cuda or cuda:N")),
+            },
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cpu => write!(f, "cpu"),
+            Self::Cuda(None) => write!(f, "cuda"),
+            Self::Cuda(Some(n)) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// The global flag, flattened into the top-level CLI (`global = true`: it may be given before or
+/// after the subcommand, `webssl --device cuda embed ...` = `webssl embed ... --device cuda`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct DeviceFlag {
+    /// Compute device: `cpu` (default), `cuda` (GPU $LOCAL_RANK, else 0) or `cuda:N`. CUDA needs a
+    /// binary built with `--features cuda`.
+    #[arg(long = "device", global = true, default_value = "cpu")]
+    pub device: DeviceSpec,
+}
+
+static SELECTED: OnceLock<DeviceSpec> = OnceLock::new();
+
+/// Records the flag for [`selected`]; called once by `main` after parsing. Later calls are ignored
+/// (the first parse wins), so tests and nested calls cannot change the device under a running command.
+pub fn init(flag: &DeviceFlag) {
+    let _ = SELECTED.set(flag.device);
+}
+
+/// The device the command should compute on (the `--device` flag; CPU when never set).
+pub fn selected() -> anyhow::Result<Device> {
+    resolve(
+        SELECTED.get().copied().unwrap_or_default(),
+        std::env::var("LOCAL_RANK").ok().as_deref(),
+        std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref(),
+    )
+}
+
+/// The spec given on the command line (for log lines and result files).
+pub fn selected_spec() -> DeviceSpec {
+    SELECTED.get().copied().unwrap_or_default()
+}
+
+/// The CUDA ordinal for `spec` given the launcher's environment (`LOCAL_RANK`,
+/// `CUDA_VISIBLE_DEVICES`); `None` for the CPU. Pure, so the rules are unit-tested.
+pub fn cuda_index(
+    spec: DeviceSpec,
+    local_rank: Option<&str>,
+    visible: Option<&str>,
+) -> anyhow::Result<Option<usize>> {
+    let explicit = match spec {
+        DeviceSpec::Cpu => return Ok(None),
+        DeviceSpec::Cuda(n) => n,
+    };
+    // An empty CUDA_VISIBLE_DEVICES hides every GPU: no index can work.
+    let n_visible = visible.map(|v| v.split(',').filter(|s| !s.trim().is_empty()).count());
+    if n_visible == Some(0) {
+        bail!("--device {spec}: CUDA_VISIBLE_DEVICES is empty, no GPU is visible to this process");
+    }
+    let index = match explicit {
+        Some(n) => n,
+        None => match local_rank.map(str::trim).filter(|s| !s.is_empty()) {
+            None => 0,
+            Some(r) => {
+                let rank: usize = r.parse().with_context(|| {
+                    format!("LOCAL_RANK={r:?} is not a non-negative integer (set by the launcher)")
+                })?;
+                // One visible GPU per process: it is this process's GPU whatever its local rank.
+                if n_visible == Some(1) { 0 } else { rank }
+            }
+        },
+    };
+    if let Some(n) = n_visible
+        && index >= n
+    {
+        bail!(
+            "--device {spec}: GPU index {index} but CUDA_VISIBLE_DEVICES={:?} makes only {n} visible",
+            visible.unwrap_or_default()
+        );
+    }
+    Ok(Some(index))
+}
+
+/// The burn device for `spec` in the given environment.
+pub fn resolve(
+    spec: DeviceSpec,
+    local_rank: Option<&str>,
+    visible: Option<&str>,
+) -> anyhow::Result<Device> {
+    match cuda_index(spec, local_rank, visible)? {
+        None => Ok(Device::flex()),
+        Some(index) => cuda(index, spec),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda(index: usize, _spec: DeviceSpec) -> anyhow::Result<Device> {
+    tracing::info!(index, "compute device: CUDA GPU {index}");
+    Ok(Device::cuda(index))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda(_index: usize, spec: DeviceSpec) -> anyhow::Result<Device> {
+    bail!(
+        "--device {spec}: this webssl binary was built without CUDA support; rebuild it with the \
+         `cuda` feature: `{CUDA_BUILD_HINT}` (no CUDA toolkit is needed to build, only the NVIDIA \
+         driver and NVRTC library to run)"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_spellings() {
+        assert_eq!("cpu".parse::<DeviceSpec>(), Ok(DeviceSpec::Cpu));
+        assert_eq!("CUDA".parse::<DeviceSpec>(), Ok(DeviceSpec::Cuda(None)));
+        assert_eq!(
+            "cuda:3".parse::<DeviceSpec>(),
+            Ok(DeviceSpec::Cuda(Some(3)))
+        );
+        for bad in ["cuda:", "cuda:-1", "cuda:x", "tpu", ""] {
+            assert!(bad.parse::<DeviceSpec>().is_err(), "{bad:?} accepted");
+        }
+        for s in ["cpu", "cuda", "cuda:7"] {
+            assert_eq!(s.parse::<DeviceSpec>().map(|d| d.to_string()), Ok(s.into()));
+        }
+    }
+
+    #[test]
+    fn cuda_index_follows_local_rank_and_visibility() {
+        let cuda = DeviceSpec::Cuda(None);
+        assert_eq!(
+            cuda_index(DeviceSpec::Cpu, Some("3"), None).ok(),
+            Some(None)
+        );
+        assert_eq!(cuda_index(cuda, None, None).ok(), Some(Some(0)));
+        assert_eq!(cuda_index(cuda, Some("2"), None).ok(), Some(Some(2)));
+        assert_eq!(
+            cuda_index(cuda, Some("2"), Some("0,1,2,3")).ok(),
+            Some(Some(2))
+        );
+        // One GPU per process (Slurm --gpus-per-task=1): the visible one, whatever the rank.
+        assert_eq!(cuda_index(cuda, Some("5"), Some("5")).ok(), Some(Some(0)));
+        // An explicit index wins over LOCAL_RANK.
+        assert_eq!(
+            cuda_index(DeviceSpec::Cuda(Some(1)), Some("0"), None).ok(),
+            Some(Some(1))
+        );
+        let err = |r, v| format!("{:#}", cuda_index(cuda, r, v).unwrap_err());
+        assert!(err(Some("two"), None).contains("LOCAL_RANK"));
+        assert!(err(Some("2"), Some("0,1")).contains("only 2 visible"));
+        assert!(err(None, Some("")).contains("no GPU is visible"));
+    }
+
+    #[test]
+    fn cpu_is_flex() {
+        let d = resolve(DeviceSpec::Cpu, Some("1"), None).unwrap();
+        assert_eq!(d, Device::flex());
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_without_the_feature_names_the_feature() {
+        let e = format!(
+            "{:#}",
+            resolve(DeviceSpec::Cuda(None), None, None).unwrap_err()
+        );
+        assert!(e.contains("--features cuda"), "{e}");
+        assert!(e.contains("--device cuda"), "{e}");
+    }
+
+    #[test]
+    fn flag_parses_before_and_after_a_subcommand() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            device: DeviceFlag,
+            #[command(subcommand)]
+            cmd: Sub,
+        }
+        #[derive(clap::Subcommand)]
+        enum Sub {
+            Embed,
+        }
+        let d = |args: &[&str]| Cli::try_parse_from(args).map(|c| c.device.device);
+        assert_eq!(d(&["webssl", "embed"]).ok(), Some(DeviceSpec::Cpu));
+        assert_eq!(
+            d(&["webssl", "--device", "cuda:1", "embed"]).ok(),
+            Some(DeviceSpec::Cuda(Some(1)))
+        );
+        assert_eq!(
+            d(&["webssl", "embed", "--device", "cuda"]).ok(),
+            Some(DeviceSpec::Cuda(None))
+        );
+        assert!(d(&["webssl", "embed", "--device", "npu"]).is_err());
+    }
+}
