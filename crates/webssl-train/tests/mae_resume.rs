@@ -7,6 +7,7 @@ use std::path::Path;
 use burn::tensor::{Device, Distribution, Tensor};
 use webssl_models::checkpoint::{self, store::TensorStore};
 use webssl_models::mae::sincos_pos_embed_2d;
+use webssl_train::dist::Dist;
 use webssl_train::mae::{self, MaeConfig, model::MaeModel};
 use webssl_train::run::checkpoint::Resume;
 use webssl_train::run::config::load_config;
@@ -64,13 +65,37 @@ fn resume_is_bit_exact_and_the_export_is_the_trained_encoder() {
     let device = Device::flex();
 
     let (cfg, resolved) = config(tmp.path(), &data, "straight", &[]);
-    let straight = mae::train(&cfg, &resolved, Resume::Never, &device, None).unwrap();
+    let straight = mae::train(
+        &cfg,
+        &resolved,
+        Resume::Never,
+        &device,
+        None,
+        &Dist::single(),
+    )
+    .unwrap();
     assert_eq!(straight.steps, 8);
 
     let (cfg, resolved) = config(tmp.path(), &data, "interrupted", &[]);
-    let first = mae::train(&cfg, &resolved, Resume::Auto, &device, Some(3)).unwrap();
+    let first = mae::train(
+        &cfg,
+        &resolved,
+        Resume::Auto,
+        &device,
+        Some(3),
+        &Dist::single(),
+    )
+    .unwrap();
     assert_eq!(first.steps, 3);
-    let second = mae::train(&cfg, &resolved, Resume::Auto, &device, None).unwrap();
+    let second = mae::train(
+        &cfg,
+        &resolved,
+        Resume::Auto,
+        &device,
+        None,
+        &Dist::single(),
+    )
+    .unwrap();
     assert_eq!(second.resumed_from, Some(3));
 
     let a = std::fs::read_to_string(straight.run_dir.join("metrics.jsonl")).unwrap();
@@ -142,9 +167,16 @@ fn resume_is_bit_exact_and_the_export_is_the_trained_encoder() {
 
     // A different recipe refuses to resume from these checkpoints.
     let (cfg, resolved) = config(tmp.path(), &data, "interrupted", &["loss.mask_ratio=0.5"]);
-    let err = mae::train(&cfg, &resolved, Resume::Auto, &device, None)
-        .unwrap_err()
-        .to_string();
+    let err = mae::train(
+        &cfg,
+        &resolved,
+        Resume::Auto,
+        &device,
+        None,
+        &Dist::single(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("different recipe"), "{err}");
 }
 

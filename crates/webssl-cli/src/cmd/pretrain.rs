@@ -143,8 +143,7 @@ impl Recipe for MaeConfig {
         stop_after: Option<u64>,
         dist: &Dist,
     ) -> webssl_train::Result<TrainOutcome> {
-        single_process_only("mae", dist)?;
-        mae::train(self, resolved, resume, device, stop_after)
+        mae::train(self, resolved, resume, device, stop_after, dist)
     }
     fn exported(&self, outcome: &TrainOutcome) -> String {
         format!("encoder exported to {}", outcome.export_dir.display())
