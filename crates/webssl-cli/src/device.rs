@@ -1,10 +1,17 @@
 //! Device selection: the global `--device cpu|cuda|cuda:N` flag.
 //!
 //! `cpu` is burn's Flex backend (the fused CPU kernels of `webssl_models::kernels` apply there);
-//! `cuda` is burn's CubeCL CUDA runtime (kernels compiled at run time by NVRTC, so the binary builds
-//! without a CUDA toolkit and needs only the driver + NVRTC library where it runs). CUDA is behind
-//! the crate feature `cuda` (`cargo build --release -p webssl-cli --features cuda`); a binary built
-//! without it refuses `--device cuda` with a message naming the feature instead of failing later.
+//! `cuda` is burn's CubeCL CUDA runtime, where the model uses burn's own ops. CUDA is behind the crate
+//! feature `cuda` (`cargo build --release -p webssl-cli --features cuda`); a binary built without it
+//! refuses `--device cuda` with a message naming the feature instead of failing later.
+//!
+//! What the CUDA build needs (burn 0.22.1 → cubecl-cuda 0.11.3): no CUDA toolkit. Kernels are
+//! compiled at run time through LLVM's NVPTX target to PTX and loaded by the driver (cubecl-cuda's
+//! default `CudaBackend::Llvm`; NVRTC only with cubecl's `cuda-cpp` feature), so running needs only
+//! the NVIDIA driver. Building links tracel's prebuilt LLVM, which `cubecl-llvm`'s build script
+//! (via `tracel-llvm-bundler`) downloads from GitHub into `~/.local/share/tracel/` — a machine
+//! without that network access can type-check the feature (`DOCS_RS=1` makes those two build
+//! scripts skip the download) but cannot link the binary.
 //!
 //! `cuda` without an index follows the launcher convention of torchrun (and `webssl launch`): the
 //! process drives GPU `LOCAL_RANK` (0 when unset). Where the scheduler already narrowed each process
@@ -157,8 +164,8 @@ fn cuda(index: usize, _spec: DeviceSpec) -> anyhow::Result<Device> {
 fn cuda(_index: usize, spec: DeviceSpec) -> anyhow::Result<Device> {
     bail!(
         "--device {spec}: this webssl binary was built without CUDA support; rebuild it with the \
-         `cuda` feature: `{CUDA_BUILD_HINT}` (no CUDA toolkit is needed to build, only the NVIDIA \
-         driver and NVRTC library to run)"
+         `cuda` feature: `{CUDA_BUILD_HINT}` (no CUDA toolkit is needed: the build fetches \
+         CubeCL's LLVM bundle, running needs the NVIDIA driver)"
     )
 }
 

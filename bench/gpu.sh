@@ -1,0 +1,233 @@
+#!/usr/bin/env bash
+# The CUDA path, checked and timed on one NVIDIA GPU in a few minutes (see bench/README.md, "gpu.sh"):
+#
+#   (a) parity: a random ViT-S/14 (`webssl model init`, LayerScale set to 1 so every block counts)
+#       embedded by `webssl embed` on the CPU and on CUDA; max abs diff and min cosine of the CLS
+#       and patch tokens, pass/fail against a stated tolerance;
+#   (b) training: DINOv2 steps on CUDA (`webssl pretrain dino --config configs/demo.toml --device cuda
+#       --set ...` at ViT-S/14 shapes), loss finiteness and img/s from the run's metrics;
+#   (c) speed vs PyTorch on the same GPU: `webssl embed` vs transformers `Dinov2Model` (sdpa, f32 and
+#       bf16), and the DINO step vs a DINOv2-like torch step on the same shapes (f32 and bf16
+#       autocast); ratios printed and appended to bench/RESULTS.md.
+#
+#   bash bench/gpu.sh                  # on the GPU machine
+#   DEVICE=cpu bash bench/gpu.sh       # dry run of the whole script on the CPU with tiny sizes
+#
+# webssl trains in f32 on CUDA: bf16 with f32 master weights is not implemented yet (README "gpu.sh").
+#
+# The binary: WEBSSL_BIN=path (prebuilt, e.g. built on a machine with network access), else
+# SKIP_BUILD=1 uses target/release/webssl as it is, else `cargo build --release -p webssl-cli
+# --features cuda --locked` (DEVICE=cpu: without `--features cuda`). Building the CUDA feature
+# downloads tracel's LLVM bundle in cubecl-llvm's build script (github.com, cached under
+# ~/.local/share/tracel); without network that build fails — bring the binary instead.
+#
+# Knobs (environment): DEVICE (cuda), PY (python3; its torch + transformers are used when present,
+# else the PyTorch side is skipped with a message), ARCH (vit-small), PARITY_IMAGES (16), EMBED_IMAGES
+# (1024), EMBED_BATCH (64), DINO_BATCH (64), DINO_STEPS (25), DINO_WARMUP (5), GLOBAL (224), LOCAL (98),
+# N_LOCAL (8), PROTOS (65536), HIDDEN (2048), BOTTLENECK (256), WORKERS (cores − 2), SYNTH_SIZE (256),
+# TORCH_STEPS (10), STEP_TIMEOUT (150 s per step), NO_RECORD=1 (print only; default for DEVICE=cpu).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+DEVICE=${DEVICE:-cuda}
+PY=${PY:-python3}
+CORES=$(nproc)
+if [[ $DEVICE == cpu ]]; then
+    # Dry run: every step of the script on tiny shapes, so it is known to run end to end.
+    ARCH=${ARCH:-vit-small}; PARITY_IMAGES=${PARITY_IMAGES:-4}; EMBED_IMAGES=${EMBED_IMAGES:-8}
+    EMBED_BATCH=${EMBED_BATCH:-4}; DINO_BATCH=${DINO_BATCH:-4}; DINO_STEPS=${DINO_STEPS:-3}
+    DINO_WARMUP=${DINO_WARMUP:-1}; GLOBAL=${GLOBAL:-56}; LOCAL=${LOCAL:-28}; N_LOCAL=${N_LOCAL:-2}
+    PROTOS=${PROTOS:-256}; HIDDEN=${HIDDEN:-128}; BOTTLENECK=${BOTTLENECK:-64}; DEPTH=${DEPTH:-2}
+    SYNTH_SIZE=${SYNTH_SIZE:-64}; TORCH_STEPS=${TORCH_STEPS:-2}; TORCH_ITERS=${TORCH_ITERS:-2}
+    NO_RECORD=${NO_RECORD:-1}
+    TORCH_DEVICE=cpu
+elif [[ $DEVICE == cuda ]]; then
+    TORCH_DEVICE=cuda
+else
+    echo "DEVICE must be cuda or cpu, not '$DEVICE'" >&2
+    exit 2
+fi
+ARCH=${ARCH:-vit-small}
+PARITY_IMAGES=${PARITY_IMAGES:-16}
+EMBED_IMAGES=${EMBED_IMAGES:-1024}
+EMBED_BATCH=${EMBED_BATCH:-64}
+DINO_BATCH=${DINO_BATCH:-64}
+DINO_STEPS=${DINO_STEPS:-25}
+DINO_WARMUP=${DINO_WARMUP:-5}
+GLOBAL=${GLOBAL:-224}
+LOCAL=${LOCAL:-98}
+N_LOCAL=${N_LOCAL:-8}
+PROTOS=${PROTOS:-65536}
+HIDDEN=${HIDDEN:-2048}
+BOTTLENECK=${BOTTLENECK:-256}
+DEPTH=${DEPTH:-0}
+WORKERS=${WORKERS:-$(( CORES > 4 ? CORES - 2 : 2 ))}
+SYNTH_SIZE=${SYNTH_SIZE:-256}
+TORCH_STEPS=${TORCH_STEPS:-10}
+TORCH_ITERS=${TORCH_ITERS:-20}
+STEP_TIMEOUT=${STEP_TIMEOUT:-150}
+CACHE=bench/.cache/gpu
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+RESULTS=$CACHE/results-$DEVICE-$STAMP.jsonl
+mkdir -p "$CACHE"
+T0=$(date +%s)
+
+log() { echo "[gpu $(date -u +%H:%M:%S) +$(( $(date +%s) - T0 ))s] $*" >&2; }
+emit() { printf '%s\n' "$1" >> "$RESULTS"; }  # one JSON object per line
+tagged() { local j; j=$(tail -n 1 <<< "$2"); printf '%s\n' "{\"tag\":\"$1\",${j#\{}" >> "$RESULTS"; }
+jstr() { "$PY" -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$1"; }
+
+# ---- binary ---------------------------------------------------------------------------------------
+FEATURES=()
+[[ $DEVICE == cuda ]] && FEATURES=(--features cuda)
+if [[ -n ${WEBSSL_BIN:-} ]]; then
+    BIN=$WEBSSL_BIN
+    BUILD_NOTE="prebuilt $BIN"
+elif [[ -n ${SKIP_BUILD:-} ]]; then
+    BIN=${CARGO_TARGET_DIR:-target}/release/webssl
+    BUILD_NOTE="SKIP_BUILD: $BIN as it was"
+else
+    log "cargo build --release -p webssl-cli ${FEATURES[*]} --locked"
+    tb=$(date +%s)
+    cargo build --release -p webssl-cli "${FEATURES[@]}" --locked
+    BIN=${CARGO_TARGET_DIR:-target}/release/webssl
+    BUILD_NOTE="built here in $(( $(date +%s) - tb )) s"
+    T0=$(date +%s)  # the 5-minute budget is for the checks, not the build
+fi
+[[ -x $BIN ]] || { echo "no webssl binary at $BIN (set WEBSSL_BIN or build it)" >&2; exit 2; }
+# snapshot, so a concurrent rebuild cannot swap the binary mid-run
+cp -p "$BIN" "$CACHE/webssl.new" && mv "$CACHE/webssl.new" "$CACHE/webssl"
+W=$CACHE/webssl
+BUILD_INFO="$BUILD_NOTE; binary dated $(date -u -r "$W" '+%Y-%m-%d %H:%M UTC'); tree: commit $(git rev-parse --short HEAD 2>/dev/null || echo '?') +$(git status --porcelain -- crates Cargo.toml Cargo.lock 2>/dev/null | wc -l) uncommitted paths under crates/, Cargo.*"
+
+if [[ $DEVICE == cuda ]]; then
+    # A binary built without `--features cuda` refuses `--device cuda` before touching any file.
+    pre=$("$W" --device cuda embed --model "$CACHE/none" --input "$CACHE/none" --output "$CACHE/none.safetensors" 2>&1 || true)
+    if [[ $pre == *"built without CUDA support"* ]]; then
+        echo "$W was built without the cuda feature: cargo build --release -p webssl-cli --features cuda" >&2
+        exit 2
+    fi
+    GPU=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n 1 || true)
+    [[ -n $GPU ]] || log "warning: nvidia-smi found no GPU; the CUDA steps will fail if there is none"
+    MACHINE="GPU: ${GPU:-unknown}; CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $CORES cores"
+else
+    MACHINE="CPU dry run: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $CORES cores"
+fi
+
+# ---- PyTorch available? ---------------------------------------------------------------------------
+TORCH_SKIP=""
+probe=$("$PY" bench/gpu_torch.py probe --device "$TORCH_DEVICE" 2>/dev/null) || TORCH_SKIP=probe
+TORCH_VER=$(tail -n 1 <<< "$probe")
+if [[ -n $TORCH_SKIP ]]; then
+    TORCH_SKIP=$("$PY" -c 'import json,sys; print(json.loads(sys.argv[1])["skip"])' "$TORCH_VER" 2>/dev/null \
+        || echo "the probe ($PY bench/gpu_torch.py probe) failed")
+    log "PyTorch side SKIPPED: $TORCH_SKIP (pip needs the network, which this machine does not have; the webssl side still runs)"
+else
+    log "PyTorch side: $TORCH_VER"
+fi
+
+# ---- data and models ------------------------------------------------------------------------------
+IMAGES=$CACHE/images-$SYNTH_SIZE
+if [[ ! -f $IMAGES/index.json ]]; then
+    log "webssl synth: $EMBED_IMAGES images of ${SYNTH_SIZE}px"
+    "$W" synth --out "$IMAGES" --samples "$EMBED_IMAGES" --size "$SYNTH_SIZE" --seed 7 --split img
+fi
+MODEL=$CACHE/$ARCH-init
+MODEL1=$CACHE/$ARCH-ls1
+if [[ ! -f $MODEL1/model.safetensors ]]; then
+    log "webssl model init --arch $ARCH; LayerScale -> 1 for the parity model"
+    "$W" model init --arch "$ARCH" --out "$MODEL" --seed 0
+    "$PY" bench/gpu_torch.py layerscale1 --src "$MODEL" --out "$MODEL1" >&2
+fi
+PARITY_SET=$CACHE/parity-$PARITY_IMAGES
+if [[ ! -f $PARITY_SET/index.json ]]; then
+    "$W" synth --out "$PARITY_SET" --samples "$PARITY_IMAGES" --size "$SYNTH_SIZE" --seed 7 --split img
+fi
+
+# ---- (a) CUDA vs CPU ------------------------------------------------------------------------------
+log "(a) webssl embed on cpu and on $DEVICE ($PARITY_IMAGES images, cls + patch tokens)"
+"$W" --device cpu embed --model "$MODEL1" --input "$PARITY_SET" --output "$CACHE/parity-cpu.safetensors" \
+    --features cls,patch-tokens --batch-size 8 >&2
+timeout "$STEP_TIMEOUT" "$W" --device "$DEVICE" embed --model "$MODEL1" --input "$PARITY_SET" \
+    --output "$CACHE/parity-dev-$DEVICE.safetensors" --features cls,patch-tokens --batch-size 8 >&2
+# Tolerance: f32 on both sides, but the GPU sums in another order and CubeCL's matmul may use TF32
+# tensor cores for f32 inputs (10-bit mantissa): 12 blocks of that stay within ~1e-2 relative.
+# Exact f32 agreement would be ~1e-5 (the CPU vs PyTorch parity in RESULTS.md).
+PARITY_OK=1
+par=$("$PY" bench/gpu_torch.py compare --a "$CACHE/parity-cpu.safetensors" --b "$CACHE/parity-dev-$DEVICE.safetensors" \
+    --key cls --key patch_tokens --rtol 2e-2 --min-cos 0.999) || PARITY_OK=0
+tagged parity "$par"
+log "(a) $(tail -n 1 <<< "$par")"
+
+# ---- (c1) embed speed -----------------------------------------------------------------------------
+# CubeCL compiles each kernel the first time a process launches it (nothing is cached across
+# processes in this build), and `webssl embed` times from after the model load to the last batch, so
+# its rate includes that compile. Two runs, on N/4 and on N images (synth sample i depends only on
+# (seed, i): the small set is a prefix of the big one), give the marginal rate (N − N/4) / (t_N − t_N/4)
+# — the steady-state end-to-end throughput — next to the plain rate of the big run.
+SMALL=$(( EMBED_IMAGES / 4 ))
+IMAGES_SMALL=$CACHE/images-$SYNTH_SIZE-$SMALL
+[[ -f $IMAGES_SMALL/index.json ]] || "$W" synth --out "$IMAGES_SMALL" --samples "$SMALL" --size "$SYNTH_SIZE" --seed 7 --split img >&2
+embed_run() {  # embed_run INPUT -> "images seconds" (seconds = images / the printed img/s, finer than its "in X s")
+    local out
+    out=$(timeout "$STEP_TIMEOUT" "$W" --device "$DEVICE" embed --model "$MODEL" --input "$1" \
+        --output "$CACHE/embed-$DEVICE.safetensors" --features cls --batch-size "$EMBED_BATCH" | tail -n 1)
+    log "(c) $out"
+    "$PY" -c 'import re,sys; m=re.match(r"embedded (\d+) images .* ([0-9.]+) img/s", sys.argv[1]); print(m[1], int(m[1]) / float(m[2]))' "$out"
+}
+log "(c) webssl embed --device $DEVICE: $SMALL then $EMBED_IMAGES images, batch $EMBED_BATCH ($ARCH)"
+read -r n1 t1 <<< "$(embed_run "$IMAGES_SMALL")"
+read -r n2 t2 <<< "$(embed_run "$IMAGES")"
+emit "$("$PY" -c 'import json,sys; n1,t1,n2,t2=int(sys.argv[1]),float(sys.argv[2]),int(sys.argv[3]),float(sys.argv[4]); print(json.dumps({"tag":"ours_embed","images":n2,"img_s":(n2-n1)/(t2-t1) if t2>t1 else None,"img_s_plain":n2/t2,"small":[n1,t1],"big":[n2,t2]}))' "$n1" "$t1" "$n2" "$t2")"
+if [[ -z $TORCH_SKIP ]]; then
+    for dt in f32 bf16; do
+        t=$(timeout "$STEP_TIMEOUT" "$PY" bench/gpu_torch.py embed --model "$MODEL" --batch "$EMBED_BATCH" \
+            --dtype "$dt" --device "$TORCH_DEVICE" --iters "$TORCH_ITERS" 2>/dev/null | tail -n 1) \
+            && tagged "torch_embed_$dt" "$t" && log "(c) torch embed $dt: $t" \
+            || log "(c) torch embed $dt failed (see: $PY bench/gpu_torch.py embed --model $MODEL --dtype $dt)"
+    done
+fi
+
+# ---- (b) DINO steps on the device -----------------------------------------------------------------
+RUN=$CACHE/dino-$DEVICE
+rm -rf "$RUN"
+SETS=(
+    --set "model.arch=\"$ARCH\"" --set "model.layerscale_init=1e-5" --set "data.batch_size=$DINO_BATCH"
+    --set "data.num_workers=$WORKERS" --set "data.train=\"$CACHE/dino-data\""
+    --set "data.synth.samples=$(( DINO_BATCH * (DINO_STEPS + 2) ))" --set "data.synth.size=$SYNTH_SIZE"
+    --set "crops.global_size=$GLOBAL" --set "crops.local_size=$LOCAL" --set "crops.n_local=$N_LOCAL"
+    --set "heads.dino_prototypes=$PROTOS" --set "heads.ibot_prototypes=$PROTOS" --set "heads.hidden_dim=$HIDDEN"
+    --set "heads.dino_bottleneck_dim=$BOTTLENECK" --set "heads.ibot_bottleneck_dim=$BOTTLENECK"
+    --set "optim.total_steps=1000" --set "optim.warmup_steps=10" --set "run.dir=\"$RUN\""
+    --set "run.checkpoint_every_steps=0"
+)
+if [[ $DEPTH != 0 ]]; then SETS+=(--set "model.depth=$DEPTH"); else SETS+=(--set "model.depth=12"); fi
+log "(b) webssl pretrain dino --device $DEVICE: $DINO_STEPS steps, batch $DINO_BATCH, ${GLOBAL}px x2 + ${LOCAL}px x$N_LOCAL, $PROTOS prototypes"
+# the training data is generated by the run itself (data.synth) before step 0, outside the step timings
+timeout $(( STEP_TIMEOUT * 2 )) "$W" --device "$DEVICE" pretrain dino --config configs/demo.toml "${SETS[@]}" \
+    --resume never --stop-after "$DINO_STEPS" > "$CACHE/dino-$DEVICE.log" 2>&1 \
+    || { log "(b) webssl pretrain failed; last lines of $CACHE/dino-$DEVICE.log:"; tail -n 20 "$CACHE/dino-$DEVICE.log" >&2; }
+dm=$("$PY" bench/gpu_torch.py dino-metrics --run "$RUN" --warmup "$DINO_WARMUP" --batch "$DINO_BATCH" || echo '{"steps":0}')
+tagged ours_dino "$dm"
+log "(b) $(tail -n 1 <<< "$dm")"
+if [[ -z $TORCH_SKIP ]]; then
+    for dt in f32 bf16; do
+        t=$(timeout "$STEP_TIMEOUT" "$PY" bench/gpu_torch.py dino --arch "$ARCH" --depth "$DEPTH" --batch "$DINO_BATCH" \
+            --global-size "$GLOBAL" --local-size "$LOCAL" --n-local "$N_LOCAL" --prototypes "$PROTOS" \
+            --hidden "$HIDDEN" --bottleneck "$BOTTLENECK" --dtype "$dt" --steps "$TORCH_STEPS" \
+            --device "$TORCH_DEVICE" 2>/dev/null | tail -n 1) \
+            && tagged "torch_dino_$dt" "$t" && log "(c) torch DINO step $dt: $t" \
+            || log "(c) torch DINO step $dt failed (rerun by hand to see why)"
+    done
+fi
+
+# ---- report ---------------------------------------------------------------------------------------
+WALL=$(( $(date +%s) - T0 ))
+SETTINGS="DEVICE=$DEVICE ARCH=$ARCH PARITY_IMAGES=$PARITY_IMAGES EMBED_IMAGES=$EMBED_IMAGES EMBED_BATCH=$EMBED_BATCH DINO_BATCH=$DINO_BATCH DINO_STEPS=$DINO_STEPS DINO_WARMUP=$DINO_WARMUP GLOBAL=$GLOBAL LOCAL=$LOCAL N_LOCAL=$N_LOCAL PROTOS=$PROTOS HIDDEN=$HIDDEN BOTTLENECK=$BOTTLENECK DEPTH=$DEPTH WORKERS=$WORKERS SYNTH_SIZE=$SYNTH_SIZE"
+NOTES="webssl runs f32 on CUDA (bf16 with f32 master weights is not implemented: see bench/README.md). The PyTorch embed number is model-only on random pixels; ours is end to end (decode + preprocess + forward), so the embed ratio is a lower bound of the model-only ratio. The torch DINO step is DINOv2-like (DINO + iBOT + KoLeo, Sinkhorn-Knopp, EMA) on random crops, no data loader; ours includes the loader."
+emit "{\"tag\":\"meta\",\"stamp\":\"$(date -u '+%Y-%m-%d %H:%M UTC')\",\"device\":\"$DEVICE\",\"machine\":$(jstr "$MACHINE"),\"build_info\":$(jstr "$BUILD_INFO"),\"settings\":$(jstr "$SETTINGS"),\"wall_s\":$WALL,\"torch\":$(jstr "${TORCH_VER:-none}"),\"torch_skip\":$(jstr "$TORCH_SKIP"),\"parity_model\":\"$ARCH random init\",\"embed_arch\":\"$ARCH\",\"embed_batch\":$EMBED_BATCH,\"dino_shape\":\"$ARCH b$DINO_BATCH ${GLOBAL}/${LOCAL}px x$N_LOCAL K=$PROTOS\",\"notes\":$(jstr "$NOTES")}"
+args=(--results "$RESULTS")
+[[ -z ${NO_RECORD:-} ]] && args+=(--record bench/RESULTS.md)
+"$PY" bench/gpu_torch.py report "${args[@]}"
+log "done in $WALL s (budget: 300 s on the GPU machine, build excluded); raw results: $RESULTS"
+[[ $PARITY_OK == 1 ]] || { log "(a) CUDA vs CPU parity FAILED"; exit 1; }
