@@ -329,11 +329,14 @@ fn ce_inputs(rows: usize, k: usize, rising: bool, mass: f64, dev: &Device) -> [T
 #[test]
 fn soft_cross_entropy_matches_burn() {
     let dev = ad();
-    // K = 2500: two full 1024-wide online-softmax chunks and a remainder; τs = 0.1 as DINO
-    for (rows, k, rising, mass) in [
-        (13, 2500, true, 1.0),
-        (5, 2500, false, 2.0),
-        (9, 7, true, 1.0),
+    // K = 2500: two full 1024-wide online-softmax chunks and a remainder; τs = 0.1 as DINO.
+    // `fresh`: the op gets a new tensor (`s + 0.5`), which the backward may overwrite in place;
+    // otherwise the leaf itself, whose buffer the test still holds (the allocating path).
+    for (rows, k, rising, mass, fresh) in [
+        (13, 2500, true, 1.0, true),
+        (13, 2500, true, 1.0, false),
+        (5, 2500, false, 2.0, true),
+        (9, 7, true, 1.0, false),
     ] {
         let [s, t] = ce_inputs(rows, k, rising, mass, &dev);
         let w = rand([rows], 1.0, &dev);
@@ -341,7 +344,11 @@ fn soft_cross_entropy_matches_burn() {
             let sl = Tensor::<2>::from_data(s.to_data(), &dev).require_grad();
             // a tracked target: neither path may send it a gradient
             let tl = Tensor::<2>::from_data(t.to_data(), &dev).require_grad();
-            let y = op(sl.clone(), tl.clone());
+            let y = if fresh {
+                op(sl.clone() + 0.5, tl.clone())
+            } else {
+                op(sl.clone(), tl.clone())
+            };
             assert_eq!(y.dims(), [rows]);
             let grads = (y.clone() * w.clone()).sum().backward();
             assert!(tl.grad(&grads).is_none(), "the target got a gradient");
@@ -349,7 +356,8 @@ fn soft_cross_entropy_matches_burn() {
         };
         let (yf, gf) = run(&|s, t| fused::soft_cross_entropy(s, t, 0.1));
         let (yr, gr) = run(&|s, t| reference::soft_cross_entropy(s, t, 0.1));
-        let what = format!("soft CE {rows}x{k} (rising {rising}, target mass {mass})");
+        let what =
+            format!("soft CE {rows}x{k} (rising {rising}, target mass {mass}, fresh {fresh})");
         check(&format!("{what} forward"), yf, yr);
         check(&format!("{what} grad of the logits"), gf, gr);
     }

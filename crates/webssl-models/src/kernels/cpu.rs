@@ -571,6 +571,45 @@ pub fn soft_ce_bwd(
         });
 }
 
+/// [`soft_ce_bwd`] overwriting the logits with their gradient (`s_ds` holds `s` on entry, `ds` on
+/// return): the backward of a `[rows, K]` loss then allocates nothing (160 MB per step for iBOT's
+/// 611 × 65 536 logits at ViT-S batch 8, each a fresh run of zeroed huge pages otherwise).
+#[allow(clippy::too_many_arguments)]
+pub fn soft_ce_bwd_inplace(
+    s_ds: &mut [f32],
+    t: &[f32],
+    k: usize,
+    inv_temp: f32,
+    lse: &[f32],
+    tsum: &[f32],
+    dloss: &[f32],
+) {
+    assert!(k > 0 && s_ds.len().is_multiple_of(k) && t.len() == s_ds.len());
+    let rows = s_ds.len() / k;
+    assert!(lse.len() == rows && tsum.len() == rows && dloss.len() == rows);
+    let rj = ce_rows_per_job(k);
+    s_ds.par_chunks_mut(rj * k)
+        .zip(t.par_chunks(rj * k))
+        .zip(lse.par_chunks(rj).zip(tsum.par_chunks(rj)))
+        .zip(dloss.par_chunks(rj))
+        .for_each(|(((ds, t), (lse, tsum)), dloss)| {
+            ce_bwd_rows_inplace(ds, t, lse, tsum, dloss, k, inv_temp);
+        });
+}
+
+multiversion! {
+    fn ce_bwd_rows_inplace(ds: &mut [f32], t: &[f32], lse: &[f32], tsum: &[f32], dloss: &[f32], k: usize, inv_temp: f32) {
+        for (r, (dr, tr)) in ds.chunks_exact_mut(k).zip(t.chunks_exact(k)).enumerate() {
+            let a = dloss[r] * inv_temp;
+            let b = a * tsum[r];
+            let l = lse[r];
+            for j in 0..k {
+                dr[j] = b * exp(dr[j] * inv_temp - l) - a * tr[j];
+            }
+        }
+    }
+}
+
 multiversion! {
     fn ce_rows(loss: &mut [f32], lse: &mut [f32], tsum: &mut [f32], s: &[f32], t: &[f32], k: usize, inv_temp: f32) {
         let mut e = [0f32; CE_CHUNK];

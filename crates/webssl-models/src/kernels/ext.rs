@@ -358,20 +358,33 @@ impl Backward<Flex, 1> for SoftCeBackward {
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [ns] = ops.parents;
         let dloss = dense(grads.consume::<Flex>(&ops.node));
-        let st = ops.state;
+        let mut st = ops.state;
         if let Some(n) = ns {
-            let mut ds = vec![0f32; data(&st.s).len()];
-            cpu::soft_ce_bwd(
-                data(&st.s),
-                data(&st.t),
-                last_dim(&st.s),
-                st.inv_temp as f32,
-                &st.stats.0,
-                &st.stats.1,
-                data(&dloss),
-                &mut ds,
-            );
-            grads.register::<Flex>(n.id, tensor(ds, dims(&st.s)));
+            let (k, shape) = (last_dim(&st.s), dims(&st.s));
+            let (lse, tsum) = (&st.stats.0, &st.stats.1);
+            let inv_temp = st.inv_temp as f32;
+            let len = data(&st.s).len();
+            // The state owns the logits and nothing reads them after this node: when no other
+            // tensor shares their buffer (row slices of one head output do) and they span it
+            // exactly, the gradient overwrites them in place instead of a fresh `[rows, K]` buffer.
+            let in_place = st.s.is_unique() && st.s.bytes().len() == len * 4;
+            if in_place && let Some(s_ds) = st.s.try_storage_mut::<f32>() {
+                cpu::soft_ce_bwd_inplace(s_ds, data(&st.t), k, inv_temp, lse, tsum, data(&dloss));
+                grads.register::<Flex>(n.id, st.s);
+            } else {
+                let mut ds = vec![0f32; len];
+                cpu::soft_ce_bwd(
+                    data(&st.s),
+                    data(&st.t),
+                    k,
+                    inv_temp,
+                    lse,
+                    tsum,
+                    data(&dloss),
+                    &mut ds,
+                );
+                grads.register::<Flex>(n.id, tensor(ds, shape));
+            }
         }
     }
 }

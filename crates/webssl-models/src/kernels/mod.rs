@@ -50,8 +50,8 @@ pub use ext::FusedOps;
 pub mod raw {
     pub use super::cpu::{
         attention_bwd_tiled, attention_fwd_tiled, bias_gelu_bwd, bias_gelu_fwd, bias_swiglu_bwd,
-        bias_swiglu_fwd, erf, exp, layer_norm_bwd, layer_norm_fwd, soft_ce_bwd, soft_ce_fwd,
-        softmax_bwd, softmax_fwd,
+        bias_swiglu_fwd, erf, exp, layer_norm_bwd, layer_norm_fwd, soft_ce_bwd,
+        soft_ce_bwd_inplace, soft_ce_fwd, softmax_bwd, softmax_fwd,
     };
 }
 
