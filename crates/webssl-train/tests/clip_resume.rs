@@ -7,6 +7,7 @@ use std::path::Path;
 use burn::tensor::Device;
 use webssl_data::shards::{ShardLimits, ShardReader, ShardWriter};
 use webssl_train::clip::{self, ClipConfig};
+use webssl_train::dist::Dist;
 use webssl_train::run::checkpoint::Resume;
 use webssl_train::run::config::load_config;
 use webssl_train::run::metrics::read_jsonl;
@@ -67,13 +68,37 @@ fn resume_is_bit_exact_and_the_run_dir_holds_every_output() {
     let device = Device::flex();
 
     let (cfg, resolved) = config(tmp.path(), &data, "straight", &[]);
-    let straight = clip::train(&cfg, &resolved, Resume::Never, &device, None).unwrap();
+    let straight = clip::train(
+        &cfg,
+        &resolved,
+        Resume::Never,
+        &device,
+        None,
+        &Dist::single(),
+    )
+    .unwrap();
     assert_eq!(straight.steps, 6);
 
     let (cfg, resolved) = config(tmp.path(), &data, "interrupted", &[]);
-    let first = clip::train(&cfg, &resolved, Resume::Auto, &device, Some(3)).unwrap();
+    let first = clip::train(
+        &cfg,
+        &resolved,
+        Resume::Auto,
+        &device,
+        Some(3),
+        &Dist::single(),
+    )
+    .unwrap();
     assert_eq!(first.steps, 3);
-    let second = clip::train(&cfg, &resolved, Resume::Auto, &device, None).unwrap();
+    let second = clip::train(
+        &cfg,
+        &resolved,
+        Resume::Auto,
+        &device,
+        None,
+        &Dist::single(),
+    )
+    .unwrap();
     assert_eq!(second.resumed_from, Some(3));
 
     let a = std::fs::read_to_string(straight.run_dir.join("metrics.jsonl")).unwrap();
@@ -122,9 +147,16 @@ fn resume_is_bit_exact_and_the_run_dir_holds_every_output() {
 
     // A different recipe refuses to resume from these checkpoints.
     let (cfg, resolved) = config(tmp.path(), &data, "interrupted", &["optim.lr=2e-3"]);
-    let err = clip::train(&cfg, &resolved, Resume::Auto, &device, None)
-        .unwrap_err()
-        .to_string();
+    let err = clip::train(
+        &cfg,
+        &resolved,
+        Resume::Auto,
+        &device,
+        None,
+        &Dist::single(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("different recipe"), "{err}");
 }
 
@@ -160,7 +192,15 @@ fn samples_without_captions_are_dropped_from_their_batch_and_counted() {
 
     let (mut cfg, resolved) = config(tmp.path(), &holes, "holes", &["optim.total_steps=4"]);
     cfg.data.synth = None;
-    let out = clip::train(&cfg, &resolved, Resume::Never, &Device::flex(), None).unwrap();
+    let out = clip::train(
+        &cfg,
+        &resolved,
+        Resume::Never,
+        &Device::flex(),
+        None,
+        &Dist::single(),
+    )
+    .unwrap();
     let rows = read_jsonl(&out.run_dir.join("metrics.jsonl")).unwrap();
     let missing: f64 = rows.iter().map(|(_, m)| m["captions_missing"]).sum();
     assert!(missing > 0.0, "no caption-less sample was seen in 16 draws");

@@ -178,8 +178,7 @@ impl Recipe for ClipConfig {
         stop_after: Option<u64>,
         dist: &Dist,
     ) -> webssl_train::Result<TrainOutcome> {
-        single_process_only("clip", dist)?;
-        clip::train(self, resolved, resume, device, stop_after)
+        clip::train(self, resolved, resume, device, stop_after, dist)
     }
     fn exported(&self, outcome: &TrainOutcome) -> String {
         format!(
@@ -195,17 +194,6 @@ impl Recipe for ClipConfig {
         let init = clip::ClipModel::init_visual(&self.vit()?, self.seed, device);
         Ok((self.image.size, init, "trained (CLIP)"))
     }
-}
-
-/// Refuses a multi-process run for an objective whose trainer is not wired to the collectives yet.
-fn single_process_only(objective: &str, dist: &Dist) -> webssl_train::Result<()> {
-    if dist.world_size() > 1 {
-        return Err(webssl_train::TrainError::Distributed(format!(
-            "`pretrain {objective}` runs on one process for now (world size {} requested)",
-            dist.world_size()
-        )));
-    }
-    Ok(())
 }
 
 /// Loads (file or preset, then `--set` overrides) and validates a config; returns it with the

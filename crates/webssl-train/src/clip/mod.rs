@@ -1,6 +1,6 @@
 //! The CLIP control on the same data: `webssl pretrain clip`.
 //!
-//! One step, as MetaCLIP's `train_one_epoch` (training-algorithms.md §8) at world size 1: schedule
+//! One step, as MetaCLIP's `train_one_epoch` (training-algorithms.md §8): schedule
 //! (`cosine_lr`: linear warm-up `lr·(step+1)/warmup`, cosine to 0) → image tower on one
 //! RandomResizedCrop(scale 0.9–1) view with CLIP normalisation, text tower on the tokenised captions
 //! → symmetric InfoNCE with the learnable logit scale → backward → optional global grad-norm clip
@@ -19,22 +19,30 @@
 //! tower configs in `clip_config.json`, read back by [`load_clip`]) and the tokenizer to
 //! `tokenizer.json`.
 //!
-//! Deviations: single process (MetaCLIP all-gathers features with gradient: equal to this loss on the
-//! global batch); f32 instead of AMP; the BPE vocabulary is trained on the run's captions unless a
+//! Data-parallel across processes ([`crate::dist`], `webssl launch --nproc N`): each rank reads its
+//! own sample split, the features are all-gathered and each rank's loss is local to its own pairs with
+//! the gradient routed back through the host collectives ([`gather`]: what MetaCLIP/open_clip do with
+//! `gather_with_grad` + `local_loss` under DDP), so the averaged gradient is that of the loss over the
+//! global batch; rank 0 alone writes. At world size 1 the step is the plain one-process loss.
+//! `tests/dist_clip.rs` checks 2 ranks × B against 1 process × 2B.
+//!
+//! Deviations: f32 instead of AMP; the BPE vocabulary is trained on the run's captions unless a
 //! `tokenizer.json` is given (see [`tokenizer`]).
 
 pub mod config;
+pub mod gather;
 pub mod model;
 pub mod tokenizer;
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use webssl_data::augment::SingleViewTransform;
-use webssl_data::loader::{Loader, MaskSpec, ShardSource, SingleView};
+use webssl_data::loader::{Batch, Loader, MaskSpec, ShardSource, SingleView};
 use webssl_models::checkpoint::{self, export, store::TensorStore};
 use webssl_models::text::TextConfig;
 
@@ -45,8 +53,9 @@ pub use model::ClipModel;
 pub use tokenizer::{ClipTokenizer, TokenBatch};
 
 use crate::clip_grad::ParamGrads;
+use crate::dist::{Dist, ReduceOp};
 use crate::error::{Result, TrainError};
-use crate::objectives::clip::clip_loss_terms;
+use crate::objectives::clip::{clip_loss_terms, l2_normalize};
 use crate::param_groups::{clip_rule, param_ranks};
 use crate::run::RunDir;
 use crate::run::checkpoint::{CheckpointManager, Resume};
@@ -125,26 +134,89 @@ fn scalar(t: Tensor<1>) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// Runs (or resumes) CLIP pretraining as configured. `stop_after` ends this process after that many
-/// steps of the schedule have completed (a checkpoint is written there); the next run resumes.
+/// The tokenizer of a fresh run, identical on every rank: rank 0 builds it ([`build_tokenizer`]:
+/// trains the BPE or loads the configured file) while the others wait without a time limit (training
+/// can take long), then it goes to them as `tokenizer.json` bytes.
+pub fn build_tokenizer_ranked(
+    cfg: &ClipConfig,
+    shards: &dyn ShardSource,
+    dist: &Dist,
+) -> Result<ClipTokenizer> {
+    if dist.world_size() == 1 {
+        return build_tokenizer(cfg, shards);
+    }
+    let built = dist.is_main().then(|| {
+        build_tokenizer(cfg, shards).and_then(|t| {
+            let json = t.to_json()?;
+            Ok((t, json))
+        })
+    });
+    dist.barrier_untimed();
+    // Rank 0's failure must not leave the others waiting: everyone learns whether it worked.
+    let mut ok = [f64::from(u8::from(
+        built.as_ref().is_none_or(|b| b.is_ok()),
+    ))];
+    dist.all_reduce_f64("tokenizer ready", &mut ok, ReduceOp::Sum);
+    let (tok, mut json) = match built {
+        Some(Err(e)) => return Err(e),
+        Some(Ok((t, json))) => (Some(t), json.into_bytes()),
+        None => (None, Vec::new()),
+    };
+    if ok[0] as usize != dist.world_size() {
+        return Err(TrainError::Distributed(
+            "rank 0 could not build the tokenizer (see its error)".into(),
+        ));
+    }
+    dist.broadcast_bytes("tokenizer", &mut json, 0);
+    match tok {
+        Some(t) => Ok(t),
+        None => {
+            let json = String::from_utf8(json).map_err(|e| {
+                TrainError::Distributed(format!("rank 0 sent a tokenizer that is not UTF-8: {e}"))
+            })?;
+            ClipTokenizer::from_json(&json, cfg.text.context_length)
+        }
+    }
+}
+
+/// Runs (or resumes) CLIP pretraining as configured, as this process's rank of `dist` (one process:
+/// [`Dist::single`]). `stop_after` ends this process after that many steps of the schedule have
+/// completed (a checkpoint is written there); the next run resumes.
+///
+/// Data-parallel (training-algorithms.md §8): each rank reads its own split of the sample stream,
+/// features are all-gathered and each rank's loss is local to its pairs ([`gather`]), so the
+/// averaged gradient is that of the loss over the global batch; the logged loss and accuracies are
+/// the global batch's; rank 0 alone writes metrics, checkpoints (with every rank's loader cursor),
+/// the tokenizer and the exports. `optim.lr` is the lr of the global batch `batch_size · world_size`
+/// (MetaCLIP gives it per recipe, unscaled).
 pub fn train(
     cfg: &ClipConfig,
     resolved: &toml::Table,
     resume: Resume,
     device: &Device,
     stop_after: Option<u64>,
+    dist: &Dist,
 ) -> Result<TrainOutcome> {
     cfg.validate()?;
     let vit = cfg.vit()?;
-    let world_size = 1;
-    let run = RunDir::start(Path::new(&cfg.run.dir), resolved)?;
-    let (shards, data) = cfg.data.open_train()?;
+    let (rank, world_size, main) = (dist.rank(), dist.world_size(), dist.is_main());
     let recipe = recipe_hash(resolved);
-    let ad = device.clone().autodiff();
+    dist.check_same(
+        "the recipe (config outside [run]/[eval])",
+        recipe.as_bytes(),
+    )?;
+    dist.check_same("the run dir", cfg.run.dir.as_bytes())?;
+    let run = RunDir::start_ranked(Path::new(&cfg.run.dir), resolved, dist)?;
+    let (shards, data) = cfg.data.open_train_ranked(dist)?;
 
     // ---- resume point, tokenizer, model ----
     let ckpts = CheckpointManager::new(&run.path, cfg.run.keep_last);
     let from = resume.resolve(&ckpts)?.map(|(_, dir)| dir);
+    let chosen = from
+        .as_ref()
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
+    dist.check_same("the checkpoint to resume from", chosen.as_bytes())?;
     let tok = match &from {
         // The vocabulary is part of the model: a resumed run uses the checkpoint's own copy.
         Some(dir) => {
@@ -155,23 +227,24 @@ pub fn train(
             })?;
             ClipTokenizer::from_json(&json, cfg.text.context_length)?
         }
-        None => build_tokenizer(cfg, &shards)?,
+        None => build_tokenizer_ranked(cfg, &shards, dist)?,
     };
-    let tok_json = tok.to_json()?;
-    crate::run::atomic_write(&run.path.join("tokenizer.json"), tok_json.as_bytes())?;
-    let text_cfg = cfg.text_tower(tok.vocab_size())?;
-    let mut model = ClipModel::new(&vit, &text_cfg, cfg.clip.logit_scale_init, cfg.seed, &ad)?;
-    let mut opt = OptimizerSet::new(&["clip"], cfg.optim.betas, cfg.optim.eps);
+    let mut trainer = ClipTrainer::new(cfg, tok, device)?;
+    dist.check_same("the tokenizer", trainer.tok_json.as_bytes())?;
+    if main {
+        crate::run::atomic_write(
+            &run.path.join("tokenizer.json"),
+            trainer.tok_json.as_bytes(),
+        )?;
+    }
     let mut start_step = 0;
     let mut loader_cursor = None;
     let mut resumed_from = None;
     if let Some(dir) = &from {
         let meta = StateMeta::load_checked(dir, world_size, &recipe, &data)?;
-        let open = |name: &str| TensorStore::open_file(&dir.join(name)).map_err(TrainError::from);
-        model = checkpoint::assign_named_parameters(model, &open("model.safetensors")?, &ad)?;
-        opt.load(&read_all(&open("optim.safetensors")?)?)?;
+        trainer = trainer.load(dir)?;
         start_step = meta.step;
-        loader_cursor = Some(meta.loader);
+        loader_cursor = Some(meta.loader_of(rank, dir)?);
         resumed_from = Some(meta.step);
         tracing::info!("resumed from {} (step {})", dir.display(), meta.step);
     }
@@ -183,30 +256,30 @@ pub fn train(
     };
     let mut loader = Loader::new(
         Arc::new(shards),
-        cfg.data.sampler(cfg.seed, 0, world_size),
+        cfg.data.sampler(cfg.seed, rank, world_size),
         Arc::new(SingleView::new(transform)?),
         MaskSpec::None,
         cfg.data.loader(),
         loader_cursor.as_ref(),
     )?;
 
-    // ---- logging ----
-    let mut metrics = MetricsWriter::open(&run.path, start_step)?;
-    let mut events = if cfg.run.tensorboard {
+    // ---- logging: rank 0 only ----
+    let mut metrics = main
+        .then(|| MetricsWriter::open(&run.path, start_step))
+        .transpose()?;
+    let mut events = if cfg.run.tensorboard && main {
         Some(EventWriter::create(&run.path.join("events"))?)
     } else {
         None
     };
-    let ranks = param_ranks(&model);
-    let rule = |name: &str| clip_rule(name, ranks.get(name).copied().unwrap_or(1));
     let export_dir = run.path.join("export");
     let total = cfg.optim.total_steps;
-    let bar = crate::run::progress::Progress::new(start_step, total);
+    let bar = main.then(|| crate::run::progress::Progress::new(start_step, total));
     let started = Instant::now();
     let mut images_done = 0u64;
-    let size = cfg.image.size as usize;
+    let text_cfg = trainer.text_cfg.clone();
     tracing::info!(
-        "CLIP: image {} ({} params) + text {}×{} ({} params, vocab {}), batch {}, lr {:.3e}, {} steps",
+        "CLIP: image {} ({} params) + text {}×{} ({} params, vocab {}), batch {} × {world_size} process(es), lr {:.3e}, {} steps",
         cfg.model.arch,
         webssl_models::presets::param_count(&vit),
         text_cfg.layers,
@@ -223,56 +296,255 @@ pub fn train(
         let step_start = Instant::now();
         let batch = loader.next_batch()?;
         let b = batch.batch_size;
-        let lr = clip_lr(cfg.optim.lr, it, cfg.optim.warmup_steps, total);
+        let values;
+        (trainer, values) = trainer.step(it, &batch, dist)?;
+        loader.recycle(batch);
+        let val = |name: &str| {
+            values
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map_or(f64::NAN, |(_, v)| *v)
+        };
+        images_done += (b * world_size) as u64;
+
+        let step_no = it + 1;
+        let stats = loader.stats();
+        let step_secs = step_start.elapsed().as_secs_f64();
+        let timing = [
+            ("img_per_s", (b * world_size) as f64 / step_secs),
+            ("loader_wait", stats.wait_fraction()),
+            ("samples_skipped", stats.samples_skipped as f64),
+        ];
+        crate::run::check_finite(step_no, &values)?;
+        if let Some(m) = metrics.as_mut() {
+            m.write(step_no, &values, &timing)?;
+        }
+        if let Some(ev) = events.as_mut() {
+            for (k, v) in values.iter().chain(timing.iter()) {
+                ev.add_scalar(k, *v as f32, step_no as i64)?;
+            }
+        }
+        if let Some(bar) = &bar {
+            bar.update(&ProgressUpdate {
+                step: step_no,
+                terms: &[
+                    ("loss", val("loss")),
+                    ("i2t", val("i2t_acc")),
+                    ("scale", val("logit_scale").exp()),
+                ],
+                lr: val("lr"),
+                samples_per_s: images_done as f64 / started.elapsed().as_secs_f64(),
+                loader_img_per_s: None,
+                loader_wait: Some(stats.wait_fraction()),
+            });
+        }
+
+        let last = step_no == total;
+        if last
+            || step_no == end
+            || (cfg.run.checkpoint_every_steps > 0 && step_no % cfg.run.checkpoint_every_steps == 0)
+        {
+            let mut meta = StateMeta {
+                step: step_no,
+                loader: loader.cursor(),
+                world_size,
+                recipe: recipe.clone(),
+                data: Some(data.clone()),
+                samples_seen: step_no * (cfg.data.batch_size * world_size) as u64,
+                rank_loaders: Vec::new(),
+            };
+            meta.gather_loaders(dist)?;
+            if main {
+                trainer.save(&ckpts, step_no, &meta)?;
+            }
+            if let Some(m) = metrics.as_mut() {
+                m.sync()?;
+            }
+            if let Some(ev) = events.as_mut() {
+                ev.flush()?;
+            }
+        }
+        if main
+            && (last
+                || (cfg.run.export_every_steps > 0 && step_no % cfg.run.export_every_steps == 0))
+        {
+            save_outputs(&trainer.model, &vit, &text_cfg, &run.path, &export_dir)?;
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish();
+    }
+    if main && start_step >= total && !export_dir.join("model.safetensors").is_file() {
+        save_outputs(&trainer.model, &vit, &text_cfg, &run.path, &export_dir)?;
+    }
+    crate::run::warn_skipped(&loader.stats());
+    Ok(TrainOutcome {
+        run_dir: run.path.clone(),
+        export_dir,
+        steps: end,
+        resumed_from,
+    })
+}
+
+/// The trainable state of a CLIP run — both towers, projections, logit scale, AdamW moments — with its
+/// tokenizer, and one optimizer step on it. [`train`] feeds it from the loader; the multi-process
+/// equivalence test feeds it hand-made batches.
+pub struct ClipTrainer<'c> {
+    cfg: &'c ClipConfig,
+    pub model: ClipModel,
+    opt: OptimizerSet,
+    tok: ClipTokenizer,
+    tok_json: String,
+    text_cfg: TextConfig,
+    /// Parameter ranks by path (weight decay only on ≥ 2-D weights).
+    ranks: HashMap<String, usize>,
+    size: usize,
+    ad: Device,
+}
+
+impl<'c> ClipTrainer<'c> {
+    /// Fresh state (seeded init) with the tokenizer `tok` (its vocabulary sizes the text tower).
+    pub fn new(cfg: &'c ClipConfig, tok: ClipTokenizer, device: &Device) -> Result<Self> {
+        let vit = cfg.vit()?;
+        let ad = device.clone().autodiff();
+        let text_cfg = cfg.text_tower(tok.vocab_size())?;
+        let model = ClipModel::new(&vit, &text_cfg, cfg.clip.logit_scale_init, cfg.seed, &ad)?;
+        Ok(ClipTrainer {
+            cfg,
+            ranks: param_ranks(&model),
+            model,
+            opt: OptimizerSet::new(&["clip"], cfg.optim.betas, cfg.optim.eps),
+            tok_json: tok.to_json()?,
+            tok,
+            text_cfg,
+            size: cfg.image.size as usize,
+            ad,
+        })
+    }
+
+    pub fn tokenizer(&self) -> &ClipTokenizer {
+        &self.tok
+    }
+
+    /// Restores the model and the optimizer moments from a checkpoint directory.
+    fn load(mut self, dir: &Path) -> Result<Self> {
+        let open = |name: &str| TensorStore::open_file(&dir.join(name)).map_err(TrainError::from);
+        self.model =
+            checkpoint::assign_named_parameters(self.model, &open("model.safetensors")?, &self.ad)?;
+        self.opt.load(&read_all(&open("optim.safetensors")?)?)?;
+        Ok(self)
+    }
+
+    fn save(&self, ckpts: &CheckpointManager, step: u64, meta: &StateMeta) -> Result<PathBuf> {
+        let ser = |t: &[(String, Vec<usize>, Vec<f32>)]| tensors_bytes(ckpts, t);
+        ckpts.save(
+            step,
+            &[
+                (
+                    "model.safetensors",
+                    ser(&checkpoint::named_parameters(&self.model))?,
+                ),
+                ("optim.safetensors", ser(&self.opt.state_tensors())?),
+                ("tokenizer.json", self.tok_json.clone().into_bytes()),
+                ("state.json", meta.to_json()),
+            ],
+        )
+    }
+
+    /// One optimizer step at schedule position `it` on this rank's `batch` (one CLIP view per image
+    /// and the captions): pairs = images with a non-empty caption; towers → symmetric InfoNCE over the
+    /// global batch (one process: [`clip_loss_terms`]; several: [`gather`]) → gradients averaged over
+    /// ranks → optional clipping → AdamW → logit-scale clamp. Fewer than two pairs in the global
+    /// batch: no update. Returns the logged values, the same on every rank (loss and accuracies of
+    /// the global batch, pair counts summed over ranks).
+    pub fn step(
+        mut self,
+        it: u64,
+        batch: &Batch,
+        dist: &Dist,
+    ) -> Result<(Self, Vec<(&'static str, f64)>)> {
+        let cfg = self.cfg;
+        let b = batch.batch_size;
+        let lr = clip_lr(
+            cfg.optim.lr,
+            it,
+            cfg.optim.warmup_steps,
+            cfg.optim.total_steps,
+        );
         let wd = cfg.optim.weight_decay;
 
         // Pairs: images with a non-empty caption.
         let keep: Vec<usize> = (0..b)
             .filter(|&i| {
-                batch.captions[i]
-                    .as_deref()
+                batch
+                    .captions
+                    .get(i)
+                    .and_then(|c| c.as_deref())
                     .is_some_and(|c| !c.trim().is_empty())
             })
             .collect();
-        let missing = b - keep.len();
+        let counts = if dist.world_size() > 1 {
+            gather::pair_counts(dist, keep.len())
+        } else {
+            vec![keep.len()]
+        };
+        let (pairs, images_all) = (counts.iter().sum::<usize>(), b * dist.world_size());
+        let missing = images_all - pairs;
         let (mut loss_v, mut i2t, mut t2i, mut grad_norm) = (0.0, 0.0, 0.0, 0.0);
-        if keep.len() >= 2 {
-            let images = Tensor::<4>::from_data(
-                TensorData::new(batch.views[0].clone(), [b, 3, size, size]),
-                &ad,
-            );
-            let images = if keep.len() < b {
-                let idx: Vec<i64> = keep.iter().map(|&i| i as i64).collect();
-                images.select(
-                    0,
-                    Tensor::<1, Int>::from_data(TensorData::new(idx, [keep.len()]), &ad),
-                )
+        if pairs >= 2 {
+            let features = if keep.is_empty() {
+                None
             } else {
-                images
+                let view = batch
+                    .views
+                    .first()
+                    .ok_or_else(|| TrainError::config("data", "the batch holds no image view"))?;
+                let size = self.size;
+                let ad = &self.ad;
+                let images =
+                    Tensor::<4>::from_data(TensorData::new(view.clone(), [b, 3, size, size]), ad);
+                let images = if keep.len() < b {
+                    let idx: Vec<i64> = keep.iter().map(|&i| i as i64).collect();
+                    images.select(
+                        0,
+                        Tensor::<1, Int>::from_data(TensorData::new(idx, [keep.len()]), ad),
+                    )
+                } else {
+                    images
+                };
+                let captions: Vec<&str> = keep
+                    .iter()
+                    .filter_map(|&i| batch.captions[i].as_deref())
+                    .collect();
+                let tokens = self.tok.encode_batch(&captions)?;
+                let ids = Tensor::<2, Int>::from_data(
+                    TensorData::new(tokens.ids.clone(), [tokens.batch, tokens.len]),
+                    ad,
+                );
+                Some((
+                    self.model.encode_image(images),
+                    self.model.encode_text(ids, &tokens.eot),
+                ))
             };
-            let captions: Vec<&str> = keep
-                .iter()
-                .filter_map(|&i| batch.captions[i].as_deref())
-                .collect();
-            let tokens = tok.encode_batch(&captions)?;
-            let ids = Tensor::<2, Int>::from_data(
-                TensorData::new(tokens.ids.clone(), [tokens.batch, tokens.len]),
-                &ad,
-            );
-            let img_f = model.encode_image(images);
-            let txt_f = model.encode_text(ids, &tokens.eot);
-            let terms = clip_loss_terms(img_f, txt_f, model.logit_scale.val());
-            loss_v = scalar(terms.loss.clone());
-            if !loss_v.is_finite() {
-                return Err(TrainError::NonFinite {
-                    step: it,
-                    what: "loss".into(),
-                    value: loss_v,
-                });
-            }
-            (i2t, t2i) = (terms.i2t_acc, terms.t2i_acc);
-            let grads = terms.loss.backward();
-            let mut g = ParamGrads::from_module(&model, &grads);
+            let mut g = if dist.world_size() == 1 {
+                let (img_f, txt_f) = features.expect("one process with pairs has features");
+                let terms = clip_loss_terms(img_f, txt_f, self.model.logit_scale.val());
+                loss_v = scalar(terms.loss.clone());
+                if !loss_v.is_finite() {
+                    return Err(TrainError::NonFinite {
+                        step: it,
+                        what: "loss".into(),
+                        value: loss_v,
+                    });
+                }
+                (i2t, t2i) = (terms.i2t_acc, terms.t2i_acc);
+                let grads = terms.loss.backward();
+                ParamGrads::from_module(&self.model, &grads)
+            } else {
+                let (g, terms) = self.gathered_grads(it, features, &counts, dist)?;
+                (loss_v, i2t, t2i) = terms;
+                g
+            };
             grad_norm = if cfg.optim.clip_grad > 0.0 {
                 g.clip(cfg.optim.clip_grad)
             } else {
@@ -285,22 +557,18 @@ pub fn train(
                     value: grad_norm,
                 });
             }
-            model = opt.get("clip").step(model, &g, lr, lr, wd, &rule);
-            model = model.clamp_logit_scale();
-        } else {
+            let ranks = &self.ranks;
+            let rule = |name: &str| clip_rule(name, ranks.get(name).copied().unwrap_or(1));
+            self.model = self.opt.get("clip").step(self.model, &g, lr, lr, wd, &rule);
+            self.model = self.model.clamp_logit_scale();
+        } else if dist.is_main() {
             tracing::warn!(
-                "step {}: only {} of {b} images have a caption; no update",
+                "step {}: only {pairs} of {images_all} images have a caption; no update",
                 it + 1,
-                keep.len()
             );
         }
-        images_done += b as u64;
-
-        let step_no = it + 1;
-        let stats = loader.stats();
-        let step_secs = step_start.elapsed().as_secs_f64();
-        let t_now = model.logit_scale_value();
-        let values: Vec<(&str, f64)> = vec![
+        let t_now = self.model.logit_scale_value();
+        let values = vec![
             ("loss", loss_v),
             ("i2t_acc", i2t),
             ("t2i_acc", t2i),
@@ -309,77 +577,76 @@ pub fn train(
             ("lr", lr),
             ("wd", wd),
             ("grad_norm", grad_norm),
-            ("pairs", keep.len() as f64),
+            ("pairs", pairs as f64),
             ("captions_missing", missing as f64),
         ];
-        let timing = [
-            ("img_per_s", b as f64 / step_secs),
-            ("loader_wait", stats.wait_fraction()),
-            ("samples_skipped", stats.samples_skipped as f64),
-        ];
-        crate::run::check_finite(step_no, &values)?;
-        metrics.write(step_no, &values, &timing)?;
-        if let Some(ev) = events.as_mut() {
-            for (k, v) in values.iter().chain(timing.iter()) {
-                ev.add_scalar(k, *v as f32, step_no as i64)?;
-            }
-        }
-        bar.update(&ProgressUpdate {
-            step: step_no,
-            terms: &[("loss", loss_v), ("i2t", i2t), ("scale", t_now.exp())],
-            lr,
-            samples_per_s: images_done as f64 / started.elapsed().as_secs_f64(),
-            loader_img_per_s: None,
-            loader_wait: Some(stats.wait_fraction()),
-        });
+        Ok((self, values))
+    }
 
-        let last = step_no == total;
-        if last
-            || step_no == end
-            || (cfg.run.checkpoint_every_steps > 0 && step_no % cfg.run.checkpoint_every_steps == 0)
-        {
-            let meta = StateMeta {
-                step: step_no,
-                loader: loader.cursor(),
-                world_size,
-                recipe: recipe.clone(),
-                data: Some(data.clone()),
-                samples_seen: step_no * (cfg.data.batch_size * world_size) as u64,
-                rank_loaders: Vec::new(),
-            };
-            let ser = |t: &[(String, Vec<usize>, Vec<f32>)]| tensors_bytes(&ckpts, t);
-            ckpts.save(
-                step_no,
-                &[
-                    (
-                        "model.safetensors",
-                        ser(&checkpoint::named_parameters(&model))?,
-                    ),
-                    ("optim.safetensors", ser(&opt.state_tensors())?),
-                    ("tokenizer.json", tok_json.clone().into_bytes()),
-                    ("state.json", meta.to_json()),
-                ],
-            )?;
-            metrics.sync()?;
-            if let Some(ev) = events.as_mut() {
-                ev.flush()?;
+    /// The parameter gradient of the global-batch loss across ranks, averaged over them ([`gather`]),
+    /// and the global loss and accuracies. `features`: this rank's unnormalised `[n, E]` image and
+    /// text features, `None` when it has no pair.
+    #[allow(clippy::type_complexity)]
+    fn gathered_grads(
+        &self,
+        it: u64,
+        features: Option<(Tensor<2>, Tensor<2>)>,
+        counts: &[usize],
+        dist: &Dist,
+    ) -> Result<(ParamGrads, (f64, f64, f64))> {
+        let (rank, world) = (dist.rank(), dist.world_size());
+        let dim = self.text_cfg.embed_dim;
+        let normalised = features.map(|(i, t)| (l2_normalize(i), l2_normalize(t)));
+        let host = |t: &Tensor<2>| -> Vec<f32> {
+            t.clone()
+                .inner()
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .unwrap_or_default()
+        };
+        let (img_h, txt_h) = normalised
+            .as_ref()
+            .map_or((Vec::new(), Vec::new()), |(i, t)| (host(i), host(t)));
+        let gathered = gather::gather(dist, &img_h, &txt_h, counts, dim);
+        let t = self.model.logit_scale_value() as f32;
+        let mut local = gather::local_loss_grads(&gathered, rank, world, t, &self.ad);
+        // The global loss (the shares' sum) and accuracies, the same on every rank.
+        let mut logged = [
+            local.share,
+            local.i2t_correct as f64,
+            local.t2i_correct as f64,
+        ];
+        dist.all_reduce_f64("CLIP loss values", &mut logged, ReduceOp::Sum);
+        let n_all = gathered.total() as f64;
+        let (loss, i2t, t2i) = (logged[0], logged[1] / n_all, logged[2] / n_all);
+        if !loss.is_finite() {
+            return Err(TrainError::NonFinite {
+                step: it,
+                what: "loss".into(),
+                value: loss,
+            });
+        }
+        gather::sum_feature_grads(dist, &mut local);
+        let mut g = match normalised {
+            Some((i, t_f)) => {
+                let rows = gathered.rows(rank);
+                let span = rows.start * dim..rows.end * dim;
+                let s = gather::surrogate(
+                    i,
+                    t_f,
+                    self.model.logit_scale.val(),
+                    &local.d_image[span.clone()],
+                    &local.d_text[span],
+                    local.d_logit_scale,
+                );
+                ParamGrads::from_module(&self.model, &s.backward())
             }
-        }
-        if last || (cfg.run.export_every_steps > 0 && step_no % cfg.run.export_every_steps == 0) {
-            save_outputs(&model, &vit, &text_cfg, &run.path, &export_dir)?;
-        }
+            None => ParamGrads::default(),
+        };
+        g.all_reduce_mean(&self.model, dist);
+        Ok((g, (loss, i2t, t2i)))
     }
-    bar.finish();
-    if start_step >= total && !export_dir.join("model.safetensors").is_file() {
-        save_outputs(&model, &vit, &text_cfg, &run.path, &export_dir)?;
-    }
-    crate::run::warn_skipped(&loader.stats());
-    Ok(TrainOutcome {
-        run_dir: run.path.clone(),
-        export_dir,
-        steps: end,
-        resumed_from,
-    })
 }
 
 /// The image tower in HF layout (`export/`) and the whole model as native safetensors

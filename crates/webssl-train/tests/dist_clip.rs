@@ -1,0 +1,322 @@
+//! Data-parallel CLIP across processes (issue #9, training-algorithms.md §8): 2 MPI ranks × batch B
+//! reproduce 1 process × batch 2B over a few optimizer steps, to float tolerance.
+//!
+//! Same harness as `dist_dino.rs`: the parent test starts `mpirun -np 2` on this very test binary,
+//! running only the ignored [`rank_of_two`] (which does nothing unless `WEBSSL_DIST_TEST_OUT` is set);
+//! each rank trains on its slice (images and captions `r·B .. (r+1)·B`) of the same hand-made global
+//! batches and writes its parameters and logged values. The parent trains the 1-process reference on
+//! the whole batches in-process and compares.
+//!
+//! What makes the two equal (and what the test therefore checks): the features all-gathered, each
+//! rank's loss its rows against every column with labels offset by its first row, the feature
+//! gradients summed over ranks and routed back through each rank's towers, the logit scale's gradient
+//! per rank, all averaged over ranks *before* the global-norm clipping (the threshold is low enough
+//! that it scales every step). The batches exercise unequal pair counts: in step 1 rank 0 has an image
+//! without a caption, in step 2 rank 1 has no caption at all (it still takes part in every collective)
+//! — the 1-process run drops the same images. Single-threaded children (`RAYON_NUM_THREADS=1`), so the
+//! only differences are the summation orders that splitting a batch changes.
+#![cfg(feature = "mpi")]
+
+use std::path::Path;
+use std::process::Command;
+
+use burn::tensor::Device;
+use webssl_data::loader::{Batch, ViewGroup};
+use webssl_models::checkpoint;
+use webssl_train::clip::{ClipConfig, ClipTokenizer, ClipTrainer};
+use webssl_train::dist::Dist;
+use webssl_train::run::config::load_config;
+
+const B: usize = 3; // images per rank
+const STEPS: u64 = 4;
+const SIZE: usize = 28;
+const CLIP_GRAD: f64 = 1.0;
+const OUT: &str = "WEBSSL_DIST_TEST_OUT";
+/// The logged values compared, per step.
+const LOGGED: [&str; 6] = [
+    "loss",
+    "i2t_acc",
+    "t2i_acc",
+    "grad_norm",
+    "logit_scale",
+    "pairs",
+];
+
+/// The run config with `batch` images per process.
+fn config(dir: &Path, batch: usize) -> ClipConfig {
+    // One file per process: both ranks write theirs at the same time.
+    let file = dir.join(format!("dist-{batch}-{}.toml", std::process::id()));
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+seed = 5
+[data]
+train = "{dir}/unused"
+batch_size = {batch}
+[model]
+arch = "vit-tiny"
+embed_dim = 32
+depth = 2
+num_heads = 2
+[image]
+size = {SIZE}
+[text]
+vocab_size = 300
+context_length = 16
+width = 16
+heads = 2
+layers = 2
+[clip]
+embed_dim = 8
+[optim]
+total_steps = 10
+warmup_steps = 1
+lr = 1e-3
+clip_grad = {CLIP_GRAD}
+[run]
+dir = "{dir}/run"
+"#,
+            dir = dir.display()
+        ),
+    )
+    .unwrap();
+    let (cfg, _): (ClipConfig, toml::Table) = load_config(Some(&file), dir, None, &[]).unwrap();
+    cfg
+}
+
+const NOUNS: [&str; 6] = [
+    "cat",
+    "dog",
+    "bar chart",
+    "red circle",
+    "street sign",
+    "table",
+];
+const ADJ: [&str; 4] = ["a small", "the large", "a blue", "one striped"];
+
+/// The same BPE on every process (training is deterministic).
+fn tokenizer() -> ClipTokenizer {
+    let captions = NOUNS
+        .iter()
+        .flat_map(|n| ADJ.iter().map(move |a| format!("{a} {n} on a table")));
+    ClipTokenizer::train(captions, 300, 16).unwrap()
+}
+
+/// Deterministic irregular values in [-1, 1).
+fn fill(n: usize, salt: u64) -> Vec<f32> {
+    let mut x = salt.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// Global batch `step` of 2B images with captions of varied lengths, or rank `rank`'s slice of it
+/// (images `rank·B .. (rank+1)·B`). Step 1: image 1 (rank 0's) has no caption; step 2: none of rank
+/// 1's images has one.
+fn batch(step: u64, part: Option<usize>) -> Batch {
+    let per = 3 * SIZE * SIZE;
+    let images = fill(2 * B * per, 500 + step);
+    let captions: Vec<Option<String>> = (0..2 * B)
+        .map(|i| {
+            let missing = (step == 1 && i == 1) || (step == 2 && i >= B);
+            let k = i + 3 * step as usize;
+            let long = if k.is_multiple_of(2) { " with a dog" } else { "" };
+            (!missing).then(|| format!("{} {}{long}", ADJ[k % 4], NOUNS[k % 6]))
+        })
+        .collect();
+    let (n, first) = match part {
+        None => (2 * B, 0),
+        Some(r) => (B, r * B),
+    };
+    Batch {
+        index: step,
+        batch_size: n,
+        groups: Vec::<ViewGroup>::new(),
+        views: vec![images[first * per..(first + n) * per].to_vec()],
+        keys: Vec::new(),
+        addrs: Vec::new(),
+        captions: captions[first..first + n].to_vec(),
+        labels: Vec::new(),
+        ibot: None,
+        mae: None,
+    }
+}
+
+/// Trains `STEPS` steps (the whole batches on one process, or this rank's slices) and returns the
+/// parameters flattened, plus the [`LOGGED`] values of every step.
+fn train(cfg: &ClipConfig, dist: &Dist) -> (Vec<f32>, Vec<f64>) {
+    let mut trainer = ClipTrainer::new(cfg, tokenizer(), &Device::flex()).unwrap();
+    let mut logged = Vec::new();
+    for step in 0..STEPS {
+        let part = (dist.world_size() > 1).then(|| dist.rank());
+        let values;
+        (trainer, values) = trainer.step(step, &batch(step, part), dist).unwrap();
+        for k in LOGGED {
+            logged.push(values.iter().find(|(n, _)| *n == k).unwrap().1);
+        }
+    }
+    let params = checkpoint::named_parameters(&trainer.model)
+        .into_iter()
+        .flat_map(|(_, _, v)| v)
+        .collect();
+    (params, logged)
+}
+
+fn write_f32(path: &Path, v: &[f32]) {
+    std::fs::write(
+        path,
+        v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(),
+    )
+    .unwrap();
+}
+
+fn read_f32(path: &Path) -> Vec<f32> {
+    std::fs::read(path)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+/// One rank of the job the parent test launches.
+#[test]
+#[ignore = "a rank of `two_ranks_of_b_reproduce_one_process_of_2b`, started by it under mpirun"]
+fn rank_of_two() {
+    let Some(out) = std::env::var_os(OUT) else {
+        return;
+    };
+    let out = Path::new(&out);
+    let dist = Dist::from_env().unwrap();
+    assert_eq!(dist.world_size(), 2);
+    let cfg = config(out, B);
+    let (params, logged) = train(&cfg, &dist);
+    let r = dist.rank();
+    write_f32(&out.join(format!("params-{r}.bin")), &params);
+    let logged: Vec<f32> = logged.iter().map(|&x| x as f32).collect();
+    write_f32(&out.join(format!("logged-{r}.bin")), &logged);
+}
+
+fn mpirun() -> Command {
+    let mut cmd = Command::new("mpirun");
+    cmd.args(["-np", "2", "--oversubscribe", "--bind-to", "none"]);
+    if unsafe { libc::geteuid() } == 0 {
+        cmd.arg("--allow-run-as-root");
+    }
+    cmd.env("RAYON_NUM_THREADS", "1");
+    cmd
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
+fn params_of(trainer: &ClipTrainer<'_>) -> Vec<(String, Vec<f32>)> {
+    checkpoint::named_parameters(&trainer.model)
+        .into_iter()
+        .map(|(name, _, v)| (name, v))
+        .collect()
+}
+
+/// The largest |a − b| over the parameters (in the flattening order of `init`), the parameter it is
+/// in, and the largest over the attention *key* biases alone, which are left out of the first:
+/// softmax over the keys is invariant to a shift every key shares, so their gradient is zero up to
+/// rounding noise (~1e-9) that AdamW's normalisation turns into lr-sized steps of any sign — the
+/// summation order of a split batch decides them.
+fn compare(init: &[(String, Vec<f32>)], a: &[f32], b: &[f32]) -> (f32, String, f32) {
+    let (mut diff, mut worst, mut key_bias) = (0f32, String::new(), 0f32);
+    let mut at = 0;
+    for (name, v) in init {
+        let n = v.len();
+        let (x, y) = (&a[at..at + n], &b[at..at + n]);
+        let d = if name.ends_with("attn.qkv.bias") {
+            let w = n / 3;
+            key_bias = key_bias.max(max_abs_diff(&x[w..2 * w], &y[w..2 * w]));
+            max_abs_diff(&x[..w], &y[..w]).max(max_abs_diff(&x[2 * w..], &y[2 * w..]))
+        } else {
+            max_abs_diff(x, y)
+        };
+        if d > diff {
+            (diff, worst) = (d, name.clone());
+        }
+        at += n;
+    }
+    assert_eq!(at, a.len());
+    (diff, worst, key_bias)
+}
+
+#[test]
+fn two_ranks_of_b_reproduce_one_process_of_2b() {
+    let tmp = tempfile::tempdir().unwrap();
+    let status = mpirun()
+        .arg(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "rank_of_two", "--nocapture"])
+        .env(OUT, tmp.path())
+        .env("WEBSSL_COLLECTIVE_TIMEOUT", "120")
+        .status()
+        .expect("mpirun (Open MPI) must be installed for the `mpi` feature's tests");
+    assert!(status.success(), "the 2-rank job failed: {status}");
+
+    let cfg = config(tmp.path(), 2 * B);
+    let (reference, ref_logged) = train(&cfg, &Dist::single());
+    let rank0 = read_f32(&tmp.path().join("params-0.bin"));
+    let rank1 = read_f32(&tmp.path().join("params-1.bin"));
+    assert_eq!(rank0, rank1, "the two ranks' models differ");
+    assert_eq!(rank0.len(), reference.len());
+
+    // Training moved the parameters (the logit scale too), and clipping was active at every step.
+    let init = params_of(&ClipTrainer::new(&cfg, tokenizer(), &Device::flex()).unwrap());
+    let flat: Vec<f32> = init.iter().flat_map(|(_, v)| v.iter().copied()).collect();
+    let moved = max_abs_diff(&flat, &reference);
+    assert!(
+        moved > 1e-3,
+        "training did not move the parameters ({moved})"
+    );
+    let per_step = |logged: &[f64], k: &str| -> Vec<f64> {
+        let i = LOGGED.iter().position(|n| *n == k).unwrap();
+        logged
+            .iter()
+            .skip(i)
+            .step_by(LOGGED.len())
+            .copied()
+            .collect()
+    };
+    let norms = per_step(&ref_logged, "grad_norm");
+    assert!(
+        norms.iter().all(|&n| n > 2.0 * CLIP_GRAD),
+        "clipping was not active: grad norms {norms:?}"
+    );
+    assert_eq!(per_step(&ref_logged, "pairs"), [6.0, 5.0, 3.0, 6.0]);
+
+    let (diff, worst, key_bias) = compare(&init, &rank0, &reference);
+    eprintln!(
+        "CLIP: max |2 ranks − 1 process| over {} parameters: {diff:.3e} (in {worst}; moved \
+         {moved:.3e}); attention key biases (zero gradient up to rounding): {key_bias:.3e}",
+        rank0.len()
+    );
+    assert!(
+        diff < 1e-5,
+        "2 ranks × B differ from 1 process × 2B by {diff} in {worst}"
+    );
+
+    let logged = read_f32(&tmp.path().join("logged-0.bin"));
+    assert_eq!(logged.len(), ref_logged.len());
+    let mut worst_rel = 0f64;
+    for (i, (a, b)) in logged.iter().zip(&ref_logged).enumerate() {
+        let (step, what) = (i / LOGGED.len(), LOGGED[i % LOGGED.len()]);
+        let rel = (*a as f64 - b).abs() / b.abs().max(1.0);
+        worst_rel = worst_rel.max(rel);
+        assert!(rel < 1e-5, "step {step}: logged {what} {a} vs {b}");
+    }
+    eprintln!(
+        "CLIP: logged values (loss, accuracies, grad norm, logit scale) within {worst_rel:.3e}"
+    );
+}
