@@ -126,7 +126,11 @@ fn batch(step: u64, part: Option<usize>) -> Batch {
         .map(|i| {
             let missing = (step == 1 && i == 1) || (step == 2 && i >= B);
             let k = i + 3 * step as usize;
-            let long = if k.is_multiple_of(2) { " with a dog" } else { "" };
+            let long = if k.is_multiple_of(2) {
+                " with a dog"
+            } else {
+                ""
+            };
             (!missing).then(|| format!("{} {}{long}", ADJ[k % 4], NOUNS[k % 6]))
         })
         .collect();
