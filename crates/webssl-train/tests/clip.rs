@@ -239,10 +239,7 @@ fn tokenizer_training_is_deterministic_and_round_trips_through_tokenizer_json() 
     assert_eq!(ids, a.encode("a small cat on blue").unwrap());
     assert_eq!((ids[0], *ids.last().unwrap()), (0, 1));
     assert!(ids.len() < 2 + "a small cat on blue".len() - 5, "{ids:?}");
-    assert_eq!(
-        c.decode(&ids).unwrap().trim(),
-        "a small cat on blue"
-    );
+    assert_eq!(c.decode(&ids).unwrap().trim(), "a small cat on blue");
     // Truncation keeps the EOT inside the context.
     let long = c.encode(&"number 12345 ".repeat(20)).unwrap();
     assert_eq!(long.len(), 12);
@@ -311,4 +308,121 @@ fn gradient_reaches_every_parameter_of_both_towers_and_the_logit_scale() {
         let norm = host(grad.clone().square().sum())[0];
         assert!(norm > 0.0, "zero gradient for {n}");
     }
+}
+
+/// The data-parallel CLIP step's gradient routing (`webssl_train::clip::gather`), with the ranks
+/// simulated in one process so that it runs without MPI: the pairs split unevenly over two "ranks"
+/// (2 + 3), each rank's towers on its own pairs, the gathered features, each rank's local loss and its
+/// feature gradients, their sum (what the all-reduce does), the surrogate backward through each
+/// rank's towers, and the mean of the two parameter gradients (what `all_reduce_mean` does) must give
+/// the gradient of the one-process loss over all five pairs — for every parameter, the logit scale
+/// included — and the shares must sum to that loss. (`tests/dist_clip.rs` runs the real thing on two
+/// MPI processes.)
+#[test]
+fn gathered_local_losses_reproduce_the_global_batch_gradient() {
+    use webssl_train::clip::gather::{Gathered, local_loss_grads, surrogate};
+    use webssl_train::objectives::clip::l2_normalize;
+
+    let device = Device::flex().autodiff();
+    let (vit, text) = tiny_towers(10);
+    let model = ClipModel::new(&vit, &text, logit_scale_init(), 4, &device).unwrap();
+    let (n, l) = (5usize, 4usize);
+    let pixels: Vec<f32> = (0..n * 3 * 28 * 28)
+        .map(|i| ((i * 7919 + 13) % 251) as f32 / 125.0 - 1.0)
+        .collect();
+    let ids: Vec<i64> = (0..n * l).map(|i| ((i * 7 + 3) % 10) as i64).collect();
+    let eot = [3usize, 2, 3, 1, 3];
+    let towers = |rows: std::ops::Range<usize>| {
+        let k = rows.len();
+        let images = Tensor::<4>::from_data(
+            TensorData::new(
+                pixels[rows.start * 3 * 28 * 28..rows.end * 3 * 28 * 28].to_vec(),
+                [k, 3, 28, 28],
+            ),
+            &device,
+        );
+        let tokens = Tensor::<2, Int>::from_data(
+            TensorData::new(ids[rows.start * l..rows.end * l].to_vec(), [k, l]),
+            &device,
+        );
+        (
+            model.encode_image(images),
+            model.encode_text(tokens, &eot[rows]),
+        )
+    };
+
+    // One process, all five pairs.
+    let (img, txt) = towers(0..n);
+    let loss = clip_loss(img, txt, model.logit_scale.val());
+    let whole_loss = host(loss.clone())[0] as f64;
+    let whole = ParamGrads::from_module(&model, &loss.backward());
+
+    // Two ranks: 0..2 and 2..5.
+    let splits = [0..2, 2..5];
+    let feats: Vec<(Tensor<2>, Tensor<2>)> = splits
+        .iter()
+        .map(|r| {
+            let (i, t) = towers(r.clone());
+            (l2_normalize(i), l2_normalize(t))
+        })
+        .collect();
+    let e = text.embed_dim;
+    let gathered = Gathered::concat(
+        &feats
+            .iter()
+            .map(|(i, t)| (host(i.clone().inner()), host(t.clone().inner())))
+            .collect::<Vec<_>>(),
+        e,
+    );
+    assert_eq!(gathered.counts, [2, 3]);
+    let t = model.logit_scale_value() as f32;
+    let locals: Vec<_> = (0..2)
+        .map(|r| local_loss_grads(&gathered, r, 2, t, &device))
+        .collect();
+    let shares: f64 = locals.iter().map(|g| g.share).sum();
+    assert!(
+        (shares - whole_loss).abs() < 1e-5 * whole_loss.max(1.0),
+        "shares {shares} vs loss {whole_loss}"
+    );
+    let sum = |f: fn(&webssl_train::clip::gather::LocalGrads) -> &Vec<f32>| -> Vec<f32> {
+        (0..n * e)
+            .map(|k| f(&locals[0])[k] + f(&locals[1])[k])
+            .collect()
+    };
+    let (d_image, d_text) = (sum(|g| &g.d_image), sum(|g| &g.d_text));
+    let per_rank: Vec<ParamGrads> = (0..2)
+        .map(|r| {
+            let rows = gathered.rows(r);
+            let span = rows.start * e..rows.end * e;
+            let (i, tf) = feats[r].clone();
+            let s = surrogate(
+                i,
+                tf,
+                model.logit_scale.val(),
+                &d_image[span.clone()],
+                &d_text[span],
+                locals[r].d_logit_scale,
+            );
+            ParamGrads::from_module(&model, &s.backward())
+        })
+        .collect();
+
+    let (mut checked, mut worst) = (0, 0f32);
+    for path in whole.paths() {
+        let want = host(whole.get(path).unwrap().clone());
+        let part = |r: usize| host(per_rank[r].get(path).unwrap().clone());
+        let got: Vec<f32> = part(0)
+            .iter()
+            .zip(part(1))
+            .map(|(a, b)| (a + b) / 2.0)
+            .collect();
+        let err = rel_err(&got, &want);
+        assert!(err < 1e-4, "{path}: relative error {err}");
+        worst = worst.max(err);
+        checked += 1;
+    }
+    eprintln!(
+        "simulated 2 ranks vs 1 process: max relative gradient error {worst:.2e} over {checked} parameters"
+    );
+    assert!(checked > 20 && whole.get("logit_scale").is_some());
 }
