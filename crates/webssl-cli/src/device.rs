@@ -13,11 +13,14 @@
 //! without that network access can type-check the feature (`DOCS_RS=1` makes those two build
 //! scripts skip the download) but cannot link the binary.
 //!
-//! `cuda` without an index follows the launcher convention of torchrun (and `webssl launch`): the
-//! process drives GPU `LOCAL_RANK` (0 when unset). Where the scheduler already narrowed each process
-//! to one GPU (`CUDA_VISIBLE_DEVICES` listing one device, e.g. Slurm `--gpus-per-task=1`), that one
-//! visible GPU is index 0 whatever the local rank is; a local rank beyond the visible devices is a
-//! clear error rather than a CUDA "invalid device" deep inside the first kernel launch.
+//! `cuda` without an index drives the GPU of this process's local rank, read from the launcher's
+//! environment by the same rules as the data-parallel trainer (`webssl_train::dist::LaunchEnv`:
+//! `OMPI_COMM_WORLD_LOCAL_RANK` under `mpirun` / `webssl launch`, `MPI_LOCALRANKID` under Hydra,
+//! `SLURM_LOCALID` under `srun`, `LOCAL_RANK` under torchrun; a bare `LOCAL_RANK` also counts), 0 for
+//! a single process: N ranks on one machine take GPUs 0..N. Where the scheduler already narrowed each
+//! process to one GPU (`CUDA_VISIBLE_DEVICES` listing one device, e.g. Slurm `--gpus-per-task=1`),
+//! that one visible GPU is index 0 whatever the local rank is; a local rank beyond the visible devices
+//! is a clear error rather than a CUDA "invalid device" deep inside the first kernel launch.
 //!
 //! burn API used (burn-tensor-0.22.1/src/device.rs): `Device::flex()`, `Device::cuda(index)`.
 
@@ -27,9 +30,6 @@ use std::sync::OnceLock;
 
 use anyhow::{Context, bail};
 use burn::tensor::Device;
-
-/// The build command that enables the CUDA backend, quoted in errors.
-pub const CUDA_BUILD_HINT: &str = "cargo build --release -p webssl-cli --features cuda";
 
 /// What the user asked for on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -90,11 +90,33 @@ pub fn init(flag: &DeviceFlag) {
 
 /// The device the command should compute on (the `--device` flag; CPU when never set).
 pub fn selected() -> anyhow::Result<Device> {
+    let spec = selected_spec();
+    // The launch environment matters only for `cuda` without an index; a CPU run never reads it here.
+    let local_rank = match spec {
+        DeviceSpec::Cuda(None) => launcher_local_rank(|k| std::env::var(k).ok())?,
+        _ => None,
+    };
     resolve(
-        SELECTED.get().copied().unwrap_or_default(),
-        std::env::var("LOCAL_RANK").ok().as_deref(),
+        spec,
+        local_rank,
         std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref(),
     )
+}
+
+/// This process's local rank as the launcher set it (`None`: a single process). `get` is the
+/// environment, or a map in tests.
+pub fn launcher_local_rank(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Option<usize>> {
+    let env = webssl_train::dist::LaunchEnv::from_lookup(&get)
+        .context("reading the launcher's rank variables to pick the GPU")?;
+    if env.source != "none" {
+        return Ok(Some(env.local_rank));
+    }
+    match get("LOCAL_RANK").as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(r) => r.parse().map(Some).with_context(|| {
+            format!("LOCAL_RANK={r:?} is not a non-negative integer (set by the launcher)")
+        }),
+    }
 }
 
 /// The spec given on the command line (for log lines and result files).
@@ -102,11 +124,11 @@ pub fn selected_spec() -> DeviceSpec {
     SELECTED.get().copied().unwrap_or_default()
 }
 
-/// The CUDA ordinal for `spec` given the launcher's environment (`LOCAL_RANK`,
-/// `CUDA_VISIBLE_DEVICES`); `None` for the CPU. Pure, so the rules are unit-tested.
+/// The CUDA ordinal for `spec` given the local rank and `CUDA_VISIBLE_DEVICES`; `None` for the CPU.
+/// Pure, so the rules are unit-tested.
 pub fn cuda_index(
     spec: DeviceSpec,
-    local_rank: Option<&str>,
+    local_rank: Option<usize>,
     visible: Option<&str>,
 ) -> anyhow::Result<Option<usize>> {
     let explicit = match spec {
@@ -120,15 +142,11 @@ pub fn cuda_index(
     }
     let index = match explicit {
         Some(n) => n,
-        None => match local_rank.map(str::trim).filter(|s| !s.is_empty()) {
+        None => match local_rank {
             None => 0,
-            Some(r) => {
-                let rank: usize = r.parse().with_context(|| {
-                    format!("LOCAL_RANK={r:?} is not a non-negative integer (set by the launcher)")
-                })?;
-                // One visible GPU per process: it is this process's GPU whatever its local rank.
-                if n_visible == Some(1) { 0 } else { rank }
-            }
+            // One visible GPU per process: it is this process's GPU whatever its local rank.
+            Some(_) if n_visible == Some(1) => 0,
+            Some(rank) => rank,
         },
     };
     if let Some(n) = n_visible
@@ -145,7 +163,7 @@ pub fn cuda_index(
 /// The burn device for `spec` in the given environment.
 pub fn resolve(
     spec: DeviceSpec,
-    local_rank: Option<&str>,
+    local_rank: Option<usize>,
     visible: Option<&str>,
 ) -> anyhow::Result<Device> {
     match cuda_index(spec, local_rank, visible)? {
@@ -164,7 +182,7 @@ fn cuda(index: usize, _spec: DeviceSpec) -> anyhow::Result<Device> {
 fn cuda(_index: usize, spec: DeviceSpec) -> anyhow::Result<Device> {
     bail!(
         "--device {spec}: this webssl binary was built without CUDA support; rebuild it with the \
-         `cuda` feature: `{CUDA_BUILD_HINT}` (no CUDA toolkit is needed: the build fetches \
+         `cuda` feature: `cargo build --release -p webssl-cli --features cuda` (no CUDA toolkit is needed: the build fetches \
          CubeCL's LLVM bundle, running needs the NVIDIA driver)"
     )
 }
@@ -192,32 +210,64 @@ mod tests {
     #[test]
     fn cuda_index_follows_local_rank_and_visibility() {
         let cuda = DeviceSpec::Cuda(None);
-        assert_eq!(
-            cuda_index(DeviceSpec::Cpu, Some("3"), None).ok(),
-            Some(None)
-        );
+        assert_eq!(cuda_index(DeviceSpec::Cpu, Some(3), None).ok(), Some(None));
         assert_eq!(cuda_index(cuda, None, None).ok(), Some(Some(0)));
-        assert_eq!(cuda_index(cuda, Some("2"), None).ok(), Some(Some(2)));
+        assert_eq!(cuda_index(cuda, Some(2), None).ok(), Some(Some(2)));
         assert_eq!(
-            cuda_index(cuda, Some("2"), Some("0,1,2,3")).ok(),
+            cuda_index(cuda, Some(2), Some("0,1,2,3")).ok(),
             Some(Some(2))
         );
         // One GPU per process (Slurm --gpus-per-task=1): the visible one, whatever the rank.
-        assert_eq!(cuda_index(cuda, Some("5"), Some("5")).ok(), Some(Some(0)));
-        // An explicit index wins over LOCAL_RANK.
+        assert_eq!(cuda_index(cuda, Some(5), Some("5")).ok(), Some(Some(0)));
+        // An explicit index wins over the local rank.
         assert_eq!(
-            cuda_index(DeviceSpec::Cuda(Some(1)), Some("0"), None).ok(),
+            cuda_index(DeviceSpec::Cuda(Some(1)), Some(0), None).ok(),
             Some(Some(1))
         );
         let err = |r, v| format!("{:#}", cuda_index(cuda, r, v).unwrap_err());
-        assert!(err(Some("two"), None).contains("LOCAL_RANK"));
-        assert!(err(Some("2"), Some("0,1")).contains("only 2 visible"));
+        assert!(err(Some(2), Some("0,1")).contains("only 2 visible"));
         assert!(err(None, Some("")).contains("no GPU is visible"));
     }
 
     #[test]
+    fn local_rank_comes_from_the_launcher_conventions() {
+        let env = |pairs: &[(&str, &str)]| {
+            let m: std::collections::HashMap<String, String> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            launcher_local_rank(move |k| m.get(k).cloned())
+        };
+        assert_eq!(env(&[]).ok(), Some(None));
+        // mpirun (what `webssl launch` wraps): Open MPI's local rank, not a torchrun variable.
+        let ompi = [
+            ("OMPI_COMM_WORLD_RANK", "3"),
+            ("OMPI_COMM_WORLD_SIZE", "4"),
+            ("OMPI_COMM_WORLD_LOCAL_RANK", "1"),
+        ];
+        assert_eq!(env(&ompi).ok(), Some(Some(1)));
+        let slurm = [
+            ("SLURM_PROCID", "5"),
+            ("SLURM_NTASKS", "8"),
+            ("SLURM_LOCALID", "1"),
+        ];
+        assert_eq!(env(&slurm).ok(), Some(Some(1)));
+        let torchrun = [("RANK", "2"), ("WORLD_SIZE", "4"), ("LOCAL_RANK", "2")];
+        assert_eq!(env(&torchrun).ok(), Some(Some(2)));
+        // A bare LOCAL_RANK (set by hand) counts too; junk in it is an error naming it.
+        assert_eq!(env(&[("LOCAL_RANK", "1")]).ok(), Some(Some(1)));
+        let e = format!("{:#}", env(&[("LOCAL_RANK", "two")]).unwrap_err());
+        assert!(e.contains("LOCAL_RANK"), "{e}");
+        let e = format!(
+            "{:#}",
+            env(&[("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "x")]).unwrap_err()
+        );
+        assert!(e.contains("LOCAL_RANK"), "{e}");
+    }
+
+    #[test]
     fn cpu_is_flex() {
-        let d = resolve(DeviceSpec::Cpu, Some("1"), None).unwrap();
+        let d = resolve(DeviceSpec::Cpu, Some(1), None).unwrap();
         assert_eq!(d, Device::flex());
     }
 
