@@ -25,7 +25,8 @@
 # else the PyTorch side is skipped with a message), ARCH (vit-small), PARITY_IMAGES (16), EMBED_IMAGES
 # (1024), EMBED_BATCH (64), DINO_BATCH (64), DINO_STEPS (25), DINO_WARMUP (5), GLOBAL (224), LOCAL (98),
 # N_LOCAL (8), PROTOS (65536), HIDDEN (2048), BOTTLENECK (256), WORKERS (cores − 2), SYNTH_SIZE (256),
-# TORCH_STEPS (10), STEP_TIMEOUT (150 s per step), NO_RECORD=1 (print only; default for DEVICE=cpu).
+# TORCH_STEPS (10), STEP_TIMEOUT (150 s per step), BUDGET (300 s for all checks together, build
+# excluded), NO_RECORD=1 (print only; default for DEVICE=cpu).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -144,48 +145,37 @@ if [[ ! -f $PARITY_SET/index.json ]]; then
     "$W" synth --out "$PARITY_SET" --samples "$PARITY_IMAGES" --size "$SYNTH_SIZE" --seed 7 --split img
 fi
 
+# Every step below is bounded by its own timeout and by what is left of BUDGET (300 s from here on the
+# GPU machine; the build is not in it), most important first: parity, our DINO steps, our embed, then
+# the PyTorch references. A step that fails or times out is logged and recorded; the others still run
+# and the report is written. Exit status: 1 if the parity check or one of our steps failed.
+BUDGET=${BUDGET:-300}
+TB=$(date +%s)
+FAILED=()
+tmo() {  # tmo SECONDS: min(SECONDS, what is left of the budget), at least 1
+    local left=$(( BUDGET - ( $(date +%s) - TB ) ))
+    (( left < 1 )) && left=1
+    echo $(( $1 < left ? $1 : left ))
+}
+over() { (( $(date +%s) - TB >= BUDGET )); }
+
 # ---- (a) CUDA vs CPU ------------------------------------------------------------------------------
 log "(a) webssl embed on cpu and on $DEVICE ($PARITY_IMAGES images, cls + patch tokens)"
 "$W" --device cpu embed --model "$MODEL1" --input "$PARITY_SET" --output "$CACHE/parity-cpu.safetensors" \
     --features cls,patch-tokens --batch-size 8 >&2
-timeout "$STEP_TIMEOUT" "$W" --device "$DEVICE" embed --model "$MODEL1" --input "$PARITY_SET" \
-    --output "$CACHE/parity-dev-$DEVICE.safetensors" --features cls,patch-tokens --batch-size 8 >&2
+rm -f "$CACHE/parity-dev-$DEVICE.safetensors"
+timeout "$(tmo "$STEP_TIMEOUT")" "$W" --device "$DEVICE" embed --model "$MODEL1" --input "$PARITY_SET" \
+    --output "$CACHE/parity-dev-$DEVICE.safetensors" --features cls,patch-tokens --batch-size 8 >&2 \
+    || { log "(a) webssl embed --device $DEVICE FAILED"; FAILED+=("parity embed on $DEVICE"); }
 # Tolerance: f32 on both sides, but the GPU sums in another order and CubeCL's matmul may use TF32
 # tensor cores for f32 inputs (10-bit mantissa): 12 blocks of that stay within ~1e-2 relative.
 # Exact f32 agreement would be ~1e-5 (the CPU vs PyTorch parity in RESULTS.md).
-PARITY_OK=1
-par=$("$PY" bench/gpu_torch.py compare --a "$CACHE/parity-cpu.safetensors" --b "$CACHE/parity-dev-$DEVICE.safetensors" \
-    --key cls --key patch_tokens --rtol 2e-2 --min-cos 0.999) || PARITY_OK=0
-tagged parity "$par"
-log "(a) $(tail -n 1 <<< "$par")"
-
-# ---- (c1) embed speed -----------------------------------------------------------------------------
-# CubeCL compiles each kernel the first time a process launches it (nothing is cached across
-# processes in this build), and `webssl embed` times from after the model load to the last batch, so
-# its rate includes that compile. Two runs, on N/4 and on N images (synth sample i depends only on
-# (seed, i): the small set is a prefix of the big one), give the marginal rate (N − N/4) / (t_N − t_N/4)
-# — the steady-state end-to-end throughput — next to the plain rate of the big run.
-SMALL=$(( EMBED_IMAGES / 4 ))
-IMAGES_SMALL=$CACHE/images-$SYNTH_SIZE-$SMALL
-[[ -f $IMAGES_SMALL/index.json ]] || "$W" synth --out "$IMAGES_SMALL" --samples "$SMALL" --size "$SYNTH_SIZE" --seed 7 --split img >&2
-embed_run() {  # embed_run INPUT -> "images seconds" (seconds = images / the printed img/s, finer than its "in X s")
-    local out
-    out=$(timeout "$STEP_TIMEOUT" "$W" --device "$DEVICE" embed --model "$MODEL" --input "$1" \
-        --output "$CACHE/embed-$DEVICE.safetensors" --features cls --batch-size "$EMBED_BATCH" | tail -n 1)
-    log "(c) $out"
-    "$PY" -c 'import re,sys; m=re.match(r"embedded (\d+) images .* ([0-9.]+) img/s", sys.argv[1]); print(m[1], int(m[1]) / float(m[2]))' "$out"
-}
-log "(c) webssl embed --device $DEVICE: $SMALL then $EMBED_IMAGES images, batch $EMBED_BATCH ($ARCH)"
-read -r n1 t1 <<< "$(embed_run "$IMAGES_SMALL")"
-read -r n2 t2 <<< "$(embed_run "$IMAGES")"
-emit "$("$PY" -c 'import json,sys; n1,t1,n2,t2=int(sys.argv[1]),float(sys.argv[2]),int(sys.argv[3]),float(sys.argv[4]); print(json.dumps({"tag":"ours_embed","images":n2,"img_s":(n2-n1)/(t2-t1) if t2>t1 else None,"img_s_plain":n2/t2,"small":[n1,t1],"big":[n2,t2]}))' "$n1" "$t1" "$n2" "$t2")"
-if [[ -z $TORCH_SKIP ]]; then
-    for dt in f32 bf16; do
-        t=$(timeout "$STEP_TIMEOUT" "$PY" bench/gpu_torch.py embed --model "$MODEL" --batch "$EMBED_BATCH" \
-            --dtype "$dt" --device "$TORCH_DEVICE" --iters "$TORCH_ITERS" 2>/dev/null | tail -n 1) \
-            && tagged "torch_embed_$dt" "$t" && log "(c) torch embed $dt: $t" \
-            || log "(c) torch embed $dt failed (see: $PY bench/gpu_torch.py embed --model $MODEL --dtype $dt)"
-    done
+if [[ -f $CACHE/parity-dev-$DEVICE.safetensors ]]; then
+    par=$("$PY" bench/gpu_torch.py compare --a "$CACHE/parity-cpu.safetensors" \
+        --b "$CACHE/parity-dev-$DEVICE.safetensors" --key cls --key patch_tokens --rtol 2e-2 --min-cos 0.999) \
+        || FAILED+=("parity outside tolerance")
+    tagged parity "$par"
+    log "(a) $(tail -n 1 <<< "$par")"
 fi
 
 # ---- (b) DINO steps on the device -----------------------------------------------------------------
@@ -203,31 +193,81 @@ SETS=(
 )
 if [[ $DEPTH != 0 ]]; then SETS+=(--set "model.depth=$DEPTH"); else SETS+=(--set "model.depth=12"); fi
 log "(b) webssl pretrain dino --device $DEVICE: $DINO_STEPS steps, batch $DINO_BATCH, ${GLOBAL}px x2 + ${LOCAL}px x$N_LOCAL, $PROTOS prototypes"
-# the training data is generated by the run itself (data.synth) before step 0, outside the step timings
-timeout $(( STEP_TIMEOUT * 2 )) "$W" --device "$DEVICE" pretrain dino --config configs/demo.toml "${SETS[@]}" \
-    --resume never --stop-after "$DINO_STEPS" > "$CACHE/dino-$DEVICE.log" 2>&1 \
-    || { log "(b) webssl pretrain failed; last lines of $CACHE/dino-$DEVICE.log:"; tail -n 20 "$CACHE/dino-$DEVICE.log" >&2; }
-dm=$("$PY" bench/gpu_torch.py dino-metrics --run "$RUN" --warmup "$DINO_WARMUP" --batch "$DINO_BATCH" || echo '{"steps":0}')
+# The training data is generated by the run itself (data.synth) before step 0, outside the step
+# timings; --stop-after ends the run with a checkpoint and without the export and kNN.
+timeout "$(tmo $(( STEP_TIMEOUT * 2 )))" "$W" --device "$DEVICE" pretrain dino --config configs/demo.toml \
+    "${SETS[@]}" --resume never --stop-after "$DINO_STEPS" > "$CACHE/dino-$DEVICE.log" 2>&1 \
+    || { log "(b) webssl pretrain FAILED or timed out; last lines of $CACHE/dino-$DEVICE.log:"
+         tail -n 20 "$CACHE/dino-$DEVICE.log" >&2; FAILED+=("pretrain dino on $DEVICE"); }
+dm=$("$PY" bench/gpu_torch.py dino-metrics --run "$RUN" --warmup "$DINO_WARMUP" --batch "$DINO_BATCH" 2>/dev/null \
+    || echo '{"steps":0}')
 tagged ours_dino "$dm"
 log "(b) $(tail -n 1 <<< "$dm")"
+grep -q '"loss_finite": true' <<< "$dm" || FAILED+=("DINO losses not all finite (or no step logged)")
+
+# ---- (c) embed speed ------------------------------------------------------------------------------
+# CubeCL compiles each kernel the first time a process launches it (nothing is cached across
+# processes in this build), and `webssl embed` times from after the model load to the last batch, so
+# its rate includes that compile. Two runs, on N/4 and on N images (synth sample i depends only on
+# (seed, i): the small set is a prefix of the big one), give the marginal rate (N − N/4) / (t_N − t_N/4)
+# — the steady-state end-to-end throughput — next to the plain rate of the big run.
+SMALL=$(( EMBED_IMAGES / 4 ))
+IMAGES_SMALL=$CACHE/images-$SYNTH_SIZE-$SMALL
+[[ -f $IMAGES_SMALL/index.json ]] || "$W" synth --out "$IMAGES_SMALL" --samples "$SMALL" --size "$SYNTH_SIZE" --seed 7 --split img >&2
+embed_run() {  # embed_run INPUT -> "images seconds" (seconds = images / the printed img/s, finer than its "in X s")
+    local out
+    out=$(timeout "$(tmo "$STEP_TIMEOUT")" "$W" --device "$DEVICE" embed --model "$MODEL" --input "$1" \
+        --output "$CACHE/embed-$DEVICE.safetensors" --features cls --batch-size "$EMBED_BATCH" | tail -n 1) || return 1
+    log "(c) $out"
+    "$PY" -c 'import re,sys; m=re.match(r"embedded (\d+) images .* ([0-9.]+) img/s", sys.argv[1]); print(m[1], int(m[1]) / float(m[2]))' "$out"
+}
+if over; then
+    log "(c) budget spent: webssl embed timing skipped"
+else
+    log "(c) webssl embed --device $DEVICE: $SMALL then $EMBED_IMAGES images, batch $EMBED_BATCH ($ARCH)"
+    if r1=$(embed_run "$IMAGES_SMALL") && r2=$(embed_run "$IMAGES"); then
+        read -r n1 t1 <<< "$r1"
+        read -r n2 t2 <<< "$r2"
+        emit "$("$PY" -c 'import json,sys; n1,t1,n2,t2=int(sys.argv[1]),float(sys.argv[2]),int(sys.argv[3]),float(sys.argv[4]); print(json.dumps({"tag":"ours_embed","images":n2,"img_s":(n2-n1)/(t2-t1) if t2>t1 else None,"img_s_plain":n2/t2,"small":[n1,t1],"big":[n2,t2]}))' "$n1" "$t1" "$n2" "$t2")"
+    else
+        log "(c) webssl embed --device $DEVICE FAILED or timed out"
+        FAILED+=("embed timing on $DEVICE")
+    fi
+fi
+
+# ---- (c) the PyTorch references -------------------------------------------------------------------
 if [[ -z $TORCH_SKIP ]]; then
     for dt in f32 bf16; do
-        t=$(timeout "$STEP_TIMEOUT" "$PY" bench/gpu_torch.py dino --arch "$ARCH" --depth "$DEPTH" --batch "$DINO_BATCH" \
-            --global-size "$GLOBAL" --local-size "$LOCAL" --n-local "$N_LOCAL" --prototypes "$PROTOS" \
-            --hidden "$HIDDEN" --bottleneck "$BOTTLENECK" --dtype "$dt" --steps "$TORCH_STEPS" \
-            --device "$TORCH_DEVICE" 2>/dev/null | tail -n 1) \
+        if over; then log "(c) budget spent: torch DINO step $dt skipped"; continue; fi
+        t=$(timeout "$(tmo "$STEP_TIMEOUT")" "$PY" bench/gpu_torch.py dino --arch "$ARCH" --depth "$DEPTH" \
+            --batch "$DINO_BATCH" --global-size "$GLOBAL" --local-size "$LOCAL" --n-local "$N_LOCAL" \
+            --prototypes "$PROTOS" --hidden "$HIDDEN" --bottleneck "$BOTTLENECK" --dtype "$dt" \
+            --steps "$TORCH_STEPS" --device "$TORCH_DEVICE" 2>/dev/null | tail -n 1) \
             && tagged "torch_dino_$dt" "$t" && log "(c) torch DINO step $dt: $t" \
-            || log "(c) torch DINO step $dt failed (rerun by hand to see why)"
+            || log "(c) torch DINO step $dt failed or timed out (rerun by hand to see why)"
+    done
+    for dt in f32 bf16; do
+        if over; then log "(c) budget spent: torch embed $dt skipped"; continue; fi
+        t=$(timeout "$(tmo "$STEP_TIMEOUT")" "$PY" bench/gpu_torch.py embed --model "$MODEL" --batch "$EMBED_BATCH" \
+            --dtype "$dt" --device "$TORCH_DEVICE" --iters "$TORCH_ITERS" 2>/dev/null | tail -n 1) \
+            && tagged "torch_embed_$dt" "$t" && log "(c) torch embed $dt: $t" \
+            || log "(c) torch embed $dt failed or timed out (see: $PY bench/gpu_torch.py embed --model $MODEL --dtype $dt)"
     done
 fi
 
 # ---- report ---------------------------------------------------------------------------------------
 WALL=$(( $(date +%s) - T0 ))
-SETTINGS="DEVICE=$DEVICE ARCH=$ARCH PARITY_IMAGES=$PARITY_IMAGES EMBED_IMAGES=$EMBED_IMAGES EMBED_BATCH=$EMBED_BATCH DINO_BATCH=$DINO_BATCH DINO_STEPS=$DINO_STEPS DINO_WARMUP=$DINO_WARMUP GLOBAL=$GLOBAL LOCAL=$LOCAL N_LOCAL=$N_LOCAL PROTOS=$PROTOS HIDDEN=$HIDDEN BOTTLENECK=$BOTTLENECK DEPTH=$DEPTH WORKERS=$WORKERS SYNTH_SIZE=$SYNTH_SIZE"
+SETTINGS="DEVICE=$DEVICE ARCH=$ARCH PARITY_IMAGES=$PARITY_IMAGES EMBED_IMAGES=$EMBED_IMAGES EMBED_BATCH=$EMBED_BATCH DINO_BATCH=$DINO_BATCH DINO_STEPS=$DINO_STEPS DINO_WARMUP=$DINO_WARMUP GLOBAL=$GLOBAL LOCAL=$LOCAL N_LOCAL=$N_LOCAL PROTOS=$PROTOS HIDDEN=$HIDDEN BOTTLENECK=$BOTTLENECK DEPTH=$DEPTH WORKERS=$WORKERS SYNTH_SIZE=$SYNTH_SIZE BUDGET=$BUDGET"
 NOTES="webssl runs f32 on CUDA (bf16 with f32 master weights is not implemented: see bench/README.md). The PyTorch embed number is model-only on random pixels; ours is end to end (decode + preprocess + forward), so the embed ratio is a lower bound of the model-only ratio. The torch DINO step is DINOv2-like (DINO + iBOT + KoLeo, Sinkhorn-Knopp, EMA) on random crops, no data loader; ours includes the loader."
+if (( ${#FAILED[@]} )); then
+    NOTES="**Failed: $(IFS=';'; echo "${FAILED[*]}")** (logs under bench/.cache/gpu/). $NOTES"
+fi
 emit "{\"tag\":\"meta\",\"stamp\":\"$(date -u '+%Y-%m-%d %H:%M UTC')\",\"device\":\"$DEVICE\",\"machine\":$(jstr "$MACHINE"),\"build_info\":$(jstr "$BUILD_INFO"),\"settings\":$(jstr "$SETTINGS"),\"wall_s\":$WALL,\"torch\":$(jstr "${TORCH_VER:-none}"),\"torch_skip\":$(jstr "$TORCH_SKIP"),\"parity_model\":\"$ARCH random init\",\"embed_arch\":\"$ARCH\",\"embed_batch\":$EMBED_BATCH,\"dino_shape\":\"$ARCH b$DINO_BATCH ${GLOBAL}/${LOCAL}px x$N_LOCAL K=$PROTOS\",\"notes\":$(jstr "$NOTES")}"
 args=(--results "$RESULTS")
 [[ -z ${NO_RECORD:-} ]] && args+=(--record bench/RESULTS.md)
 "$PY" bench/gpu_torch.py report "${args[@]}"
-log "done in $WALL s (budget: 300 s on the GPU machine, build excluded); raw results: $RESULTS"
-[[ $PARITY_OK == 1 ]] || { log "(a) CUDA vs CPU parity FAILED"; exit 1; }
+log "done in $WALL s (checks: $(( $(date +%s) - TB )) s of a $BUDGET s budget; build excluded); raw results: $RESULTS"
+if (( ${#FAILED[@]} )); then
+    log "FAILED: $(IFS=';'; echo "${FAILED[*]}")"
+    exit 1
+fi
