@@ -248,6 +248,17 @@ impl Dist {
             engine: Engine::Mpi(world),
         };
         dist.spawn_watchdog();
+        // A panic must end this rank at once: unwinding would run MPI_Finalize, which waits for the
+        // other ranks while they wait for this one in a collective.
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            report(info);
+            eprintln!(
+                "error: rank {rank} of {size} panicked; ending it so that the launcher stops the job"
+            );
+            // SAFETY: ends the process without running destructors or atexit handlers.
+            unsafe { libc::_exit(101) };
+        }));
         Ok(dist)
     }
 
@@ -387,6 +398,16 @@ impl Dist {
             .collect()
     }
 
+    /// Every rank's bytes, in rank order, on rank 0 only (`None` elsewhere): point-to-point sends
+    /// to rank 0, so only rank 0 ever holds them all (optimizer state at a checkpoint).
+    pub fn gather_bytes_to_main(&self, what: &'static str, local: &[u8]) -> Option<Vec<Vec<u8>>> {
+        match &self.engine {
+            Engine::Single => Some(vec![local.to_vec()]),
+            #[cfg(feature = "mpi")]
+            Engine::Mpi(w) => self.watched(what, || w.gather_bytes_to_root(local)),
+        }
+    }
+
     /// Every rank's `local` (equal lengths), concatenated in rank order.
     pub fn all_gather_f32(&self, what: &'static str, local: &[f32]) -> Vec<f32> {
         match &self.engine {
@@ -507,6 +528,7 @@ mod mpi_engine {
     use mpi::Threading;
     use mpi::collective::{CommunicatorCollectives, Root, SystemOperation};
     use mpi::environment::Universe;
+    use mpi::point_to_point::{Destination, Source};
     use mpi::topology::{Communicator, SimpleCommunicator};
 
     use super::ReduceOp;
@@ -586,6 +608,31 @@ mod mpi_engine {
 
         pub fn barrier(&self) {
             self.world.barrier();
+        }
+
+        /// Sizes first, then the bytes in chunks under MPI's `int` count limit.
+        pub fn gather_bytes_to_root(&self, local: &[u8]) -> Option<Vec<Vec<u8>>> {
+            const CHUNK: usize = 1 << 30;
+            let root = self.world.process_at_rank(0);
+            if self.rank() != 0 {
+                root.send(&(local.len() as u64));
+                for c in local.chunks(CHUNK) {
+                    root.send(c);
+                }
+                return None;
+            }
+            let mut all = vec![local.to_vec()];
+            for r in 1..self.size() {
+                let from = self.world.process_at_rank(r as i32);
+                let (len, _) = from.receive::<u64>();
+                let mut buf = Vec::with_capacity(len as usize);
+                while buf.len() < len as usize {
+                    let (chunk, _) = from.receive_vec::<u8>();
+                    buf.extend_from_slice(&chunk);
+                }
+                all.push(buf);
+            }
+            Some(all)
         }
     }
 }

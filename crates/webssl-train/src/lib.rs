@@ -12,6 +12,7 @@ pub mod ema;
 pub mod optim;
 pub mod param_groups;
 pub mod schedule;
+pub mod zero;
 
 pub mod run;
 

@@ -158,6 +158,11 @@ impl AdamW {
     }
 
     /// Number of parameters with optimizer state.
+    /// Keeps the state of the parameters whose path `keep` accepts.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.state.retain(|path, _| keep(path));
+    }
+
     pub fn num_states(&self) -> usize {
         self.state.len()
     }

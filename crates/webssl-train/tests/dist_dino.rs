@@ -39,9 +39,10 @@ const LOGGED: [&str; 6] = [
     "grad_norm_ibot_head",
 ];
 
-/// The recipe, with `batch` images per process (the lr scales with the global batch).
-fn config(dir: &Path, batch: usize) -> DinoConfig {
-    let file = dir.join(format!("dist-{batch}.toml"));
+/// The recipe, with `batch` images per process (the lr scales with the global batch), optionally with
+/// the AdamW moments sharded over the ranks (ZeRO-1).
+fn config(dir: &Path, batch: usize, sharded: bool) -> DinoConfig {
+    let file = dir.join(format!("dist-{batch}-{sharded}.toml"));
     std::fs::write(
         &file,
         format!(
@@ -77,6 +78,7 @@ warmup_steps = 1
 lr_per_1024 = 0.5
 [run]
 dir = "{dir}/run"
+shard_optimizer_state = {sharded}
 "#,
             dir = dir.display()
         ),
@@ -154,9 +156,9 @@ fn batch(cfg: &DinoConfig, step: u64, part: Option<usize>) -> Batch {
 
 /// Trains `STEPS` steps (the whole batches on one process, or this rank's slices) and returns the
 /// student's parameters flattened, plus the logged values per step (`LOGGED` order).
-fn train(cfg: &DinoConfig, dist: &Dist) -> (Vec<f32>, Vec<f64>) {
+fn train(cfg: &DinoConfig, dist: &Dist) -> (Vec<f32>, Vec<f64>, usize) {
     let device = Device::flex();
-    let mut trainer = DinoTrainer::new(cfg, dist.world_size(), &device).unwrap();
+    let mut trainer = DinoTrainer::new(cfg, dist, &device).unwrap();
     let mut losses = Vec::new();
     for step in 0..STEPS {
         let part = (dist.world_size() > 1).then(|| dist.rank());
@@ -171,7 +173,7 @@ fn train(cfg: &DinoConfig, dist: &Dist) -> (Vec<f32>, Vec<f64>) {
         .into_iter()
         .flat_map(|(_, _, v)| v)
         .collect();
-    (params, losses)
+    (params, losses, trainer.optimizer_states())
 }
 
 fn write_f32(path: &Path, v: &[f32]) {
@@ -200,11 +202,15 @@ fn rank_of_two() {
     let out = Path::new(&out);
     let dist = Dist::from_env().unwrap();
     assert_eq!(dist.world_size(), 2);
-    let cfg = config(out, B);
-    let (params, losses) = train(&cfg, &dist);
-    write_f32(&out.join(format!("params-{}.bin", dist.rank())), &params);
-    let bytes: Vec<u8> = losses.iter().flat_map(|x| x.to_le_bytes()).collect();
-    std::fs::write(out.join(format!("logged-{}.bin", dist.rank())), bytes).unwrap();
+    for sharded in [false, true] {
+        let cfg = config(out, B, sharded);
+        let (params, losses, states) = train(&cfg, &dist);
+        let tag = format!("{sharded}-{}", dist.rank());
+        write_f32(&out.join(format!("params-{tag}.bin")), &params);
+        let bytes: Vec<u8> = losses.iter().flat_map(|x| x.to_le_bytes()).collect();
+        std::fs::write(out.join(format!("logged-{tag}.bin")), bytes).unwrap();
+        std::fs::write(out.join(format!("states-{tag}")), states.to_string()).unwrap();
+    }
 }
 
 pub fn mpirun() -> Command {
@@ -230,16 +236,16 @@ fn two_ranks_of_b_reproduce_one_process_of_2b() {
     assert!(status.success(), "the 2-rank job failed: {status}");
 
     // One process with the whole global batch: batch_size 2B.
-    let cfg = config(tmp.path(), 2 * B);
-    let (reference, ref_losses) = train(&cfg, &Dist::single());
-    let rank0 = read_f32(&tmp.path().join("params-0.bin"));
-    let rank1 = read_f32(&tmp.path().join("params-1.bin"));
+    let cfg = config(tmp.path(), 2 * B, false);
+    let (reference, ref_losses, ref_states) = train(&cfg, &Dist::single());
+    let rank0 = read_f32(&tmp.path().join("params-false-0.bin"));
+    let rank1 = read_f32(&tmp.path().join("params-false-1.bin"));
     assert_eq!(rank0, rank1, "the two ranks' students differ");
     assert_eq!(rank0.len(), reference.len());
 
     // Training moved the parameters (the comparison is not between two copies of the init).
     let init = {
-        let t = DinoTrainer::new(&cfg, 1, &Device::flex()).unwrap();
+        let t = DinoTrainer::new(&cfg, &Dist::single(), &Device::flex()).unwrap();
         checkpoint::named_parameters(&t.student)
             .into_iter()
             .flat_map(|(_, _, v)| v)
@@ -257,7 +263,7 @@ fn two_ranks_of_b_reproduce_one_process_of_2b() {
 
     // Logged values every step: losses (which, from step 1 on, depend on the updated parameters) and
     // the norms of the averaged gradients.
-    let logged: Vec<f64> = std::fs::read(tmp.path().join("logged-0.bin"))
+    let logged: Vec<f64> = std::fs::read(tmp.path().join("logged-false-0.bin"))
         .unwrap()
         .chunks_exact(8)
         .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
@@ -288,4 +294,27 @@ fn two_ranks_of_b_reproduce_one_process_of_2b() {
         off < 1e-3 * travelled,
         "2 ranks × B end {off} away from 1 process × 2B (travelled {travelled})"
     );
+
+    // ZeRO-1: the same update computed by each parameter's owner, so the students are bit-identical
+    // to the unsharded 2-rank run, while each rank keeps moments for its share only.
+    for r in 0..2 {
+        let sharded = read_f32(&tmp.path().join(format!("params-true-{r}.bin")));
+        assert!(
+            sharded == rank0,
+            "ZeRO-1 rank {r} differs from the unsharded run"
+        );
+    }
+    let states = |tag: &str| -> usize {
+        std::fs::read_to_string(tmp.path().join(format!("states-{tag}")))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(states("false-0"), ref_states);
+    let (s0, s1) = (states("true-0"), states("true-1"));
+    assert!(
+        s0 > 0 && s1 > 0 && s0 < ref_states && s1 < ref_states,
+        "{s0} {s1} of {ref_states}"
+    );
+    assert_eq!(s0 + s1, ref_states, "every parameter has exactly one owner");
 }

@@ -42,6 +42,7 @@ use crate::run::progress::ProgressUpdate;
 use crate::run::state::{OptimizerSet, StateMeta, read_all, recipe_hash, tensors_bytes};
 use crate::run::tensorboard::EventWriter;
 use crate::schedule::CosineSchedule;
+use crate::zero::{self, ZeroShards};
 
 /// All per-step schedules (§5.2), functions of the step only.
 struct Schedules {
@@ -109,7 +110,7 @@ pub fn train(
     let run = RunDir::start_ranked(Path::new(&cfg.run.dir), resolved, dist)?;
     let (shards, data) = cfg.data.open_train_ranked(dist)?;
 
-    let mut trainer = DinoTrainer::new(cfg, world_size, device)?;
+    let mut trainer = DinoTrainer::new(cfg, dist, device)?;
 
     // ---- resume ----
     let ckpts = CheckpointManager::new(&run.path, cfg.run.keep_last);
@@ -260,8 +261,10 @@ pub fn train(
                 rank_loaders: Vec::new(),
             };
             meta.gather_loaders(dist)?;
-            if main {
-                trainer.save(&ckpts, step_no, &meta)?;
+            let opt_state =
+                zero::gather_optimizer_state(&trainer.opt, trainer.zero.as_ref(), dist)?;
+            if let Some(opt_state) = opt_state {
+                trainer.save(&ckpts, step_no, &meta, &opt_state)?;
             }
             if let Some(m) = metrics.as_mut() {
                 m.sync()?;
@@ -305,11 +308,15 @@ pub struct DinoTrainer<'c> {
     depth: usize,
     device: Device,
     ad: Device,
+    /// ZeRO-1 owners when the moments are sharded over ranks.
+    zero: Option<ZeroShards>,
 }
 
 impl<'c> DinoTrainer<'c> {
-    /// Fresh state (seeded init) for a run on `world_size` processes (the lr scales with it).
-    pub fn new(cfg: &'c DinoConfig, world_size: usize, device: &Device) -> Result<Self> {
+    /// Fresh state (seeded init, identical on every rank) for this rank of `dist` (the lr scales
+    /// with the world size).
+    pub fn new(cfg: &'c DinoConfig, dist: &Dist, device: &Device) -> Result<Self> {
+        let world_size = dist.world_size();
         let vit = cfg.vit()?;
         let ad = device.clone().autodiff();
         let student = DinoModel::new(&vit, &cfg.heads, cfg.seed, &ad);
@@ -328,8 +335,19 @@ impl<'c> DinoTrainer<'c> {
             dino: CenterState::new(k_dino, 0.9, device),
             ibot: CenterState::new(k_ibot, 0.9, device),
         });
+        let zero = (cfg.run.shard_optimizer_state && world_size > 1).then(|| {
+            let mut list = vec![
+                ("backbone", zero::trainable_params(&student.backbone)),
+                ("dino_head", zero::trainable_params(&student.dino_head)),
+            ];
+            if let Some(h) = &student.ibot_head {
+                list.push(("ibot_head", zero::trainable_params(h)));
+            }
+            ZeroShards::new(&list, dist)
+        });
         Ok(DinoTrainer {
             cfg,
+            zero,
             student,
             teacher,
             opt: OptimizerSet::new(&parts, cfg.optim.betas, 1e-8),
@@ -339,6 +357,11 @@ impl<'c> DinoTrainer<'c> {
             device: device.clone(),
             ad,
         })
+    }
+
+    /// Parameters this rank keeps AdamW moments for (all of them unless sharded with ZeRO-1).
+    pub fn optimizer_states(&self) -> usize {
+        self.opt.num_states()
     }
 
     /// Restores student, teacher, optimizer and centres from a checkpoint directory.
@@ -355,6 +378,9 @@ impl<'c> DinoTrainer<'c> {
             &self.device,
         )?;
         self.opt.load(&read_all(&open("optim.safetensors")?)?)?;
+        if let Some(z) = &self.zero {
+            z.retain_owned(&mut self.opt);
+        }
         if let Some(c) = self.centres.as_mut() {
             let store = open("centres.safetensors")?;
             c.dino.load(&store, "dino", &self.device)?;
@@ -363,7 +389,15 @@ impl<'c> DinoTrainer<'c> {
         Ok(self)
     }
 
-    fn save(&self, ckpts: &CheckpointManager, step: u64, meta: &StateMeta) -> Result<PathBuf> {
+    /// Writes a checkpoint (rank 0); `opt_state` is the whole optimizer state
+    /// ([`zero::gather_optimizer_state`]).
+    fn save(
+        &self,
+        ckpts: &CheckpointManager,
+        step: u64,
+        meta: &StateMeta,
+        opt_state: &[(String, Vec<usize>, Vec<f32>)],
+    ) -> Result<PathBuf> {
         let ser = |tensors: &[(String, Vec<usize>, Vec<f32>)]| tensors_bytes(ckpts, tensors);
         let mut files: Vec<(&str, Vec<u8>)> = vec![
             (
@@ -374,7 +408,7 @@ impl<'c> DinoTrainer<'c> {
                 "teacher.safetensors",
                 ser(&checkpoint::named_parameters(&self.teacher))?,
             ),
-            ("optim.safetensors", ser(&self.opt.state_tensors())?),
+            ("optim.safetensors", ser(opt_state)?),
         ];
         if let Some(c) = &self.centres {
             let mut t = c.dino.tensors("dino");
@@ -486,6 +520,14 @@ impl<'c> DinoTrainer<'c> {
             }
             rule
         };
+        if let Some(z) = &self.zero {
+            // Clipped on the whole averaged gradient above; now each rank steps its own share.
+            z.keep_owned("backbone", &mut g_backbone);
+            z.keep_owned("dino_head", &mut g_dino);
+            if let Some(g) = g_ibot.as_mut() {
+                z.keep_owned("ibot_head", g);
+            }
+        }
         let DinoModel {
             backbone,
             dino_head,
@@ -503,6 +545,14 @@ impl<'c> DinoTrainer<'c> {
                 Some(opt.get("ibot_head").step(h, g, lr, last_lr, wd, &head_rule))
             }
             (h, _) => h,
+        };
+        let (backbone, dino_head, ibot_head) = match &self.zero {
+            None => (backbone, dino_head, ibot_head),
+            Some(z) => (
+                z.sync("backbone", backbone, dist),
+                z.sync("dino_head", dino_head, dist),
+                ibot_head.map(|h| z.sync("ibot_head", h, dist)),
+            ),
         };
         self.student = DinoModel {
             backbone,

@@ -115,6 +115,10 @@ pub struct RunConfig {
     /// Export the teacher backbone in HF layout every N steps (and always at the end); 0 = only at the end.
     pub export_every_steps: u64,
     pub tensorboard: bool,
+    /// ZeRO-1 on several processes: each rank keeps the AdamW moments of 1/N of the parameters
+    /// (`crate::zero`). Changes where the update is computed, not the update, so a run may switch it
+    /// between resumes. DINO only for now.
+    pub shard_optimizer_state: bool,
 }
 
 impl Default for RunConfig {
@@ -125,6 +129,7 @@ impl Default for RunConfig {
             keep_last: 3,
             export_every_steps: 0,
             tensorboard: true,
+            shard_optimizer_state: false,
         }
     }
 }

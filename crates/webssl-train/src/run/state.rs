@@ -240,6 +240,18 @@ impl OptimizerSet {
             .collect()
     }
 
+    /// Parameters with optimizer state (moments), over all sub-modules.
+    pub fn num_states(&self) -> usize {
+        self.parts.iter().map(|(_, o)| o.num_states()).sum()
+    }
+
+    /// Keeps the state of the parameters `keep("<sub-module>/<path>")` accepts (ZeRO-1 sharding).
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        for (prefix, o) in &mut self.parts {
+            o.retain(|path| keep(&format!("{prefix}/{path}")));
+        }
+    }
+
     pub fn load(&mut self, tensors: &[NamedTensor]) -> Result<()> {
         for (prefix, o) in &mut self.parts {
             let p = format!("{prefix}/");
