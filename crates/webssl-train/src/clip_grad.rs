@@ -112,12 +112,14 @@ impl ParamGrads {
     }
 
     /// Averages these gradients of `module` over all ranks (DDP/FSDP semantics: every rank then holds
-    /// the gradient of the global-batch mean loss). One host all-reduce over the whole module, laid out
-    /// by the module's parameters so that every rank's buffer matches even where a rank has no
-    /// gradient for a parameter (no masked patch here, say): it contributes zeros, and the parameter
-    /// has a gradient afterwards on every rank iff it had one on some rank — as it would in one process
-    /// over the global batch. Identity at world size 1.
+    /// the gradient of the global-batch mean loss). Laid out by the module's parameters so that every
+    /// rank takes part in the same collectives even where it has no gradient for a parameter (no masked
+    /// patch here, say): it contributes zeros, and the parameter has a gradient afterwards on every rank
+    /// iff it had one on some rank — as it would in one process over the global batch. One all-reduce
+    /// of the presence flags, then one per parameter, so the host copies alive at any time are those of
+    /// a single parameter, not of the model. Identity at world size 1.
     pub fn all_reduce_mean<M: Module>(&mut self, module: &M, dist: &crate::dist::Dist) {
+        use crate::dist::ReduceOp;
         if dist.world_size() == 1 {
             return;
         }
@@ -145,40 +147,26 @@ impl ParamGrads {
             out: Vec::new(),
         };
         module.visit(&mut v);
-        let params = v.out;
-        // [presence flag per parameter | every gradient flattened, zeros where absent]
-        let sizes: Vec<usize> = params.iter().map(|(_, s, _)| s.iter().product()).collect();
-        let mut buf = vec![0f32; params.len() + sizes.iter().sum::<usize>()];
-        let present: Vec<Tensor<1>> = params
+        let mut present: Vec<f32> = v
+            .out
             .iter()
-            .filter_map(|(p, _, _)| self.get(p).cloned())
+            .map(|(p, _, _)| f32::from(u8::from(self.get(p).is_some())))
             .collect();
-        let mut host = if present.is_empty() {
-            Vec::new()
-        } else {
-            to_vec(Tensor::cat(present, 0))
-        }
-        .into_iter();
-        let mut at = params.len();
-        for (i, ((path, _, _), &n)) in params.iter().zip(&sizes).enumerate() {
-            if self.get(path).is_some() {
-                buf[i] = 1.0;
-                for (dst, src) in buf[at..at + n].iter_mut().zip(host.by_ref()) {
-                    *dst = src;
-                }
-            }
-            at += n;
-        }
-        dist.all_reduce_f32("gradients", &mut buf, crate::dist::ReduceOp::Sum);
+        dist.all_reduce_f32("gradient presence", &mut present, ReduceOp::Sum);
         let w = dist.world_size() as f32;
-        let mut at = params.len();
-        for (i, ((path, shape, device), &n)) in params.into_iter().zip(&sizes).enumerate() {
-            if buf[i] > 0.0 {
-                let g: Vec<f32> = buf[at..at + n].iter().map(|x| x / w).collect();
-                let t = Tensor::<1>::from_data(TensorData::new(g, [n]), &device);
-                self.push(path, shape, t);
+        for ((path, shape, device), anywhere) in v.out.into_iter().zip(present) {
+            if anywhere == 0.0 {
+                continue;
             }
-            at += n;
+            let n = shape.iter().product::<usize>();
+            let mut values = match self.get(&path) {
+                Some(g) => to_vec(g.clone()),
+                None => vec![0.0; n],
+            };
+            dist.all_reduce_f32("gradients", &mut values, ReduceOp::Sum);
+            values.iter_mut().for_each(|x| *x /= w);
+            let t = Tensor::<1>::from_data(TensorData::new(values, [n]), &device);
+            self.push(path, shape, t);
         }
     }
 

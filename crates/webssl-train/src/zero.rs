@@ -8,8 +8,8 @@
 //! Ownership is decided once from the parameter list, identically on every rank: parameters in module
 //! order, each to the rank with the fewest elements so far (balanced to within one parameter).
 //!
-//! The copy from owners goes through one host all-reduce per sub-module: the owner contributes the
-//! values, every other rank zeros (`x + 0 = x` exactly, so the result is bit-identical to a broadcast).
+//! The copy from owners is one broadcast per parameter from its owner (host memory: one parameter at
+//! a time).
 //! Checkpoints stay in the unsharded format: at a checkpoint every rank sends its moments to rank 0,
 //! which writes them all ([`gather_optimizer_state`]); on resume each rank loads the file and keeps its
 //! share — so a sharded run can resume unsharded and the other way round.
@@ -20,7 +20,7 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{Tensor, TensorData};
 
 use crate::clip_grad::{ParamGrads, PathStack, to_vec};
-use crate::dist::{Dist, ReduceOp};
+use crate::dist::Dist;
 use crate::error::{Result, TrainError};
 use crate::run::state::{NamedTensor, OptimizerSet};
 
@@ -102,74 +102,41 @@ impl ZeroShards {
         });
     }
 
-    /// Every parameter of sub-module `part` from its owner, on every rank.
+    /// Every parameter of sub-module `part` from its owner, on every rank: one broadcast per
+    /// parameter from its owner, so the host copy alive at any time is that of one parameter.
     pub fn sync<M: Module>(&self, part: &str, module: M, dist: &Dist) -> M {
         if dist.world_size() == 1 {
             return module;
         }
-        // Owned values in module order; zeros elsewhere.
-        struct Gather<'a> {
+        struct Sync<'a> {
             shards: &'a ZeroShards,
             part: &'a str,
+            dist: &'a Dist,
             path: PathStack,
-            sizes: Vec<(usize, bool)>,
-            owned: Vec<Tensor<1>>,
         }
-        impl ModuleVisitor for Gather<'_> {
+        impl ModuleMapper for Sync<'_> {
             fn enter_module(&mut self, name: &str, container_type: &str) {
                 self.path.enter(name, container_type);
             }
             fn exit_module(&mut self, _name: &str, container_type: &str) {
                 self.path.exit(container_type);
             }
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-                if !param.is_require_grad() {
-                    return;
-                }
-                let t = param.val();
-                let n = t.dims().iter().product();
-                let mine = self.shards.owns(self.part, &self.path.path());
-                if mine {
-                    self.owned.push(t.inner().reshape([n]));
-                }
-                self.sizes.push((n, mine));
-            }
-        }
-        let mut g = Gather {
-            shards: self,
-            part,
-            path: PathStack::default(),
-            sizes: Vec::new(),
-            owned: Vec::new(),
-        };
-        module.visit(&mut g);
-        let mut host = if g.owned.is_empty() {
-            Vec::new()
-        } else {
-            to_vec(Tensor::cat(g.owned, 0))
-        }
-        .into_iter();
-        let mut buf = Vec::with_capacity(g.sizes.iter().map(|s| s.0).sum());
-        for &(n, mine) in &g.sizes {
-            if mine {
-                buf.extend(host.by_ref().take(n));
-            } else {
-                buf.resize(buf.len() + n, 0.0);
-            }
-        }
-        dist.all_reduce_f32("ZeRO parameter sync", &mut buf, ReduceOp::Sum);
-
-        struct Assign {
-            values: std::vec::IntoIter<f32>,
-        }
-        impl ModuleMapper for Assign {
             fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
                 if !param.is_require_grad() {
                     return param;
                 }
+                let owner = self.shards.owners[&key(self.part, &self.path.path())];
                 let (id, tensor, mapper) = param.consume();
                 let n = tensor.dims().iter().product();
-                let values: Vec<f32> = self.values.by_ref().take(n).collect();
+                if owner == self.shards.rank {
+                    let mut values = to_vec(tensor.clone().inner().reshape([n]));
+                    self.dist
+                        .broadcast_f32("ZeRO parameter sync", &mut values, owner);
+                    return Param::from_mapped_value(id, tensor, mapper);
+                }
+                let mut values = vec![0f32; n];
+                self.dist
+                    .broadcast_f32("ZeRO parameter sync", &mut values, owner);
                 let t = Tensor::<D>::from_data(
                     TensorData::new(values, tensor.shape()),
                     &tensor.device(),
@@ -178,8 +145,11 @@ impl ZeroShards {
                 Param::from_mapped_value(id, t, mapper)
             }
         }
-        module.map(&mut Assign {
-            values: buf.into_iter(),
+        module.map(&mut Sync {
+            shards: self,
+            part,
+            dist,
+            path: PathStack::default(),
         })
     }
 }

@@ -42,7 +42,11 @@ const LOGGED: [&str; 6] = [
 /// The recipe, with `batch` images per process (the lr scales with the global batch), optionally with
 /// the AdamW moments sharded over the ranks (ZeRO-1).
 fn config(dir: &Path, batch: usize, sharded: bool) -> DinoConfig {
-    let file = dir.join(format!("dist-{batch}-{sharded}.toml"));
+    // Per process: the two ranks write their configs at the same time.
+    let file = dir.join(format!(
+        "dist-{batch}-{sharded}-{}.toml",
+        std::process::id()
+    ));
     std::fs::write(
         &file,
         format!(

@@ -53,6 +53,9 @@ pub struct RunArgs {
     /// Stop (with a checkpoint) once this many steps of the schedule are done; resume later.
     #[arg(long)]
     pub stop_after: Option<u64>,
+    /// With --dry-run: plan for this many processes (default: the launch environment's world size).
+    #[arg(long, requires = "dry_run")]
+    pub world_size: Option<usize>,
 }
 
 pub fn run(command: Command) -> anyhow::Result<()> {
@@ -227,7 +230,10 @@ fn run_recipe<C: Recipe>(args: RunArgs) -> anyhow::Result<()> {
     if launch.rank == 0 {
         let text = toml::to_string(&resolved).context("printing the resolved config")?;
         println!("# resolved config\n{text}");
-        println!("{}", cfg.plan(launch.world_size)?);
+        println!(
+            "{}",
+            cfg.plan(args.world_size.unwrap_or(launch.world_size).max(1))?
+        );
     }
     if args.dry_run {
         return Ok(());

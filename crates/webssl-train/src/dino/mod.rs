@@ -110,6 +110,10 @@ pub fn train(
     let run = RunDir::start_ranked(Path::new(&cfg.run.dir), resolved, dist)?;
     let (shards, data) = cfg.data.open_train_ranked(dist)?;
 
+    // Resident memory: at the start, and the peak of the training steps before any checkpoint or
+    // export (whose serialisation buffers come on top), to set beside the plan's estimate.
+    let rss_at_start = crate::run::memory::rss_bytes();
+    let (mut steps_peak, mut checkpointed) = (None, false);
     let mut trainer = DinoTrainer::new(cfg, dist, device)?;
 
     // ---- resume ----
@@ -216,6 +220,10 @@ pub fn train(
             ("img_per_s", (batch_size * world_size) as f64 / step_secs),
             ("loader_wait", stats.wait_fraction()),
             ("samples_skipped", stats.samples_skipped as f64),
+            (
+                "peak_mem_mib",
+                crate::run::memory::peak_rss_bytes().map_or(f64::NAN, |b| b as f64 / 1048576.0),
+            ),
         ];
         crate::run::check_finite(step_no, &values)?;
         if let Some(m) = metrics.as_mut() {
@@ -246,6 +254,9 @@ pub fn train(
             bar.update(&update);
         }
 
+        if !checkpointed {
+            steps_peak = crate::run::memory::peak_rss_bytes();
+        }
         let last = step_no == total;
         if last
             || step_no == end
@@ -260,6 +271,7 @@ pub fn train(
                 samples_seen: step_no * (cfg.data.batch_size * world_size) as u64,
                 rank_loaders: Vec::new(),
             };
+            checkpointed = true;
             meta.gather_loaders(dist)?;
             let opt_state =
                 zero::gather_optimizer_state(&trainer.opt, trainer.zero.as_ref(), dist)?;
@@ -287,6 +299,20 @@ pub fn train(
         export::export_hf(&trainer.teacher.backbone, &export_dir, Some(&preprocessor))?;
     }
     crate::run::warn_skipped(&loader.stats());
+    if let (Some(start), Some(steps), Some(all)) = (
+        rss_at_start,
+        steps_peak,
+        crate::run::memory::peak_rss_bytes(),
+    ) {
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        tracing::info!(
+            "rank {rank}: memory above the start of training: training steps peaked at {:.1} MiB \
+             (plan estimate {:.1} MiB), {:.1} MiB with checkpoints and exports",
+            mib(steps.saturating_sub(start)),
+            mib(plan(cfg, world_size)?.total_bytes()),
+            mib(all.saturating_sub(start)),
+        );
+    }
     Ok(TrainOutcome {
         run_dir: run.path.clone(),
         export_dir,
@@ -399,24 +425,31 @@ impl<'c> DinoTrainer<'c> {
         opt_state: &[(String, Vec<usize>, Vec<f32>)],
     ) -> Result<PathBuf> {
         let ser = |tensors: &[(String, Vec<usize>, Vec<f32>)]| tensors_bytes(ckpts, tensors);
-        let mut files: Vec<(&str, Vec<u8>)> = vec![
-            (
-                "student.safetensors",
-                ser(&checkpoint::named_parameters(&self.student))?,
-            ),
-            (
-                "teacher.safetensors",
-                ser(&checkpoint::named_parameters(&self.teacher))?,
-            ),
-            ("optim.safetensors", ser(opt_state)?),
+        let mut names = vec![
+            "student.safetensors",
+            "teacher.safetensors",
+            "optim.safetensors",
         ];
-        if let Some(c) = &self.centres {
-            let mut t = c.dino.tensors("dino");
-            t.extend(c.ibot.tensors("ibot"));
-            files.push(("centres.safetensors", ser(&t)?));
+        if self.centres.is_some() {
+            names.push("centres.safetensors");
         }
-        files.push(("state.json", meta.to_json()));
-        ckpts.save(step, &files)
+        names.push("state.json");
+        // One file in memory at a time (streamed), not the whole state.
+        ckpts.save_streamed(step, &names, |i| {
+            let bytes = match names[i] {
+                "student.safetensors" => ser(&checkpoint::named_parameters(&self.student))?,
+                "teacher.safetensors" => ser(&checkpoint::named_parameters(&self.teacher))?,
+                "optim.safetensors" => ser(opt_state)?,
+                "centres.safetensors" => {
+                    let c = self.centres.as_ref().expect("listed only with centres");
+                    let mut t = c.dino.tensors("dino");
+                    t.extend(c.ibot.tensors("ibot"));
+                    ser(&t)?
+                }
+                _ => meta.to_json(),
+            };
+            Ok(std::borrow::Cow::Owned(bytes))
+        })
     }
 
     /// One optimizer step at schedule position `it` on this rank's `batch` (§5.4): forward, losses,
@@ -472,14 +505,17 @@ impl<'c> DinoTrainer<'c> {
                 value: total_loss,
             });
         }
-        let grads = loss.total.backward();
+        let mut grads = loss.total.backward();
         let student = &self.student;
-        let mut g_backbone = ParamGrads::from_module(&student.backbone, &grads);
-        let mut g_dino = ParamGrads::from_module(&student.dino_head, &grads);
+        // Taken out of `grads`, so the clipped (and rank-averaged) copies replace the raw gradients
+        // instead of living beside them.
+        let mut g_backbone = ParamGrads::take_from_module(&student.backbone, &mut grads);
+        let mut g_dino = ParamGrads::take_from_module(&student.dino_head, &mut grads);
         let mut g_ibot = student
             .ibot_head
             .as_ref()
-            .map(|h| ParamGrads::from_module(h, &grads));
+            .map(|h| ParamGrads::take_from_module(h, &mut grads));
+        drop(grads);
         // Average over ranks before clipping (FSDP reduces gradients, then dinov2 clips).
         g_backbone.all_reduce_mean(&student.backbone, dist);
         g_dino.all_reduce_mean(&student.dino_head, dist);
@@ -604,8 +640,20 @@ pub struct Plan {
     pub scaled_lr: f64,
     pub total_steps: u64,
     pub samples_seen: u64,
-    /// Bytes per process: student + teacher weights, gradients, AdamW moments (f32).
+    /// Bytes per process: student + teacher weights and gradients (f32, replicated on every rank).
     pub state_bytes: u64,
+    /// Bytes per process: the AdamW moments (two f32 copies), divided over the ranks with ZeRO-1.
+    pub moment_bytes: u64,
+    /// Ranks the moments are sharded over (1: not sharded).
+    pub moment_shards: usize,
+    /// Bytes per process: host buffers of the collectives (several processes only): three copies of
+    /// the largest parameter (they go one parameter at a time).
+    pub collective_bytes: u64,
+    /// Bytes per process: temporaries of clipping, AdamW and the EMA update (about one more copy of
+    /// the parameters) and of the weight-normalised prototype layers (the normalised weight in the
+    /// student's and the teacher's forward and its gradient: three copies). Calibrated on measured
+    /// peaks (`crates/webssl-cli/tests/pretrain.rs`).
+    pub transient_bytes: u64,
     /// Bytes per process: activations kept for backward (estimate, see [`plan`]).
     pub activation_bytes: u64,
 }
@@ -639,8 +687,30 @@ pub fn plan(cfg: &DinoConfig, world_size: usize) -> Result<Plan> {
         );
     }
     let params = backbone + heads;
-    // student (w, grad, m, v) + teacher (w)
-    let state_bytes = params * 4 * 5;
+    // student weights + gradients + teacher weights, replicated; the two AdamW moments over the
+    // shards; with several ranks, the all-reduce's host copies of every gradient (send + receive).
+    let state_bytes = params * 4 * 3;
+    let moment_shards = if cfg.run.shard_optimizer_state {
+        world_size.max(1)
+    } else {
+        1
+    };
+    let moment_bytes = params * 4 * 2 / moment_shards as u64;
+    let largest = [
+        vit.embed_dim * vit.ffn_hidden(),
+        h.hidden_dim * h.hidden_dim,
+        h.dino_bottleneck_dim * h.dino_prototypes,
+        h.ibot_bottleneck_dim * h.ibot_prototypes,
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(0) as u64;
+    let collective_bytes = if world_size > 1 { largest * 4 * 3 } else { 0 };
+    let mut prototypes = h.dino_bottleneck_dim * h.dino_prototypes;
+    if h.ibot_separate_head {
+        prototypes += h.ibot_bottleneck_dim * h.ibot_prototypes;
+    }
+    let transient_bytes = params * 4 + 3 * prototypes as u64 * 4;
     let p = vit.patch_size as u64;
     let tok = |side: u32| (side as u64 / p).pow(2) + 1 + vit.num_register_tokens as u64;
     let (tg, tl) = (tok(cfg.crops.global_size), tok(cfg.crops.local_size));
@@ -662,8 +732,23 @@ pub fn plan(cfg: &DinoConfig, world_size: usize) -> Result<Plan> {
         total_steps: cfg.optim.total_steps,
         samples_seen: cfg.optim.total_steps * global_batch as u64,
         state_bytes,
+        moment_bytes,
+        moment_shards,
+        collective_bytes,
+        transient_bytes,
         activation_bytes,
     })
+}
+
+impl Plan {
+    /// The whole per-process estimate.
+    pub fn total_bytes(&self) -> u64 {
+        self.state_bytes
+            + self.moment_bytes
+            + self.collective_bytes
+            + self.transient_bytes
+            + self.activation_bytes
+    }
 }
 
 impl std::fmt::Display for Plan {
@@ -682,12 +767,24 @@ impl std::fmt::Display for Plan {
             "global batch {} · {} steps = {} samples seen; lr {:.3e} (sqrt-scaled)",
             self.global_batch, self.total_steps, self.samples_seen, self.scaled_lr
         )?;
+        let sharded = if self.moment_shards > 1 {
+            format!(" (ZeRO-1: 1/{} of them)", self.moment_shards)
+        } else {
+            String::new()
+        };
+        let collective = if self.collective_bytes > 0 {
+            format!(", collective buffers {:.2} GiB", gib(self.collective_bytes))
+        } else {
+            String::new()
+        };
         write!(
             f,
-            "memory per process (f32, estimate): weights+grads+AdamW+teacher {:.2} GiB, activations {:.2} GiB, total {:.2} GiB",
+            "memory per process (f32, estimate): weights+grads+teacher {:.2} GiB, AdamW moments {:.2} GiB{sharded}{collective}, update temporaries {:.2} GiB, activations {:.2} GiB, total {:.2} GiB",
             gib(self.state_bytes),
+            gib(self.moment_bytes),
+            gib(self.transient_bytes),
             gib(self.activation_bytes),
-            gib(self.state_bytes + self.activation_bytes)
+            gib(self.total_bytes())
         )
     }
 }

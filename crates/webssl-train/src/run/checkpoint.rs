@@ -95,8 +95,23 @@ impl CheckpointManager {
     /// (no `/`, not `.`/`..`, not `COMPLETE`) and unique. Saving a step that already exists
     /// replaces it (the old copy is moved aside first and removed after the new one is in place).
     pub fn save(&self, step: u64, files: &[(&str, Vec<u8>)]) -> Result<PathBuf> {
+        let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
+        self.save_streamed(step, &names, |i| {
+            Ok(std::borrow::Cow::Borrowed(&files[i].1))
+        })
+    }
+
+    /// [`CheckpointManager::save`] with each file's bytes made by `produce(i)` (for `names[i]`) just
+    /// before it is written and dropped right after, so only one file is in memory at a time (a model's
+    /// weights, then its teacher's, then the optimizer state — not all of them at once).
+    pub fn save_streamed<'a>(
+        &self,
+        step: u64,
+        names: &[&str],
+        mut produce: impl FnMut(usize) -> Result<std::borrow::Cow<'a, [u8]>>,
+    ) -> Result<PathBuf> {
         let mut seen = BTreeSet::new();
-        for (name, _) in files {
+        for name in names {
             validate_name(name).map_err(|reason| TrainError::Checkpoint {
                 path: self.step_dir(step),
                 reason,
@@ -119,10 +134,12 @@ impl CheckpointManager {
         ));
         let final_dir = self.step_dir(step);
 
-        let write = || -> io::Result<()> {
+        let mut write = || -> std::result::Result<(), WriteError> {
             fs::create_dir(&tmp)?;
-            let mut entries = Vec::with_capacity(files.len());
-            for (name, bytes) in files {
+            let mut entries = Vec::with_capacity(names.len());
+            for (i, name) in names.iter().enumerate() {
+                let bytes = produce(i).map_err(WriteError::Produce)?;
+                let bytes = &bytes[..];
                 write_synced(&tmp.join(name), bytes)?;
                 entries.push(ManifestEntry {
                     name: name.to_string(),
@@ -147,7 +164,7 @@ impl CheckpointManager {
             let had_old = match fs::rename(&final_dir, &trash) {
                 Ok(()) => true,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => false,
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             };
             fs::rename(&tmp, &final_dir)?;
             sync_dir(&self.dir)?;
@@ -158,7 +175,10 @@ impl CheckpointManager {
         };
         if let Err(e) = write() {
             let _ = fs::remove_dir_all(&tmp);
-            return Err(TrainError::io(&final_dir, e));
+            return Err(match e {
+                WriteError::Io(e) => TrainError::io(&final_dir, e),
+                WriteError::Produce(e) => e,
+            });
         }
         self.prune()?;
         Ok(final_dir)
@@ -395,6 +415,18 @@ impl Resume {
                 })
             }
         }
+    }
+}
+
+/// Why writing a checkpoint directory failed: the filesystem, or making a file's bytes.
+enum WriteError {
+    Io(io::Error),
+    Produce(TrainError),
+}
+
+impl From<io::Error> for WriteError {
+    fn from(e: io::Error) -> Self {
+        WriteError::Io(e)
     }
 }
 
