@@ -152,6 +152,7 @@ def cmd_dino_metrics(args):
                 "timed_steps": len(rates),
                 "loader_wait": statistics.median(waits) if waits else None,
                 "warmup_step_s": [round(1.0 / t["img_per_s"] * args.batch, 3) for t in first if t.get("img_per_s")],
+                "peak_mem_mib": max((t["peak_mem_mib"] for t in timing if t.get("peak_mem_mib")), default=None),
             }
         )
     )

@@ -74,8 +74,8 @@ impl fmt::Display for DeviceSpec {
 /// after the subcommand, `webssl --device cuda embed ...` = `webssl embed ... --device cuda`).
 #[derive(clap::Args, Clone, Debug)]
 pub struct DeviceFlag {
-    /// Compute device: `cpu` (default), `cuda` (GPU $LOCAL_RANK, else 0) or `cuda:N`. CUDA needs a
-    /// binary built with `--features cuda`.
+    /// Compute device: `cpu` (default), `cuda` (the GPU of the launcher's local rank, else 0) or
+    /// `cuda:N`. CUDA needs a binary built with `--features cuda`.
     #[arg(long = "device", global = true, default_value = "cpu")]
     pub device: DeviceSpec,
 }
