@@ -12,7 +12,8 @@
 //! - `gemm`: a 1024³ f32 matmul (burn-flex's GEMM), the reference for "% of GEMM peak".
 //!
 //! The fused CPU kernels (`webssl_models::kernels`) are used unless `WEBSSL_FUSED_KERNELS=0`.
-//! mimalloc keeps freed pages (see `keep_freed_pages`) unless `WEBSSL_MI_PURGE=default`.
+//! mimalloc keeps freed pages (see `keep_freed_pages`) unless `WEBSSL_MI_PURGE=default`; the rayon
+//! pool is pinned to the cores (`kernels::pin_rayon_threads`) unless `WEBSSL_PIN_THREADS=0`.
 //! Prints one JSON line: per-iteration seconds, the median, img/s and the FLOPs of one iteration
 //! (forward = 2·MACs of every GEMM incl. attention; a training step counts 3× the forward).
 
@@ -107,6 +108,7 @@ fn median(v: &[f64]) -> f64 {
 
 fn main() -> Result<(), String> {
     let purge = keep_freed_pages();
+    let pinned = webssl_models::kernels::pin_rayon_threads();
     let a = parse()?;
     let cfg = presets::preset(&a.arch).map_err(|e| e.to_string())?;
     let s = cfg.img_size;
@@ -168,12 +170,13 @@ fn main() -> Result<(), String> {
     let times_s: Vec<String> = times.iter().map(|t| format!("{t:.4}")).collect();
     let fused = webssl_models::kernels::enabled();
     println!(
-        "{{\"impl\":\"ours\",\"arch\":\"{}\",\"batch\":{},\"mode\":\"{}\",\"fused\":{},\"mi_purge\":\"{}\",\"times_s\":[{}],\"median_s\":{:.5},\"img_s\":{:.4},\"gflop\":{:.2},\"gflop_s\":{:.2}}}",
+        "{{\"impl\":\"ours\",\"arch\":\"{}\",\"batch\":{},\"mode\":\"{}\",\"fused\":{},\"mi_purge\":\"{}\",\"pinned\":{:?},\"times_s\":[{}],\"median_s\":{:.5},\"img_s\":{:.4},\"gflop\":{:.2},\"gflop_s\":{:.2}}}",
         a.arch,
         a.batch,
         a.mode,
         fused,
         purge,
+        pinned,
         times_s.join(","),
         med,
         a.batch as f64 / med,

@@ -22,6 +22,9 @@
 //! masked, crop `i` at ratio ∈ `linspace(0.1, 0.5, B + 1)[i..i+2]` (here the midpoint, so both
 //! sides mask the same number of tokens), at random positions (the cost does not depend on where).
 //!
+//! mimalloc keeps freed pages, the rayon pool is pinned to the cores (`kernels::pin_rayon_threads`;
+//! `WEBSSL_PIN_THREADS=0` switches it off), as in `webssl-models/examples/cpu_bench.rs`.
+//!
 //! `gemm` mode: a 1024³ f32 matmul, the "% of GEMM peak" reference. Prints one JSON line with the
 //! per-iteration seconds, their median, img/s, and the FLOPs of one step: 2 per multiply-add of every
 //! GEMM (backbones, attention, heads) actually run — teacher forward, student forward on the kept
@@ -223,6 +226,7 @@ fn scalar(t: &Tensor<1>) -> f64 {
 
 fn main() -> Result<(), String> {
     let purge = keep_freed_pages();
+    let pinned = webssl_models::kernels::pin_rayon_threads();
     let a = parse()?;
     let dev = Device::flex();
     let mut times = Vec::new();
@@ -239,7 +243,7 @@ fn main() -> Result<(), String> {
         }
         let med = median(&times);
         println!(
-            "{{\"impl\":\"ours\",\"mode\":\"gemm\",\"median_s\":{med:.6},\"gflop_s\":{:.2}}}",
+            "{{\"impl\":\"ours\",\"mode\":\"gemm\",\"mi_purge\":\"{purge}\",\"pinned\":{pinned:?},\"median_s\":{med:.6},\"gflop_s\":{:.2}}}",
             2.0 * (m * m * m) as f64 / med / 1e9
         );
         return Ok(());
@@ -478,7 +482,7 @@ fn main() -> Result<(), String> {
     let times_s: Vec<String> = times.iter().map(|t| format!("{t:.4}")).collect();
     let losses_s: Vec<String> = losses.iter().map(|v| format!("{v:.5}")).collect();
     println!(
-        "{{\"impl\":\"ours\",\"arch\":\"{}\",\"batch\":{b},\"mode\":\"dino\",\"fused\":{},\"mi_purge\":\"{purge}\",\"k_dino\":{},\"k_ibot\":{},\"separate_ibot_head\":{},\"drop_path\":{},\"masked\":{m},\"minor_faults\":{faults:?},\"times_s\":[{}],\"median_s\":{med:.5},\"img_s\":{:.4},\"gflop\":{:.2},\"gflop_s\":{:.2},\"loss\":[{}]}}",
+        "{{\"impl\":\"ours\",\"arch\":\"{}\",\"batch\":{b},\"mode\":\"dino\",\"fused\":{},\"mi_purge\":\"{purge}\",\"pinned\":{pinned:?},\"k_dino\":{},\"k_ibot\":{},\"separate_ibot_head\":{},\"drop_path\":{},\"masked\":{m},\"minor_faults\":{faults:?},\"times_s\":[{}],\"median_s\":{med:.5},\"img_s\":{:.4},\"gflop\":{:.2},\"gflop_s\":{:.2},\"loss\":[{}]}}",
         cfg.model.arch,
         webssl_models::kernels::enabled(),
         h.dino_prototypes,

@@ -42,9 +42,11 @@ pub fn set_enabled(on: bool) {
 
 mod cpu;
 mod ext;
+mod threads;
 
 pub use cpu::{ATTN_BLOCK_KV, ATTN_BLOCK_Q, AttnShape};
 pub use ext::FusedOps;
+pub use threads::pin_rayon_threads;
 
 /// The raw slice kernels, exposed for tests and benchmarks (tile sizes as parameters).
 pub mod raw {
