@@ -4,7 +4,8 @@
 #
 #   bash bench/cpu.sh        # build, run, print the table, append it to bench/RESULTS.md
 #
-# Knobs (environment): THREADS (2), ARCHS ("vit-small web-dino-300m"), BATCHES ("8"), MODES
+# Knobs (environment): THREADS (2), ARCHS ("vit-small web-dino-300m"), BATCHES (for every arch;
+# default per arch: BATCHES_SMALL "8 32" for vit-small, BATCHES_LARGE "8" for the others), MODES
 # ("infer train"), RUNS (paired runs per cell for vit-small; 3), RUNS_LARGE (for the other archs; 1),
 # ITERS (timed iterations per process for vit-small; 4), ITERS_LARGE (2), PY (/work/pyenv/bin/python),
 # SKIP_BUILD=1 (use the example binary already built), NO_RECORD=1 (leave RESULTS.md alone).
@@ -21,7 +22,9 @@ cd "$(dirname "$0")/.."
 PY=${PY:-/work/pyenv/bin/python}
 THREADS=${THREADS:-2}
 ARCHS=${ARCHS:-"vit-small web-dino-300m"}
-BATCHES=${BATCHES:-"8"}
+BATCHES=${BATCHES:-}
+BATCHES_SMALL=${BATCHES_SMALL:-"8 32"}
+BATCHES_LARGE=${BATCHES_LARGE:-"8"}
 MODES=${MODES:-"infer train"}
 RUNS=${RUNS:-3}
 RUNS_LARGE=${RUNS_LARGE:-1}
@@ -68,8 +71,9 @@ T_START=$(date +%s)
 ours fused vit-small 1 gemm 30
 torch vit-small 1 gemm 30
 for arch in $ARCHS; do
-    if [[ $arch == vit-small ]]; then runs=$RUNS; iters=$ITERS; else runs=$RUNS_LARGE; iters=$ITERS_LARGE; fi
-    for b in $BATCHES; do
+    if [[ $arch == vit-small ]]; then runs=$RUNS; iters=$ITERS; batches=${BATCHES:-$BATCHES_SMALL}
+    else runs=$RUNS_LARGE; iters=$ITERS_LARGE; batches=${BATCHES:-$BATCHES_LARGE}; fi
+    for b in $batches; do
         for mode in $MODES; do
             for r in $(seq 1 "$runs"); do
                 case $(( r % 3 )) in
@@ -86,6 +90,6 @@ LOAD_AFTER=$(loadavg)
 
 args=(--results "$RESULTS" --load-before "$LOAD_BEFORE" --load-after "$LOAD_AFTER" --wall-s $(( T_END - T_START ))
       --build-info "$BUILD_INFO"
-      --settings "THREADS=$THREADS ARCHS='$ARCHS' BATCHES='$BATCHES' MODES='$MODES' RUNS=$RUNS RUNS_LARGE=$RUNS_LARGE ITERS=$ITERS ITERS_LARGE=$ITERS_LARGE")
+      --settings "THREADS=$THREADS ARCHS='$ARCHS' BATCHES='${BATCHES:-vit-small: $BATCHES_SMALL, others: $BATCHES_LARGE}' MODES='$MODES' RUNS=$RUNS RUNS_LARGE=$RUNS_LARGE ITERS=$ITERS ITERS_LARGE=$ITERS_LARGE")
 [[ -z ${NO_RECORD:-} ]] && args+=(--record bench/RESULTS.md)
 "$PY" bench/cpu_report.py "${args[@]}"

@@ -23,6 +23,8 @@ def main():
     ap.add_argument("--build-info", default="")
     ap.add_argument("--settings", default="")
     ap.add_argument("--record")
+    ap.add_argument("--title", default="CPU backbone benchmark (`bench/cpu.sh`)")
+    ap.add_argument("--command", default="bash bench/cpu.sh")
     a = ap.parse_args()
     rows = [json.loads(l) for l in open(a.results) if l.strip()]
     gemm = {}
@@ -40,9 +42,9 @@ def main():
     peak = max(gemm.values()) if gemm else float("nan")
     purge = sorted({r.get("mi_purge", "default (not set by this binary)") for r in rows if r["impl"] == "ours"})
     out = []
-    out.append(f"## CPU backbone benchmark (`bench/cpu.sh`), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    out.append(f"## {a.title}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     out.append("")
-    out.append(f"Command: `bash bench/cpu.sh` ({a.settings}). {a.build_info}.")
+    out.append(f"Command: `{a.command}` ({a.settings}). {a.build_info}.")
     out.append(
         f"Machine load (1/5/15-min averages, 2 CPUs): before {a.load_before}, after {a.load_after}; wall {a.wall_s} s. "
         "A shared, noisy 2-core VM: read the within-run ratios, not the absolute rates."
@@ -53,6 +55,9 @@ def main():
         + f"; peak used below = {peak:.0f} GFLOP/s."
     )
     out.append(f"Ours: mimalloc purge_delay {', '.join(purge)} (see `keep_freed_pages` in `cpu_bench.rs`).")
+    codes = sorted({r["code"] for r in rows if r["impl"] == "torch" and "code" in r})
+    if codes:
+        out.append(f"PyTorch side: {'; '.join(codes)}.")
     out.append("")
     out.append(
         "| arch | batch | mode | ours fused img/s | ours unfused img/s | torch img/s | fused/torch | unfused/torch | fused/unfused | fused % peak | unfused % peak | torch % peak | runs |"
@@ -66,22 +71,25 @@ def main():
     for key in sorted(cells, key=lambda k: (k[0] != "vit-small", k[0], k[1], k[2] != "infer")):
         c = cells[key]
         ips = {k: med([r["img_s"] for r in c[k]]) for k in ("fused", "unfused", "torch")}
-        n = min(len(c[k]) for k in ("fused", "unfused", "torch")) if all(c[k] for k in ("fused", "unfused", "torch")) else 0
+        n = min(len(c[k]) for k in ("fused", "unfused", "torch"))
 
         def ratio(x, y):
-            return med([c[x][i]["img_s"] / c[y][i]["img_s"] for i in range(n)]) if n else float("nan")
+            # run i of x with run i of y: the processes of one run ran back to back
+            m = min(len(c[x]), len(c[y]))
+            return med([c[x][i]["img_s"] / c[y][i]["img_s"] for i in range(m)]) if m else float("nan")
 
         g = gflop.get(key, float("nan"))
         pct = {k: 100 * g / (key[1] / ips[k]) / peak if ips[k] == ips[k] else float("nan") for k in ips}
         out.append(
             f"| {key[0]} | {key[1]} | {key[2]} | {ips['fused']:.2f} | {ips['unfused']:.2f} | {ips['torch']:.2f} | "
             f"**{ratio('fused', 'torch'):.2f}** | {ratio('unfused', 'torch'):.2f} | {ratio('fused', 'unfused'):.2f} | "
-            f"{pct['fused']:.0f}% | {pct['unfused']:.0f}% | {pct['torch']:.0f}% | {n} |"
+            f"{pct['fused']:.0f}% | {pct['unfused']:.0f}% | {pct['torch']:.0f}% | {max(n, min(len(c['fused']), len(c['torch'])))} |"
         )
         for k in ("fused", "unfused", "torch"):
             for i, r in enumerate(c[k]):
+                extra = "".join(f", {f} {r[f]}" for f in ("masked", "upperbound", "loss") if f in r)
                 details.append(
-                    f"- {key[0]} b{key[1]} {key[2]} {k} run {i + 1}: {r['img_s']:.3f} img/s, iterations {r['times_s']} s (load {r.get('load', '?')})"
+                    f"- {key[0]} b{key[1]} {key[2]} {k} run {i + 1}: {r['img_s']:.3f} img/s, iterations {r['times_s']} s (load {r.get('load', '?')}){extra}"
                 )
     out.append("")
     out.append("Per process (median iteration → img/s; the iteration times; load average before the process):")
