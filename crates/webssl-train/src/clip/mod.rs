@@ -35,14 +35,13 @@ pub mod model;
 pub mod tokenizer;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
 
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use webssl_data::augment::SingleViewTransform;
-use webssl_data::loader::{Batch, Loader, MaskSpec, ShardSource, SingleView};
+use webssl_data::loader::{Batch, MaskSpec, ShardSource, SingleView};
 use webssl_models::checkpoint::{self, export, store::TensorStore};
 use webssl_models::text::TextConfig;
 
@@ -57,13 +56,11 @@ use crate::dist::{Dist, ReduceOp};
 use crate::error::{Result, TrainError};
 use crate::objectives::clip::{clip_loss_terms, l2_normalize};
 use crate::param_groups::{clip_rule, param_ranks};
-use crate::run::RunDir;
 use crate::run::checkpoint::{CheckpointManager, Resume};
-use crate::run::metrics::MetricsWriter;
-use crate::run::progress::ProgressUpdate;
-use crate::run::state::{OptimizerSet, StateMeta, read_all, recipe_hash, tensors_bytes};
-use crate::run::tensorboard::EventWriter;
+use crate::run::driver::{self, LoopSpec, OPTIM_FILE, TrainState, value};
+use crate::run::state::{OptimizerSet, read_all, tensors_bytes};
 use crate::schedule::clip_lr;
+use crate::zero::ZeroShards;
 
 /// OpenAI CLIP normalisation, written into the exported `preprocessor_config.json`.
 const CLIP_MEAN: [f64; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
@@ -199,25 +196,10 @@ pub fn train(
 ) -> Result<TrainOutcome> {
     cfg.validate()?;
     let vit = cfg.vit()?;
-    let (rank, world_size, main) = (dist.rank(), dist.world_size(), dist.is_main());
-    let recipe = recipe_hash(resolved);
-    dist.check_same(
-        "the recipe (config outside [run]/[eval])",
-        recipe.as_bytes(),
-    )?;
-    dist.check_same("the run dir", cfg.run.dir.as_bytes())?;
-    let run = RunDir::start_ranked(Path::new(&cfg.run.dir), resolved, dist)?;
-    let (shards, data) = cfg.data.open_train_ranked(dist)?;
+    let world_size = dist.world_size();
+    let session = driver::start(&cfg.data, &cfg.run, resolved, resume, dist)?;
 
-    // ---- resume point, tokenizer, model ----
-    let ckpts = CheckpointManager::new(&run.path, cfg.run.keep_last);
-    let from = resume.resolve(&ckpts)?.map(|(_, dir)| dir);
-    let chosen = from
-        .as_ref()
-        .map(|d| d.display().to_string())
-        .unwrap_or_default();
-    dist.check_same("the checkpoint to resume from", chosen.as_bytes())?;
-    let tok = match &from {
+    let tok = match &session.resume_from {
         // The vocabulary is part of the model: a resumed run uses the checkpoint's own copy.
         Some(dir) => {
             let json = CheckpointManager::load_file(dir, "tokenizer.json")?;
@@ -227,58 +209,25 @@ pub fn train(
             })?;
             ClipTokenizer::from_json(&json, cfg.text.context_length)?
         }
-        None => build_tokenizer_ranked(cfg, &shards, dist)?,
+        None => build_tokenizer_ranked(cfg, &session.shards, dist)?,
     };
-    let mut trainer = ClipTrainer::new(cfg, tok, device)?;
+    let trainer = ClipTrainer::new(cfg, tok, device)?;
     dist.check_same("the tokenizer", trainer.tok_json.as_bytes())?;
-    if main {
+    if dist.is_main() {
         crate::run::atomic_write(
-            &run.path.join("tokenizer.json"),
+            &session.run.path.join("tokenizer.json"),
             trainer.tok_json.as_bytes(),
         )?;
     }
-    let mut start_step = 0;
-    let mut loader_cursor = None;
-    let mut resumed_from = None;
-    if let Some(dir) = &from {
-        let meta = StateMeta::load_checked(dir, world_size, &recipe, &data)?;
-        trainer = trainer.load(dir)?;
-        start_step = meta.step;
-        loader_cursor = Some(meta.loader_of(rank, dir)?);
-        resumed_from = Some(meta.step);
-        tracing::info!("resumed from {} (step {})", dir.display(), meta.step);
-    }
 
-    // ---- data: the shared stream, one CLIP crop per image ----
+    // The shared stream, one CLIP crop per image.
     let transform = SingleViewTransform {
         scale: cfg.image.scale,
         ..SingleViewTransform::clip(cfg.image.size)
     };
-    let mut loader = Loader::new(
-        Arc::new(shards),
-        cfg.data.sampler(cfg.seed, rank, world_size),
-        Arc::new(SingleView::new(transform)?),
-        MaskSpec::None,
-        cfg.data.loader(),
-        loader_cursor.as_ref(),
-    )?;
-
-    // ---- logging: rank 0 only ----
-    let mut metrics = main
-        .then(|| MetricsWriter::open(&run.path, start_step))
-        .transpose()?;
-    let mut events = if cfg.run.tensorboard && main {
-        Some(EventWriter::create(&run.path.join("events"))?)
-    } else {
-        None
-    };
-    let export_dir = run.path.join("export");
     let total = cfg.optim.total_steps;
-    let bar = main.then(|| crate::run::progress::Progress::new(start_step, total));
-    let started = Instant::now();
-    let mut images_done = 0u64;
-    let text_cfg = trainer.text_cfg.clone();
-    tracing::info!(
+    let text_cfg = &trainer.text_cfg;
+    let banner = format!(
         "CLIP: image {} ({} params) + text {}×{} ({} params, vocab {}), batch {} × {world_size} process(es), lr {:.3e}, {} steps",
         cfg.model.arch,
         webssl_models::presets::param_count(&vit),
@@ -290,100 +239,23 @@ pub fn train(
         cfg.optim.lr,
         total
     );
-
-    let end = stop_after.map_or(total, |s| s.clamp(start_step, total));
-    for it in start_step..end {
-        let step_start = Instant::now();
-        let batch = loader.next_batch()?;
-        let b = batch.batch_size;
-        let values;
-        (trainer, values) = trainer.step(it, &batch, dist)?;
-        loader.recycle(batch);
-        let val = |name: &str| {
-            values
-                .iter()
-                .find(|(k, _)| *k == name)
-                .map_or(f64::NAN, |(_, v)| *v)
-        };
-        images_done += (b * world_size) as u64;
-
-        let step_no = it + 1;
-        let stats = loader.stats();
-        let step_secs = step_start.elapsed().as_secs_f64();
-        let timing = [
-            ("img_per_s", (b * world_size) as f64 / step_secs),
-            ("loader_wait", stats.wait_fraction()),
-            ("samples_skipped", stats.samples_skipped as f64),
-        ];
-        crate::run::check_finite(step_no, &values)?;
-        if let Some(m) = metrics.as_mut() {
-            m.write(step_no, &values, &timing)?;
-        }
-        if let Some(ev) = events.as_mut() {
-            for (k, v) in values.iter().chain(timing.iter()) {
-                ev.add_scalar(k, *v as f32, step_no as i64)?;
-            }
-        }
-        if let Some(bar) = &bar {
-            bar.update(&ProgressUpdate {
-                step: step_no,
-                terms: &[
-                    ("loss", val("loss")),
-                    ("i2t", val("i2t_acc")),
-                    ("scale", val("logit_scale").exp()),
-                ],
-                lr: val("lr"),
-                samples_per_s: images_done as f64 / started.elapsed().as_secs_f64(),
-                loader_img_per_s: None,
-                loader_wait: Some(stats.wait_fraction()),
-            });
-        }
-
-        let last = step_no == total;
-        if last
-            || step_no == end
-            || (cfg.run.checkpoint_every_steps > 0 && step_no % cfg.run.checkpoint_every_steps == 0)
-        {
-            let mut meta = StateMeta {
-                step: step_no,
-                loader: loader.cursor(),
-                world_size,
-                recipe: recipe.clone(),
-                data: Some(data.clone()),
-                samples_seen: step_no * (cfg.data.batch_size * world_size) as u64,
-                rank_loaders: Vec::new(),
-            };
-            meta.gather_loaders(dist)?;
-            if main {
-                trainer.save(&ckpts, step_no, &meta)?;
-            }
-            if let Some(m) = metrics.as_mut() {
-                m.sync()?;
-            }
-            if let Some(ev) = events.as_mut() {
-                ev.flush()?;
-            }
-        }
-        if main
-            && (last
-                || (cfg.run.export_every_steps > 0 && step_no % cfg.run.export_every_steps == 0))
-        {
-            save_outputs(&trainer.model, &vit, &text_cfg, &run.path, &export_dir)?;
-        }
-    }
-    if let Some(bar) = bar {
-        bar.finish();
-    }
-    if main && start_step >= total && !export_dir.join("model.safetensors").is_file() {
-        save_outputs(&trainer.model, &vit, &text_cfg, &run.path, &export_dir)?;
-    }
-    crate::run::warn_skipped(&loader.stats());
-    Ok(TrainOutcome {
-        run_dir: run.path.clone(),
-        export_dir,
-        steps: end,
-        resumed_from,
-    })
+    let spec = LoopSpec {
+        seed: cfg.seed,
+        data: &cfg.data,
+        run: &cfg.run,
+        total_steps: total,
+        banner,
+        plan_bytes: Some(plan(cfg, world_size)?.total_bytes()),
+    };
+    driver::run(
+        session,
+        trainer,
+        spec,
+        Arc::new(SingleView::new(transform)?),
+        MaskSpec::None,
+        stop_after,
+        dist,
+    )
 }
 
 /// The trainable state of a CLIP run — both towers, projections, logit scale, AdamW moments — with its
@@ -396,6 +268,8 @@ pub struct ClipTrainer<'c> {
     tok: ClipTokenizer,
     tok_json: String,
     text_cfg: TextConfig,
+    /// The image tower's config (exported beside the weights).
+    vit: webssl_models::VitConfig,
     /// Parameter ranks by path (weight decay only on ≥ 2-D weights).
     ranks: HashMap<String, usize>,
     size: usize,
@@ -417,6 +291,7 @@ impl<'c> ClipTrainer<'c> {
             tok_json: tok.to_json()?,
             tok,
             text_cfg,
+            vit,
             size: cfg.image.size as usize,
             ad,
         })
@@ -431,24 +306,8 @@ impl<'c> ClipTrainer<'c> {
         let open = |name: &str| TensorStore::open_file(&dir.join(name)).map_err(TrainError::from);
         self.model =
             checkpoint::assign_named_parameters(self.model, &open("model.safetensors")?, &self.ad)?;
-        self.opt.load(&read_all(&open("optim.safetensors")?)?)?;
+        self.opt.load(&read_all(&open(OPTIM_FILE)?)?)?;
         Ok(self)
-    }
-
-    fn save(&self, ckpts: &CheckpointManager, step: u64, meta: &StateMeta) -> Result<PathBuf> {
-        let ser = |t: &[(String, Vec<usize>, Vec<f32>)]| tensors_bytes(ckpts, t);
-        ckpts.save(
-            step,
-            &[
-                (
-                    "model.safetensors",
-                    ser(&checkpoint::named_parameters(&self.model))?,
-                ),
-                ("optim.safetensors", ser(&self.opt.state_tensors())?),
-                ("tokenizer.json", self.tok_json.clone().into_bytes()),
-                ("state.json", meta.to_json()),
-            ],
-        )
     }
 
     /// One optimizer step at schedule position `it` on this rank's `batch` (one CLIP view per image
@@ -649,6 +508,44 @@ impl<'c> ClipTrainer<'c> {
     }
 }
 
+impl TrainState for ClipTrainer<'_> {
+    fn step(self, it: u64, batch: &Batch, dist: &Dist) -> Result<(Self, Vec<(&'static str, f64)>)> {
+        ClipTrainer::step(self, it, batch, dist)
+    }
+
+    fn load(self, dir: &Path) -> Result<Self> {
+        ClipTrainer::load(self, dir)
+    }
+
+    fn optimizer(&mut self) -> (&mut OptimizerSet, Option<&ZeroShards>) {
+        (&mut self.opt, None)
+    }
+
+    fn checkpoint_files(&self) -> Vec<&'static str> {
+        vec!["model.safetensors", OPTIM_FILE, "tokenizer.json"]
+    }
+
+    fn checkpoint_file(&self, name: &str, ckpts: &CheckpointManager) -> Result<Vec<u8>> {
+        match name {
+            "model.safetensors" => tensors_bytes(ckpts, &checkpoint::named_parameters(&self.model)),
+            "tokenizer.json" => Ok(self.tok_json.clone().into_bytes()),
+            other => unreachable!("not a CLIP checkpoint file: {other}"),
+        }
+    }
+
+    fn export(&self, run_dir: &Path, export_dir: &Path) -> Result<()> {
+        save_outputs(&self.model, &self.vit, &self.text_cfg, run_dir, export_dir)
+    }
+
+    fn progress_terms(&self, values: &[(&'static str, f64)]) -> Vec<(&'static str, f64)> {
+        vec![
+            ("loss", value(values, "loss")),
+            ("i2t", value(values, "i2t_acc")),
+            ("scale", value(values, "logit_scale").exp()),
+        ]
+    }
+}
+
 /// The image tower in HF layout (`export/`) and the whole model as native safetensors
 /// (`clip.safetensors`, both tower configs in `clip_config.json`).
 fn save_outputs(
@@ -745,6 +642,13 @@ pub fn plan(cfg: &ClipConfig, world_size: usize) -> Result<Plan> {
         state_bytes: params * 4 * 4,
         activation_bytes: 4 * (image_act + text_act),
     })
+}
+
+impl Plan {
+    /// The whole per-process estimate.
+    pub fn total_bytes(&self) -> u64 {
+        self.state_bytes + self.activation_bytes
+    }
 }
 
 impl std::fmt::Display for Plan {

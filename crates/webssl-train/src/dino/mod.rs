@@ -12,14 +12,13 @@ pub mod config;
 pub mod model;
 mod step;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
 
 use burn::module::Module;
 use burn::tensor::Device;
 use webssl_data::augment::{DinoAugConfig, DinoAugment};
-use webssl_data::loader::{Batch, DinoViews, Loader, MaskSpec};
+use webssl_data::loader::{Batch, DinoViews, MaskSpec};
 use webssl_data::masks::{IbotMaskConfig, MaskingGenerator};
 use webssl_data::sampler::rng_stream;
 use webssl_models::checkpoint::{self, export, store::TensorStore};
@@ -35,12 +34,9 @@ use crate::ema::ema_update;
 use crate::error::{Result, TrainError};
 use crate::objectives::Centering as CenterState;
 use crate::param_groups::dinov2_rule;
-use crate::run::RunDir;
 use crate::run::checkpoint::{CheckpointManager, Resume};
-use crate::run::metrics::MetricsWriter;
-use crate::run::progress::ProgressUpdate;
-use crate::run::state::{OptimizerSet, StateMeta, read_all, recipe_hash, tensors_bytes};
-use crate::run::tensorboard::EventWriter;
+use crate::run::driver::{self, LoopSpec, OPTIM_FILE, TrainState, value};
+use crate::run::state::{OptimizerSet, read_all, tensors_bytes};
 use crate::schedule::CosineSchedule;
 use crate::zero::{self, ZeroShards};
 
@@ -87,9 +83,11 @@ impl Schedules {
     }
 }
 
-/// Runs (or resumes) DINOv2 pretraining as configured. `stop_after` ends this process after that many
-/// steps of the schedule have completed (a checkpoint is written there), e.g. for time-sliced jobs; the
-/// next run resumes from it.
+/// Runs (or resumes) DINOv2 pretraining as configured, as this process's rank of `dist`. `stop_after`
+/// ends this process after that many steps of the schedule have completed (a checkpoint is written
+/// there), e.g. for time-sliced jobs; the next run resumes from it. The loop is
+/// [`driver::run`](crate::run::driver::run); this builds the multi-crop views, the iBOT masks and the
+/// trainer.
 pub fn train(
     cfg: &DinoConfig,
     resolved: &toml::Table,
@@ -100,43 +98,10 @@ pub fn train(
 ) -> Result<TrainOutcome> {
     cfg.validate()?;
     let vit = cfg.vit()?;
-    let (rank, world_size, main) = (dist.rank(), dist.world_size(), dist.is_main());
-    let recipe = recipe_hash(resolved);
-    dist.check_same(
-        "the recipe (config outside [run]/[eval])",
-        recipe.as_bytes(),
-    )?;
-    dist.check_same("the run dir", cfg.run.dir.as_bytes())?;
-    let run = RunDir::start_ranked(Path::new(&cfg.run.dir), resolved, dist)?;
-    let (shards, data) = cfg.data.open_train_ranked(dist)?;
+    let world_size = dist.world_size();
+    let session = driver::start(&cfg.data, &cfg.run, resolved, resume, dist)?;
+    let trainer = DinoTrainer::new(cfg, dist, device)?;
 
-    // Resident memory: at the start, and the peak of the training steps before any checkpoint or
-    // export (whose serialisation buffers come on top), to set beside the plan's estimate.
-    let rss_at_start = crate::run::memory::rss_bytes();
-    let (mut steps_peak, mut checkpointed) = (None, false);
-    let mut trainer = DinoTrainer::new(cfg, dist, device)?;
-
-    // ---- resume ----
-    let ckpts = CheckpointManager::new(&run.path, cfg.run.keep_last);
-    let from = resume.resolve(&ckpts)?.map(|(_, dir)| dir);
-    let chosen = from
-        .as_ref()
-        .map(|d| d.display().to_string())
-        .unwrap_or_default();
-    dist.check_same("the checkpoint to resume from", chosen.as_bytes())?;
-    let mut start_step = 0;
-    let mut loader_cursor = None;
-    let mut resumed_from = None;
-    if let Some(dir) = &from {
-        let meta = StateMeta::load_checked(dir, world_size, &recipe, &data)?;
-        trainer = trainer.load(dir)?;
-        start_step = meta.step;
-        loader_cursor = Some(meta.loader_of(rank, dir)?);
-        resumed_from = Some(meta.step);
-        tracing::info!("resumed from {} (step {})", dir.display(), meta.step);
-    }
-
-    // ---- data ----
     let grid = cfg.crops.global_size as usize / vit.patch_size;
     let aug = DinoAugment::new(DinoAugConfig {
         global_size: cfg.crops.global_size,
@@ -155,34 +120,8 @@ pub fn train(
         },
         group: 0,
     };
-    let mut loader = Loader::new(
-        Arc::new(shards),
-        cfg.data.sampler(cfg.seed, rank, world_size),
-        Arc::new(DinoViews::new(aug)),
-        masks,
-        cfg.data.loader(),
-        loader_cursor.as_ref(),
-    )?;
-
-    // ---- logging ----
-    // Rank 0 logs; the others only compute.
-    let mut metrics = main
-        .then(|| MetricsWriter::open(&run.path, start_step))
-        .transpose()?;
-    let mut events = if cfg.run.tensorboard && main {
-        Some(EventWriter::create(&run.path.join("events"))?)
-    } else {
-        None
-    };
-    let k_dino = cfg.heads.dino_prototypes;
-    let export_dir = run.path.join("export");
-    let preprocessor = export::default_preprocessor(vit.img_size);
     let total = cfg.optim.total_steps;
-    let bar = main.then(|| crate::run::progress::Progress::new(start_step, total));
-    let started = Instant::now();
-    let mut images_done = 0u64;
-
-    tracing::info!(
+    let banner = format!(
         "DINOv2: {} ({} params), batch {} × {world_size} process(es), lr {:.3e} (scaled), {} steps, {} global {}px + {} local {}px",
         cfg.model.arch,
         webssl_models::presets::param_count(&vit),
@@ -194,131 +133,23 @@ pub fn train(
         cfg.crops.n_local,
         cfg.crops.local_size
     );
-
-    let end = stop_after.map_or(total, |s| s.clamp(start_step, total));
-    for it in start_step..end {
-        let step_start = Instant::now();
-        let batch = loader.next_batch()?;
-        let batch_size = batch.batch_size;
-        let values;
-        (trainer, values) = trainer.step(it, &batch, dist)?;
-        // The views are in tensors now: hand the buffers back so the next batch is collated into
-        // them instead of ~68 MB of freshly faulted, zeroed pages (batch 32 at 224/98 px).
-        loader.recycle(batch);
-        let val = |name: &str| {
-            values
-                .iter()
-                .find(|(k, _)| *k == name)
-                .map_or(f64::NAN, |(_, v)| *v)
-        };
-        images_done += (batch_size * world_size) as u64;
-
-        let step_no = it + 1;
-        let stats = loader.stats();
-        let step_secs = step_start.elapsed().as_secs_f64();
-        let timing = [
-            ("img_per_s", (batch_size * world_size) as f64 / step_secs),
-            ("loader_wait", stats.wait_fraction()),
-            ("samples_skipped", stats.samples_skipped as f64),
-            (
-                "peak_mem_mib",
-                crate::run::memory::peak_rss_bytes().map_or(f64::NAN, |b| b as f64 / 1048576.0),
-            ),
-        ];
-        crate::run::check_finite(step_no, &values)?;
-        if let Some(m) = metrics.as_mut() {
-            m.write(step_no, &values, &timing)?;
-        }
-        if let Some(ev) = events.as_mut() {
-            for (k, v) in values.iter().chain(timing.iter()) {
-                ev.add_scalar(k, *v as f32, step_no as i64)?;
-            }
-        }
-        if main {
-            collapse_watch(step_no, val("dino_loss"), val("teacher_entropy"), k_dino);
-        }
-        let update = ProgressUpdate {
-            step: step_no,
-            terms: &[
-                ("loss", val("loss")),
-                ("dino", val("dino_loss")),
-                ("ibot", val("ibot_loss")),
-                ("koleo", val("koleo_loss")),
-            ],
-            lr: val("lr"),
-            samples_per_s: images_done as f64 / started.elapsed().as_secs_f64(),
-            loader_img_per_s: None,
-            loader_wait: Some(stats.wait_fraction()),
-        };
-        if let Some(bar) = &bar {
-            bar.update(&update);
-        }
-
-        if !checkpointed {
-            steps_peak = crate::run::memory::peak_rss_bytes();
-        }
-        let last = step_no == total;
-        if last
-            || step_no == end
-            || (cfg.run.checkpoint_every_steps > 0 && step_no % cfg.run.checkpoint_every_steps == 0)
-        {
-            let mut meta = StateMeta {
-                step: step_no,
-                loader: loader.cursor(),
-                world_size,
-                recipe: recipe.clone(),
-                data: Some(data.clone()),
-                samples_seen: step_no * (cfg.data.batch_size * world_size) as u64,
-                rank_loaders: Vec::new(),
-            };
-            checkpointed = true;
-            meta.gather_loaders(dist)?;
-            let opt_state =
-                zero::gather_optimizer_state(&trainer.opt, trainer.zero.as_ref(), dist)?;
-            if let Some(opt_state) = opt_state {
-                trainer.save(&ckpts, step_no, &meta, &opt_state)?;
-            }
-            if let Some(m) = metrics.as_mut() {
-                m.sync()?;
-            }
-            if let Some(ev) = events.as_mut() {
-                ev.flush()?;
-            }
-        }
-        if main
-            && (last
-                || (cfg.run.export_every_steps > 0 && step_no % cfg.run.export_every_steps == 0))
-        {
-            export::export_hf(&trainer.teacher.backbone, &export_dir, Some(&preprocessor))?;
-        }
-    }
-    if let Some(bar) = bar {
-        bar.finish();
-    }
-    if main && start_step >= total && !export_dir.join("model.safetensors").is_file() {
-        export::export_hf(&trainer.teacher.backbone, &export_dir, Some(&preprocessor))?;
-    }
-    crate::run::warn_skipped(&loader.stats());
-    if let (Some(start), Some(steps), Some(all)) = (
-        rss_at_start,
-        steps_peak,
-        crate::run::memory::peak_rss_bytes(),
-    ) {
-        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
-        tracing::info!(
-            "rank {rank}: memory above the start of training: training steps peaked at {:.1} MiB \
-             (plan estimate {:.1} MiB), {:.1} MiB with checkpoints and exports",
-            mib(steps.saturating_sub(start)),
-            mib(plan(cfg, world_size)?.total_bytes()),
-            mib(all.saturating_sub(start)),
-        );
-    }
-    Ok(TrainOutcome {
-        run_dir: run.path.clone(),
-        export_dir,
-        steps: end,
-        resumed_from,
-    })
+    let spec = LoopSpec {
+        seed: cfg.seed,
+        data: &cfg.data,
+        run: &cfg.run,
+        total_steps: total,
+        banner,
+        plan_bytes: Some(plan(cfg, world_size)?.total_bytes()),
+    };
+    driver::run(
+        session,
+        trainer,
+        spec,
+        Arc::new(DinoViews::new(aug)),
+        masks,
+        stop_after,
+        dist,
+    )
 }
 
 /// The trainable state of a DINOv2 run — student, EMA teacher, optimizer moments, centres — and one
@@ -332,6 +163,8 @@ pub struct DinoTrainer<'c> {
     centres: Option<step::Centres>,
     sched: Schedules,
     depth: usize,
+    /// The backbone's input size (the exported preprocessor's).
+    img_size: usize,
     device: Device,
     ad: Device,
     /// ZeRO-1 owners when the moments are sharded over ranks.
@@ -380,6 +213,7 @@ impl<'c> DinoTrainer<'c> {
             centres,
             sched: Schedules::new(cfg, world_size),
             depth: vit.depth,
+            img_size: vit.img_size,
             device: device.clone(),
             ad,
         })
@@ -390,7 +224,7 @@ impl<'c> DinoTrainer<'c> {
         self.opt.num_states()
     }
 
-    /// Restores student, teacher, optimizer and centres from a checkpoint directory.
+    /// Restores student, teacher, optimizer (all of it) and centres from a checkpoint directory.
     fn load(mut self, dir: &Path) -> Result<Self> {
         let open = |name: &str| TensorStore::open_file(&dir.join(name)).map_err(TrainError::from);
         self.student = checkpoint::assign_named_parameters(
@@ -403,53 +237,13 @@ impl<'c> DinoTrainer<'c> {
             &open("teacher.safetensors")?,
             &self.device,
         )?;
-        self.opt.load(&read_all(&open("optim.safetensors")?)?)?;
-        if let Some(z) = &self.zero {
-            z.retain_owned(&mut self.opt);
-        }
+        self.opt.load(&read_all(&open(OPTIM_FILE)?)?)?;
         if let Some(c) = self.centres.as_mut() {
             let store = open("centres.safetensors")?;
             c.dino.load(&store, "dino", &self.device)?;
             c.ibot.load(&store, "ibot", &self.device)?;
         }
         Ok(self)
-    }
-
-    /// Writes a checkpoint (rank 0); `opt_state` is the whole optimizer state
-    /// ([`zero::gather_optimizer_state`]).
-    fn save(
-        &self,
-        ckpts: &CheckpointManager,
-        step: u64,
-        meta: &StateMeta,
-        opt_state: &[(String, Vec<usize>, Vec<f32>)],
-    ) -> Result<PathBuf> {
-        let ser = |tensors: &[(String, Vec<usize>, Vec<f32>)]| tensors_bytes(ckpts, tensors);
-        let mut names = vec![
-            "student.safetensors",
-            "teacher.safetensors",
-            "optim.safetensors",
-        ];
-        if self.centres.is_some() {
-            names.push("centres.safetensors");
-        }
-        names.push("state.json");
-        // One file in memory at a time (streamed), not the whole state.
-        ckpts.save_streamed(step, &names, |i| {
-            let bytes = match names[i] {
-                "student.safetensors" => ser(&checkpoint::named_parameters(&self.student))?,
-                "teacher.safetensors" => ser(&checkpoint::named_parameters(&self.teacher))?,
-                "optim.safetensors" => ser(opt_state)?,
-                "centres.safetensors" => {
-                    let c = self.centres.as_ref().expect("listed only with centres");
-                    let mut t = c.dino.tensors("dino");
-                    t.extend(c.ibot.tensors("ibot"));
-                    ser(&t)?
-                }
-                _ => meta.to_json(),
-            };
-            Ok(std::borrow::Cow::Owned(bytes))
-        })
     }
 
     /// One optimizer step at schedule position `it` on this rank's `batch` (§5.4): forward, losses,
@@ -613,6 +407,67 @@ impl<'c> DinoTrainer<'c> {
             ("masked_patches", n_masked),
         ];
         Ok((self, values))
+    }
+}
+
+impl TrainState for DinoTrainer<'_> {
+    fn step(self, it: u64, batch: &Batch, dist: &Dist) -> Result<(Self, Vec<(&'static str, f64)>)> {
+        DinoTrainer::step(self, it, batch, dist)
+    }
+
+    fn load(self, dir: &Path) -> Result<Self> {
+        DinoTrainer::load(self, dir)
+    }
+
+    fn optimizer(&mut self) -> (&mut OptimizerSet, Option<&ZeroShards>) {
+        (&mut self.opt, self.zero.as_ref())
+    }
+
+    fn checkpoint_files(&self) -> Vec<&'static str> {
+        let mut names = vec!["student.safetensors", "teacher.safetensors", OPTIM_FILE];
+        if self.centres.is_some() {
+            names.push("centres.safetensors");
+        }
+        names
+    }
+
+    fn checkpoint_file(&self, name: &str, ckpts: &CheckpointManager) -> Result<Vec<u8>> {
+        let tensors = match name {
+            "student.safetensors" => checkpoint::named_parameters(&self.student),
+            "teacher.safetensors" => checkpoint::named_parameters(&self.teacher),
+            "centres.safetensors" => {
+                let c = self.centres.as_ref().expect("listed only with centres");
+                let mut t = c.dino.tensors("dino");
+                t.extend(c.ibot.tensors("ibot"));
+                t
+            }
+            other => unreachable!("not a DINO checkpoint file: {other}"),
+        };
+        tensors_bytes(ckpts, &tensors)
+    }
+
+    fn export(&self, _run_dir: &Path, export_dir: &Path) -> Result<()> {
+        let preprocessor = export::default_preprocessor(self.img_size);
+        export::export_hf(&self.teacher.backbone, export_dir, Some(&preprocessor))?;
+        Ok(())
+    }
+
+    fn progress_terms(&self, values: &[(&'static str, f64)]) -> Vec<(&'static str, f64)> {
+        vec![
+            ("loss", value(values, "loss")),
+            ("dino", value(values, "dino_loss")),
+            ("ibot", value(values, "ibot_loss")),
+            ("koleo", value(values, "koleo_loss")),
+        ]
+    }
+
+    fn after_step(&self, step: u64, values: &[(&'static str, f64)]) {
+        collapse_watch(
+            step,
+            value(values, "dino_loss"),
+            value(values, "teacher_entropy"),
+            self.cfg.heads.dino_prototypes,
+        );
     }
 }
 

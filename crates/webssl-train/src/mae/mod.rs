@@ -28,15 +28,14 @@ pub mod config;
 pub mod loss;
 pub mod model;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
 
 use std::collections::HashMap;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use webssl_data::augment::SingleViewTransform;
-use webssl_data::loader::{Batch, Loader, MaskSpec, SingleView};
+use webssl_data::loader::{Batch, MaskSpec, SingleView};
 use webssl_models::Vit;
 use webssl_models::checkpoint::{self, export, store::TensorStore};
 
@@ -49,13 +48,11 @@ use crate::clip_grad::ParamGrads;
 use crate::dist::{Dist, ReduceOp};
 use crate::error::{Result, TrainError};
 use crate::param_groups::{mae_rule, param_ranks};
-use crate::run::RunDir;
 use crate::run::checkpoint::{CheckpointManager, Resume};
-use crate::run::metrics::MetricsWriter;
-use crate::run::progress::ProgressUpdate;
-use crate::run::state::{OptimizerSet, StateMeta, read_all, recipe_hash, tensors_bytes};
-use crate::run::tensorboard::EventWriter;
+use crate::run::driver::{self, LoopSpec, OPTIM_FILE, TrainState, value};
+use crate::run::state::{OptimizerSet, read_all, tensors_bytes};
 use crate::schedule::mae_lr;
+use crate::zero::ZeroShards;
 
 /// The single optimizer's name in the checkpoint (MAE optimises encoder and decoder as one set).
 const OPT: &str = "model";
@@ -87,71 +84,15 @@ pub fn train(
     cfg.validate()?;
     let vit = cfg.vit()?;
     let dec = cfg.decoder()?;
-    let (rank, world_size, main) = (dist.rank(), dist.world_size(), dist.is_main());
-    let recipe = recipe_hash(resolved);
-    dist.check_same(
-        "the recipe (config outside [run]/[eval])",
-        recipe.as_bytes(),
-    )?;
-    dist.check_same("the run dir", cfg.run.dir.as_bytes())?;
-    let run = RunDir::start_ranked(Path::new(&cfg.run.dir), resolved, dist)?;
-    let (shards, data) = cfg.data.open_train_ranked(dist)?;
+    let world_size = dist.world_size();
+    let session = driver::start(&cfg.data, &cfg.run, resolved, resume, dist)?;
+    let trainer = MaeTrainer::new(cfg, world_size, device)?;
 
-    let mut trainer = MaeTrainer::new(cfg, world_size, device)?;
-
-    // ---- resume ----
-    let ckpts = CheckpointManager::new(&run.path, cfg.run.keep_last);
-    let from = resume.resolve(&ckpts)?.map(|(_, dir)| dir);
-    let chosen = from
-        .as_ref()
-        .map(|d| d.display().to_string())
-        .unwrap_or_default();
-    dist.check_same("the checkpoint to resume from", chosen.as_bytes())?;
-    let mut start_step = 0;
-    let mut loader_cursor = None;
-    let mut resumed_from = None;
-    if let Some(dir) = &from {
-        let meta = StateMeta::load_checked(dir, world_size, &recipe, &data)?;
-        trainer = trainer.load(dir)?;
-        start_step = meta.step;
-        loader_cursor = Some(meta.loader_of(rank, dir)?);
-        resumed_from = Some(meta.step);
-        tracing::info!("resumed from {} (step {})", dir.display(), meta.step);
-    }
-
-    // ---- data ----
     let (n_tokens, len_keep) = cfg.tokens()?;
     let mut transform = SingleViewTransform::mae(cfg.crop.size);
     transform.scale = cfg.crop.scale;
-    let mut loader = Loader::new(
-        Arc::new(shards),
-        cfg.data.sampler(cfg.seed, rank, world_size),
-        Arc::new(SingleView::new(transform)?),
-        MaskSpec::Mae {
-            n_tokens,
-            mask_ratio: cfg.loss.mask_ratio,
-        },
-        cfg.data.loader(),
-        loader_cursor.as_ref(),
-    )?;
-
-    // ---- logging: rank 0 only ----
-    let mut metrics = main
-        .then(|| MetricsWriter::open(&run.path, start_step))
-        .transpose()?;
-    let mut events = if cfg.run.tensorboard && main {
-        Some(EventWriter::create(&run.path.join("events"))?)
-    } else {
-        None
-    };
-    let export_dir = run.path.join("export");
-    let preprocessor = export::default_preprocessor(vit.img_size);
     let total = cfg.optim.total_steps;
-    let bar = main.then(|| crate::run::progress::Progress::new(start_step, total));
-    let started = Instant::now();
-    let mut images_done = 0u64;
-
-    tracing::info!(
+    let banner = format!(
         "MAE: {} encoder ({} params) + decoder {}x{} ({} params), batch {} × {world_size} process(es), lr {:.3e} (scaled), {} steps, {}px, {} of {} patches visible",
         cfg.model.arch,
         webssl_models::presets::param_count(&vit),
@@ -165,96 +106,26 @@ pub fn train(
         len_keep,
         n_tokens
     );
-
-    let end = stop_after.map_or(total, |s| s.clamp(start_step, total));
-    for it in start_step..end {
-        let step_start = Instant::now();
-        let batch = loader.next_batch()?;
-        let b = batch.batch_size;
-        let values;
-        (trainer, values) = trainer.step(it, &batch, dist)?;
-        loader.recycle(batch);
-        let val = |name: &str| {
-            values
-                .iter()
-                .find(|(k, _)| *k == name)
-                .map_or(f64::NAN, |(_, v)| *v)
-        };
-        images_done += (b * world_size) as u64;
-
-        let step_no = it + 1;
-        let stats = loader.stats();
-        let step_secs = step_start.elapsed().as_secs_f64();
-        let timing = [
-            ("img_per_s", (b * world_size) as f64 / step_secs),
-            ("loader_wait", stats.wait_fraction()),
-            ("samples_skipped", stats.samples_skipped as f64),
-        ];
-        crate::run::check_finite(step_no, &values)?;
-        if let Some(m) = metrics.as_mut() {
-            m.write(step_no, &values, &timing)?;
-        }
-        if let Some(ev) = events.as_mut() {
-            for (k, v) in values.iter().chain(timing.iter()) {
-                ev.add_scalar(k, *v as f32, step_no as i64)?;
-            }
-        }
-        if let Some(bar) = &bar {
-            bar.update(&ProgressUpdate {
-                step: step_no,
-                terms: &[("loss", val("loss"))],
-                lr: val("lr"),
-                samples_per_s: images_done as f64 / started.elapsed().as_secs_f64(),
-                loader_img_per_s: None,
-                loader_wait: Some(stats.wait_fraction()),
-            });
-        }
-
-        let last = step_no == total;
-        if last
-            || step_no == end
-            || (cfg.run.checkpoint_every_steps > 0 && step_no % cfg.run.checkpoint_every_steps == 0)
-        {
-            let mut meta = StateMeta {
-                step: step_no,
-                loader: loader.cursor(),
-                world_size,
-                recipe: recipe.clone(),
-                data: Some(data.clone()),
-                samples_seen: step_no * (cfg.data.batch_size * world_size) as u64,
-                rank_loaders: Vec::new(),
-            };
-            meta.gather_loaders(dist)?;
-            if main {
-                trainer.save(&ckpts, step_no, &meta)?;
-            }
-            if let Some(m) = metrics.as_mut() {
-                m.sync()?;
-            }
-            if let Some(ev) = events.as_mut() {
-                ev.flush()?;
-            }
-        }
-        if main
-            && (last
-                || (cfg.run.export_every_steps > 0 && step_no % cfg.run.export_every_steps == 0))
-        {
-            export::export_hf(&trainer.model.encoder, &export_dir, Some(&preprocessor))?;
-        }
-    }
-    if let Some(bar) = bar {
-        bar.finish();
-    }
-    if main && start_step >= total && !export_dir.join("model.safetensors").is_file() {
-        export::export_hf(&trainer.model.encoder, &export_dir, Some(&preprocessor))?;
-    }
-    crate::run::warn_skipped(&loader.stats());
-    Ok(TrainOutcome {
-        run_dir: run.path.clone(),
-        export_dir,
-        steps: end,
-        resumed_from,
-    })
+    let spec = LoopSpec {
+        seed: cfg.seed,
+        data: &cfg.data,
+        run: &cfg.run,
+        total_steps: total,
+        banner,
+        plan_bytes: Some(plan(cfg, world_size)?.total_bytes()),
+    };
+    driver::run(
+        session,
+        trainer,
+        spec,
+        Arc::new(SingleView::new(transform)?),
+        MaskSpec::Mae {
+            n_tokens,
+            mask_ratio: cfg.loss.mask_ratio,
+        },
+        stop_after,
+        dist,
+    )
 }
 
 /// The trainable state of an MAE run — encoder, decoder, AdamW moments — and one optimizer step on
@@ -271,6 +142,8 @@ pub struct MaeTrainer<'c> {
     patch: usize,
     size: usize,
     len_keep: usize,
+    /// The encoder's input size (the exported preprocessor's).
+    img_size: usize,
     ad: Device,
 }
 
@@ -291,6 +164,7 @@ impl<'c> MaeTrainer<'c> {
             patch: vit.patch_size,
             size: cfg.crop.size as usize,
             len_keep,
+            img_size: vit.img_size,
             ad,
         })
     }
@@ -300,21 +174,8 @@ impl<'c> MaeTrainer<'c> {
         let open = |name: &str| TensorStore::open_file(&dir.join(name)).map_err(TrainError::from);
         self.model =
             checkpoint::assign_named_parameters(self.model, &open("model.safetensors")?, &self.ad)?;
-        self.opt.load(&read_all(&open("optim.safetensors")?)?)?;
+        self.opt.load(&read_all(&open(OPTIM_FILE)?)?)?;
         Ok(self)
-    }
-
-    fn save(&self, ckpts: &CheckpointManager, step: u64, meta: &StateMeta) -> Result<PathBuf> {
-        let ser = |tensors: &[(String, Vec<usize>, Vec<f32>)]| tensors_bytes(ckpts, tensors);
-        let files: Vec<(&str, Vec<u8>)> = vec![
-            (
-                "model.safetensors",
-                ser(&checkpoint::named_parameters(&self.model))?,
-            ),
-            ("optim.safetensors", ser(&self.opt.state_tensors())?),
-            ("state.json", meta.to_json()),
-        ];
-        ckpts.save(step, &files)
     }
 
     /// One optimizer step at schedule position `it` on this rank's `batch` (one view + MAE masks):
@@ -386,6 +247,41 @@ impl<'c> MaeTrainer<'c> {
     }
 }
 
+impl TrainState for MaeTrainer<'_> {
+    fn step(self, it: u64, batch: &Batch, dist: &Dist) -> Result<(Self, Vec<(&'static str, f64)>)> {
+        MaeTrainer::step(self, it, batch, dist)
+    }
+
+    fn load(self, dir: &Path) -> Result<Self> {
+        MaeTrainer::load(self, dir)
+    }
+
+    fn optimizer(&mut self) -> (&mut OptimizerSet, Option<&ZeroShards>) {
+        (&mut self.opt, None)
+    }
+
+    fn checkpoint_files(&self) -> Vec<&'static str> {
+        vec!["model.safetensors", OPTIM_FILE]
+    }
+
+    fn checkpoint_file(&self, name: &str, ckpts: &CheckpointManager) -> Result<Vec<u8>> {
+        match name {
+            "model.safetensors" => tensors_bytes(ckpts, &checkpoint::named_parameters(&self.model)),
+            other => unreachable!("not an MAE checkpoint file: {other}"),
+        }
+    }
+
+    fn export(&self, _run_dir: &Path, export_dir: &Path) -> Result<()> {
+        let preprocessor = export::default_preprocessor(self.img_size);
+        export::export_hf(&self.model.encoder, export_dir, Some(&preprocessor))?;
+        Ok(())
+    }
+
+    fn progress_terms(&self, values: &[(&'static str, f64)]) -> Vec<(&'static str, f64)> {
+        vec![("loss", value(values, "loss"))]
+    }
+}
+
 fn scalar(t: &Tensor<1>) -> f64 {
     t.clone()
         .into_data()
@@ -454,6 +350,13 @@ pub fn plan(cfg: &MaeConfig, world_size: usize) -> Result<Plan> {
         state_bytes,
         activation_bytes,
     })
+}
+
+impl Plan {
+    /// The whole per-process estimate.
+    pub fn total_bytes(&self) -> u64 {
+        self.state_bytes + self.activation_bytes
+    }
 }
 
 impl std::fmt::Display for Plan {

@@ -21,6 +21,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod driver;
 pub mod memory;
 pub mod metrics;
 pub mod progress;
