@@ -15,6 +15,11 @@
 //! without a caption, in step 2 rank 1 has no caption at all (it still takes part in every collective)
 //! — the 1-process run drops the same images. Single-threaded children (`RAYON_NUM_THREADS=1`), so the
 //! only differences are the summation orders that splitting a batch changes.
+//!
+//! ZeRO-1 (`run.shard_optimizer_state`): the ranks run the same job again with the AdamW moments
+//! sharded; each parameter is stepped by its owner and copied to the other rank, so the models and
+//! logged values must be bit-identical to the unsharded 2-rank run, with every parameter's moments
+//! kept by exactly one rank.
 #![cfg(feature = "mpi")]
 
 use std::path::Path;
@@ -43,9 +48,12 @@ const LOGGED: [&str; 6] = [
 ];
 
 /// The run config with `batch` images per process.
-fn config(dir: &Path, batch: usize) -> ClipConfig {
+fn config(dir: &Path, batch: usize, sharded: bool) -> ClipConfig {
     // One file per process: both ranks write theirs at the same time.
-    let file = dir.join(format!("dist-{batch}-{}.toml", std::process::id()));
+    let file = dir.join(format!(
+        "dist-{batch}-{sharded}-{}.toml",
+        std::process::id()
+    ));
     std::fs::write(
         &file,
         format!(
@@ -76,6 +84,7 @@ lr = 1e-3
 clip_grad = {CLIP_GRAD}
 [run]
 dir = "{dir}/run"
+shard_optimizer_state = {sharded}
 "#,
             dir = dir.display()
         ),
@@ -153,9 +162,10 @@ fn batch(step: u64, part: Option<usize>) -> Batch {
 }
 
 /// Trains `STEPS` steps (the whole batches on one process, or this rank's slices) and returns the
-/// parameters flattened, plus the [`LOGGED`] values of every step.
-fn train(cfg: &ClipConfig, dist: &Dist) -> (Vec<f32>, Vec<f64>) {
-    let mut trainer = ClipTrainer::new(cfg, tokenizer(), &Device::flex()).unwrap();
+/// parameters flattened, the [`LOGGED`] values of every step, and how many parameters this rank keeps
+/// AdamW moments for.
+fn train(cfg: &ClipConfig, dist: &Dist) -> (Vec<f32>, Vec<f64>, usize) {
+    let mut trainer = ClipTrainer::new(cfg, tokenizer(), dist, &Device::flex()).unwrap();
     let mut logged = Vec::new();
     for step in 0..STEPS {
         let part = (dist.world_size() > 1).then(|| dist.rank());
@@ -169,7 +179,7 @@ fn train(cfg: &ClipConfig, dist: &Dist) -> (Vec<f32>, Vec<f64>) {
         .into_iter()
         .flat_map(|(_, _, v)| v)
         .collect();
-    (params, logged)
+    (params, logged, trainer.optimizer_states())
 }
 
 fn write_f32(path: &Path, v: &[f32]) {
@@ -198,12 +208,15 @@ fn rank_of_two() {
     let out = Path::new(&out);
     let dist = Dist::from_env().unwrap();
     assert_eq!(dist.world_size(), 2);
-    let cfg = config(out, B);
-    let (params, logged) = train(&cfg, &dist);
-    let r = dist.rank();
-    write_f32(&out.join(format!("params-{r}.bin")), &params);
-    let logged: Vec<f32> = logged.iter().map(|&x| x as f32).collect();
-    write_f32(&out.join(format!("logged-{r}.bin")), &logged);
+    for sharded in [false, true] {
+        let cfg = config(out, B, sharded);
+        let (params, logged, states) = train(&cfg, &dist);
+        let tag = format!("{}{}", if sharded { "zero-" } else { "" }, dist.rank());
+        write_f32(&out.join(format!("params-{tag}.bin")), &params);
+        let logged: Vec<f32> = logged.iter().map(|&x| x as f32).collect();
+        write_f32(&out.join(format!("logged-{tag}.bin")), &logged);
+        std::fs::write(out.join(format!("states-{tag}")), states.to_string()).unwrap();
+    }
 }
 
 fn mpirun() -> Command {
@@ -269,15 +282,16 @@ fn two_ranks_of_b_reproduce_one_process_of_2b() {
         .expect("mpirun (Open MPI) must be installed for the `mpi` feature's tests");
     assert!(status.success(), "the 2-rank job failed: {status}");
 
-    let cfg = config(tmp.path(), 2 * B);
-    let (reference, ref_logged) = train(&cfg, &Dist::single());
+    let cfg = config(tmp.path(), 2 * B, false);
+    let (reference, ref_logged, ref_states) = train(&cfg, &Dist::single());
     let rank0 = read_f32(&tmp.path().join("params-0.bin"));
     let rank1 = read_f32(&tmp.path().join("params-1.bin"));
     assert_eq!(rank0, rank1, "the two ranks' models differ");
     assert_eq!(rank0.len(), reference.len());
 
     // Training moved the parameters (the logit scale too), and clipping was active at every step.
-    let init = params_of(&ClipTrainer::new(&cfg, tokenizer(), &Device::flex()).unwrap());
+    let init =
+        params_of(&ClipTrainer::new(&cfg, tokenizer(), &Dist::single(), &Device::flex()).unwrap());
     let flat: Vec<f32> = init.iter().flat_map(|(_, v)| v.iter().copied()).collect();
     let moved = max_abs_diff(&flat, &reference);
     assert!(
@@ -322,5 +336,39 @@ fn two_ranks_of_b_reproduce_one_process_of_2b() {
     }
     eprintln!(
         "CLIP: logged values (loss, accuracies, grad norm, logit scale) within {worst_rel:.3e}"
+    );
+
+    // ZeRO-1: the same update computed by each parameter's owner (the logit scale's too, clamped
+    // after the sync), so both ranks' models and the logged values are bit-identical to the unsharded
+    // 2-rank run — including the step without an update — while each rank keeps moments for its
+    // share only (every parameter exactly once).
+    for r in 0..2 {
+        let sharded = read_f32(&tmp.path().join(format!("params-zero-{r}.bin")));
+        assert!(
+            sharded == rank0,
+            "ZeRO-1 rank {r} differs from the unsharded run"
+        );
+    }
+    assert_eq!(
+        read_f32(&tmp.path().join("logged-zero-0.bin")),
+        logged,
+        "ZeRO-1 logged other values"
+    );
+    let states = |tag: &str| -> usize {
+        std::fs::read_to_string(tmp.path().join(format!("states-{tag}")))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(states("0"), ref_states);
+    let (s0, s1) = (states("zero-0"), states("zero-1"));
+    assert!(
+        s0 > 0 && s1 > 0 && s0 < ref_states && s1 < ref_states,
+        "{s0} {s1} of {ref_states}"
+    );
+    assert_eq!(s0 + s1, ref_states, "every parameter has exactly one owner");
+    eprintln!(
+        "ZeRO-1: moments of {s0} + {s1} of {ref_states} parameters; models and logged values \
+         bit-identical to the unsharded run"
     );
 }

@@ -13,6 +13,11 @@
 //! number of removed patches per image, and the lr scaled by the global batch on both sides.
 //! Single-threaded children (`RAYON_NUM_THREADS=1`), so the only differences are the summation orders
 //! that splitting a batch changes.
+//!
+//! ZeRO-1 (`run.shard_optimizer_state`): the ranks run the same job again with the AdamW moments
+//! sharded; each parameter is stepped by its owner and copied to the other rank, so the models and
+//! logged values must be bit-identical to the unsharded 2-rank run, with every parameter's moments
+//! kept by exactly one rank.
 #![cfg(feature = "mpi")]
 
 use std::path::Path;
@@ -35,9 +40,12 @@ const CLIP_GRAD: f64 = 0.05;
 const OUT: &str = "WEBSSL_DIST_TEST_OUT";
 
 /// The run config with `batch` images per process.
-fn config(dir: &Path, batch: usize) -> MaeConfig {
+fn config(dir: &Path, batch: usize, sharded: bool) -> MaeConfig {
     // One file per process: both ranks write theirs at the same time.
-    let file = dir.join(format!("dist-{batch}-{}.toml", std::process::id()));
+    let file = dir.join(format!(
+        "dist-{batch}-{sharded}-{}.toml",
+        std::process::id()
+    ));
     std::fs::write(
         &file,
         format!(
@@ -65,6 +73,7 @@ lr_per_256 = 2.0
 clip_grad = {CLIP_GRAD}
 [run]
 dir = "{dir}/run"
+shard_optimizer_state = {sharded}
 "#,
             dir = dir.display()
         ),
@@ -121,9 +130,10 @@ fn batch(cfg: &MaeConfig, step: u64, part: Option<usize>) -> Batch {
 }
 
 /// Trains `STEPS` steps (the whole batches on one process, or this rank's slices) and returns the
-/// parameters flattened, plus the logged loss and grad norm per step.
-fn train(cfg: &MaeConfig, dist: &Dist) -> (Vec<f32>, Vec<f64>, Vec<f64>) {
-    let mut trainer = MaeTrainer::new(cfg, dist.world_size(), &Device::flex()).unwrap();
+/// parameters flattened, the logged loss and grad norm per step, and how many parameters this rank
+/// keeps AdamW moments for.
+fn train(cfg: &MaeConfig, dist: &Dist) -> (Vec<f32>, Vec<f64>, Vec<f64>, usize) {
+    let mut trainer = MaeTrainer::new(cfg, dist, &Device::flex()).unwrap();
     let (mut losses, mut norms) = (Vec::new(), Vec::new());
     let get = |values: &[(&str, f64)], k: &str| values.iter().find(|(n, _)| *n == k).unwrap().1;
     for step in 0..STEPS {
@@ -137,7 +147,7 @@ fn train(cfg: &MaeConfig, dist: &Dist) -> (Vec<f32>, Vec<f64>, Vec<f64>) {
         .into_iter()
         .flat_map(|(_, _, v)| v)
         .collect();
-    (params, losses, norms)
+    (params, losses, norms, trainer.optimizer_states())
 }
 
 fn write_f32(path: &Path, v: &[f32]) {
@@ -166,12 +176,15 @@ fn rank_of_two() {
     let out = Path::new(&out);
     let dist = Dist::from_env().unwrap();
     assert_eq!(dist.world_size(), 2);
-    let cfg = config(out, B);
-    let (params, losses, norms) = train(&cfg, &dist);
-    let r = dist.rank();
-    write_f32(&out.join(format!("params-{r}.bin")), &params);
-    let logged: Vec<f32> = losses.iter().chain(&norms).map(|&x| x as f32).collect();
-    write_f32(&out.join(format!("logged-{r}.bin")), &logged);
+    for sharded in [false, true] {
+        let cfg = config(out, B, sharded);
+        let (params, losses, norms, states) = train(&cfg, &dist);
+        let tag = format!("{}{}", if sharded { "zero-" } else { "" }, dist.rank());
+        write_f32(&out.join(format!("params-{tag}.bin")), &params);
+        let logged: Vec<f32> = losses.iter().chain(&norms).map(|&x| x as f32).collect();
+        write_f32(&out.join(format!("logged-{tag}.bin")), &logged);
+        std::fs::write(out.join(format!("states-{tag}")), states.to_string()).unwrap();
+    }
 }
 
 fn mpirun() -> Command {
@@ -192,7 +205,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn trainer_init(cfg: &MaeConfig) -> MaeTrainer<'_> {
-    MaeTrainer::new(cfg, 1, &Device::flex()).unwrap()
+    MaeTrainer::new(cfg, &Dist::single(), &Device::flex()).unwrap()
 }
 
 /// The largest |a − b| over the parameters `names` (name, length; in the flattening order), the
@@ -234,13 +247,13 @@ fn two_ranks_of_b_reproduce_one_process_of_2b() {
     assert!(status.success(), "the 2-rank job failed: {status}");
 
     // The reference is the one-process run of the global batch: its lr scales with 2B too.
-    let cfg = config(tmp.path(), 2 * B);
+    let cfg = config(tmp.path(), 2 * B, false);
     assert_eq!(
         cfg.scaled_lr(1),
-        config(tmp.path(), B).scaled_lr(2),
+        config(tmp.path(), B, false).scaled_lr(2),
         "both sides train with the lr of the global batch"
     );
-    let (reference, ref_losses, ref_norms) = train(&cfg, &Dist::single());
+    let (reference, ref_losses, ref_norms, ref_states) = train(&cfg, &Dist::single());
     let rank0 = read_f32(&tmp.path().join("params-0.bin"));
     let rank1 = read_f32(&tmp.path().join("params-1.bin"));
     assert_eq!(rank0, rank1, "the two ranks' models differ");
@@ -290,4 +303,37 @@ fn two_ranks_of_b_reproduce_one_process_of_2b() {
             "step {step}: logged grad norm {a} vs {b}"
         );
     }
+
+    // ZeRO-1: the same update computed by each parameter's owner, so both ranks' models and the
+    // logged values are bit-identical to the unsharded 2-rank run, while each rank keeps moments for
+    // its share only (every parameter exactly once).
+    for r in 0..2 {
+        let sharded = read_f32(&tmp.path().join(format!("params-zero-{r}.bin")));
+        assert!(
+            sharded == rank0,
+            "ZeRO-1 rank {r} differs from the unsharded run"
+        );
+    }
+    assert_eq!(
+        read_f32(&tmp.path().join("logged-zero-0.bin")),
+        logged,
+        "ZeRO-1 logged other values"
+    );
+    let states = |tag: &str| -> usize {
+        std::fs::read_to_string(tmp.path().join(format!("states-{tag}")))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(states("0"), ref_states);
+    let (s0, s1) = (states("zero-0"), states("zero-1"));
+    assert!(
+        s0 > 0 && s1 > 0 && s0 < ref_states && s1 < ref_states,
+        "{s0} {s1} of {ref_states}"
+    );
+    assert_eq!(s0 + s1, ref_states, "every parameter has exactly one owner");
+    eprintln!(
+        "ZeRO-1: moments of {s0} + {s1} of {ref_states} parameters; models and logged values \
+         bit-identical to the unsharded run"
+    );
 }

@@ -57,10 +57,13 @@ use crate::error::{Result, TrainError};
 use crate::objectives::clip::{clip_loss_terms, l2_normalize};
 use crate::param_groups::{clip_rule, param_ranks};
 use crate::run::checkpoint::{CheckpointManager, Resume};
-use crate::run::driver::{self, LoopSpec, OPTIM_FILE, TrainState, value};
+use crate::run::driver::{self, LoopSpec, OPTIM_FILE, TrainState, memory_line, value};
 use crate::run::state::{OptimizerSet, read_all, tensors_bytes};
 use crate::schedule::clip_lr;
-use crate::zero::ZeroShards;
+use crate::zero::{self, ZeroShards};
+
+/// The single optimizer's name in the checkpoint (both towers, projections and logit scale as one set).
+const OPT: &str = "clip";
 
 /// OpenAI CLIP normalisation, written into the exported `preprocessor_config.json`.
 const CLIP_MEAN: [f64; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
@@ -211,7 +214,7 @@ pub fn train(
         }
         None => build_tokenizer_ranked(cfg, &session.shards, dist)?,
     };
-    let trainer = ClipTrainer::new(cfg, tok, device)?;
+    let trainer = ClipTrainer::new(cfg, tok, dist, device)?;
     dist.check_same("the tokenizer", trainer.tok_json.as_bytes())?;
     if dist.is_main() {
         crate::run::atomic_write(
@@ -274,20 +277,32 @@ pub struct ClipTrainer<'c> {
     ranks: HashMap<String, usize>,
     size: usize,
     ad: Device,
+    /// ZeRO-1 owners when the moments are sharded over ranks.
+    zero: Option<ZeroShards>,
 }
 
 impl<'c> ClipTrainer<'c> {
-    /// Fresh state (seeded init) with the tokenizer `tok` (its vocabulary sizes the text tower).
-    pub fn new(cfg: &'c ClipConfig, tok: ClipTokenizer, device: &Device) -> Result<Self> {
+    /// Fresh state (seeded init, identical on every rank) with the tokenizer `tok` (its vocabulary
+    /// sizes the text tower) for this rank of `dist` (with `run.shard_optimizer_state` on several
+    /// ranks, this rank keeps the AdamW moments of its ZeRO-1 share of the parameters).
+    pub fn new(
+        cfg: &'c ClipConfig,
+        tok: ClipTokenizer,
+        dist: &Dist,
+        device: &Device,
+    ) -> Result<Self> {
         let vit = cfg.vit()?;
         let ad = device.clone().autodiff();
         let text_cfg = cfg.text_tower(tok.vocab_size())?;
         let model = ClipModel::new(&vit, &text_cfg, cfg.clip.logit_scale_init, cfg.seed, &ad)?;
+        let zero = (cfg.run.shard_optimizer_state && dist.world_size() > 1)
+            .then(|| ZeroShards::new(&[(OPT, zero::trainable_params(&model))], dist));
         Ok(ClipTrainer {
+            zero,
             cfg,
             ranks: param_ranks(&model),
             model,
-            opt: OptimizerSet::new(&["clip"], cfg.optim.betas, cfg.optim.eps),
+            opt: OptimizerSet::new(&[OPT], cfg.optim.betas, cfg.optim.eps),
             tok_json: tok.to_json()?,
             tok,
             text_cfg,
@@ -301,7 +316,12 @@ impl<'c> ClipTrainer<'c> {
         &self.tok
     }
 
-    /// Restores the model and the optimizer moments from a checkpoint directory.
+    /// Parameters this rank keeps AdamW moments for (all of them unless sharded with ZeRO-1).
+    pub fn optimizer_states(&self) -> usize {
+        self.opt.num_states()
+    }
+
+    /// Restores the model and the optimizer moments (all of them) from a checkpoint directory.
     fn load(mut self, dir: &Path) -> Result<Self> {
         let open = |name: &str| TensorStore::open_file(&dir.join(name)).map_err(TrainError::from);
         self.model =
@@ -416,9 +436,17 @@ impl<'c> ClipTrainer<'c> {
                     value: grad_norm,
                 });
             }
+            if let Some(z) = &self.zero {
+                // Clipped (or measured) on the whole averaged gradient above; now each rank steps
+                // its own share.
+                z.keep_owned(OPT, &mut g);
+            }
             let ranks = &self.ranks;
             let rule = |name: &str| clip_rule(name, ranks.get(name).copied().unwrap_or(1));
-            self.model = self.opt.get("clip").step(self.model, &g, lr, lr, wd, &rule);
+            self.model = self.opt.get(OPT).step(self.model, &g, lr, lr, wd, &rule);
+            if let Some(z) = &self.zero {
+                self.model = z.sync(OPT, self.model, dist);
+            }
             self.model = self.model.clamp_logit_scale();
         } else if dist.is_main() {
             tracing::warn!(
@@ -518,7 +546,7 @@ impl TrainState for ClipTrainer<'_> {
     }
 
     fn optimizer(&mut self) -> (&mut OptimizerSet, Option<&ZeroShards>) {
-        (&mut self.opt, None)
+        (&mut self.opt, self.zero.as_ref())
     }
 
     fn checkpoint_files(&self) -> Vec<&'static str> {
@@ -583,14 +611,26 @@ pub struct Plan {
     pub lr: f64,
     pub total_steps: u64,
     pub samples_seen: u64,
-    /// Bytes per process: weights, gradients, AdamW moments (f32).
+    /// Bytes per process: weights and gradients (f32, replicated on every rank).
     pub state_bytes: u64,
+    /// Bytes per process: the AdamW moments (two f32 copies), divided over the ranks with ZeRO-1.
+    pub moment_bytes: u64,
+    /// Ranks the moments are sharded over (1: not sharded).
+    pub moment_shards: usize,
+    /// Bytes per process: host buffers of the collectives (several processes only): three copies of
+    /// the largest parameter (they go one parameter at a time).
+    pub collective_bytes: u64,
+    /// Bytes per process: temporaries of clipping and AdamW (about one more copy of the parameters),
+    /// as measured for DINO ([`crate::dino::plan`]).
+    pub transient_bytes: u64,
     /// Bytes per process: activations kept for backward (estimate, see [`plan`]).
     pub activation_bytes: u64,
 }
 
 /// The run's numbers without building anything. The vocabulary is `text.vocab_size`, or the given
-/// `tokenizer.json`'s when it can be read.
+/// `tokenizer.json`'s when it can be read. Memory as [`crate::dino::plan`] counts it (without a
+/// teacher): weights + gradients, the moments over the ZeRO-1 shards, collective buffers (the feature
+/// gathers are small beside them), update temporaries, activations.
 ///
 /// Activations per block and token, f32: ~14·width + 2·mlp hidden + heads·tokens (attention
 /// probabilities), for the image tower's `1 + (size/p)²` tokens and the text tower's full context
@@ -609,6 +649,21 @@ pub fn plan(cfg: &ClipConfig, world_size: usize) -> Result<Plan> {
     let text_params = text.num_params();
     let head_params = (vit.embed_dim * text.embed_dim) as u64 + 1;
     let params = image_params + text_params + head_params;
+    let moment_shards = if cfg.run.shard_optimizer_state {
+        world_size.max(1)
+    } else {
+        1
+    };
+    let largest = [
+        vit.embed_dim * vit.ffn_hidden(),
+        text.vocab_size * text.width,
+        text.width * text.mlp_hidden(),
+        3 * text.width * text.width,
+        vit.embed_dim * text.embed_dim,
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(0) as u64;
     let b = cfg.data.batch_size as u64;
     let tokens = (cfg.image.size as u64 / vit.patch_size as u64).pow(2) + 1;
     let per_block = |tokens: u64, width: u64, hidden: u64, heads: u64| {
@@ -639,7 +694,11 @@ pub fn plan(cfg: &ClipConfig, world_size: usize) -> Result<Plan> {
         lr: cfg.optim.lr,
         total_steps: cfg.optim.total_steps,
         samples_seen: cfg.optim.total_steps * global_batch as u64,
-        state_bytes: params * 4 * 4,
+        state_bytes: params * 4 * 2,
+        moment_bytes: params * 4 * 2 / moment_shards as u64,
+        moment_shards,
+        collective_bytes: if world_size > 1 { largest * 4 * 3 } else { 0 },
+        transient_bytes: params * 4,
         activation_bytes: 4 * (image_act + text_act),
     })
 }
@@ -647,13 +706,16 @@ pub fn plan(cfg: &ClipConfig, world_size: usize) -> Result<Plan> {
 impl Plan {
     /// The whole per-process estimate.
     pub fn total_bytes(&self) -> u64 {
-        self.state_bytes + self.activation_bytes
+        self.state_bytes
+            + self.moment_bytes
+            + self.collective_bytes
+            + self.transient_bytes
+            + self.activation_bytes
     }
 }
 
 impl std::fmt::Display for Plan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
         writeln!(f, "# plan")?;
         writeln!(
             f,
@@ -670,13 +732,15 @@ impl std::fmt::Display for Plan {
             "global batch {} · {} steps = {} samples seen; lr {:.3e} (warm-up + cosine to 0)",
             self.global_batch, self.total_steps, self.samples_seen, self.lr
         )?;
-        write!(
-            f,
-            "memory per process (f32, estimate): weights+grads+AdamW {:.2} GiB, activations {:.2} GiB, total {:.2} GiB",
-            gib(self.state_bytes),
-            gib(self.activation_bytes),
-            gib(self.state_bytes + self.activation_bytes)
-        )
+        f.write_str(&memory_line(
+            "weights+grads",
+            self.state_bytes,
+            self.moment_bytes,
+            self.moment_shards,
+            self.collective_bytes,
+            self.transient_bytes,
+            self.activation_bytes,
+        ))
     }
 }
 

@@ -608,7 +608,6 @@ impl Plan {
 
 impl std::fmt::Display for Plan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
         writeln!(f, "# plan")?;
         writeln!(
             f,
@@ -622,24 +621,14 @@ impl std::fmt::Display for Plan {
             "global batch {} · {} steps = {} samples seen; lr {:.3e} (sqrt-scaled)",
             self.global_batch, self.total_steps, self.samples_seen, self.scaled_lr
         )?;
-        let sharded = if self.moment_shards > 1 {
-            format!(" (ZeRO-1: 1/{} of them)", self.moment_shards)
-        } else {
-            String::new()
-        };
-        let collective = if self.collective_bytes > 0 {
-            format!(", collective buffers {:.2} GiB", gib(self.collective_bytes))
-        } else {
-            String::new()
-        };
-        write!(
-            f,
-            "memory per process (f32, estimate): weights+grads+teacher {:.2} GiB, AdamW moments {:.2} GiB{sharded}{collective}, update temporaries {:.2} GiB, activations {:.2} GiB, total {:.2} GiB",
-            gib(self.state_bytes),
-            gib(self.moment_bytes),
-            gib(self.transient_bytes),
-            gib(self.activation_bytes),
-            gib(self.total_bytes())
-        )
+        f.write_str(&driver::memory_line(
+            "weights+grads+teacher",
+            self.state_bytes,
+            self.moment_bytes,
+            self.moment_shards,
+            self.collective_bytes,
+            self.transient_bytes,
+            self.activation_bytes,
+        ))
     }
 }

@@ -49,10 +49,10 @@ use crate::dist::{Dist, ReduceOp};
 use crate::error::{Result, TrainError};
 use crate::param_groups::{mae_rule, param_ranks};
 use crate::run::checkpoint::{CheckpointManager, Resume};
-use crate::run::driver::{self, LoopSpec, OPTIM_FILE, TrainState, value};
+use crate::run::driver::{self, LoopSpec, OPTIM_FILE, TrainState, memory_line, value};
 use crate::run::state::{OptimizerSet, read_all, tensors_bytes};
 use crate::schedule::mae_lr;
-use crate::zero::ZeroShards;
+use crate::zero::{self, ZeroShards};
 
 /// The single optimizer's name in the checkpoint (MAE optimises encoder and decoder as one set).
 const OPT: &str = "model";
@@ -86,7 +86,7 @@ pub fn train(
     let dec = cfg.decoder()?;
     let world_size = dist.world_size();
     let session = driver::start(&cfg.data, &cfg.run, resolved, resume, dist)?;
-    let trainer = MaeTrainer::new(cfg, world_size, device)?;
+    let trainer = MaeTrainer::new(cfg, dist, device)?;
 
     let (n_tokens, len_keep) = cfg.tokens()?;
     let mut transform = SingleViewTransform::mae(cfg.crop.size);
@@ -145,17 +145,24 @@ pub struct MaeTrainer<'c> {
     /// The encoder's input size (the exported preprocessor's).
     img_size: usize,
     ad: Device,
+    /// ZeRO-1 owners when the moments are sharded over ranks.
+    zero: Option<ZeroShards>,
 }
 
 impl<'c> MaeTrainer<'c> {
-    /// Fresh state (seeded init) for a run on `world_size` processes (the lr scales with the global
-    /// batch).
-    pub fn new(cfg: &'c MaeConfig, world_size: usize, device: &Device) -> Result<Self> {
+    /// Fresh state (seeded init, identical on every rank) for this rank of `dist` (the lr scales with
+    /// the global batch; with `run.shard_optimizer_state` on several ranks, this rank keeps the AdamW
+    /// moments of its ZeRO-1 share of the parameters).
+    pub fn new(cfg: &'c MaeConfig, dist: &Dist, device: &Device) -> Result<Self> {
+        let world_size = dist.world_size();
         let vit = cfg.vit()?;
         let ad = device.clone().autodiff();
         let model = MaeModel::new(&vit, &cfg.decoder()?, cfg.seed, &ad)?;
         let (_, len_keep) = cfg.tokens()?;
+        let zero = (cfg.run.shard_optimizer_state && world_size > 1)
+            .then(|| ZeroShards::new(&[(OPT, zero::trainable_params(&model))], dist));
         Ok(MaeTrainer {
+            zero,
             cfg,
             ranks: param_ranks(&model),
             model,
@@ -169,7 +176,12 @@ impl<'c> MaeTrainer<'c> {
         })
     }
 
-    /// Restores the model and the optimizer moments from a checkpoint directory.
+    /// Parameters this rank keeps AdamW moments for (all of them unless sharded with ZeRO-1).
+    pub fn optimizer_states(&self) -> usize {
+        self.opt.num_states()
+    }
+
+    /// Restores the model and the optimizer moments (all of them) from a checkpoint directory.
     fn load(mut self, dir: &Path) -> Result<Self> {
         let open = |name: &str| TensorStore::open_file(&dir.join(name)).map_err(TrainError::from);
         self.model =
@@ -230,12 +242,19 @@ impl<'c> MaeTrainer<'c> {
                 value: grad_norm,
             });
         }
+        if let Some(z) = &self.zero {
+            // Clipped on the whole averaged gradient above; now each rank steps its own share.
+            z.keep_owned(OPT, &mut g);
+        }
         let ranks = &self.ranks;
         let rule = |name: &str| mae_rule(name, ranks.get(name).copied().unwrap_or(2));
         self.model = self
             .opt
             .get(OPT)
             .step(self.model, &g, lr, lr, o.weight_decay, &rule);
+        if let Some(z) = &self.zero {
+            self.model = z.sync(OPT, self.model, dist);
+        }
         let values = vec![
             ("loss", loss_value),
             ("lr", lr),
@@ -257,7 +276,7 @@ impl TrainState for MaeTrainer<'_> {
     }
 
     fn optimizer(&mut self) -> (&mut OptimizerSet, Option<&ZeroShards>) {
-        (&mut self.opt, None)
+        (&mut self.opt, self.zero.as_ref())
     }
 
     fn checkpoint_files(&self) -> Vec<&'static str> {
@@ -302,13 +321,25 @@ pub struct Plan {
     pub samples_seen: u64,
     pub patches: usize,
     pub visible: usize,
-    /// Bytes per process: weights, gradients, AdamW moments (f32).
+    /// Bytes per process: weights and gradients (f32, replicated on every rank).
     pub state_bytes: u64,
+    /// Bytes per process: the AdamW moments (two f32 copies), divided over the ranks with ZeRO-1.
+    pub moment_bytes: u64,
+    /// Ranks the moments are sharded over (1: not sharded).
+    pub moment_shards: usize,
+    /// Bytes per process: host buffers of the collectives (several processes only): three copies of
+    /// the largest parameter (they go one parameter at a time).
+    pub collective_bytes: u64,
+    /// Bytes per process: temporaries of clipping and AdamW (about one more copy of the parameters),
+    /// as measured for DINO ([`crate::dino::plan`]).
+    pub transient_bytes: u64,
     /// Bytes per process: activations kept for backward (estimate, see [`plan`]).
     pub activation_bytes: u64,
 }
 
-/// The run's numbers without building anything.
+/// The run's numbers without building anything. Memory as [`crate::dino::plan`] counts it (without a
+/// teacher): weights + gradients, the moments over the ZeRO-1 shards, collective buffers, update
+/// temporaries, activations.
 ///
 /// The activation estimate counts, per transformer block and token, what burn keeps for backward in
 /// f32: ~14·width + 2·MLP hidden + heads·tokens (attention probabilities) — the encoder over
@@ -320,7 +351,25 @@ pub fn plan(cfg: &MaeConfig, world_size: usize) -> Result<Plan> {
     let encoder_params = webssl_models::presets::param_count(&vit)
         - (1 + vit.num_patches() as u64) * vit.embed_dim as u64;
     let decoder_params = dec.param_count();
-    let state_bytes = (encoder_params + decoder_params) * 4 * 4;
+    let params = encoder_params + decoder_params;
+    let state_bytes = params * 4 * 2;
+    let moment_shards = if cfg.run.shard_optimizer_state {
+        world_size.max(1)
+    } else {
+        1
+    };
+    let moment_bytes = params * 4 * 2 / moment_shards as u64;
+    let largest = [
+        vit.embed_dim * vit.ffn_hidden(),
+        vit.embed_dim * dec.embed_dim,
+        dec.embed_dim * dec.mlp_hidden(),
+        dec.embed_dim * vit.patch_size * vit.patch_size * 3,
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(0) as u64;
+    let collective_bytes = if world_size > 1 { largest * 4 * 3 } else { 0 };
+    let transient_bytes = params * 4;
     let (n, keep) = cfg.tokens()?;
     let b = cfg.data.batch_size as u64;
     let per_block = |tokens: u64, width: usize, hidden: usize, heads: usize| {
@@ -348,6 +397,10 @@ pub fn plan(cfg: &MaeConfig, world_size: usize) -> Result<Plan> {
         patches: n,
         visible: keep,
         state_bytes,
+        moment_bytes,
+        moment_shards,
+        collective_bytes,
+        transient_bytes,
         activation_bytes,
     })
 }
@@ -355,13 +408,16 @@ pub fn plan(cfg: &MaeConfig, world_size: usize) -> Result<Plan> {
 impl Plan {
     /// The whole per-process estimate.
     pub fn total_bytes(&self) -> u64 {
-        self.state_bytes + self.activation_bytes
+        self.state_bytes
+            + self.moment_bytes
+            + self.collective_bytes
+            + self.transient_bytes
+            + self.activation_bytes
     }
 }
 
 impl std::fmt::Display for Plan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
         writeln!(f, "# plan")?;
         writeln!(
             f,
@@ -384,12 +440,14 @@ impl std::fmt::Display for Plan {
             "{} of {} patches visible per image",
             self.visible, self.patches
         )?;
-        write!(
-            f,
-            "memory per process (f32, estimate): weights+grads+AdamW {:.2} GiB, activations {:.2} GiB, total {:.2} GiB",
-            gib(self.state_bytes),
-            gib(self.activation_bytes),
-            gib(self.state_bytes + self.activation_bytes)
-        )
+        f.write_str(&memory_line(
+            "weights+grads",
+            self.state_bytes,
+            self.moment_bytes,
+            self.moment_shards,
+            self.collective_bytes,
+            self.transient_bytes,
+            self.activation_bytes,
+        ))
     }
 }

@@ -324,6 +324,41 @@ pub fn run<T: TrainState>(
     })
 }
 
+/// The memory line of a `--dry-run` plan, the same for every objective: the replicated state
+/// (`replicated_what`: e.g. "weights+grads"), the AdamW moments (ZeRO-1: 1/`moment_shards` of them),
+/// the collectives' host buffers (several processes), the update temporaries, the activations and
+/// the total, in GiB.
+pub fn memory_line(
+    replicated_what: &str,
+    replicated: u64,
+    moments: u64,
+    moment_shards: usize,
+    collective: u64,
+    transient: u64,
+    activations: u64,
+) -> String {
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let sharded = if moment_shards > 1 {
+        format!(" (ZeRO-1: 1/{moment_shards} of them)")
+    } else {
+        String::new()
+    };
+    let collective_part = if collective > 0 {
+        format!(", collective buffers {:.2} GiB", gib(collective))
+    } else {
+        String::new()
+    };
+    let total = replicated + moments + collective + transient + activations;
+    format!(
+        "memory per process (f32, estimate): {replicated_what} {:.2} GiB, AdamW moments {:.2} GiB{sharded}{collective_part}, update temporaries {:.2} GiB, activations {:.2} GiB, total {:.2} GiB",
+        gib(replicated),
+        gib(moments),
+        gib(transient),
+        gib(activations),
+        gib(total)
+    )
+}
+
 /// Writes the checkpoint of `meta.step` (rank 0): the trainer's files in its order, `opt_state` (the
 /// whole optimizer state) as [`OPTIM_FILE`], then [`STATE_FILE`], one file in memory at a time.
 fn save<T: TrainState>(

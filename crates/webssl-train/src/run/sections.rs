@@ -117,7 +117,7 @@ pub struct RunConfig {
     pub tensorboard: bool,
     /// ZeRO-1 on several processes: each rank keeps the AdamW moments of 1/N of the parameters
     /// (`crate::zero`). Changes where the update is computed, not the update, so a run may switch it
-    /// between resumes. DINO only for now.
+    /// between resumes. DINO, MAE and CLIP alike (`crate::run::driver`).
     pub shard_optimizer_state: bool,
 }
 
