@@ -18,6 +18,10 @@
 //! sharded; each parameter is stepped by its owner and copied to the other rank, so the models and
 //! logged values must be bit-identical to the unsharded 2-rank run, with every parameter's moments
 //! kept by exactly one rank.
+//! Then whole runs through `mae::train` on built-in data (the shared loop of `run::driver`):
+//! stopped at step 2 and resumed with the sharding switched either way, they end with the straight
+//! unsharded run's metrics.jsonl and export, bit for bit, and the sharded checkpoint holds the
+//! whole optimizer state.
 #![cfg(feature = "mpi")]
 
 use std::path::Path;
@@ -29,7 +33,8 @@ use webssl_data::masks::{MaeMasks, mae_random_mask};
 use webssl_data::sampler::rng_stream;
 use webssl_models::checkpoint;
 use webssl_train::dist::Dist;
-use webssl_train::mae::{MaeConfig, MaeTrainer};
+use webssl_train::mae::{self, MaeConfig, MaeTrainer};
+use webssl_train::run::checkpoint::Resume;
 use webssl_train::run::config::load_config;
 
 const B: usize = 3; // images per rank
@@ -41,6 +46,16 @@ const OUT: &str = "WEBSSL_DIST_TEST_OUT";
 
 /// The run config with `batch` images per process.
 fn config(dir: &Path, batch: usize, sharded: bool) -> MaeConfig {
+    config_with(dir, batch, sharded, &[]).0
+}
+
+/// [`config`] with `overrides` (`--set` syntax), and the resolved table.
+fn config_with(
+    dir: &Path,
+    batch: usize,
+    sharded: bool,
+    overrides: &[String],
+) -> (MaeConfig, toml::Table) {
     // One file per process: both ranks write theirs at the same time.
     let file = dir.join(format!(
         "dist-{batch}-{sharded}-{}.toml",
@@ -79,8 +94,37 @@ shard_optimizer_state = {sharded}
         ),
     )
     .unwrap();
-    let (cfg, _): (MaeConfig, toml::Table) = load_config(Some(&file), dir, None, &[]).unwrap();
-    cfg
+    load_config(Some(&file), dir, None, overrides).unwrap()
+}
+
+/// Steps of the whole runs through `train` (checkpoints every 2).
+const RUN_STEPS: u64 = 4;
+
+/// A whole run `name` through [`mae::train`] on built-in data in `dir`, as this rank of `dist`, to
+/// `stop_after` steps (resuming from the run's latest checkpoint).
+fn whole_run(dir: &Path, name: &str, sharded: bool, stop_after: Option<u64>, dist: &Dist) {
+    let d = |s: &str| dir.join(s).display().to_string();
+    let overrides: Vec<String> = vec![
+        format!("data.train=\"{}\"", d("data")),
+        "data.synth={ samples = 16, size = 32, seed = 5 }".into(),
+        "data.num_workers=1".into(),
+        "data.decode_threads=1".into(),
+        "data.shuffle_buffer=4".into(),
+        format!("optim.total_steps={RUN_STEPS}"),
+        format!("run.dir=\"{}\"", d(name)),
+        "run.checkpoint_every_steps=2".into(),
+        "run.tensorboard=false".into(),
+    ];
+    let (cfg, resolved) = config_with(dir, B, sharded, &overrides);
+    mae::train(
+        &cfg,
+        &resolved,
+        Resume::Auto,
+        &Device::flex(),
+        stop_after,
+        dist,
+    )
+    .unwrap();
 }
 
 /// Deterministic irregular values in [-1, 1).
@@ -185,6 +229,14 @@ fn rank_of_two() {
         write_f32(&out.join(format!("logged-{tag}.bin")), &logged);
         std::fs::write(out.join(format!("states-{tag}")), states.to_string()).unwrap();
     }
+    // Whole runs through the shared loop: stopped at step 2 and resumed with sharding switched (a
+    // sharded checkpoint gathered on rank 0, read back unsharded; an unsharded one read back and cut
+    // to each rank's share), against a straight unsharded run.
+    whole_run(out, "straight", false, None, &dist);
+    whole_run(out, "zero-first", true, Some(2), &dist);
+    whole_run(out, "zero-first", false, None, &dist);
+    whole_run(out, "zero-second", false, Some(2), &dist);
+    whole_run(out, "zero-second", true, None, &dist);
 }
 
 fn mpirun() -> Command {
@@ -335,5 +387,29 @@ fn two_ranks_of_b_reproduce_one_process_of_2b() {
     eprintln!(
         "ZeRO-1: moments of {s0} + {s1} of {ref_states} parameters; models and logged values \
          bit-identical to the unsharded run"
+    );
+
+    // Whole runs switching sharding at a resume end like the straight run, bit for bit; the sharded
+    // checkpoint holds the whole optimizer state, as the unsharded one does.
+    let file = |run: &str, path: &str| std::fs::read(tmp.path().join(run).join(path)).unwrap();
+    let straight = file("straight", "metrics.jsonl");
+    assert_eq!(
+        straight.iter().filter(|&&b| b == b'\n').count(),
+        RUN_STEPS as usize
+    );
+    for run in ["zero-first", "zero-second"] {
+        assert!(
+            file(run, "metrics.jsonl") == straight,
+            "{run}: metrics differ from the straight run"
+        );
+        assert!(
+            file(run, "export/model.safetensors") == file("straight", "export/model.safetensors"),
+            "{run}: export differs from the straight run"
+        );
+    }
+    let step2 = "checkpoints/step-000000002/optim.safetensors";
+    assert!(
+        file("zero-first", step2) == file("straight", step2),
+        "the sharded run's checkpoint does not hold the whole optimizer state"
     );
 }

@@ -25,6 +25,9 @@
 //! `gather_with_grad` + `local_loss` under DDP), so the averaged gradient is that of the loss over the
 //! global batch; rank 0 alone writes. At world size 1 the step is the plain one-process loss.
 //! `tests/dist_clip.rs` checks 2 ranks × B against 1 process × 2B.
+//! `[run] shard_optimizer_state` shards the AdamW moments over the ranks (ZeRO-1, [`crate::zero`]);
+//! the loop itself (resume, logging, checkpoints, exports) is [`crate::run::driver`], shared with DINO
+//! and MAE.
 //!
 //! Deviations: f32 instead of AMP; the BPE vocabulary is trained on the run's captions unless a
 //! `tokenizer.json` is given (see [`tokenizer`]).

@@ -7,6 +7,10 @@
 //! on biases/norms/LayerScale) → EMA teacher update. Everything random derives from the run seed, the
 //! loader cursor is part of the checkpoint, and schedules are functions of the step, so a resumed run
 //! continues bit for bit.
+//!
+//! The loop around the step (resume, loader, logging, checkpoints, exports, memory report) is
+//! [`crate::run::driver`], shared with MAE and CLIP; [`DinoTrainer`] is the state it drives, with the
+//! AdamW moments sharded over ranks under `[run] shard_optimizer_state` (ZeRO-1, [`crate::zero`]).
 
 pub mod config;
 pub mod model;
@@ -86,7 +90,7 @@ impl Schedules {
 /// Runs (or resumes) DINOv2 pretraining as configured, as this process's rank of `dist`. `stop_after`
 /// ends this process after that many steps of the schedule have completed (a checkpoint is written
 /// there), e.g. for time-sliced jobs; the next run resumes from it. The loop is
-/// [`driver::run`](crate::run::driver::run); this builds the multi-crop views, the iBOT masks and the
+/// [`driver::run`]; this builds the multi-crop views, the iBOT masks and the
 /// trainer.
 pub fn train(
     cfg: &DinoConfig,

@@ -19,6 +19,9 @@
 //! Data-parallel across processes ([`crate::dist`], `webssl launch --nproc N`) as MAE's DDP: each rank
 //! its own sample split, gradients averaged over ranks before clipping, lr scaled by the global batch,
 //! rank 0 alone writing (see [`train`]); `tests/dist_mae.rs` checks 2 ranks × B against 1 process × 2B.
+//! `[run] shard_optimizer_state` shards the AdamW moments over the ranks (ZeRO-1, [`crate::zero`]);
+//! the loop itself (resume, logging, checkpoints, exports) is [`crate::run::driver`], shared with DINO
+//! and CLIP.
 //!
 //! Deliberate deviations from the reference: fp32 throughout (MAE trains with AMP fp16 and dynamic
 //! loss scaling); no gradient accumulation (`accum_iter`); the masking noise comes from the loader's
