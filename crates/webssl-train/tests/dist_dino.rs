@@ -122,7 +122,7 @@ fn batch(cfg: &DinoConfig, step: u64, part: Option<usize>) -> Batch {
         .map(|i| {
             let (row, tok) = (i / n_tokens, i % n_tokens);
             let image = row % bg;
-            !(step == 0 && image >= B) && (tok + row + step as usize) % 3 == 0
+            !(step == 0 && image >= B) && (tok + row + step as usize).is_multiple_of(3)
         })
         .collect();
     let (images, first) = match part {
