@@ -161,23 +161,41 @@ pub fn forward(
         .forward_features_drop(locals_s, None, &mut |i| {
             keep_l.as_ref().map(|k| k[i].clone())
         });
-    let s_g_logits = student.dino_head.forward(s_g.cls.clone());
-    let s_l_logits = student.dino_head.forward(s_l.cls);
+    // The DINO head once over every row it sees — global and local cls tokens, and the masked patch
+    // tokens when iBOT shares it — as dinov2 does: the weight-normalised 65,536-prototype layer is
+    // formed (and back-propagated) once per step instead of three times. The head is row-wise, so this
+    // is the same function of each row.
+    let s_patch = t_patch.as_ref().map(|_| {
+        s_g.patches
+            .clone()
+            .reshape([2 * b * n_tokens, d])
+            .select(0, mask_idx(device))
+    });
+    let shared = student.ibot_head.is_none();
+    let (n_g, n_l) = (2 * b, n_local * b);
+    let mut rows = vec![s_g.cls.clone(), s_l.cls];
+    if let (true, Some(p)) = (shared, s_patch.as_ref()) {
+        rows.push(p.clone());
+    }
+    let head_out = student.dino_head.forward(Tensor::cat(rows, 0));
+    let n_rows = head_out.dims()[0];
+    let s_g_logits = head_out.clone().slice(0..n_g);
+    let s_l_logits = head_out.clone().slice(n_g..n_g + n_l);
+    let s_patch_logits = match (shared, s_patch) {
+        (true, Some(_)) => Some(head_out.slice(n_g + n_l..n_rows)),
+        (false, Some(p)) => Some(student.patch_head().forward(p)),
+        (_, None) => None,
+    };
     let mut student_crops = vec![s_g_logits.clone().slice(0..b), s_g_logits.slice(b..2 * b)];
     for v in 0..n_local {
         student_crops.push(s_l_logits.clone().slice(v * b..(v + 1) * b));
     }
     let dino = objectives::dino_loss(&student_crops, &t_views, cfg.loss.student_temp);
 
-    let ibot_loss = match t_patch {
+    let ibot_loss = match (t_patch, s_patch_logits) {
         // No masked patch on this rank (but on another): the iBOT term is 0 here; averaging the
         // gradients over ranks then weighs each rank's images as the one-process global batch does.
-        Some(t_patch) => {
-            let s_patch = s_g
-                .patches
-                .reshape([2 * b * n_tokens, d])
-                .select(0, mask_idx(device));
-            let s_patch_logits = student.patch_head().forward(s_patch);
+        (Some(t_patch), Some(s_patch_logits)) => {
             let weights =
                 Tensor::<1>::from_data(TensorData::new(ibot.masks_weight.clone(), [m]), device);
             objectives::ibot_loss(
@@ -188,7 +206,7 @@ pub fn forward(
                 cfg.loss.student_temp,
             )
         }
-        None => Tensor::zeros([1], device),
+        _ => Tensor::zeros([1], device),
     };
     let koleo = objectives::koleo_loss(s_g.cls.clone().slice(0..b))
         + objectives::koleo_loss(s_g.cls.slice(b..2 * b));
