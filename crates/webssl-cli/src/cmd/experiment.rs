@@ -501,6 +501,17 @@ struct CellRecord {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    // Cells train one after another in this one process; N launched copies would each run (and
+    // write) the whole grid.
+    let launch = webssl_train::dist::LaunchEnv::from_env()?;
+    if launch.world_size > 1 {
+        anyhow::bail!(
+            "`webssl experiment` runs in one process ({} describes {} ranks): launch `webssl pretrain` \
+             with several processes instead",
+            launch.source,
+            launch.world_size
+        );
+    }
     let exp = ExperimentConfig::load(&args.config)?;
     let cells = exp.cells(&args.configs_dir, &args.overrides)?;
     println!(
