@@ -6,19 +6,18 @@
 //!     --config configs/vit-s.toml [--batch 8] [--iters 3] [--warmup 1] [--mode step|gemm]
 //! ```
 //!
-//! One iteration is what `webssl_train::dino::train` does per step at world size 1, through the
-//! same library calls (`dino/step.rs` `forward` and the loop body of `dino/mod.rs` at commit
-//! e359eac; that module is private, so its ~60 lines are repeated here, not re-implemented):
-//! view tensors from host buffers → teacher backbone on the 2 global crops (no autodiff) → DINO head
-//! on the CLS tokens, the patch head on the masked patch tokens → Sinkhorn-Knopp targets (3 iterations)
-//! → student backbone on the masked global crops and, separately, the local crops (stochastic depth
-//! on a batch subset per block, as dinov2's `drop_add_residual_stochastic_depth`) → heads →
-//! `dino_loss` + `ibot_loss` + 0.1 · `koleo_loss` → backward → per-module gradient clipping
-//! (backbone, DINO head, iBOT head) → AdamW with dinov2's per-parameter lr/wd rules → EMA teacher.
+//! One iteration is `webssl_train::dino::DinoTrainer::step` — exactly what `webssl pretrain dino` runs
+//! per step at world size 1: view tensors from host buffers → teacher backbone on the 2 global crops
+//! (no autodiff) → heads → Sinkhorn-Knopp targets (3 iterations) → student backbone on the masked global
+//! crops and, separately, the local crops (stochastic depth on a batch subset per block, as dinov2's
+//! `drop_add_residual_stochastic_depth`) → the student's head once over all its rows → `dino_loss` +
+//! `ibot_loss` + 0.1 · `koleo_loss` → backward → per-module gradient clipping (backbone, DINO head,
+//! iBOT head) → AdamW with dinov2's per-parameter lr/wd rules → EMA teacher.
 //!
 //! The recipe (heads, prototypes, drop path, clip, layer decay) comes from the config file; the
-//! teacher targets are always Sinkhorn-Knopp (the Web-DINO recipe), schedules are held at their
-//! final values. iBOT masks: as dinov2's `collate_data_and_cast`, half of the 2B global crops are
+//! teacher targets are always Sinkhorn-Knopp (the Web-DINO recipe), and the schedules are held at
+//! their base values (no warm-up, no last-layer freeze, a run of 10⁹ steps) so that every iteration
+//! updates like a mid-run step. iBOT masks: as dinov2's `collate_data_and_cast`, half of the 2B global crops are
 //! masked, crop `i` at ratio ∈ `linspace(0.1, 0.5, B + 1)[i..i+2]` (here the midpoint, so both
 //! sides mask the same number of tokens), at random positions (the cost does not depend on where).
 //!
@@ -32,16 +31,13 @@
 
 use std::time::Instant;
 
-use burn::module::Module;
-use burn::tensor::{Bool, Device, Distribution, Int, Tensor, TensorData};
+use burn::tensor::{Device, Distribution, Tensor};
+use webssl_data::loader::Batch;
+use webssl_data::masks::IbotMasks;
 use webssl_models::{Ffn, VitConfig};
-use webssl_train::clip_grad::ParamGrads;
-use webssl_train::dino::config::DinoConfig;
-use webssl_train::dino::model::DinoModel;
-use webssl_train::ema::ema_update;
-use webssl_train::objectives;
-use webssl_train::param_groups::dinov2_rule;
-use webssl_train::run::OptimizerSet;
+use webssl_train::dino::DinoTrainer;
+use webssl_train::dino::config::{Centering, DinoConfig};
+use webssl_train::dist::Dist;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -120,14 +116,14 @@ impl Rng {
     }
 }
 
-/// iBOT masks of the 2B global crops (see the module docs).
-struct Masks {
-    masks: Vec<bool>,
-    indices: Vec<i64>,
-    weights: Vec<f32>,
-}
-
-fn ibot_masks(crops: usize, n: usize, ratio: (f64, f64), probability: f64, rng: &mut Rng) -> Masks {
+/// iBOT masks of the 2B global crops (see the module docs), `[crops, n]` row-major.
+fn ibot_masks(
+    crops: usize,
+    n: usize,
+    ratio: (f64, f64),
+    probability: f64,
+    rng: &mut Rng,
+) -> Vec<bool> {
     let n_masked_crops = (crops as f64 * probability) as usize;
     let step = (ratio.1 - ratio.0) / n_masked_crops.max(1) as f64;
     let mut masks = vec![false; crops * n];
@@ -137,41 +133,7 @@ fn ibot_masks(crops: usize, n: usize, ratio: (f64, f64), probability: f64, rng: 
             masks[i * n + p] = true;
         }
     }
-    let mut indices = Vec::new();
-    let mut weights = Vec::new();
-    for c in 0..crops {
-        let row = &masks[c * n..(c + 1) * n];
-        let count = row.iter().filter(|&&m| m).count();
-        for (p, _) in row.iter().enumerate().filter(|&(_, &m)| m) {
-            indices.push((c * n + p) as i64);
-            weights.push(1.0 / count as f32);
-        }
-    }
-    Masks {
-        masks,
-        indices,
-        weights,
-    }
-}
-
-/// Per-block keep sets for stochastic depth (`dino/step.rs` `keep_sets`).
-fn keep_sets(
-    rate: f64,
-    batch: usize,
-    depth: usize,
-    rng: &mut Rng,
-    device: &Device,
-) -> Vec<(Tensor<1, Int>, Tensor<1, Int>)> {
-    let keep = ((batch as f64 * (1.0 - rate)) as usize).max(1);
-    let mut draw = || {
-        let v: Vec<i64> = rng
-            .subset(batch, keep)
-            .into_iter()
-            .map(|i| i as i64)
-            .collect();
-        Tensor::<1, Int>::from_data(TensorData::new(v, [keep]), device)
-    };
-    (0..depth).map(|_| (draw(), draw())).collect()
+    masks
 }
 
 /// Multiply-adds of the backbone's GEMMs for one image of `tokens` tokens: patch embedding (of
@@ -213,15 +175,6 @@ fn minor_faults() -> i64 {
         libc::getrusage(libc::RUSAGE_SELF, &mut u);
         u.ru_minflt
     }
-}
-
-fn scalar(t: &Tensor<1>) -> f64 {
-    t.clone()
-        .into_data()
-        .convert::<f64>()
-        .try_to_vec::<f64>()
-        .map(|v| v[0])
-        .unwrap_or(f64::NAN)
 }
 
 fn main() -> Result<(), String> {
@@ -266,39 +219,14 @@ fn main() -> Result<(), String> {
         cfg.crops.n_local,
     );
     let n_tokens = (g / vit.patch_size).pow(2);
-    let depth = vit.depth;
-
-    let ad = dev.clone().autodiff();
-    let mut student = DinoModel::new(&vit, &cfg.heads, cfg.seed, &ad);
-    let mut teacher = student.valid();
-    let mut parts = vec!["backbone", "dino_head"];
-    if cfg.heads.ibot_separate_head {
-        parts.push("ibot_head");
-    }
-    let mut opt = OptimizerSet::new(&parts, cfg.optim.betas, 1e-8);
-    let (lr, last_lr, wd, mom) = (
-        cfg.scaled_lr(1),
-        cfg.scaled_lr(1),
-        cfg.optim.weight_decay,
-        cfg.optim.momentum_teacher,
-    );
-    let (teacher_temp, student_temp) = (cfg.loss.teacher_temp, cfg.loss.student_temp);
-    let rule_backbone = |name: &str| {
-        dinov2_rule(
-            name,
-            depth,
-            cfg.optim.layerwise_decay,
-            cfg.optim.patch_embed_lr_mult,
-        )
-    };
-    let head_rule = |name: &str| {
-        let mut rule = dinov2_rule(name, 0, 1.0, 1.0);
-        if cfg.heads.norm_last_layer && name.ends_with("last_layer.weight_g") {
-            rule.lr_mult = 0.0;
-            rule.wd_mult = 0.0;
-        }
-        rule
-    };
+    // Schedules held at their base values (see the module docs); Sinkhorn-Knopp targets.
+    cfg.optim.total_steps = 1_000_000_000;
+    cfg.optim.warmup_steps = 0;
+    cfg.optim.freeze_last_layer_steps = 0;
+    cfg.loss.teacher_temp_warmup_steps = 0;
+    cfg.loss.centering = Centering::SinkhornKnopp;
+    let dist = Dist::single();
+    let mut trainer = DinoTrainer::new(&cfg, &dist, &dev).map_err(|e| e.to_string())?;
 
     // random inputs, fixed across iterations (host buffers, as the loader's batch)
     let mut rng = Rng(cfg.seed ^ 0xD1_0057);
@@ -315,133 +243,47 @@ fn main() -> Result<(), String> {
     let globals = normal(2 * b * 3 * g * g);
     let locals = normal(n_local * b * 3 * l * l);
     let mut rng = Rng(cfg.seed ^ 0x1B07);
-    let mk = ibot_masks(
+    let masks = ibot_masks(
         2 * b,
         n_tokens,
         cfg.loss.mask_ratio,
         cfg.loss.mask_probability,
         &mut rng,
     );
-    let m = mk.indices.len();
+    let ibot = IbotMasks::from_masks(masks, 2 * b, n_tokens, 2 * b * n_tokens);
+    let m = ibot.n_masked_patches;
+    let batch = Batch {
+        index: 0,
+        batch_size: b,
+        groups: Vec::new(),
+        views: vec![globals, locals],
+        keys: Vec::new(),
+        addrs: Vec::new(),
+        captions: Vec::new(),
+        labels: Vec::new(),
+        ibot: Some(ibot),
+        mae: None,
+    };
 
     let mut losses = Vec::new();
     let mut faults = Vec::new();
     for it in 0..a.warmup + a.iters {
         let t0 = Instant::now();
         let f0 = minor_faults();
-        // ---- dino/step.rs `forward` ----
-        let inner = dev.clone();
-        let globals_t =
-            Tensor::<4>::from_data(TensorData::new(globals.clone(), [2 * b, 3, g, g]), &inner);
-        let globals_s =
-            Tensor::<4>::from_data(TensorData::new(globals.clone(), [2 * b, 3, g, g]), &ad);
-        let locals_s =
-            Tensor::<4>::from_data(TensorData::new(locals.clone(), [n_local * b, 3, l, l]), &ad);
-        let mask_idx =
-            |d: &Device| Tensor::<1, Int>::from_data(TensorData::new(mk.indices.clone(), [m]), d);
-        let masks =
-            Tensor::<2, Bool>::from_data(TensorData::new(mk.masks.clone(), [2 * b, n_tokens]), &ad);
-        let t_out = teacher.backbone.forward_features(globals_t, None);
-        let d = t_out.cls.dims()[1];
-        let t_cls_logits = teacher.dino_head.forward(t_out.cls);
-        let t_patch_logits = teacher.patch_head().forward(
-            t_out
-                .patches
-                .reshape([2 * b * n_tokens, d])
-                .select(0, mask_idx(&inner)),
-        );
-        let t_cls = objectives::sinkhorn_knopp(t_cls_logits, teacher_temp, 3);
-        let t_patch = objectives::sinkhorn_knopp(t_patch_logits, teacher_temp, 3);
-        let t_views = vec![
-            Tensor::from_inner(t_cls.clone().slice(0..b)),
-            Tensor::from_inner(t_cls.slice(b..2 * b)),
-        ];
-        let rate = cfg.model.drop_path_rate;
-        let mut drop = |n: usize| (rate > 0.0).then(|| keep_sets(rate, n, depth, &mut rng, &ad));
-        let keep_g = drop(2 * b);
-        let keep_l = drop(n_local * b);
-        let s_g = student
-            .backbone
-            .forward_features_drop(globals_s, Some(masks), &mut |i| {
-                keep_g.as_ref().map(|k| k[i].clone())
-            });
-        let s_l = student
-            .backbone
-            .forward_features_drop(locals_s, None, &mut |i| {
-                keep_l.as_ref().map(|k| k[i].clone())
-            });
-        let s_g_logits = student.dino_head.forward(s_g.cls.clone());
-        let s_l_logits = student.dino_head.forward(s_l.cls);
-        let mut crops = vec![s_g_logits.clone().slice(0..b), s_g_logits.slice(b..2 * b)];
-        for v in 0..n_local {
-            crops.push(s_l_logits.clone().slice(v * b..(v + 1) * b));
-        }
-        let dino = objectives::dino_loss(&crops, &t_views, student_temp);
-        let s_patch_logits = student.patch_head().forward(
-            s_g.patches
-                .reshape([2 * b * n_tokens, d])
-                .select(0, mask_idx(&ad)),
-        );
-        let weights = Tensor::<1>::from_data(TensorData::new(mk.weights.clone(), [m]), &ad);
-        let ibot = objectives::ibot_loss(
-            s_patch_logits,
-            Tensor::from_inner(t_patch),
-            weights,
-            2 * b,
-            student_temp,
-        );
-        let koleo = objectives::koleo_loss(s_g.cls.clone().slice(0..b))
-            + objectives::koleo_loss(s_g.cls.slice(b..2 * b));
-        let total = dino * cfg.loss.dino_weight
-            + ibot * cfg.loss.ibot_weight
-            + koleo * cfg.loss.koleo_weight;
-        // ---- dino/mod.rs loop body ----
-        let loss = scalar(&total);
-        if !loss.is_finite() {
-            return Err(format!("iteration {it}: loss {loss}"));
-        }
-        let grads = total.backward();
-        let mut g_backbone = ParamGrads::from_module(&student.backbone, &grads);
-        let mut g_dino = ParamGrads::from_module(&student.dino_head, &grads);
-        let mut g_ibot = student
-            .ibot_head
-            .as_ref()
-            .map(|h| ParamGrads::from_module(h, &grads));
-        g_backbone.clip(cfg.optim.clip_grad);
-        g_dino.clip(cfg.optim.clip_grad);
-        if let Some(gi) = g_ibot.as_mut() {
-            gi.clip(cfg.optim.clip_grad);
-        }
-        let DinoModel {
-            backbone,
-            dino_head,
-            ibot_head,
-        } = student;
-        let backbone =
-            opt.get("backbone")
-                .step(backbone, &g_backbone, lr, last_lr, wd, &rule_backbone);
-        let dino_head = opt
-            .get("dino_head")
-            .step(dino_head, &g_dino, lr, last_lr, wd, &head_rule);
-        let ibot_head = match (ibot_head, g_ibot.as_ref()) {
-            (Some(h), Some(gi)) => Some(
-                opt.get("ibot_head")
-                    .step(h, gi, lr, last_lr, wd, &head_rule),
-            ),
-            (h, _) => h,
-        };
-        student = DinoModel {
-            backbone,
-            dino_head,
-            ibot_head,
-        };
-        teacher = ema_update(teacher, &student.valid(), mom);
+        let values;
+        (trainer, values) = trainer
+            .step(it as u64, &batch, &dist)
+            .map_err(|e| format!("iteration {it}: {e}"))?;
         // flex is eager, but make sure the update happened before the clock stops
-        let _ = teacher.backbone.norm.weight.val().into_data();
+        let _ = trainer.teacher.backbone.norm.weight.val().into_data();
         if it >= a.warmup {
             times.push(t0.elapsed().as_secs_f64());
             faults.push(minor_faults() - f0);
         }
+        let loss = values
+            .iter()
+            .find(|(k, _)| *k == "loss")
+            .map_or(f64::NAN, |(_, v)| *v);
         losses.push(loss);
     }
 

@@ -143,6 +143,7 @@ impl LaunchEnv {
 
 /// What the watchdog watches: the collective in flight and when it started.
 #[derive(Default)]
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
 struct InFlight {
     what: Option<(&'static str, Instant)>,
 }
@@ -153,6 +154,7 @@ pub struct Dist {
     world_size: usize,
     local_rank: usize,
     timeout: Duration,
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     in_flight: Arc<Mutex<InFlight>>,
     engine: Engine,
 }
@@ -301,6 +303,7 @@ impl Dist {
         self.timeout
     }
 
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     fn spawn_watchdog(&self) {
         let in_flight = Arc::clone(&self.in_flight);
         let (rank, timeout) = (self.rank, self.timeout);
@@ -331,6 +334,7 @@ impl Dist {
     }
 
     /// Runs `f` (a blocking collective) under the watchdog.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     fn watched<T>(&self, what: &'static str, f: impl FnOnce() -> T) -> T {
         if let Ok(mut g) = self.in_flight.lock() {
             g.what = Some((what, Instant::now()));
@@ -401,6 +405,7 @@ impl Dist {
     /// Every rank's bytes, in rank order, on rank 0 only (`None` elsewhere): point-to-point sends
     /// to rank 0, so only rank 0 ever holds them all (optimizer state at a checkpoint).
     pub fn gather_bytes_to_main(&self, what: &'static str, local: &[u8]) -> Option<Vec<Vec<u8>>> {
+        let _ = what;
         match &self.engine {
             Engine::Single => Some(vec![local.to_vec()]),
             #[cfg(feature = "mpi")]
@@ -410,6 +415,7 @@ impl Dist {
 
     /// Every rank's `local` (equal lengths), concatenated in rank order.
     pub fn all_gather_f32(&self, what: &'static str, local: &[f32]) -> Vec<f32> {
+        let _ = what;
         match &self.engine {
             Engine::Single => local.to_vec(),
             #[cfg(feature = "mpi")]
