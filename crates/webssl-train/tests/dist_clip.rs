@@ -26,10 +26,12 @@
 //! whole optimizer state.
 #![cfg(feature = "mpi")]
 
+mod support;
+
 use std::path::Path;
-use std::process::Command;
 
 use burn::tensor::Device;
+use support::{OUT, fill, max_abs_diff, read_f32, write_f32};
 use webssl_data::loader::{Batch, ViewGroup};
 use webssl_models::checkpoint;
 use webssl_train::clip::{self, ClipConfig, ClipTokenizer, ClipTrainer};
@@ -41,7 +43,6 @@ const B: usize = 3; // images per rank
 const STEPS: u64 = 4;
 const SIZE: usize = 28;
 const CLIP_GRAD: f64 = 1.0;
-const OUT: &str = "WEBSSL_DIST_TEST_OUT";
 /// The logged values compared, per step.
 const LOGGED: [&str; 6] = [
     "loss",
@@ -157,19 +158,6 @@ fn tokenizer() -> ClipTokenizer {
     ClipTokenizer::train(captions, 300, 16).unwrap()
 }
 
-/// Deterministic irregular values in [-1, 1).
-fn fill(n: usize, salt: u64) -> Vec<f32> {
-    let mut x = salt.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
-
 /// Global batch `step` of 2B images with captions of varied lengths, or rank `rank`'s slice of it
 /// (images `rank·B .. (rank+1)·B`). Step 1: image 1 (rank 0's) has no caption; step 2: none of rank
 /// 1's images has one.
@@ -227,22 +215,6 @@ fn train(cfg: &ClipConfig, dist: &Dist) -> (Vec<f32>, Vec<f64>, usize) {
     (params, logged, trainer.optimizer_states())
 }
 
-fn write_f32(path: &Path, v: &[f32]) {
-    std::fs::write(
-        path,
-        v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(),
-    )
-    .unwrap();
-}
-
-fn read_f32(path: &Path) -> Vec<f32> {
-    std::fs::read(path)
-        .unwrap()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
-}
-
 /// One rank of the job the parent test launches.
 #[test]
 #[ignore = "a rank of `two_ranks_of_b_reproduce_one_process_of_2b`, started by it under mpirun"]
@@ -270,23 +242,6 @@ fn rank_of_two() {
     whole_run(out, "zero-first", false, None, &dist);
     whole_run(out, "zero-second", false, Some(2), &dist);
     whole_run(out, "zero-second", true, None, &dist);
-}
-
-fn mpirun() -> Command {
-    let mut cmd = Command::new("mpirun");
-    cmd.args(["-np", "2", "--oversubscribe", "--bind-to", "none"]);
-    if unsafe { libc::geteuid() } == 0 {
-        cmd.arg("--allow-run-as-root");
-    }
-    cmd.env("RAYON_NUM_THREADS", "1");
-    cmd
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max)
 }
 
 fn params_of(trainer: &ClipTrainer<'_>) -> Vec<(String, Vec<f32>)> {
@@ -326,14 +281,7 @@ fn compare(init: &[(String, Vec<f32>)], a: &[f32], b: &[f32]) -> (f32, String, f
 #[test]
 fn two_ranks_of_b_reproduce_one_process_of_2b() {
     let tmp = tempfile::tempdir().unwrap();
-    let status = mpirun()
-        .arg(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "rank_of_two", "--nocapture"])
-        .env(OUT, tmp.path())
-        .env("WEBSSL_COLLECTIVE_TIMEOUT", "120")
-        .status()
-        .expect("mpirun (Open MPI) must be installed for the `mpi` feature's tests");
-    assert!(status.success(), "the 2-rank job failed: {status}");
+    support::run_two_ranks(tmp.path());
 
     let cfg = config(tmp.path(), 2 * B, false);
     let (reference, ref_logged, ref_states) = train(&cfg, &Dist::single());

@@ -15,10 +15,12 @@
 //! splitting a batch changes.
 #![cfg(feature = "mpi")]
 
+mod support;
+
 use std::path::Path;
-use std::process::Command;
 
 use burn::tensor::Device;
+use support::{OUT, fill, read_f32, write_f32};
 use webssl_data::loader::{Batch, ViewGroup};
 use webssl_data::masks::IbotMasks;
 use webssl_models::checkpoint;
@@ -28,7 +30,6 @@ use webssl_train::run::config::load_config;
 
 const B: usize = 4; // images per rank
 const STEPS: u64 = 3;
-const OUT: &str = "WEBSSL_DIST_TEST_OUT";
 /// The logged values compared per step: the losses and the norms of the rank-averaged gradients.
 const LOGGED: [&str; 6] = [
     "loss",
@@ -90,19 +91,6 @@ shard_optimizer_state = {sharded}
     .unwrap();
     let (cfg, _): (DinoConfig, toml::Table) = load_config(Some(&file), dir, None, &[]).unwrap();
     cfg
-}
-
-/// Deterministic irregular values in [-1, 1).
-fn fill(n: usize, salt: u64) -> Vec<f32> {
-    let mut x = salt.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
 }
 
 /// Global batch `step` of 2B images (views and iBOT masks), or rank `rank`'s slice of it: images
@@ -180,22 +168,6 @@ fn train(cfg: &DinoConfig, dist: &Dist) -> (Vec<f32>, Vec<f64>, usize) {
     (params, losses, trainer.optimizer_states())
 }
 
-fn write_f32(path: &Path, v: &[f32]) {
-    std::fs::write(
-        path,
-        v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(),
-    )
-    .unwrap();
-}
-
-fn read_f32(path: &Path) -> Vec<f32> {
-    std::fs::read(path)
-        .unwrap()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
-}
-
 /// One rank of the job the parent test launches.
 #[test]
 #[ignore = "a rank of `two_ranks_of_b_reproduce_one_process_of_2b`, started by it under mpirun"]
@@ -217,27 +189,10 @@ fn rank_of_two() {
     }
 }
 
-pub fn mpirun() -> Command {
-    let mut cmd = Command::new("mpirun");
-    cmd.args(["-np", "2", "--oversubscribe", "--bind-to", "none"]);
-    if unsafe { libc::geteuid() } == 0 {
-        cmd.arg("--allow-run-as-root");
-    }
-    cmd.env("RAYON_NUM_THREADS", "1");
-    cmd
-}
-
 #[test]
 fn two_ranks_of_b_reproduce_one_process_of_2b() {
     let tmp = tempfile::tempdir().unwrap();
-    let status = mpirun()
-        .arg(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "rank_of_two", "--nocapture"])
-        .env(OUT, tmp.path())
-        .env("WEBSSL_COLLECTIVE_TIMEOUT", "120")
-        .status()
-        .expect("mpirun (Open MPI) must be installed for the `mpi` feature's tests");
-    assert!(status.success(), "the 2-rank job failed: {status}");
+    support::run_two_ranks(tmp.path());
 
     // One process with the whole global batch: batch_size 2B.
     let cfg = config(tmp.path(), 2 * B, false);

@@ -24,10 +24,12 @@
 //! whole optimizer state.
 #![cfg(feature = "mpi")]
 
+mod support;
+
 use std::path::Path;
-use std::process::Command;
 
 use burn::tensor::Device;
+use support::{OUT, fill, max_abs_diff, read_f32, write_f32};
 use webssl_data::loader::{Batch, ViewGroup};
 use webssl_data::masks::{MaeMasks, mae_random_mask};
 use webssl_data::sampler::rng_stream;
@@ -42,7 +44,6 @@ const STEPS: u64 = 3;
 const SIZE: usize = 28;
 const PATCH: usize = 7;
 const CLIP_GRAD: f64 = 0.05;
-const OUT: &str = "WEBSSL_DIST_TEST_OUT";
 
 /// The run config with `batch` images per process.
 fn config(dir: &Path, batch: usize, sharded: bool) -> MaeConfig {
@@ -127,19 +128,6 @@ fn whole_run(dir: &Path, name: &str, sharded: bool, stop_after: Option<u64>, dis
     .unwrap();
 }
 
-/// Deterministic irregular values in [-1, 1).
-fn fill(n: usize, salt: u64) -> Vec<f32> {
-    let mut x = salt.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
-
 /// Global batch `step` of 2B images with one random MAE mask each, or rank `rank`'s slice of it
 /// (images `rank·B .. (rank+1)·B`).
 fn batch(cfg: &MaeConfig, step: u64, part: Option<usize>) -> Batch {
@@ -194,22 +182,6 @@ fn train(cfg: &MaeConfig, dist: &Dist) -> (Vec<f32>, Vec<f64>, Vec<f64>, usize) 
     (params, losses, norms, trainer.optimizer_states())
 }
 
-fn write_f32(path: &Path, v: &[f32]) {
-    std::fs::write(
-        path,
-        v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(),
-    )
-    .unwrap();
-}
-
-fn read_f32(path: &Path) -> Vec<f32> {
-    std::fs::read(path)
-        .unwrap()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
-}
-
 /// One rank of the job the parent test launches.
 #[test]
 #[ignore = "a rank of `two_ranks_of_b_reproduce_one_process_of_2b`, started by it under mpirun"]
@@ -237,23 +209,6 @@ fn rank_of_two() {
     whole_run(out, "zero-first", false, None, &dist);
     whole_run(out, "zero-second", false, Some(2), &dist);
     whole_run(out, "zero-second", true, None, &dist);
-}
-
-fn mpirun() -> Command {
-    let mut cmd = Command::new("mpirun");
-    cmd.args(["-np", "2", "--oversubscribe", "--bind-to", "none"]);
-    if unsafe { libc::geteuid() } == 0 {
-        cmd.arg("--allow-run-as-root");
-    }
-    cmd.env("RAYON_NUM_THREADS", "1");
-    cmd
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max)
 }
 
 fn trainer_init(cfg: &MaeConfig) -> MaeTrainer<'_> {
@@ -289,14 +244,7 @@ fn compare(names: &[(String, usize)], a: &[f32], b: &[f32]) -> (f32, String, f32
 #[test]
 fn two_ranks_of_b_reproduce_one_process_of_2b() {
     let tmp = tempfile::tempdir().unwrap();
-    let status = mpirun()
-        .arg(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "rank_of_two", "--nocapture"])
-        .env(OUT, tmp.path())
-        .env("WEBSSL_COLLECTIVE_TIMEOUT", "120")
-        .status()
-        .expect("mpirun (Open MPI) must be installed for the `mpi` feature's tests");
-    assert!(status.success(), "the 2-rank job failed: {status}");
+    support::run_two_ranks(tmp.path());
 
     // The reference is the one-process run of the global batch: its lr scales with 2B too.
     let cfg = config(tmp.path(), 2 * B, false);
