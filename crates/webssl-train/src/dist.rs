@@ -459,7 +459,7 @@ impl Dist {
         if self.world_size == 1 {
             return Ok(());
         }
-        let h = fnv1a(bytes);
+        let h = crate::run::state::fnv1a(bytes);
         // Each rank fills its own row of a zero table and a sum all-reduce gathers them; the hash goes
         // as two 32-bit halves, exact in f64.
         let mut table = vec![0f64; 2 * self.world_size];
@@ -514,16 +514,6 @@ fn to_f32<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         .convert::<f32>()
         .try_into_vec::<f32>()
         .expect("f32 after convert")
-}
-
-/// 64-bit FNV-1a (stable across platforms and builds, unlike `DefaultHasher`).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
 }
 
 #[cfg(feature = "mpi")]

@@ -170,7 +170,7 @@ pub fn recipe_hash(resolved: &toml::Table) -> String {
 }
 
 /// FNV-1a 64: stable across platforms and Rust versions (std's hasher is not).
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in bytes {
         h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
