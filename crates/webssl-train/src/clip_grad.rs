@@ -123,38 +123,14 @@ impl ParamGrads {
         if dist.world_size() == 1 {
             return;
         }
-        struct Params {
-            path: PathStack,
-            out: Vec<(String, Vec<usize>, Device)>,
-        }
-        impl ModuleVisitor for Params {
-            fn enter_module(&mut self, name: &str, container_type: &str) {
-                self.path.enter(name, container_type);
-            }
-            fn exit_module(&mut self, _name: &str, container_type: &str) {
-                self.path.exit(container_type);
-            }
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-                if param.is_require_grad() {
-                    let t = param.val();
-                    self.out
-                        .push((self.path.path(), t.dims().to_vec(), t.device().inner()));
-                }
-            }
-        }
-        let mut v = Params {
-            path: PathStack::default(),
-            out: Vec::new(),
-        };
-        module.visit(&mut v);
-        let mut present: Vec<f32> = v
-            .out
+        let params = trainable_params(module);
+        let mut present: Vec<f32> = params
             .iter()
             .map(|(p, _, _)| f32::from(u8::from(self.get(p).is_some())))
             .collect();
         dist.all_reduce_f32("gradient presence", &mut present, ReduceOp::Sum);
         let w = dist.world_size() as f32;
-        for ((path, shape, device), anywhere) in v.out.into_iter().zip(present) {
+        for ((path, shape, device), anywhere) in params.into_iter().zip(present) {
             if anywhere == 0.0 {
                 continue;
             }
@@ -302,6 +278,36 @@ impl ParamGrads {
 }
 
 /// Host copy of a float tensor as f32.
+/// The float parameters of `module` that train, in module order: path, shape, and the inner
+/// (non-autodiff) device their gradients live on.
+pub fn trainable_params<M: Module>(module: &M) -> Vec<(String, Vec<usize>, Device)> {
+    struct List {
+        path: PathStack,
+        out: Vec<(String, Vec<usize>, Device)>,
+    }
+    impl ModuleVisitor for List {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.path.enter(name, container_type);
+        }
+        fn exit_module(&mut self, _name: &str, container_type: &str) {
+            self.path.exit(container_type);
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if param.is_require_grad() {
+                let t = param.val();
+                self.out
+                    .push((self.path.path(), t.dims().to_vec(), t.device().inner()));
+            }
+        }
+    }
+    let mut l = List {
+        path: PathStack::default(),
+        out: Vec::new(),
+    };
+    module.visit(&mut l);
+    l.out
+}
+
 pub(crate) fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data()
         .try_into_vec_as::<f32>()

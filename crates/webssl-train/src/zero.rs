@@ -16,8 +16,8 @@
 
 use std::collections::HashMap;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
-use burn::tensor::{Tensor, TensorData};
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::clip_grad::{ParamGrads, PathStack, to_vec};
 use crate::dist::Dist;
@@ -31,33 +31,7 @@ pub struct ZeroShards {
     owners: HashMap<String, usize>,
 }
 
-/// The float parameters of `module` that train: `(path, element count)`, in module order.
-pub fn trainable_params<M: Module>(module: &M) -> Vec<(String, usize)> {
-    struct List {
-        path: PathStack,
-        out: Vec<(String, usize)>,
-    }
-    impl ModuleVisitor for List {
-        fn enter_module(&mut self, name: &str, container_type: &str) {
-            self.path.enter(name, container_type);
-        }
-        fn exit_module(&mut self, _name: &str, container_type: &str) {
-            self.path.exit(container_type);
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if param.is_require_grad() {
-                let n = param.val().dims().iter().product();
-                self.out.push((self.path.path(), n));
-            }
-        }
-    }
-    let mut l = List {
-        path: PathStack::default(),
-        out: Vec::new(),
-    };
-    module.visit(&mut l);
-    l.out
-}
+pub use crate::clip_grad::trainable_params;
 
 fn key(part: &str, path: &str) -> String {
     format!("{part}/{path}")
@@ -65,11 +39,12 @@ fn key(part: &str, path: &str) -> String {
 
 impl ZeroShards {
     /// Owners for the parameters of every sub-module (`(name, trainable_params(module))`).
-    pub fn new(parts: &[(&str, Vec<(String, usize)>)], dist: &Dist) -> Self {
+    pub fn new(parts: &[(&str, Vec<(String, Vec<usize>, Device)>)], dist: &Dist) -> Self {
         let mut load = vec![0usize; dist.world_size()];
         let mut owners = HashMap::new();
         for (part, params) in parts {
-            for (path, n) in params {
+            for (path, shape, _) in params {
+                let n: usize = shape.iter().product();
                 let r = (0..load.len())
                     .min_by_key(|&r| (load[r], r))
                     .expect("a world has at least one rank");
