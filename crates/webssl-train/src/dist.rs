@@ -453,6 +453,34 @@ impl Dist {
         }
     }
 
+    /// Runs `f` on rank 0 alone; then every rank learns whether it worked, so a failure there does
+    /// not leave the others waiting in their next collective. Rank 0 gets `f`'s result, the others
+    /// `Ok(None)` — or, when rank 0 failed, an error saying it could not `what`. With `untimed`, the
+    /// others wait without the collective time limit (for work that may legitimately take long).
+    pub fn on_main<T>(
+        &self,
+        what: &str,
+        untimed: bool,
+        f: impl FnOnce() -> Result<T>,
+    ) -> Result<Option<T>> {
+        let out = self.is_main().then(f);
+        if self.world_size == 1 {
+            return out.transpose();
+        }
+        if untimed {
+            self.barrier_untimed();
+        }
+        let mut ok = [f64::from(u8::from(out.as_ref().is_none_or(|r| r.is_ok())))];
+        self.all_reduce_f64("rank 0's outcome", &mut ok, ReduceOp::Sum);
+        match out {
+            Some(r) => r.map(Some),
+            None if ok[0] as usize == self.world_size => Ok(None),
+            None => Err(TrainError::Distributed(format!(
+                "rank 0 could not {what} (see its error)"
+            ))),
+        }
+    }
+
     /// Stops every rank unless all of them pass the same `bytes` (a config, a recipe hash): returns an
     /// error naming `what` and the ranks that differ from rank 0.
     pub fn check_same(&self, what: &'static str, bytes: &[u8]) -> Result<()> {

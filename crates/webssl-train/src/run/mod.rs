@@ -127,24 +127,13 @@ impl RunDir {
         resolved: &toml::Table,
         dist: &crate::dist::Dist,
     ) -> Result<Self> {
-        let run = if dist.is_main() {
-            Some(Self::start(path.as_ref(), resolved))
-        } else {
-            None
-        };
-        // Rank 0's failure must not leave the others waiting: everyone learns whether it worked.
-        let mut ok = [f64::from(u8::from(run.as_ref().is_none_or(|r| r.is_ok())))];
-        dist.all_reduce_f64("run dir start", &mut ok, crate::dist::ReduceOp::Sum);
-        match run {
-            Some(r) => r,
-            None if ok[0] as usize == dist.world_size() => Ok(RunDir {
-                path: path.as_ref().to_path_buf(),
-                lock: None,
-            }),
-            None => Err(TrainError::Distributed(
-                "rank 0 could not set up the run directory (see its error)".into(),
-            )),
-        }
+        let run = dist.on_main("set up the run directory", false, || {
+            Self::start(path.as_ref(), resolved)
+        })?;
+        Ok(run.unwrap_or_else(|| RunDir {
+            path: path.as_ref().to_path_buf(),
+            lock: None,
+        }))
     }
 
     /// Writes `config.resolved.toml` atomically. When a previous run left a *different* resolved

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use webssl_data::loader::{LoaderConfig, TarShards};
 use webssl_data::sampler::SamplerConfig;
 
-use crate::dist::{Dist, ReduceOp};
+use crate::dist::Dist;
 use crate::error::{Result, TrainError};
 use crate::run::state::DataIdentity;
 
@@ -71,22 +71,10 @@ impl DataConfig {
     /// must see the same shard list.
     pub fn open_train_ranked(&self, dist: &Dist) -> Result<(TarShards, DataIdentity)> {
         let dir = Path::new(&self.train);
-        let made = if dist.is_main() {
-            ensure_synth(dir, self.synth.as_ref(), "train").err()
-        } else {
-            None
-        };
-        dist.barrier_untimed();
-        let mut ok = [f64::from(u8::from(made.is_none()))];
-        dist.all_reduce_f64("training data ready", &mut ok, ReduceOp::Sum);
-        if let Some(e) = made {
-            return Err(e);
-        }
-        if ok[0] as usize != dist.world_size() {
-            return Err(TrainError::Distributed(
-                "rank 0 could not prepare the training data (see its error)".into(),
-            ));
-        }
+        // Generating can take long: the others wait without the collective time limit.
+        dist.on_main("prepare the training data", true, || {
+            ensure_synth(dir, self.synth.as_ref(), "train")
+        })?;
         let shards = TarShards::open(dir)?;
         let data = DataIdentity::of(dir)?;
         dist.check_same("the training shard list", data.shards_hash.as_bytes())?;
