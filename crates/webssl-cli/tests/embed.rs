@@ -1,6 +1,7 @@
 //! End to end: `webssl embed` on a folder of real photos with an HF checkpoint made by
 //! fixtures/backbones/make_backbones.py gives the same CLS features as `transformers` (preprocessing
-//! included), skips and lists bad files, and fails clearly on bad arguments.
+//! included) — and within bf16's error with `--precision bf16` — skips and lists bad files, and fails
+//! clearly on bad arguments.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,7 +31,13 @@ fn embeds_a_folder_like_transformers() {
     std::fs::write(imgs.join("broken.jpg"), b"\xff\xd8\xff\xe0 not really").unwrap();
     std::fs::write(imgs.join("empty.png"), b"").unwrap();
     let out = tmp.path().join("feats.safetensors");
-    for model in ["dinov2-reg4", "vit-p16"] {
+    // f32 as transformers to 1e-4; `--precision bf16` (bf16 matrix products) within bf16's error.
+    let runs = [
+        ("dinov2-reg4", "f32", 1e-4f32),
+        ("vit-p16", "f32", 1e-4),
+        ("dinov2-reg4", "bf16", 2e-2),
+    ];
+    for (model, precision, tol) in runs {
         let status = webssl()
             .args(["embed", "--model"])
             .arg(fixtures().join(model))
@@ -39,6 +46,7 @@ fn embeds_a_folder_like_transformers() {
             .arg("--output")
             .arg(&out)
             .args(["--features", "cls,patch-tokens", "--batch-size", "2"])
+            .args(["--precision", precision])
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&status.stdout);
@@ -77,8 +85,8 @@ fn embeds_a_folder_like_transformers() {
                 .chain(got_tokens.iter().zip(want_tokens))
                 .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(
-                err / scale <= 1e-4,
-                "{model} {name}: relative error {}",
+                err / scale <= tol,
+                "{model} {precision} {name}: relative error {}",
                 err / scale
             );
         }

@@ -173,6 +173,57 @@ fn dry_run_prints_the_plan_and_bad_configs_name_the_field() {
     );
 }
 
+/// `[run] precision = "bf16"`: the run says so, trains to finite losses, and its checkpoint keeps f32
+/// master weights; an unknown precision names the field.
+#[test]
+fn bf16_products_train_and_checkpoint_f32_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), "bf16", 2);
+    let out = webssl()
+        .args(["pretrain", "dino", "--config"])
+        .arg(&cfg)
+        .args(["--set", "run.precision=\"bf16\""])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("bf16 matrix products (f32 master weights)"),
+        "{stderr}"
+    );
+    let metrics = std::fs::read_to_string(tmp.path().join("bf16/metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 2);
+    assert!(
+        !metrics.contains("NaN") && !metrics.contains("null"),
+        "{metrics}"
+    );
+    let ckpt = std::fs::read_dir(tmp.path().join("bf16/checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("student.safetensors"))
+        .find(|p| p.is_file())
+        .expect("a checkpoint");
+    let bytes = std::fs::read(ckpt).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&bytes[8..8 + n]).unwrap();
+    assert!(
+        header.contains("\"F32\"") && !header.contains("BF16"),
+        "{header}"
+    );
+
+    let out = webssl()
+        .args(["pretrain", "dino", "--config"])
+        .arg(&cfg)
+        .args(["--set", "run.precision=\"fp8\""])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("run.precision") && stderr.contains("bf16"),
+        "{stderr}"
+    );
+}
+
 /// The `--dry-run` memory estimate against the measured peak of the training steps, on a model whose
 /// state dominates (ViT-S/6 + a 65,536-prototype head, 33 M parameters; batch 2 at 28 px, so
 /// activations are small). Measured on the 2-core VM: 1.12× the estimate with the binary's allocator

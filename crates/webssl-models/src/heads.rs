@@ -28,7 +28,6 @@
 
 use burn::module::{Module, Param};
 use burn::nn::Linear;
-use burn::tensor::module::linear;
 use burn::tensor::{Device, Tensor, TensorData};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
@@ -36,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::store::TensorStore;
 use crate::error::{ModelError, Result};
+use crate::precision;
 
 /// Shape of a [`DinoHead`]. dinov2 defaults: hidden 2048, bottleneck 256, 3 layers, K = 65,536
 /// (`vitl14`/`vitg14`: K = 131,072 with bottleneck 384 for DINO).
@@ -108,7 +108,8 @@ impl WeightNormLinear {
     /// # Shapes
     /// `[..., bottleneck]` → `[..., K]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        linear(x, self.weight().transpose(), None)
+        // The weight normalisation in f32, the product under the current precision.
+        precision::linear_weight(x, self.weight().transpose(), None)
     }
 }
 
@@ -170,7 +171,7 @@ impl DinoHead {
             h = if i + 1 < n {
                 crate::kernels::linear_gelu(h, layer)
             } else {
-                layer.forward(h)
+                precision::linear(h, layer)
             };
         }
         // F.normalize: x / max(‖x‖, eps), eps = 1e-12 for fp32 activations.

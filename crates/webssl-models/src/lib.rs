@@ -8,10 +8,12 @@ pub mod heads;
 pub mod kernels;
 pub mod mae;
 pub mod pos_embed;
+pub mod precision;
 pub mod presets;
 pub mod text;
 pub mod vit;
 
 pub use config::{Ffn, Flavour, PosInterp, VitConfig};
 pub use error::{ModelError, Result};
+pub use precision::{Precision, autocast};
 pub use vit::{Vit, VitOutput};

@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Ffn, Flavour, VitConfig};
 use crate::error::{ModelError, Result};
+use crate::precision;
 use crate::vit::{Attention, Block, LayerNorm, Mlp, PatchEmbed, Vit};
 
 /// The 1-D sin-cos embedding of `positions` in `dim` dimensions (MAE
@@ -349,7 +350,7 @@ impl MaeDecoder {
         let k = t - 1;
         assert!(k <= n, "{k} visible tokens for a grid of {n}");
         let d = cfg.embed_dim;
-        let x = self.decoder_embed.forward(latent);
+        let x = precision::linear(latent, &self.decoder_embed);
         let mask_tokens = self.mask_token.val().expand([b, n - k, d]);
         let shuffled = Tensor::cat(vec![x.clone().slice([0..b, 1..t, 0..d]), mask_tokens], 1);
         let unshuffled = shuffled.gather(1, ids_restore.unsqueeze_dim::<3>(2).expand([b, n, d]));
@@ -358,7 +359,7 @@ impl MaeDecoder {
         for block in &self.decoder_blocks {
             x = block.forward(x);
         }
-        let x = self.decoder_pred.forward(self.decoder_norm.forward(x));
+        let x = precision::linear(self.decoder_norm.forward(x), &self.decoder_pred);
         let pd = cfg.patch_dim();
         x.slice([0..b, 1..1 + n, 0..pd])
     }

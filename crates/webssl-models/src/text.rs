@@ -40,6 +40,7 @@ use rand_core::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
+use crate::precision;
 use crate::vit::LayerNorm;
 
 /// The MLP non-linearity.
@@ -153,11 +154,13 @@ impl CausalAttention {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, n, d] = x.dims();
         let h = self.num_heads;
-        let qkv = self
-            .qkv
-            .forward(x)
-            .reshape([b, n, 3, h, d / h])
-            .permute([2, 0, 3, 1, 4]);
+        let qkv = precision::linear_compute(
+            x,
+            self.qkv.weight.val(),
+            self.qkv.bias.as_ref().map(|b| b.val()),
+        )
+        .reshape([b, n, 3, h, d / h])
+        .permute([2, 0, 3, 1, 4]);
         let q = qkv.clone().slice(0..1).squeeze_dim::<4>(0);
         let k = qkv.clone().slice(1..2).squeeze_dim::<4>(0);
         let v = qkv.slice(2..3).squeeze_dim::<4>(0);
@@ -166,7 +169,7 @@ impl CausalAttention {
             ..AttentionModuleOptions::default()
         };
         let out = attention(q, k, v, None, None, options);
-        self.proj.forward(out.swap_dims(1, 2).reshape([b, n, d]))
+        precision::linear(out.swap_dims(1, 2).reshape([b, n, d]), &self.proj)
     }
 }
 
@@ -180,13 +183,13 @@ pub struct TextMlp {
 
 impl TextMlp {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let h = self.c_fc.forward(x);
+        let h = precision::linear(x, &self.c_fc);
         let h = if self.quick_gelu {
             h.clone() * sigmoid(h * 1.702)
         } else {
             gelu(h)
         };
-        self.c_proj.forward(h)
+        precision::linear(h, &self.c_proj)
     }
 }
 
@@ -335,7 +338,7 @@ impl TextTransformer {
             .collect();
         let idx = Tensor::<1, Int>::from_data(TensorData::new(rows, [b]), &device);
         let pooled = x.reshape([b * l, w]).select(0, idx);
-        pooled.matmul(self.text_projection.val())
+        precision::matmul(pooled, self.text_projection.val())
     }
 }
 

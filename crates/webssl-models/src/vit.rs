@@ -16,6 +16,7 @@ use burn::tensor::{Bool, Device, Distribution, Int, Tensor};
 use crate::config::{Ffn, VitConfig};
 use crate::kernels;
 use crate::pos_embed;
+use crate::precision;
 
 /// LayerNorm with PyTorch's parameter names (`weight`, `bias`).
 #[derive(Module, Debug)]
@@ -75,7 +76,7 @@ impl PatchEmbed {
             .reshape([b, c, gh, p, gw, p])
             .permute([0, 2, 4, 1, 3, 5])
             .reshape([b, gh * gw, c * p * p]);
-        self.proj.forward(patches)
+        precision::linear(patches, &self.proj)
     }
 }
 
@@ -92,8 +93,13 @@ impl Attention {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         // [B, N, 3D] → [B, N, D] without materialising per-head Q/K/V (fused kernel on CPU; burn's
         // `attention` on views otherwise: `kernels::reference::qkv_attention`)
-        let out = kernels::qkv_attention(self.qkv.forward(x), self.num_heads);
-        self.proj.forward(out)
+        let qkv = precision::linear_compute(
+            x,
+            self.qkv.weight.val(),
+            self.qkv.bias.as_ref().map(|b| b.val()),
+        );
+        let out = kernels::qkv_attention(qkv, self.num_heads);
+        precision::linear(out, &self.proj)
     }
 }
 
@@ -128,8 +134,8 @@ impl Mlp {
 
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         match (&self.fc1, &self.fc2, &self.w12, &self.w3) {
-            (Some(fc1), Some(fc2), _, _) => fc2.forward(kernels::linear_gelu(x, fc1)),
-            (_, _, Some(w12), Some(w3)) => w3.forward(kernels::linear_swiglu(x, w12)),
+            (Some(fc1), Some(fc2), _, _) => precision::linear(kernels::linear_gelu(x, fc1), fc2),
+            (_, _, Some(w12), Some(w3)) => precision::linear(kernels::linear_swiglu(x, w12), w3),
             _ => unreachable!("Mlp is built with exactly one of (fc1, fc2) or (w12, w3)"),
         }
     }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
 use webssl_models::checkpoint::{self, export, keymap::Layout, store::TensorStore};
-use webssl_models::{Vit, presets};
+use webssl_models::{Precision, Vit, autocast, presets};
 
 const TOL: f32 = 1e-4;
 
@@ -146,6 +146,33 @@ fn bf16_storage_loads_as_f32() {
             .unwrap();
     let err = rel_err(&hidden(&loaded.model, pixels), &want);
     assert!(err <= TOL, "bf16: {err:e}");
+}
+
+/// Mixed precision (`webssl_models::precision`): with the matrix products in bf16 every flavour stays
+/// within bf16's error of transformers' f32 output (8-bit mantissa: ~4e-3 per rounding, a few
+/// products deep), and the output really moved off the f32 one — the switch is live at every site.
+#[test]
+fn bf16_products_stay_within_bf16_error_of_transformers() {
+    const BF16_TOL: f32 = 2e-2;
+    for name in ["dinov2-gelu", "dinov2-swiglu", "dinov2-reg4", "vit-p16"] {
+        let model = checkpoint::load(&fixtures().join(name), None, &device())
+            .unwrap()
+            .model;
+        let reference = reference(name);
+        let pixels = tensor4(&reference, "astronaut.native.pixels");
+        let (_, want) = reference.read_f32("astronaut.native.hidden").unwrap();
+        let f32_err = rel_err(&hidden(&model, pixels.clone()), &want);
+        let bf16 = {
+            let _mixed = autocast(Precision::Bf16);
+            hidden(&model, pixels)
+        };
+        let err = rel_err(&bf16, &want);
+        eprintln!("{name}: bf16 {err:.2e}, f32 {f32_err:.2e}");
+        assert!(
+            err <= BF16_TOL && err > 10.0 * f32_err,
+            "{name}: bf16 relative error {err:e} (f32: {f32_err:e}), expected ≤ {BF16_TOL:e} and well above f32's"
+        );
+    }
 }
 
 #[test]

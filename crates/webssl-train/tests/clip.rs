@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use webssl_models::checkpoint::{self, store::TensorStore};
 use webssl_models::text::{TextActivation, TextConfig, TextTransformer};
+use webssl_models::{Precision, autocast};
 use webssl_train::clip::{ClipModel, ClipTokenizer};
 use webssl_train::clip_grad::ParamGrads;
 use webssl_train::objectives::clip::{
@@ -182,6 +183,28 @@ fn text_tower_matches_the_reference_with_causal_mask_and_eot_pooling() {
     let wrong = host(tower.forward(tokens, &[8]));
     let (_, want) = s.read_f32("text.out_quick_gelu").unwrap();
     assert!(rel_err(&wrong, &want[..wrong.len()]) > 1e-2);
+}
+
+/// Mixed precision: with bf16 products (the causal attention included) the text tower stays within
+/// bf16's error of the f32 reference, and off the f32 result (the switch reaches the tower).
+#[test]
+fn text_tower_in_bf16_stays_within_bf16_error() {
+    let device = Device::flex();
+    let s = store();
+    let (shape, ids) = s.read_f32("text.ids").unwrap();
+    let (_, eot) = s.read_f32("text.eot").unwrap();
+    let ids: Vec<i64> = ids.iter().map(|&x| x as i64).collect();
+    let eot: Vec<usize> = eot.iter().map(|&x| x as usize).collect();
+    let tower = text_from_fixture(TextActivation::Gelu, &device);
+    let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [shape[0], shape[1]]), &device);
+    let got = {
+        let _mixed = autocast(Precision::Bf16);
+        host(tower.forward(tokens, &eot))
+    };
+    let (_, want) = s.read_f32("text.out_gelu").unwrap();
+    let err = rel_err(&got, &want);
+    eprintln!("text tower bf16: relative error {err:.2e}");
+    assert!(err > 1e-4 && err <= 3e-2, "bf16: relative error {err}");
 }
 
 fn captions() -> Vec<String> {

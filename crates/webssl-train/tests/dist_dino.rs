@@ -20,13 +20,10 @@ mod support;
 use std::path::Path;
 
 use burn::tensor::Device;
-use support::{OUT, fill, read_f32, write_f32};
-use webssl_data::loader::{Batch, ViewGroup};
-use webssl_data::masks::IbotMasks;
+use support::{OUT, dino_batch, dino_config, read_f32, write_f32};
 use webssl_models::checkpoint;
 use webssl_train::dino::{DinoConfig, DinoTrainer};
 use webssl_train::dist::Dist;
-use webssl_train::run::config::load_config;
 
 const B: usize = 4; // images per rank
 const STEPS: u64 = 3;
@@ -40,112 +37,6 @@ const LOGGED: [&str; 6] = [
     "grad_norm_ibot_head",
 ];
 
-/// The recipe, with `batch` images per process (the lr scales with the global batch), optionally with
-/// the AdamW moments sharded over the ranks (ZeRO-1).
-fn config(dir: &Path, batch: usize, sharded: bool) -> DinoConfig {
-    // Per process: the two ranks write their configs at the same time.
-    let file = dir.join(format!(
-        "dist-{batch}-{sharded}-{}.toml",
-        std::process::id()
-    ));
-    std::fs::write(
-        &file,
-        format!(
-            r#"
-seed = 7
-[data]
-train = "{dir}/unused"
-batch_size = {batch}
-[model]
-arch = "vit-tiny"
-embed_dim = 32
-depth = 2
-num_heads = 2
-drop_path_rate = 0.0
-[crops]
-global_size = 28
-local_size = 14
-n_local = 2
-[heads]
-dino_prototypes = 48
-ibot_prototypes = 40
-hidden_dim = 32
-dino_bottleneck_dim = 16
-ibot_bottleneck_dim = 16
-ibot_separate_head = true
-[loss]
-centering = "sinkhorn_knopp"
-koleo_weight = 0.0
-teacher_temp_warmup_steps = 2
-[optim]
-total_steps = 10
-warmup_steps = 1
-lr_per_1024 = 0.5
-[run]
-dir = "{dir}/run"
-shard_optimizer_state = {sharded}
-"#,
-            dir = dir.display()
-        ),
-    )
-    .unwrap();
-    let (cfg, _): (DinoConfig, toml::Table) = load_config(Some(&file), dir, None, &[]).unwrap();
-    cfg
-}
-
-/// Global batch `step` of 2B images (views and iBOT masks), or rank `rank`'s slice of it: images
-/// `rank·B .. (rank+1)·B`, in every view. In step 0 the second half of the images has no masked
-/// patch, so rank 1 has none at all while rank 0 has some.
-fn batch(cfg: &DinoConfig, step: u64, part: Option<usize>) -> Batch {
-    let bg = 2 * B;
-    let (g, l, nl) = (
-        cfg.crops.global_size as usize,
-        cfg.crops.local_size as usize,
-        cfg.crops.n_local,
-    );
-    let n_tokens = (g / 14) * (g / 14);
-    let global = fill(2 * bg * 3 * g * g, 100 + step);
-    let local = fill(nl * bg * 3 * l * l, 200 + step);
-    let mask: Vec<bool> = (0..2 * bg * n_tokens)
-        .map(|i| {
-            let (row, tok) = (i / n_tokens, i % n_tokens);
-            let image = row % bg;
-            !(step == 0 && image >= B) && (tok + row + step as usize).is_multiple_of(3)
-        })
-        .collect();
-    let (images, first) = match part {
-        None => (bg, 0),
-        Some(r) => (B, r * B),
-    };
-    // view-major rows: view v of image i at row v·bg + i
-    let take = |values: &[f32], views: usize, per: usize| -> Vec<f32> {
-        (0..views)
-            .flat_map(|v| {
-                let start = (v * bg + first) * per;
-                values[start..start + images * per].to_vec()
-            })
-            .collect()
-    };
-    let masks: Vec<bool> = (0..2)
-        .flat_map(|v| {
-            let start = (v * bg + first) * n_tokens;
-            mask[start..start + images * n_tokens].to_vec()
-        })
-        .collect();
-    Batch {
-        index: step,
-        batch_size: images,
-        groups: Vec::<ViewGroup>::new(),
-        views: vec![take(&global, 2, 3 * g * g), take(&local, nl, 3 * l * l)],
-        keys: Vec::new(),
-        addrs: Vec::new(),
-        captions: Vec::new(),
-        labels: Vec::new(),
-        ibot: Some(IbotMasks::from_masks(masks, 2 * images, n_tokens, n_tokens)),
-        mae: None,
-    }
-}
-
 /// Trains `STEPS` steps (the whole batches on one process, or this rank's slices) and returns the
 /// student's parameters flattened, plus the logged values per step (`LOGGED` order).
 fn train(cfg: &DinoConfig, dist: &Dist) -> (Vec<f32>, Vec<f64>, usize) {
@@ -154,7 +45,7 @@ fn train(cfg: &DinoConfig, dist: &Dist) -> (Vec<f32>, Vec<f64>, usize) {
     let mut losses = Vec::new();
     for step in 0..STEPS {
         let part = (dist.world_size() > 1).then(|| dist.rank());
-        let b = batch(cfg, step, part);
+        let b = dino_batch(cfg, B, step, part);
         let values;
         (trainer, values) = trainer.step(step, &b, dist).unwrap();
         for name in LOGGED {
@@ -179,7 +70,7 @@ fn rank_of_two() {
     let dist = Dist::from_env().unwrap();
     assert_eq!(dist.world_size(), 2);
     for sharded in [false, true] {
-        let cfg = config(out, B, sharded);
+        let cfg = dino_config(out, B, sharded);
         let (params, losses, states) = train(&cfg, &dist);
         let tag = format!("{sharded}-{}", dist.rank());
         write_f32(&out.join(format!("params-{tag}.bin")), &params);
@@ -195,7 +86,7 @@ fn two_ranks_of_b_reproduce_one_process_of_2b() {
     support::run_two_ranks(tmp.path());
 
     // One process with the whole global batch: batch_size 2B.
-    let cfg = config(tmp.path(), 2 * B, false);
+    let cfg = dino_config(tmp.path(), 2 * B, false);
     let (reference, ref_losses, ref_states) = train(&cfg, &Dist::single());
     let rank0 = read_f32(&tmp.path().join("params-false-0.bin"));
     let rank1 = read_f32(&tmp.path().join("params-false-1.bin"));

@@ -17,7 +17,7 @@ use webssl_data::decode::{DEFAULT_MAX_PIXELS, decode_rgb};
 use webssl_data::source::{Item, iter_items, resolve_inputs};
 use webssl_data::transform::EvalTransform;
 use webssl_models::checkpoint::{self, export::write_atomic};
-use webssl_models::{Vit, presets};
+use webssl_models::{Precision, Vit, autocast, presets};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Feature {
@@ -80,6 +80,10 @@ pub struct Args {
     /// Images with more pixels than this are skipped (decompression-bomb guard).
     #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
     pub max_pixels: u64,
+    /// `f32`, or `bf16`: the model's matrix products in bf16, features still written in f32 (for
+    /// GPUs; on the CPU bf16 products are emulated and slower). See `webssl_models::precision`.
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
 }
 
 /// One decoded batch, produced ahead of the model.
@@ -133,15 +137,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let inputs = resolve_inputs(&args.input).context("resolving --input")?;
     tracing::info!(
-        "model {} ({:?}, {} blocks, dim {}), {} input(s), images {w}x{h}, batch {}",
+        "model {} ({:?}, {} blocks, dim {}), {} input(s), images {w}x{h}, batch {}, {} products",
         args.model.display(),
         cfg.flavour,
         cfg.depth,
         cfg.embed_dim,
         inputs.len(),
-        args.batch_size
+        args.batch_size,
+        args.precision
     );
 
+    // The model runs on this thread (decoding on the rayon pool): the switch is thread-local.
+    let _precision = autocast(args.precision);
     let (out, skipped, secs) = embed_items(
         &model,
         transform,

@@ -402,6 +402,8 @@ mod probes {
                         threads: None,
                         resolution: args.resolution,
                         max_pixels: webssl_data::decode::DEFAULT_MAX_PIXELS,
+                        // The probes compare encoders: their features in full precision.
+                        precision: webssl_models::Precision::F32,
                     })
                     .with_context(|| {
                         format!("embedding the {split} split with {}", model.display())

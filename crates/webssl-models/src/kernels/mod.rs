@@ -61,9 +61,11 @@ use burn::backend::Dispatch;
 use burn::backend::DispatchDevice;
 use burn::nn::Linear;
 use burn::tensor::activation::{gelu, log_softmax, silu, softmax as burn_softmax};
-use burn::tensor::module::{attention, layer_norm as burn_layer_norm, linear};
+use burn::tensor::module::{attention, layer_norm as burn_layer_norm};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{DType, Tensor};
+
+use crate::precision;
 
 /// Whether `t` goes through the fused kernels: switch on, f32, on the Flex device (plain or
 /// autodiff).
@@ -96,8 +98,10 @@ pub fn layer_norm<const D: usize>(
 /// `x`: `[..., in]` → `[..., out]`
 pub fn linear_gelu<const D: usize>(x: Tensor<D>, lin: &Linear) -> Tensor<D> {
     match &lin.bias {
-        Some(b) if applies(&x) => fused::bias_gelu(linear(x, lin.weight.val(), None), b.val()),
-        _ => gelu(lin.forward(x)),
+        Some(b) if applies(&x) => {
+            fused::bias_gelu(precision::linear_weight(x, lin.weight.val(), None), b.val())
+        }
+        _ => gelu(precision::linear(x, lin)),
     }
 }
 
@@ -108,8 +112,10 @@ pub fn linear_gelu<const D: usize>(x: Tensor<D>, lin: &Linear) -> Tensor<D> {
 /// `x`: `[B, N, in]` → `[B, N, hidden]` (`w12` maps to `2·hidden`)
 pub fn linear_swiglu(x: Tensor<3>, w12: &Linear) -> Tensor<3> {
     match &w12.bias {
-        Some(b) if applies(&x) => fused::bias_swiglu(linear(x, w12.weight.val(), None), b.val()),
-        _ => reference::swiglu(w12.forward(x)),
+        Some(b) if applies(&x) => {
+            fused::bias_swiglu(precision::linear_weight(x, w12.weight.val(), None), b.val())
+        }
+        _ => reference::swiglu(precision::linear(x, w12)),
     }
 }
 

@@ -13,7 +13,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
 use webssl_models::text::{TextConfig, TextTransformer};
-use webssl_models::{Vit, VitConfig};
+use webssl_models::{Vit, VitConfig, precision};
 
 use crate::error::Result;
 use crate::objectives::clip::clamp_logit_scale;
@@ -82,10 +82,8 @@ impl ClipModel {
     /// # Shapes
     /// `[B, 3, H, W]` → `[B, E]`
     pub fn encode_image(&self, images: Tensor<4>) -> Tensor<2> {
-        self.visual
-            .forward_features(images, None)
-            .cls
-            .matmul(self.visual_projection.val())
+        let cls = self.visual.forward_features(images, None).cls;
+        precision::matmul(cls, self.visual_projection.val())
     }
 
     /// Projected text features at the EOT positions (not normalised).

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use webssl_data::loader::{Batch, Loader, MaskSpec, SampleTransform, TarShards};
+use webssl_models::{Precision, autocast};
 
 use crate::dist::Dist;
 use crate::error::Result;
@@ -213,7 +214,10 @@ pub fn run<T: TrainState>(
     let started = Instant::now();
     let mut images_done = 0u64;
     let (mut steps_peak, mut checkpointed) = (None, false);
-    tracing::info!("{}", spec.banner);
+    match spec.run.precision {
+        Precision::F32 => tracing::info!("{}", spec.banner),
+        p => tracing::info!("{}, {p} matrix products (f32 master weights)", spec.banner),
+    }
 
     let end = stop_after.map_or(total, |s| s.clamp(start_step, total));
     for it in start_step..end {
@@ -221,7 +225,11 @@ pub fn run<T: TrainState>(
         let batch = loader.next_batch()?;
         let b = batch.batch_size;
         let values;
-        (trainer, values) = trainer.step(it, &batch, dist)?;
+        (trainer, values) = {
+            // Recorded in the autodiff graph during the forward; the scope ends with the step.
+            let _precision = autocast(spec.run.precision);
+            trainer.step(it, &batch, dist)?
+        };
         // The views are in tensors now: hand the buffers back so the next batch is collated into
         // them instead of freshly faulted, zeroed pages.
         loader.recycle(batch);

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use webssl_data::loader::{LoaderConfig, TarShards};
 use webssl_data::sampler::SamplerConfig;
+use webssl_models::Precision;
 
 use crate::dist::Dist;
 use crate::error::{Result, TrainError};
@@ -107,6 +108,11 @@ pub struct RunConfig {
     /// (`crate::zero`). Changes where the update is computed, not the update, so a run may switch it
     /// between resumes. DINO, MAE and CLIP alike (`crate::run::driver`).
     pub shard_optimizer_state: bool,
+    /// `f32`, or `bf16`: the model's matrix products in bf16 with f32 master weights, optimizer,
+    /// normalisations and losses (`webssl_models::precision`) — for GPUs; on the CPU bf16 products
+    /// are emulated and slower. Like ZeRO-1 a way of computing the same recipe: checkpoints are f32
+    /// either way and a run may switch it between resumes.
+    pub precision: Precision,
 }
 
 impl Default for RunConfig {
@@ -118,6 +124,7 @@ impl Default for RunConfig {
             export_every_steps: 0,
             tensorboard: true,
             shard_optimizer_state: false,
+            precision: Precision::F32,
         }
     }
 }
