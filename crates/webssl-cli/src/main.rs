@@ -73,6 +73,18 @@ fn keep_freed_pages() {
     }
 }
 
+/// Pins the rayon pool (burn-flex's GEMM and the fused kernels run on it) to this rank's share of the
+/// cores (`webssl_models::kernels::pin_rayon_threads_for_rank`; `WEBSSL_PIN_THREADS=0` turns it off).
+/// A launcher environment that does not parse is left for the trainer to report.
+fn pin_threads() {
+    let (local_rank, world_size) = webssl_train::dist::LaunchEnv::from_env()
+        .map_or((0, 1), |env| (env.local_rank, env.world_size));
+    let cpus = webssl_models::kernels::pin_rayon_threads_for_rank(local_rank, world_size);
+    if !cpus.is_empty() {
+        tracing::debug!("rayon workers pinned to CPUs {cpus:?}");
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     keep_freed_pages();
     let cli = Cli::parse();
@@ -83,6 +95,11 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     device::init(&cli.device);
+    if matches!(cli.command, Command::Pretrain(_) | Command::Experiment(_))
+        && device::selected_spec() == device::DeviceSpec::Cpu
+    {
+        pin_threads();
+    }
     match cli.command {
         Command::Curate(args) => cmd::curate::run(args),
         Command::Embed(args) => cmd::embed::run(args),

@@ -46,7 +46,7 @@ mod threads;
 
 pub use cpu::{ATTN_BLOCK_KV, ATTN_BLOCK_Q, AttnShape};
 pub use ext::FusedOps;
-pub use threads::pin_rayon_threads;
+pub use threads::{pin_rayon_threads, pin_rayon_threads_for_rank, rank_plan};
 
 /// The raw slice kernels, exposed for tests and benchmarks (tile sizes as parameters).
 pub mod raw {
