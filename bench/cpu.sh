@@ -48,22 +48,28 @@ cp -p "$TARGET/release/examples/cpu_bench" "$CACHE/bin/cpu_bench.new" && mv "$CA
 BIN=$CACHE/bin/cpu_bench
 BUILD_INFO="binary built $(date -u -r "$BIN" '+%Y-%m-%d %H:%M UTC'); tree: commit $(git rev-parse --short HEAD) +$(git status --porcelain -- crates Cargo.toml Cargo.lock | wc -l) uncommitted paths under crates/, Cargo.*"
 
-record() {  # record <json line> <load>
+FAILED=()
+record() {  # record <label> <json line> <load>: a process without a result (e.g. killed for memory) is listed, not fatal
     local line
-    line=$(tail -n 1 <<< "$1")
-    printf '%s\n' "${line%\}},\"load\":\"$2\"}" >> "$RESULTS"
-    log "$line (load $2)"
+    line=$(tail -n 1 <<< "$2")
+    if [[ $line != \{* ]]; then
+        FAILED+=("$1")
+        log "$1: FAILED, no result (out of memory? see dmesg) (load $3)"
+        return
+    fi
+    printf '%s\n' "${line%\}},\"load\":\"$3\"}" >> "$RESULTS"
+    log "$line (load $3)"
 }
 ours() {  # ours fused|unfused arch batch mode iters
     local load fused=1
     [[ $1 == unfused ]] && fused=0
     load=$(loadavg)
-    record "$(WEBSSL_FUSED_KERNELS=$fused RAYON_NUM_THREADS=$THREADS "$BIN" --arch "$2" --batch "$3" --mode "$4" --iters "$5" --warmup 1)" "$load"
+    record "ours $1 $2 b$3 $4" "$(WEBSSL_FUSED_KERNELS=$fused RAYON_NUM_THREADS=$THREADS "$BIN" --arch "$2" --batch "$3" --mode "$4" --iters "$5" --warmup 1 || true)" "$load"
 }
 torch() {  # torch arch batch mode iters
     local load
     load=$(loadavg)
-    record "$(OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS "$PY" bench/cpu_torch.py --arch "$1" --batch "$2" --mode "$3" --iters "$4" --warmup 1 --threads "$THREADS")" "$load"
+    record "torch $1 b$2 $3" "$(OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS "$PY" bench/cpu_torch.py --arch "$1" --batch "$2" --mode "$3" --iters "$4" --warmup 1 --threads "$THREADS" || true)" "$load"
 }
 
 LOAD_BEFORE=$(loadavg)
@@ -91,5 +97,6 @@ LOAD_AFTER=$(loadavg)
 args=(--results "$RESULTS" --load-before "$LOAD_BEFORE" --load-after "$LOAD_AFTER" --wall-s $(( T_END - T_START ))
       --build-info "$BUILD_INFO"
       --settings "THREADS=$THREADS ARCHS='$ARCHS' BATCHES='${BATCHES:-vit-small: $BATCHES_SMALL, others: $BATCHES_LARGE}' MODES='$MODES' RUNS=$RUNS RUNS_LARGE=$RUNS_LARGE ITERS=$ITERS ITERS_LARGE=$ITERS_LARGE")
+(( ${#FAILED[@]} )) && args+=(--failed "$(IFS=';'; echo "${FAILED[*]}")")
 [[ -z ${NO_RECORD:-} ]] && args+=(--record bench/RESULTS.md)
 "$PY" bench/cpu_report.py "${args[@]}"

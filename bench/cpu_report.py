@@ -23,6 +23,7 @@ def main():
     ap.add_argument("--build-info", default="")
     ap.add_argument("--settings", default="")
     ap.add_argument("--record")
+    ap.add_argument("--failed", default="", help="';'-separated processes that gave no result")
     ap.add_argument("--title", default="CPU backbone benchmark (`bench/cpu.sh`)")
     ap.add_argument("--command", default="bash bench/cpu.sh")
     a = ap.parse_args()
@@ -54,6 +55,8 @@ def main():
         + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in sorted(gemm.items()))
         + f"; peak used below = {peak:.0f} GFLOP/s."
     )
+    if a.failed:
+        out.append(f"**No result** (the process died, e.g. killed for memory on this 23 GiB VM): {', '.join(a.failed.split(';'))}.")
     out.append(f"Ours: mimalloc purge_delay {', '.join(purge)} (see `keep_freed_pages` in `cpu_bench.rs`).")
     codes = sorted({r["code"] for r in rows if r["impl"] == "torch" and "code" in r})
     if codes:
@@ -80,10 +83,14 @@ def main():
 
         g = gflop.get(key, float("nan"))
         pct = {k: 100 * g / (key[1] / ips[k]) / peak if ips[k] == ips[k] else float("nan") for k in ips}
+        def f(v, spec, suffix=""):
+            # a cell not run (e.g. UNFUSED=0) is a dash, not "nan"
+            return "–" if v != v else f"{v:{spec}}{suffix}"
+
         out.append(
-            f"| {key[0]} | {key[1]} | {key[2]} | {ips['fused']:.2f} | {ips['unfused']:.2f} | {ips['torch']:.2f} | "
-            f"**{ratio('fused', 'torch'):.2f}** | {ratio('unfused', 'torch'):.2f} | {ratio('fused', 'unfused'):.2f} | "
-            f"{pct['fused']:.0f}% | {pct['unfused']:.0f}% | {pct['torch']:.0f}% | {max(n, min(len(c['fused']), len(c['torch'])))} |"
+            f"| {key[0]} | {key[1]} | {key[2]} | {f(ips['fused'], '.2f')} | {f(ips['unfused'], '.2f')} | {f(ips['torch'], '.2f')} | "
+            f"**{f(ratio('fused', 'torch'), '.2f')}** | {f(ratio('unfused', 'torch'), '.2f')} | {f(ratio('fused', 'unfused'), '.2f')} | "
+            f"{f(pct['fused'], '.0f', '%')} | {f(pct['unfused'], '.0f', '%')} | {f(pct['torch'], '.0f', '%')} | {max(n, min(len(c['fused']), len(c['torch'])))} |"
         )
         for k in ("fused", "unfused", "torch"):
             for i, r in enumerate(c[k]):

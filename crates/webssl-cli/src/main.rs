@@ -54,11 +54,13 @@ enum Command {
     Report(cmd::report::Args),
 }
 
-/// Keeps freed memory committed (mimalloc `purge_delay = -1`) unless `MIMALLOC_PURGE_DELAY` is set.
-/// Training frees and reallocates tens of MiB per op; with mimalloc's default the pages go back to
-/// the OS and every op faults in fresh zeroed ones — 25–29 % of a ViT-S training step in `perf`,
-/// 1.46× faster with this (bench/RESULTS.md, `bash bench/cpu.sh` does the same). The cost: the
-/// process keeps its peak memory instead of shrinking between phases.
+/// Keeps freed memory committed for 10 s (mimalloc `purge_delay = 10000`, default 1 s) unless
+/// `MIMALLOC_PURGE_DELAY` is set. Training frees and reallocates tens of MiB per op; with mimalloc's
+/// default the pages go back to the OS and every op faults in fresh zeroed ones — 25–29 % of a ViT-S
+/// training step in `perf`, 1.4× faster with this (bench/RESULTS.md; `bash bench/cpu.sh` does the
+/// same). Why not never (`-1`, the setting before): memory freed for good was then never returned —
+/// a Web-DINO 300m batch-32 training step passed 24 GiB, 21 GiB with 10 s (17 GiB with 1 s, at
+/// ViT-S 1.4× slower).
 fn keep_freed_pages() {
     unsafe extern "C" {
         fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
@@ -69,7 +71,7 @@ fn keep_freed_pages() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: a plain option store into mimalloc (linked as the global allocator above), made
         // before any other thread exists.
-        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 10_000) };
     }
 }
 

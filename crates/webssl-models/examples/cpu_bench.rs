@@ -29,7 +29,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// mimalloc returns freed pages to the OS after `purge_delay` (1 s in v3, 10 ms before); a training
 /// step frees and reallocates tens of MiB per op, so every op then page-faults fresh zeroed pages
-/// (`clear_page_erms` was 25–29% of a ViT-S training step in `perf`). `-1` keeps them committed.
+/// (`clear_page_erms` was 25–29% of a ViT-S training step in `perf`). 10 s keeps them committed
+/// across the steps of a ViT-S (as fast as never purging); never purging (`-1`) also kept what
+/// large steps free for good: Web-DINO 300m batch 32 training went past 24 GiB, 21 GiB with 10 s.
 /// An explicit `MIMALLOC_PURGE_DELAY` in the environment wins; `WEBSSL_MI_PURGE=default` leaves
 /// mimalloc's default (to measure the difference). Returns the setting used.
 fn keep_freed_pages() -> &'static str {
@@ -45,8 +47,8 @@ fn keep_freed_pages() -> &'static str {
         return "default";
     }
     // SAFETY: a plain option store, called before any other thread exists.
-    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
-    "never"
+    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 10_000) };
+    "10s"
 }
 
 struct Args {

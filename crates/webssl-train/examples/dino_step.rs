@@ -43,7 +43,7 @@ use webssl_train::dist::Dist;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// As `webssl-models/examples/cpu_bench.rs` and the `webssl` binary: mimalloc keeps freed pages
-/// committed (`purge_delay = -1`) unless `MIMALLOC_PURGE_DELAY` is set or `WEBSSL_MI_PURGE=default`.
+/// committed for 10 s (`purge_delay = 10000`) unless `MIMALLOC_PURGE_DELAY` is set or `WEBSSL_MI_PURGE=default`.
 fn keep_freed_pages() -> &'static str {
     unsafe extern "C" {
         fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
@@ -57,8 +57,8 @@ fn keep_freed_pages() -> &'static str {
         return "default";
     }
     // SAFETY: a plain option store, called before any other thread exists.
-    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
-    "never"
+    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 10_000) };
+    "10s"
 }
 
 struct Args {
