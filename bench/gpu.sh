@@ -4,16 +4,17 @@
 #   (a) parity: a random ViT-S/14 (`webssl model init`, LayerScale set to 1 so every block counts)
 #       embedded by `webssl embed` on the CPU and on CUDA; max abs diff and min cosine of the CLS
 #       and patch tokens, pass/fail against a stated tolerance;
+#       — in f32, and with bf16 products (`--precision bf16`) against the same CPU f32 output;
 #   (b) training: DINOv2 steps on CUDA (`webssl pretrain dino --config configs/demo.toml --device cuda
-#       --set ...` at ViT-S/14 shapes), loss finiteness and img/s from the run's metrics;
-#   (c) speed vs PyTorch on the same GPU: `webssl embed` vs transformers `Dinov2Model` (sdpa, f32 and
-#       bf16), and the DINO step vs a DINOv2-like torch step on the same shapes (f32 and bf16
-#       autocast); ratios printed and appended to bench/RESULTS.md.
+#       --set ...` at ViT-S/14 shapes), in bf16 with f32 master weights (`run.precision="bf16"`),
+#       then in f32; loss finiteness and img/s from the run's metrics;
+#   (c) speed vs PyTorch on the same GPU: `webssl embed` (f32, bf16) vs transformers `Dinov2Model`
+#       (sdpa, f32 and bf16 autocast), and the DINO step vs a DINOv2-like torch step on the same
+#       shapes (f32 and bf16 autocast), dtype against dtype; ratios printed and appended to
+#       bench/RESULTS.md.
 #
 #   bash bench/gpu.sh                  # on the GPU machine
 #   DEVICE=cpu bash bench/gpu.sh       # dry run of the whole script on the CPU with tiny sizes
-#
-# webssl trains in f32 on CUDA: bf16 with f32 master weights is not implemented yet (README "gpu.sh").
 #
 # The binary: WEBSSL_BIN=path (prebuilt, e.g. built on a machine with network access), else
 # SKIP_BUILD=1 uses target/release/webssl as it is, else `cargo build --release -p webssl-cli
@@ -26,7 +27,8 @@
 # (1024), EMBED_BATCH (64), DINO_BATCH (64), DINO_STEPS (25), DINO_WARMUP (5), GLOBAL (224), LOCAL (98),
 # N_LOCAL (8), PROTOS (65536), HIDDEN (2048), BOTTLENECK (256), WORKERS (cores − 2), SYNTH_SIZE (256),
 # TORCH_STEPS (10), STEP_TIMEOUT (150 s per step), BUDGET (300 s for all checks together, build
-# excluded), NO_RECORD=1 (print only; default for DEVICE=cpu).
+# excluded), DINO_PRECISIONS ("bf16 f32", in order of priority), EMBED_PRECISIONS ("f32 bf16"),
+# NO_RECORD=1 (print only; default for DEVICE=cpu).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -67,6 +69,8 @@ SYNTH_SIZE=${SYNTH_SIZE:-256}
 TORCH_STEPS=${TORCH_STEPS:-10}
 TORCH_ITERS=${TORCH_ITERS:-20}
 STEP_TIMEOUT=${STEP_TIMEOUT:-150}
+DINO_PRECISIONS=${DINO_PRECISIONS:-"bf16 f32"}
+EMBED_PRECISIONS=${EMBED_PRECISIONS:-"f32 bf16"}
 CACHE=bench/.cache/gpu
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 RESULTS=$CACHE/results-$DEVICE-$STAMP.jsonl
@@ -177,10 +181,22 @@ if [[ -f $CACHE/parity-dev-$DEVICE.safetensors ]]; then
     tagged parity "$par"
     log "(a) $(tail -n 1 <<< "$par")"
 fi
+# bf16 products (8-bit mantissa) on the device against the CPU's f32: ~1e-2 relative per block
+# boundary is bf16's own rounding, so the bound is looser; the cosine says the features still agree.
+rm -f "$CACHE/parity-dev-$DEVICE-bf16.safetensors"
+timeout "$(tmo "$STEP_TIMEOUT")" "$W" --device "$DEVICE" embed --model "$MODEL1" --input "$PARITY_SET" \
+    --output "$CACHE/parity-dev-$DEVICE-bf16.safetensors" --features cls,patch-tokens --batch-size 8 \
+    --precision bf16 >&2 \
+    || { log "(a) webssl embed --device $DEVICE --precision bf16 FAILED"; FAILED+=("bf16 parity embed on $DEVICE"); }
+if [[ -f $CACHE/parity-dev-$DEVICE-bf16.safetensors ]]; then
+    par=$("$PY" bench/gpu_torch.py compare --a "$CACHE/parity-cpu.safetensors" \
+        --b "$CACHE/parity-dev-$DEVICE-bf16.safetensors" --key cls --key patch_tokens --rtol 1e-1 --min-cos 0.99) \
+        || FAILED+=("bf16 parity outside tolerance")
+    tagged parity_bf16 "$par"
+    log "(a) bf16: $(tail -n 1 <<< "$par")"
+fi
 
 # ---- (b) DINO steps on the device -----------------------------------------------------------------
-RUN=$CACHE/dino-$DEVICE
-rm -rf "$RUN"
 SETS=(
     --set "model.arch=\"$ARCH\"" --set "model.layerscale_init=1e-5" --set "data.batch_size=$DINO_BATCH"
     --set "data.num_workers=$WORKERS" --set "data.train=\"$CACHE/dino-data\""
@@ -188,22 +204,27 @@ SETS=(
     --set "crops.global_size=$GLOBAL" --set "crops.local_size=$LOCAL" --set "crops.n_local=$N_LOCAL"
     --set "heads.dino_prototypes=$PROTOS" --set "heads.ibot_prototypes=$PROTOS" --set "heads.hidden_dim=$HIDDEN"
     --set "heads.dino_bottleneck_dim=$BOTTLENECK" --set "heads.ibot_bottleneck_dim=$BOTTLENECK"
-    --set "optim.total_steps=1000" --set "optim.warmup_steps=10" --set "run.dir=\"$RUN\""
-    --set "run.checkpoint_every_steps=0"
+    --set "optim.total_steps=1000" --set "optim.warmup_steps=10" --set "run.checkpoint_every_steps=0"
 )
 if [[ $DEPTH != 0 ]]; then SETS+=(--set "model.depth=$DEPTH"); else SETS+=(--set "model.depth=12"); fi
-log "(b) webssl pretrain dino --device $DEVICE: $DINO_STEPS steps, batch $DINO_BATCH, ${GLOBAL}px x2 + ${LOCAL}px x$N_LOCAL, $PROTOS prototypes"
-# The training data is generated by the run itself (data.synth) before step 0, outside the step
-# timings; --stop-after ends the run with a checkpoint and without the export and kNN.
-timeout "$(tmo $(( STEP_TIMEOUT * 2 )))" "$W" --device "$DEVICE" pretrain dino --config configs/demo.toml \
-    "${SETS[@]}" --resume never --stop-after "$DINO_STEPS" > "$CACHE/dino-$DEVICE.log" 2>&1 \
-    || { log "(b) webssl pretrain FAILED or timed out; last lines of $CACHE/dino-$DEVICE.log:"
-         tail -n 20 "$CACHE/dino-$DEVICE.log" >&2; FAILED+=("pretrain dino on $DEVICE"); }
-dm=$("$PY" bench/gpu_torch.py dino-metrics --run "$RUN" --warmup "$DINO_WARMUP" --batch "$DINO_BATCH" 2>/dev/null \
-    || echo '{"steps":0}')
-tagged ours_dino "$dm"
-log "(b) $(tail -n 1 <<< "$dm")"
-grep -q '"loss_finite": true' <<< "$dm" || FAILED+=("DINO losses not all finite (or no step logged)")
+for prec in $DINO_PRECISIONS; do
+    if over; then log "(b) budget spent: webssl DINO steps $prec skipped"; continue; fi
+    RUN=$CACHE/dino-$DEVICE-$prec
+    rm -rf "$RUN"
+    log "(b) webssl pretrain dino --device $DEVICE, $prec products: $DINO_STEPS steps, batch $DINO_BATCH, ${GLOBAL}px x2 + ${LOCAL}px x$N_LOCAL, $PROTOS prototypes"
+    # The training data is generated by the first run itself (data.synth) before step 0, outside the
+    # step timings; --stop-after ends the run with a checkpoint and without the export and kNN.
+    timeout "$(tmo $(( STEP_TIMEOUT * 2 )))" "$W" --device "$DEVICE" pretrain dino --config configs/demo.toml \
+        "${SETS[@]}" --set "run.dir=\"$RUN\"" --set "run.precision=\"$prec\"" --resume never \
+        --stop-after "$DINO_STEPS" > "$RUN.log" 2>&1 \
+        || { log "(b) webssl pretrain ($prec) FAILED or timed out; last lines of $RUN.log:"
+             tail -n 20 "$RUN.log" >&2; FAILED+=("pretrain dino $prec on $DEVICE"); }
+    dm=$("$PY" bench/gpu_torch.py dino-metrics --run "$RUN" --warmup "$DINO_WARMUP" --batch "$DINO_BATCH" 2>/dev/null \
+        || echo '{"steps":0}')
+    tagged "ours_dino_$prec" "$dm"
+    log "(b) $prec: $(tail -n 1 <<< "$dm")"
+    grep -q '"loss_finite": true' <<< "$dm" || FAILED+=("DINO $prec losses not all finite (or no step logged)")
+done
 
 # ---- (c) embed speed ------------------------------------------------------------------------------
 # CubeCL compiles each kernel the first time a process launches it (nothing is cached across
@@ -214,26 +235,26 @@ grep -q '"loss_finite": true' <<< "$dm" || FAILED+=("DINO losses not all finite 
 SMALL=$(( EMBED_IMAGES / 4 ))
 IMAGES_SMALL=$CACHE/images-$SYNTH_SIZE-$SMALL
 [[ -f $IMAGES_SMALL/index.json ]] || "$W" synth --out "$IMAGES_SMALL" --samples "$SMALL" --size "$SYNTH_SIZE" --seed 7 --split img >&2
-embed_run() {  # embed_run INPUT -> "images seconds" (seconds = images / the printed img/s, finer than its "in X s")
+embed_run() {  # embed_run INPUT PRECISION -> "images seconds" (seconds = images / the printed img/s, finer than its "in X s")
     local out
     out=$(timeout "$(tmo "$STEP_TIMEOUT")" "$W" --device "$DEVICE" embed --model "$MODEL" --input "$1" \
-        --output "$CACHE/embed-$DEVICE.safetensors" --features cls --batch-size "$EMBED_BATCH" | tail -n 1) || return 1
+        --output "$CACHE/embed-$DEVICE.safetensors" --features cls --batch-size "$EMBED_BATCH" \
+        --precision "$2" | tail -n 1) || return 1
     log "(c) $out"
     "$PY" -c 'import re,sys; m=re.match(r"embedded (\d+) images .* ([0-9.]+) img/s", sys.argv[1]); print(m[1], int(m[1]) / float(m[2]))' "$out"
 }
-if over; then
-    log "(c) budget spent: webssl embed timing skipped"
-else
-    log "(c) webssl embed --device $DEVICE: $SMALL then $EMBED_IMAGES images, batch $EMBED_BATCH ($ARCH)"
-    if r1=$(embed_run "$IMAGES_SMALL") && r2=$(embed_run "$IMAGES"); then
+for prec in $EMBED_PRECISIONS; do
+    if over; then log "(c) budget spent: webssl embed timing $prec skipped"; continue; fi
+    log "(c) webssl embed --device $DEVICE --precision $prec: $SMALL then $EMBED_IMAGES images, batch $EMBED_BATCH ($ARCH)"
+    if r1=$(embed_run "$IMAGES_SMALL" "$prec") && r2=$(embed_run "$IMAGES" "$prec"); then
         read -r n1 t1 <<< "$r1"
         read -r n2 t2 <<< "$r2"
-        emit "$("$PY" -c 'import json,sys; n1,t1,n2,t2=int(sys.argv[1]),float(sys.argv[2]),int(sys.argv[3]),float(sys.argv[4]); print(json.dumps({"tag":"ours_embed","images":n2,"img_s":(n2-n1)/(t2-t1) if t2>t1 else None,"img_s_plain":n2/t2,"small":[n1,t1],"big":[n2,t2]}))' "$n1" "$t1" "$n2" "$t2")"
+        emit "$("$PY" -c 'import json,sys; n1,t1,n2,t2=int(sys.argv[1]),float(sys.argv[2]),int(sys.argv[3]),float(sys.argv[4]); print(json.dumps({"tag":"ours_embed_"+sys.argv[5],"images":n2,"img_s":(n2-n1)/(t2-t1) if t2>t1 else None,"img_s_plain":n2/t2,"small":[n1,t1],"big":[n2,t2]}))' "$n1" "$t1" "$n2" "$t2" "$prec")"
     else
-        log "(c) webssl embed --device $DEVICE FAILED or timed out"
-        FAILED+=("embed timing on $DEVICE")
+        log "(c) webssl embed --device $DEVICE --precision $prec FAILED or timed out"
+        FAILED+=("embed timing $prec on $DEVICE")
     fi
-fi
+done
 
 # ---- (c) the PyTorch references -------------------------------------------------------------------
 if [[ -z $TORCH_SKIP ]]; then
@@ -257,8 +278,8 @@ fi
 
 # ---- report ---------------------------------------------------------------------------------------
 WALL=$(( $(date +%s) - T0 ))
-SETTINGS="DEVICE=$DEVICE ARCH=$ARCH PARITY_IMAGES=$PARITY_IMAGES EMBED_IMAGES=$EMBED_IMAGES EMBED_BATCH=$EMBED_BATCH DINO_BATCH=$DINO_BATCH DINO_STEPS=$DINO_STEPS DINO_WARMUP=$DINO_WARMUP GLOBAL=$GLOBAL LOCAL=$LOCAL N_LOCAL=$N_LOCAL PROTOS=$PROTOS HIDDEN=$HIDDEN BOTTLENECK=$BOTTLENECK DEPTH=$DEPTH WORKERS=$WORKERS SYNTH_SIZE=$SYNTH_SIZE BUDGET=$BUDGET"
-NOTES="webssl runs f32 on CUDA (bf16 with f32 master weights is not implemented: see bench/README.md). The PyTorch embed number is model-only on random pixels; ours is end to end (decode + preprocess + forward), so the embed ratio is a lower bound of the model-only ratio. The torch DINO step is DINOv2-like (DINO + iBOT + KoLeo, Sinkhorn-Knopp, EMA) on random crops, no data loader; ours includes the loader."
+SETTINGS="DEVICE=$DEVICE ARCH=$ARCH PARITY_IMAGES=$PARITY_IMAGES EMBED_IMAGES=$EMBED_IMAGES EMBED_BATCH=$EMBED_BATCH DINO_BATCH=$DINO_BATCH DINO_STEPS=$DINO_STEPS DINO_WARMUP=$DINO_WARMUP DINO_PRECISIONS='$DINO_PRECISIONS' EMBED_PRECISIONS='$EMBED_PRECISIONS' GLOBAL=$GLOBAL LOCAL=$LOCAL N_LOCAL=$N_LOCAL PROTOS=$PROTOS HIDDEN=$HIDDEN BOTTLENECK=$BOTTLENECK DEPTH=$DEPTH WORKERS=$WORKERS SYNTH_SIZE=$SYNTH_SIZE BUDGET=$BUDGET"
+NOTES="Each row sets webssl and PyTorch in the same precision: webssl bf16 = matrix products in bf16, f32 master weights, LayerNorm/softmax outside attention/losses in f32 (webssl_models::precision); PyTorch bf16 = torch.autocast. The PyTorch embed number is model-only on random pixels; ours is end to end (decode + preprocess + forward), so the embed ratio is a lower bound of the model-only ratio. The torch DINO step is DINOv2-like (DINO + iBOT + KoLeo, Sinkhorn-Knopp, EMA) on random crops, no data loader; ours includes the loader."
 if (( ${#FAILED[@]} )); then
     NOTES="**Failed: $(IFS=';'; echo "${FAILED[*]}")** (logs under bench/.cache/gpu/). $NOTES"
 fi

@@ -442,10 +442,12 @@ def cmd_report(args):
     torch_note = meta.get("torch_skip")
     lines.append(f"- PyTorch: {meta.get('torch', '–')}" + (f" — **skipped**: {torch_note}" if torch_note else ""))
     lines.append("")
-    par = by.get("parity")
-    if par:
+    for tag, what in (("parity", "f32"), ("parity_bf16", "bf16 products on the device, f32 on the CPU")):
+        par = by.get(tag)
+        if not par:
+            continue
         lines.append(
-            f"**(a) CUDA vs CPU backbone outputs** (`webssl embed`, {meta.get('parity_model', '?')}, "
+            f"**(a) CUDA vs CPU backbone outputs, {what}** (`webssl embed`, {meta.get('parity_model', '?')}, "
             f"LayerScale set to 1; tolerance: max abs diff ≤ {par['rtol']}·max(1, max|x|) and min row "
             f"cosine ≥ {par['min_cos_required']}):"
         )
@@ -458,34 +460,36 @@ def cmd_report(args):
                 f"| {v['min_cosine']:.7f} | {v['nonfinite']} | {'yes' if v['pass'] else '**NO**'} |"
             )
         lines.append("")
-    lines.append("**(b, c) Throughput** (img/s; ratio = ours / PyTorch, > 1 means webssl is faster):")
+    lines.append("**(b, c) Throughput** (img/s; ratio = ours / PyTorch in the same precision, > 1 means webssl is faster):")
     lines.append("")
     lines.append("| what | ours | img/s | PyTorch | img/s | ratio | notes |")
     lines.append("|---|---|---|---|---|---|---|")
-    ours_e = by.get("ours_embed")
     for dt in ("f32", "bf16"):
-        t = by.get(f"torch_embed_{dt}")
-        if ours_e:
-            ratio = ours_e["img_s"] / t["img_s"] if t and t.get("img_s") and ours_e.get("img_s") else None
-            lines.append(
-                f"| embed {meta.get('embed_arch', '')} b{meta.get('embed_batch', '')} | `webssl embed` f32, end to end, "
-                f"marginal | {_fmt(ours_e.get('img_s'))} | Dinov2Model sdpa {dt}, model only | {_fmt(t and t.get('img_s'))} "
-                f"| {_fmt(ratio, 2)} | ours: decode + preprocess + forward, steady state between {ours_e['small'][0]} and "
-                f"{ours_e['images']} images ({_fmt(ours_e.get('img_s_plain'))} img/s over the {ours_e['images']} incl. "
-                f"kernel compilation) |"
-            )
-    ours_d = by.get("ours_dino")
-    for dt in ("f32", "bf16"):
-        t = by.get(f"torch_dino_{dt}")
-        if ours_d:
-            ratio = ours_d["img_s"] / t["img_s"] if t and t.get("img_s") and ours_d.get("img_s") else None
-            lines.append(
-                f"| DINO step {meta.get('dino_shape', '')} | `webssl pretrain dino` f32 "
-                f"| {_fmt(ours_d.get('img_s'))} | DINO-like step {dt}{' autocast' if dt == 'bf16' else ''} "
-                f"| {_fmt(t and t.get('img_s'))} | {_fmt(ratio, 2)} | ours: median of {ours_d.get('timed_steps')} steps "
-                f"incl. loader (wait {_fmt(ours_d.get('loader_wait'), 2)}), loss {_fmt(ours_d.get('loss_first'), 3)} → "
-                f"{_fmt(ours_d.get('loss_last'), 3)}, finite: {ours_d.get('loss_finite')} |"
-            )
+        ours_e, t = by.get(f"ours_embed_{dt}"), by.get(f"torch_embed_{dt}")
+        if not ours_e:
+            continue
+        ratio = ours_e["img_s"] / t["img_s"] if t and t.get("img_s") and ours_e.get("img_s") else None
+        lines.append(
+            f"| embed {meta.get('embed_arch', '')} b{meta.get('embed_batch', '')} | `webssl embed` {dt}, end to end, "
+            f"marginal | {_fmt(ours_e.get('img_s'))} | Dinov2Model sdpa {dt}{' autocast' if dt == 'bf16' else ''}, "
+            f"model only | {_fmt(t and t.get('img_s'))} "
+            f"| {_fmt(ratio, 2)} | ours: decode + preprocess + forward, steady state between {ours_e['small'][0]} and "
+            f"{ours_e['images']} images ({_fmt(ours_e.get('img_s_plain'))} img/s over the {ours_e['images']} incl. "
+            f"kernel compilation) |"
+        )
+    for dt in ("bf16", "f32"):
+        ours_d, t = by.get(f"ours_dino_{dt}"), by.get(f"torch_dino_{dt}")
+        if not ours_d:
+            continue
+        ratio = ours_d["img_s"] / t["img_s"] if t and t.get("img_s") and ours_d.get("img_s") else None
+        lines.append(
+            f"| DINO step {meta.get('dino_shape', '')} | `webssl pretrain dino` {dt}"
+            f"{' (f32 master weights)' if dt == 'bf16' else ''} "
+            f"| {_fmt(ours_d.get('img_s'))} | DINO-like step {dt}{' autocast' if dt == 'bf16' else ''} "
+            f"| {_fmt(t and t.get('img_s'))} | {_fmt(ratio, 2)} | ours: median of {ours_d.get('timed_steps')} steps "
+            f"incl. loader (wait {_fmt(ours_d.get('loader_wait'), 2)}), loss {_fmt(ours_d.get('loss_first'), 3)} → "
+            f"{_fmt(ours_d.get('loss_last'), 3)}, finite: {ours_d.get('loss_finite')} |"
+        )
     notes = meta.get("notes")
     if notes:
         lines.append("")
