@@ -164,7 +164,7 @@ mod tests {
     use burn::tensor::{Device, Distribution, TensorData};
 
     fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data().convert::<f32>().into_vec().unwrap()
+        t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
     }
 
     /// f32 → bf16 → f32, round to nearest even (what `cast` does on burn-flex).
