@@ -147,24 +147,5 @@ fn two_ranks_of_b_reproduce_one_process_of_2b() {
 
     // ZeRO-1: the same update computed by each parameter's owner, so the students are bit-identical
     // to the unsharded 2-rank run, while each rank keeps moments for its share only.
-    for r in 0..2 {
-        let sharded = read_f32(&tmp.path().join(format!("params-true-{r}.bin")));
-        assert!(
-            sharded == rank0,
-            "ZeRO-1 rank {r} differs from the unsharded run"
-        );
-    }
-    let states = |tag: &str| -> usize {
-        std::fs::read_to_string(tmp.path().join(format!("states-{tag}")))
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    assert_eq!(states("false-0"), ref_states);
-    let (s0, s1) = (states("true-0"), states("true-1"));
-    assert!(
-        s0 > 0 && s1 > 0 && s0 < ref_states && s1 < ref_states,
-        "{s0} {s1} of {ref_states}"
-    );
-    assert_eq!(s0 + s1, ref_states, "every parameter has exactly one owner");
+    support::assert_zero1_shares(tmp.path(), &rank0, ref_states, "false-", "true-");
 }

@@ -29,7 +29,7 @@ mod support;
 use std::path::Path;
 
 use burn::tensor::Device;
-use support::{OUT, fill, max_abs_diff, read_f32, write_f32};
+use support::{OUT, fill, load_recipe, max_abs_diff, read_f32, write_f32};
 use webssl_data::loader::{Batch, ViewGroup};
 use webssl_data::masks::{MaeMasks, mae_random_mask};
 use webssl_data::sampler::rng_stream;
@@ -37,7 +37,6 @@ use webssl_models::checkpoint;
 use webssl_train::dist::Dist;
 use webssl_train::mae::{self, MaeConfig, MaeTrainer};
 use webssl_train::run::checkpoint::Resume;
-use webssl_train::run::config::load_config;
 
 const B: usize = 3; // images per rank
 const STEPS: u64 = 3;
@@ -57,15 +56,8 @@ fn config_with(
     sharded: bool,
     overrides: &[String],
 ) -> (MaeConfig, toml::Table) {
-    // One file per process: both ranks write theirs at the same time.
-    let file = dir.join(format!(
-        "dist-{batch}-{sharded}-{}.toml",
-        std::process::id()
-    ));
-    std::fs::write(
-        &file,
-        format!(
-            r#"
+    let recipe = format!(
+        r#"
 seed = 11
 [data]
 train = "{dir}/unused"
@@ -91,11 +83,9 @@ clip_grad = {CLIP_GRAD}
 dir = "{dir}/run"
 shard_optimizer_state = {sharded}
 "#,
-            dir = dir.display()
-        ),
-    )
-    .unwrap();
-    load_config(Some(&file), dir, None, overrides).unwrap()
+        dir = dir.display()
+    );
+    load_recipe(dir, &format!("dist-{batch}-{sharded}"), &recipe, overrides)
 }
 
 /// Steps of the whole runs through `train` (checkpoints every 2).
@@ -307,57 +297,14 @@ fn two_ranks_of_b_reproduce_one_process_of_2b() {
     // ZeRO-1: the same update computed by each parameter's owner, so both ranks' models and the
     // logged values are bit-identical to the unsharded 2-rank run, while each rank keeps moments for
     // its share only (every parameter exactly once).
-    for r in 0..2 {
-        let sharded = read_f32(&tmp.path().join(format!("params-zero-{r}.bin")));
-        assert!(
-            sharded == rank0,
-            "ZeRO-1 rank {r} differs from the unsharded run"
-        );
-    }
+    support::assert_zero1_shares(tmp.path(), &rank0, ref_states, "", "zero-");
     assert_eq!(
         read_f32(&tmp.path().join("logged-zero-0.bin")),
         logged,
         "ZeRO-1 logged other values"
     );
-    let states = |tag: &str| -> usize {
-        std::fs::read_to_string(tmp.path().join(format!("states-{tag}")))
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    assert_eq!(states("0"), ref_states);
-    let (s0, s1) = (states("zero-0"), states("zero-1"));
-    assert!(
-        s0 > 0 && s1 > 0 && s0 < ref_states && s1 < ref_states,
-        "{s0} {s1} of {ref_states}"
-    );
-    assert_eq!(s0 + s1, ref_states, "every parameter has exactly one owner");
-    eprintln!(
-        "ZeRO-1: moments of {s0} + {s1} of {ref_states} parameters; models and logged values \
-         bit-identical to the unsharded run"
-    );
 
     // Whole runs switching sharding at a resume end like the straight run, bit for bit; the sharded
     // checkpoint holds the whole optimizer state, as the unsharded one does.
-    let file = |run: &str, path: &str| std::fs::read(tmp.path().join(run).join(path)).unwrap();
-    let straight = file("straight", "metrics.jsonl");
-    assert_eq!(
-        straight.iter().filter(|&&b| b == b'\n').count(),
-        RUN_STEPS as usize
-    );
-    for run in ["zero-first", "zero-second"] {
-        assert!(
-            file(run, "metrics.jsonl") == straight,
-            "{run}: metrics differ from the straight run"
-        );
-        assert!(
-            file(run, "export/model.safetensors") == file("straight", "export/model.safetensors"),
-            "{run}: export differs from the straight run"
-        );
-    }
-    let step2 = "checkpoints/step-000000002/optim.safetensors";
-    assert!(
-        file("zero-first", step2) == file("straight", step2),
-        "the sharded run's checkpoint does not hold the whole optimizer state"
-    );
+    support::assert_resumes_switching_sharding(tmp.path(), RUN_STEPS);
 }

@@ -8,6 +8,9 @@
 use std::path::Path;
 use std::process::Command;
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
 use webssl_data::loader::{Batch, ViewGroup};
 use webssl_data::masks::IbotMasks;
 use webssl_train::dino::DinoConfig;
@@ -64,6 +67,70 @@ pub fn read_f32(path: &Path) -> Vec<f32> {
         .collect()
 }
 
+/// ZeRO-1 against the unsharded 2-rank run: the same update computed by each parameter's owner, so
+/// both sharded ranks' parameters (`params-{sharded}{r}.bin`) are bit-identical to the unsharded
+/// rank 0's `rank0`, while each rank keeps moments for its share only (`states-{sharded}{r}`), every
+/// parameter exactly once; the unsharded rank keeps them all (`states-{unsharded}0` = `ref_states`,
+/// the one-process count).
+pub fn assert_zero1_shares(
+    dir: &Path,
+    rank0: &[f32],
+    ref_states: usize,
+    unsharded: &str,
+    sharded: &str,
+) {
+    for r in 0..2 {
+        let params = read_f32(&dir.join(format!("params-{sharded}{r}.bin")));
+        assert!(
+            params == rank0,
+            "ZeRO-1 rank {r} differs from the unsharded run"
+        );
+    }
+    let states = |tag: String| -> usize {
+        std::fs::read_to_string(dir.join(format!("states-{tag}")))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(states(format!("{unsharded}0")), ref_states);
+    let (s0, s1) = (states(format!("{sharded}0")), states(format!("{sharded}1")));
+    assert!(
+        s0 > 0 && s1 > 0 && s0 < ref_states && s1 < ref_states,
+        "{s0} {s1} of {ref_states}"
+    );
+    assert_eq!(s0 + s1, ref_states, "every parameter has exactly one owner");
+    eprintln!(
+        "ZeRO-1: moments of {s0} + {s1} of {ref_states} parameters; models bit-identical to the unsharded run"
+    );
+}
+
+/// Whole runs under `dir` that switch sharding at a resume (`zero-first`, `zero-second`) end like the
+/// `straight` run of `steps` steps, bit for bit (metrics and export); the sharded checkpoint at step 2
+/// holds the whole optimizer state, as the unsharded one does.
+pub fn assert_resumes_switching_sharding(dir: &Path, steps: u64) {
+    let file = |run: &str, path: &str| std::fs::read(dir.join(run).join(path)).unwrap();
+    let straight = file("straight", "metrics.jsonl");
+    assert_eq!(
+        straight.iter().filter(|&&b| b == b'\n').count(),
+        steps as usize
+    );
+    for run in ["zero-first", "zero-second"] {
+        assert!(
+            file(run, "metrics.jsonl") == straight,
+            "{run}: metrics differ from the straight run"
+        );
+        assert!(
+            file(run, "export/model.safetensors") == file("straight", "export/model.safetensors"),
+            "{run}: export differs from the straight run"
+        );
+    }
+    let step2 = "checkpoints/step-000000002/optim.safetensors";
+    assert!(
+        file("zero-first", step2) == file("straight", step2),
+        "the sharded run's checkpoint does not hold the whole optimizer state"
+    );
+}
+
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter()
         .zip(b)
@@ -71,18 +138,25 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0f32, f32::max)
 }
 
+/// Writes `recipe` (TOML) to a file of its own under `dir` — named by `tag` and this process, since the
+/// ranks of a job write theirs at the same time — and loads it as `webssl pretrain --config` does, with
+/// `overrides` in `--set` syntax.
+pub fn load_recipe<T: DeserializeOwned + Serialize>(
+    dir: &Path,
+    tag: &str,
+    recipe: &str,
+    overrides: &[String],
+) -> (T, toml::Table) {
+    let file = dir.join(format!("{tag}-{}.toml", std::process::id()));
+    std::fs::write(&file, recipe).unwrap();
+    load_config(Some(&file), dir, None, overrides).unwrap()
+}
+
 /// The recipe, with `batch` images per process (the lr scales with the global batch), optionally with
 /// the AdamW moments sharded over the ranks (ZeRO-1).
 pub fn dino_config(dir: &Path, batch: usize, sharded: bool) -> DinoConfig {
-    // Per process: the two ranks write their configs at the same time.
-    let file = dir.join(format!(
-        "dist-{batch}-{sharded}-{}.toml",
-        std::process::id()
-    ));
-    std::fs::write(
-        &file,
-        format!(
-            r#"
+    let recipe = format!(
+        r#"
 seed = 7
 [data]
 train = "{dir}/unused"
@@ -116,12 +190,9 @@ lr_per_1024 = 0.5
 dir = "{dir}/run"
 shard_optimizer_state = {sharded}
 "#,
-            dir = dir.display()
-        ),
-    )
-    .unwrap();
-    let (cfg, _): (DinoConfig, toml::Table) = load_config(Some(&file), dir, None, &[]).unwrap();
-    cfg
+        dir = dir.display()
+    );
+    load_recipe(dir, &format!("dist-{batch}-{sharded}"), &recipe, &[]).0
 }
 
 /// Global batch `step` of 2·`per_rank` images (views and iBOT masks), or rank `rank`'s slice of it:
