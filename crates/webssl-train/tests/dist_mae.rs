@@ -88,24 +88,10 @@ shard_optimizer_state = {sharded}
     load_recipe(dir, &format!("dist-{batch}-{sharded}"), &recipe, overrides)
 }
 
-/// Steps of the whole runs through `train` (checkpoints every 2).
-const RUN_STEPS: u64 = 4;
-
 /// A whole run `name` through [`mae::train`] on built-in data in `dir`, as this rank of `dist`, to
 /// `stop_after` steps (resuming from the run's latest checkpoint).
 fn whole_run(dir: &Path, name: &str, sharded: bool, stop_after: Option<u64>, dist: &Dist) {
-    let d = |s: &str| dir.join(s).display().to_string();
-    let overrides: Vec<String> = vec![
-        format!("data.train=\"{}\"", d("data")),
-        "data.synth={ samples = 16, size = 32, seed = 5 }".into(),
-        "data.num_workers=1".into(),
-        "data.decode_threads=1".into(),
-        "data.shuffle_buffer=4".into(),
-        format!("optim.total_steps={RUN_STEPS}"),
-        format!("run.dir=\"{}\"", d(name)),
-        "run.checkpoint_every_steps=2".into(),
-        "run.tensorboard=false".into(),
-    ];
+    let overrides = support::whole_run_overrides(dir, name);
     let (cfg, resolved) = config_with(dir, B, sharded, &overrides);
     mae::train(
         &cfg,
@@ -306,5 +292,5 @@ fn two_ranks_of_b_reproduce_one_process_of_2b() {
 
     // Whole runs switching sharding at a resume end like the straight run, bit for bit; the sharded
     // checkpoint holds the whole optimizer state, as the unsharded one does.
-    support::assert_resumes_switching_sharding(tmp.path(), RUN_STEPS);
+    support::assert_resumes_switching_sharding(tmp.path());
 }

@@ -104,15 +104,35 @@ pub fn assert_zero1_shares(
     );
 }
 
+/// Steps of the whole runs of `dist_mae.rs` / `dist_clip.rs` (checkpoints every 2).
+pub const RUN_STEPS: u64 = 4;
+
+/// The `--set` overrides of a whole run `name` in `dir` on small built-in data: [`RUN_STEPS`] steps,
+/// a checkpoint every 2, single-threaded loading, no TensorBoard.
+pub fn whole_run_overrides(dir: &Path, name: &str) -> Vec<String> {
+    let d = |s: &str| dir.join(s).display().to_string();
+    vec![
+        format!("data.train=\"{}\"", d("data")),
+        "data.synth={ samples = 16, size = 32, seed = 5 }".into(),
+        "data.num_workers=1".into(),
+        "data.decode_threads=1".into(),
+        "data.shuffle_buffer=4".into(),
+        format!("optim.total_steps={RUN_STEPS}"),
+        format!("run.dir=\"{}\"", d(name)),
+        "run.checkpoint_every_steps=2".into(),
+        "run.tensorboard=false".into(),
+    ]
+}
+
 /// Whole runs under `dir` that switch sharding at a resume (`zero-first`, `zero-second`) end like the
-/// `straight` run of `steps` steps, bit for bit (metrics and export); the sharded checkpoint at step 2
-/// holds the whole optimizer state, as the unsharded one does.
-pub fn assert_resumes_switching_sharding(dir: &Path, steps: u64) {
+/// `straight` run of [`RUN_STEPS`] steps, bit for bit (metrics and export); the sharded checkpoint at
+/// step 2 holds the whole optimizer state, as the unsharded one does.
+pub fn assert_resumes_switching_sharding(dir: &Path) {
     let file = |run: &str, path: &str| std::fs::read(dir.join(run).join(path)).unwrap();
     let straight = file("straight", "metrics.jsonl");
     assert_eq!(
         straight.iter().filter(|&&b| b == b'\n').count(),
-        steps as usize
+        RUN_STEPS as usize
     );
     for run in ["zero-first", "zero-second"] {
         assert!(
