@@ -36,30 +36,10 @@ STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 RESULTS=$CACHE/results/cpu-$STAMP.jsonl
 mkdir -p "$CACHE/bin" "$CACHE/results"
 
-log() { echo "[cpu $(date -u +%H:%M:%S)] $*" >&2; }
-loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+TAG=cpu
+source bench/cpu_common.sh
+build_example webssl-models cpu_bench
 
-if [[ -z ${SKIP_BUILD:-} ]]; then
-    log "cargo build --release -p webssl-models --example cpu_bench"
-    cargo build --release -p webssl-models --example cpu_bench
-fi
-# snapshot, so a concurrent rebuild cannot swap the binary mid-benchmark
-cp -p "$TARGET/release/examples/cpu_bench" "$CACHE/bin/cpu_bench.new" && mv "$CACHE/bin/cpu_bench.new" "$CACHE/bin/cpu_bench"
-BIN=$CACHE/bin/cpu_bench
-BUILD_INFO="binary built $(date -u -r "$BIN" '+%Y-%m-%d %H:%M UTC'); tree: commit $(git rev-parse --short HEAD) +$(git status --porcelain -- crates Cargo.toml Cargo.lock | wc -l) uncommitted paths under crates/, Cargo.*"
-
-FAILED=()
-record() {  # record <label> <json line> <load>: a process without a result (e.g. killed for memory) is listed, not fatal
-    local line
-    line=$(tail -n 1 <<< "$2")
-    if [[ $line != \{* ]]; then
-        FAILED+=("$1")
-        log "$1: FAILED, no result (out of memory? see dmesg) (load $3)"
-        return
-    fi
-    printf '%s\n' "${line%\}},\"load\":\"$3\"}" >> "$RESULTS"
-    log "$line (load $3)"
-}
 ours() {  # ours fused|unfused arch batch mode iters
     local load fused=1
     [[ $1 == unfused ]] && fused=0
@@ -97,6 +77,4 @@ LOAD_AFTER=$(loadavg)
 args=(--results "$RESULTS" --load-before "$LOAD_BEFORE" --load-after "$LOAD_AFTER" --wall-s $(( T_END - T_START ))
       --build-info "$BUILD_INFO"
       --settings "THREADS=$THREADS ARCHS='$ARCHS' BATCHES='${BATCHES:-vit-small: $BATCHES_SMALL, others: $BATCHES_LARGE}' MODES='$MODES' RUNS=$RUNS RUNS_LARGE=$RUNS_LARGE ITERS=$ITERS ITERS_LARGE=$ITERS_LARGE")
-(( ${#FAILED[@]} )) && args+=(--failed "$(IFS=';'; echo "${FAILED[*]}")")
-[[ -z ${NO_RECORD:-} ]] && args+=(--record bench/RESULTS.md)
-"$PY" bench/cpu_report.py "${args[@]}"
+report "${args[@]}"

@@ -39,8 +39,8 @@ STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 RESULTS=$CACHE/results/dino-step-$STAMP.jsonl
 mkdir -p "$CACHE/bin" "$CACHE/results"
 
-log() { echo "[dino_step $(date -u +%H:%M:%S)] $*" >&2; }
-loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+TAG=dino_step
+source bench/cpu_common.sh
 config() {
     case $1 in
         vit-small) echo configs/vit-s.toml ;;
@@ -49,40 +49,27 @@ config() {
     esac
 }
 
-if [[ -z ${SKIP_BUILD:-} ]]; then
-    log "cargo build --release -p webssl-train --example dino_step"
-    cargo build --release -p webssl-train --example dino_step
-fi
-# snapshot, so a concurrent rebuild cannot swap the binary mid-benchmark
-cp -p "$TARGET/release/examples/dino_step" "$CACHE/bin/dino_step.new" && mv "$CACHE/bin/dino_step.new" "$CACHE/bin/dino_step"
-BIN=$CACHE/bin/dino_step
-BUILD_INFO="binary built $(date -u -r "$BIN" '+%Y-%m-%d %H:%M UTC'); tree: commit $(git rev-parse --short HEAD) +$(git status --porcelain -- crates Cargo.toml Cargo.lock | wc -l) uncommitted paths under crates/, Cargo.*"
+build_example webssl-train dino_step
 TORCH_ARGS=()
 [[ -n $DINOV2 ]] && TORCH_ARGS+=(--dinov2 "$DINOV2")
 
-record() {  # record <json line> <load>
-    local line
-    line=$(tail -n 1 <<< "$1")
-    printf '%s\n' "${line%\}},\"load\":\"$2\"}" >> "$RESULTS"
-    log "$line (load $2)"
-}
 ours() {  # ours fused|unfused arch batch iters
     local load fused=1
     [[ $1 == unfused ]] && fused=0
     load=$(loadavg)
-    record "$(WEBSSL_FUSED_KERNELS=$fused RAYON_NUM_THREADS=$THREADS "$BIN" --config "$(config "$2")" --batch "$3" --iters "$4" --warmup 1)" "$load"
+    record "ours $1 $2 b$3" "$(WEBSSL_FUSED_KERNELS=$fused RAYON_NUM_THREADS=$THREADS "$BIN" --config "$(config "$2")" --batch "$3" --iters "$4" --warmup 1 || true)" "$load"
 }
 torch() {  # torch arch batch iters
     local load
     load=$(loadavg)
-    record "$(OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS "$PY" bench/dino_step_torch.py --arch "$1" --batch "$2" --iters "$3" --warmup 1 --threads "$THREADS" "${TORCH_ARGS[@]}" 2>/dev/null)" "$load"
+    record "torch $1 b$2" "$(OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS "$PY" bench/dino_step_torch.py --arch "$1" --batch "$2" --iters "$3" --warmup 1 --threads "$THREADS" "${TORCH_ARGS[@]}" 2>/dev/null || true)" "$load"
 }
 unfused() { [[ $UNFUSED == 1 ]] && ours unfused "$@" || true; }
 
 LOAD_BEFORE=$(loadavg)
 T_START=$(date +%s)
-record "$(RAYON_NUM_THREADS=$THREADS "$BIN" --mode gemm --iters 30)" "$(loadavg)"
-record "$(OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS "$PY" bench/cpu_torch.py --mode gemm --iters 30 --threads "$THREADS")" "$(loadavg)"
+record "ours gemm" "$(RAYON_NUM_THREADS=$THREADS "$BIN" --mode gemm --iters 30)" "$(loadavg)"
+record "torch gemm" "$(OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS "$PY" bench/cpu_torch.py --mode gemm --iters 30 --threads "$THREADS")" "$(loadavg)"
 for arch in $ARCHS; do
     if [[ $arch == vit-small ]]; then runs=$RUNS; iters=$ITERS; else runs=$RUNS_LARGE; iters=$ITERS_LARGE; fi
     for b in $BATCHES; do
@@ -101,5 +88,4 @@ LOAD_AFTER=$(loadavg)
 args=(--results "$RESULTS" --load-before "$LOAD_BEFORE" --load-after "$LOAD_AFTER" --wall-s $(( T_END - T_START ))
       --build-info "$BUILD_INFO" --title "DINOv2 step benchmark (\`bench/dino_step.sh\`)" --command "bash bench/dino_step.sh"
       --settings "THREADS=$THREADS ARCHS='$ARCHS' BATCHES='$BATCHES' RUNS=$RUNS RUNS_LARGE=$RUNS_LARGE ITERS=$ITERS ITERS_LARGE=$ITERS_LARGE UNFUSED=$UNFUSED${DINOV2:+ DINOV2=$DINOV2}")
-[[ -z ${NO_RECORD:-} ]] && args+=(--record bench/RESULTS.md)
-"$PY" bench/cpu_report.py "${args[@]}"
+report "${args[@]}"
