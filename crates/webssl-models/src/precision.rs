@@ -115,16 +115,8 @@ pub fn to_f32<const D: usize>(t: Tensor<D>) -> Tensor<D> {
     }
 }
 
-/// `x · weight (+ bias)` in the compute dtype, the result left in it (for a consumer that also runs
-/// in the compute dtype, such as attention on the `qkv` projection).
-///
-/// # Shapes
-/// `x`: `[..., in]`, `weight`: `[in, out]` (burn's layout), `bias`: `[out]` → `[..., out]`
-pub fn linear_compute<const D: usize>(
-    x: Tensor<D>,
-    weight: Tensor<2>,
-    bias: Option<Tensor<1>>,
-) -> Tensor<D> {
+/// `x · weight (+ bias)` in the compute dtype, the result left in it.
+fn product<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<D> {
     match current() {
         Precision::F32 => burn_linear(x, weight, bias),
         _ => burn_linear(to_compute(x), to_compute(weight), bias.map(to_compute)),
@@ -132,12 +124,15 @@ pub fn linear_compute<const D: usize>(
 }
 
 /// `x · weight (+ bias)` with the product in the compute dtype and the result in f32.
+///
+/// # Shapes
+/// `x`: `[..., in]`, `weight`: `[in, out]` (burn's layout), `bias`: `[out]` → `[..., out]`
 pub fn linear_weight<const D: usize>(
     x: Tensor<D>,
     weight: Tensor<2>,
     bias: Option<Tensor<1>>,
 ) -> Tensor<D> {
-    to_f32(linear_compute(x, weight, bias))
+    to_f32(product(x, weight, bias))
 }
 
 /// A burn [`Linear`] under the current precision, the result in f32.
@@ -145,6 +140,15 @@ pub fn linear<const D: usize>(x: Tensor<D>, lin: &Linear) -> Tensor<D> {
     match current() {
         Precision::F32 => lin.forward(x),
         _ => linear_weight(x, lin.weight.val(), lin.bias.as_ref().map(|b| b.val())),
+    }
+}
+
+/// A burn [`Linear`] under the current precision, the result left in the compute dtype (for a
+/// consumer that also runs in it, such as attention on the `qkv` projection).
+pub fn linear_compute<const D: usize>(x: Tensor<D>, lin: &Linear) -> Tensor<D> {
+    match current() {
+        Precision::F32 => lin.forward(x),
+        _ => product(x, lin.weight.val(), lin.bias.as_ref().map(|b| b.val())),
     }
 }
 
@@ -164,7 +168,10 @@ mod tests {
     use burn::tensor::{Device, Distribution, TensorData};
 
     fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
+        t.into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap()
     }
 
     /// f32 → bf16 → f32, round to nearest even (what `cast` does on burn-flex).

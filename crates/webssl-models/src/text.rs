@@ -154,13 +154,9 @@ impl CausalAttention {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, n, d] = x.dims();
         let h = self.num_heads;
-        let qkv = precision::linear_compute(
-            x,
-            self.qkv.weight.val(),
-            self.qkv.bias.as_ref().map(|b| b.val()),
-        )
-        .reshape([b, n, 3, h, d / h])
-        .permute([2, 0, 3, 1, 4]);
+        let qkv = precision::linear_compute(x, &self.qkv)
+            .reshape([b, n, 3, h, d / h])
+            .permute([2, 0, 3, 1, 4]);
         let q = qkv.clone().slice(0..1).squeeze_dim::<4>(0);
         let k = qkv.clone().slice(1..2).squeeze_dim::<4>(0);
         let v = qkv.slice(2..3).squeeze_dim::<4>(0);

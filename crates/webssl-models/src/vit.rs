@@ -93,11 +93,7 @@ impl Attention {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         // [B, N, 3D] → [B, N, D] without materialising per-head Q/K/V (fused kernel on CPU; burn's
         // `attention` on views otherwise: `kernels::reference::qkv_attention`)
-        let qkv = precision::linear_compute(
-            x,
-            self.qkv.weight.val(),
-            self.qkv.bias.as_ref().map(|b| b.val()),
-        );
+        let qkv = precision::linear_compute(x, &self.qkv);
         let out = kernels::qkv_attention(qkv, self.num_heads);
         precision::linear(out, &self.proj)
     }
