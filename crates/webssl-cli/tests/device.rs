@@ -23,7 +23,10 @@ fn device_flag_parses_in_either_position_and_rejects_junk() {
     assert!(ok, "{text}");
     assert!(text.contains("vit-small"), "{text}");
     let (ok, text) = webssl(&["model", "presets", "--device", "cuda:0"]);
-    assert!(ok, "model commands run on the CPU whatever --device says: {text}");
+    assert!(
+        ok,
+        "model commands run on the CPU whatever --device says: {text}"
+    );
     let (ok, text) = webssl(&["--device", "tpu", "model", "presets"]);
     assert!(!ok);
     assert!(text.contains("expected cpu, cuda or cuda:N"), "{text}");
@@ -50,5 +53,8 @@ fn cuda_without_the_feature_is_a_clear_error() {
         text.contains("--features cuda") && text.contains("built without CUDA support"),
         "{text}"
     );
-    assert!(!text.contains("no-such-model"), "device checked first: {text}");
+    assert!(
+        !text.contains("no-such-model"),
+        "device checked first: {text}"
+    );
 }

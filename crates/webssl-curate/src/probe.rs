@@ -253,7 +253,10 @@ impl LinearProbe {
             std: get("std")?,
         };
         let d = p.weight.len();
-        if p.mean.len() != d || p.std.len() != d || p.std.iter().any(|&s| !s.is_finite() || s <= 0.0) {
+        if p.mean.len() != d
+            || p.std.len() != d
+            || p.std.iter().any(|&s| !s.is_finite() || s <= 0.0)
+        {
             return Err(bad(format!(
                 "weight [{d}], mean [{}], std [{}] (std must be > 0)",
                 p.mean.len(),

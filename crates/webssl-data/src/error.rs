@@ -9,13 +9,21 @@ pub type Result<T, E = DataError> = std::result::Result<T, E>;
 pub enum DataError {
     /// A file or directory could not be read or written.
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// Bytes that are not a decodable image (corrupt, truncated, unsupported format, zero bytes).
     #[error("cannot decode image {what}: {reason}")]
     Decode { what: String, reason: String },
     /// An image whose pixel count exceeds the decompression-bomb cap.
     #[error("image {what} is {width}x{height} = {} pixels, over the cap of {cap}", *width as u64 * *height as u64)]
-    TooLarge { what: String, width: u32, height: u32, cap: u64 },
+    TooLarge {
+        what: String,
+        width: u32,
+        height: u32,
+        cap: u64,
+    },
     /// A malformed or truncated shard, index or member.
     #[error("shard {}: {reason}", path.display())]
     Shard { path: PathBuf, reason: String },
@@ -33,6 +41,9 @@ pub enum DataError {
 impl DataError {
     /// Wraps an I/O error with the path it concerns.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        DataError::Io { path: path.into(), source }
+        DataError::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

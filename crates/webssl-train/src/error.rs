@@ -7,14 +7,21 @@ pub type Result<T, E = TrainError> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// A configuration value that is missing, malformed or out of range; names the field.
     #[error("invalid config `{field}`: {reason}")]
     Config { field: String, reason: String },
     /// A config file or `--set` override that does not fit the config struct: names where the
     /// value came from (`configs/demo.toml`, `--set optim.lr=x`) and its full dotted key.
     #[error("{origin}: {key}: {reason}")]
-    ConfigValue { origin: String, key: String, reason: String },
+    ConfigValue {
+        origin: String,
+        key: String,
+        reason: String,
+    },
     /// A checkpoint or run directory that cannot be used (corrupt, incompatible, wrong world size).
     #[error("checkpoint {}: {reason}", path.display())]
     Checkpoint { path: PathBuf, reason: String },
@@ -35,9 +42,15 @@ pub enum TrainError {
 
 impl TrainError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        TrainError::Io { path: path.into(), source }
+        TrainError::Io {
+            path: path.into(),
+            source,
+        }
     }
     pub fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        TrainError::Config { field: field.into(), reason: reason.into() }
+        TrainError::Config {
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
 }
