@@ -166,3 +166,66 @@ fn npy_output_is_readable() {
     let keys = std::fs::read_to_string(tmp.path().join("feats.keys.txt")).unwrap();
     assert_eq!(keys, "astronaut\nchelsea\ncoffee\n");
 }
+
+/// Issue #16 item 8: a single image is an input of its own; keys that cannot be written one per
+/// line (control characters) and keys that repeat within a folder (`a.jpg` and `a.png`: one
+/// WebDataset key) are skipped and listed, so `keys.txt` has exactly one line per row.
+#[test]
+fn single_images_and_bad_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let embed = |input: &Path, out: &Path| {
+        let o = webssl()
+            .args(["embed", "--model"])
+            .arg(fixtures().join("dinov2-gelu"))
+            .arg("--input")
+            .arg(input)
+            .arg("--output")
+            .arg(out)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            o.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        stdout
+    };
+    let png = std::fs::read(fixtures().join("images/chelsea.png")).unwrap();
+
+    let stdout = embed(
+        &fixtures().join("images/astronaut.png"),
+        &tmp.path().join("one.npy"),
+    );
+    assert!(stdout.contains("embedded 1 images (0 skipped)"), "{stdout}");
+    let keys = std::fs::read_to_string(tmp.path().join("one.keys.txt")).unwrap();
+    assert_eq!(keys, "astronaut\n");
+
+    let shards = tmp.path().join("shards");
+    let mut w = webssl_data::shards::ShardWriter::create(
+        &shards,
+        "s",
+        webssl_data::shards::ShardLimits::default(),
+    )
+    .unwrap();
+    for key in ["a\nb", "c\td", "e\rf", "good"] {
+        w.write(&webssl_data::shards::Sample::new(key).with("png", png.clone()))
+            .unwrap();
+    }
+    w.finish().unwrap();
+    let stdout = embed(&shards, &tmp.path().join("tar.npy"));
+    assert!(stdout.contains("embedded 1 images (3 skipped)"), "{stdout}");
+    assert!(stdout.contains("control character"), "{stdout}");
+    let keys = std::fs::read_to_string(tmp.path().join("tar.keys.txt")).unwrap();
+    assert_eq!(keys, "good\n");
+
+    let folder = tmp.path().join("folder");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(folder.join("a.jpg"), &png).unwrap();
+    std::fs::write(folder.join("a.png"), &png).unwrap();
+    let stdout = embed(&folder, &tmp.path().join("dup.npy"));
+    assert!(stdout.contains("embedded 1 images (1 skipped)"), "{stdout}");
+    assert!(stdout.contains("duplicate key `a`"), "{stdout}");
+    let keys = std::fs::read_to_string(tmp.path().join("dup.keys.txt")).unwrap();
+    assert_eq!(keys, "a\n");
+}

@@ -114,3 +114,100 @@ fn import_fashion_mnist_from_raw_idx() {
         "{stderr}"
     );
 }
+
+fn index_of(dir: &Path) -> webssl_data::shards::ShardIndex {
+    webssl_data::shards::ShardIndex::open(dir).unwrap()
+}
+
+/// Issue #16 item 4: `webssl synth` rewriting a directory with another shard size, killed (-9)
+/// once its first new shard is written, leaves the old shards and an index that still describes
+/// them; the next run removes the dead run's staging directory and commits a consistent set.
+#[test]
+fn synth_killed_mid_rewrite_leaves_the_old_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("data");
+    let synth = |samples: &str, shard_size: &str| {
+        Command::new(env!("CARGO_BIN_EXE_webssl"))
+            .args(["synth", "--out", p(&out), "--size", "32", "--threads", "1"])
+            .args(["--samples", samples, "--shard-size", shard_size])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    assert!(synth("40", "10").wait().unwrap().success());
+    let old = index_of(&out);
+    assert_eq!((old.shards.len(), old.total_samples()), (4, 40));
+
+    let mut child = synth("4000", "7");
+    let stage = out.join(format!(".train-staging.tmp-{}", child.id()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !stage.join("train-000000.tar").exists() {
+        assert!(std::time::Instant::now() < deadline, "no shard written");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before the kill"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        index_of(&out),
+        old,
+        "the old set is intact and its index agrees"
+    );
+    assert!(stage.is_dir(), "the killed run's staging directory is left");
+
+    assert!(synth("40", "7").wait().unwrap().success());
+    let new = index_of(&out);
+    assert_eq!((new.shards.len(), new.total_samples()), (6, 40));
+    assert!(!stage.exists(), "a dead run's leftovers are removed");
+    let names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tar") || n.contains(".tmp-"))
+        .collect();
+    assert_eq!(names.len(), 6, "no stale shard or temp file: {names:?}");
+}
+
+/// Issue #16 item 8: `shards build` from tar shards keeps a sample's other members (depth and
+/// segmentation maps) instead of dropping them silently.
+#[test]
+fn build_from_tars_keeps_extra_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let mut w = webssl_data::shards::ShardWriter::create(
+        &src,
+        "in",
+        webssl_data::shards::ShardLimits::default(),
+    )
+    .unwrap();
+    for i in 0..3u8 {
+        w.write(
+            &webssl_data::shards::Sample::new(format!("k{i}"))
+                .with("png", gray_png(4, 4, i))
+                .with("depth.png", gray_png(4, 4, 100 + i))
+                .with("seg.png", gray_png(4, 4, 200 + i))
+                .with("txt", "a caption"),
+        )
+        .unwrap();
+    }
+    w.finish().unwrap();
+    let out = dir.path().join("out");
+    let (ok, stdout, stderr) =
+        webssl(&["shards", "build", "--input", p(&src), "--output", p(&out)]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("kept 3 samples"), "{stdout}");
+    let samples: Vec<_> = webssl_data::shards::ShardReader::open(out.join("shard-000000.tar"))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(samples.len(), 3);
+    for (i, s) in samples.iter().enumerate() {
+        let exts: Vec<&str> = s.files.keys().map(String::as_str).collect();
+        assert_eq!(exts, ["depth.png", "json", "png", "seg.png", "txt"]);
+        assert_eq!(s.files["depth.png"], gray_png(4, 4, 100 + i as u8));
+        assert_eq!(s.files["seg.png"], gray_png(4, 4, 200 + i as u8));
+    }
+}

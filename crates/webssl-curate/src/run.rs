@@ -154,12 +154,6 @@ fn manifest_err(path: &Path, reason: impl Into<String>) -> CurateError {
     }
 }
 
-fn input_path(spec: &InputSpec) -> &Path {
-    match spec {
-        InputSpec::Folder(p) | InputSpec::Tar(p) | InputSpec::FileList(p) => p,
-    }
-}
-
 /// The samples of one input, all members kept (folder and list images become `{ext, txt}` samples).
 fn input_samples(
     spec: &InputSpec,
@@ -211,7 +205,7 @@ fn fingerprint(cfg: &ChainConfig, inputs: &[InputSpec]) -> String {
         .collect();
     let json = serde_json::json!({
         "chain": cfg,
-        "inputs": inputs.iter().map(|s| input_path(s).display().to_string()).collect::<Vec<_>>(),
+        "inputs": inputs.iter().map(|s| s.path().display().to_string()).collect::<Vec<_>>(),
         "probes": probes,
     });
     let digest = Sha256::digest(json.to_string().as_bytes());
@@ -311,6 +305,8 @@ pub fn curate_with(
     }
     let out = &opts.output;
     std::fs::create_dir_all(out).map_err(|e| CurateError::io(out, e))?;
+    // `summary.json.tmp-<pid>` and the like of a killed run.
+    webssl_data::shards::remove_stale_temps(out)?;
     let state_path = out.join(STATE_FILE);
     let manifest_path = out.join(MANIFEST_FILE);
     let fp = fingerprint(cfg, &inputs);
@@ -446,7 +442,7 @@ pub fn curate_with(
     let started = Instant::now();
     for ui in state.next_input..inputs.len() {
         let spec = &inputs[ui];
-        let source = input_path(spec).display().to_string();
+        let source = spec.path().display().to_string();
         let mut samples = input_samples(spec);
         let mut index = 0u64;
         if ui == state.next_input {

@@ -7,7 +7,9 @@
 //!   original `source`) through an atomic [`ShardWriter`]. Keys are sequential (`000000000`, ...):
 //!   file names often contain dots, which webdataset would split on, and sequential keys can never
 //!   collide (the original name is kept in the json `source`). The image bytes are stored as they
-//!   came, never re-encoded. Bad items are skipped and counted with their `shard:key` or path.
+//!   came, never re-encoded. The other members of a shard input's sample (depth or segmentation
+//!   maps, …) are written beside them under their own extensions. Bad items are skipped and
+//!   counted with their `shard:key` or path.
 //! - **Fashion-MNIST** ([`fashion_mnist_items`]): the original IDX files, gzipped or not, from any
 //!   directory (the Debian package `dataset-fashion-mnist` installs
 //!   `/usr/share/datasets/fashion-mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz`). Images
@@ -174,6 +176,18 @@ fn to_sample(key: String, ext: &str, item: Item) -> Sample {
         meta.entry("label").or_insert_with(|| json!(label));
     }
     let mut sample = Sample::new(key).with(ext, item.bytes);
+    // A shard input's other members (depth, segmentation, …) travel with the image. One whose
+    // extension the image now takes (a `.jpg` member that holds PNG bytes, beside a `.png`) cannot.
+    for (member, bytes) in item.extra {
+        if sample.files.contains_key(&member) {
+            tracing::warn!(
+                "{}: member `{member}` dropped: the image is written under that extension",
+                item.source
+            );
+        } else {
+            sample.files.insert(member, bytes);
+        }
+    }
     if let Some(c) = item.caption {
         sample.files.insert("txt".into(), c.into_bytes());
     }
@@ -413,6 +427,7 @@ pub fn fashion_mnist_items(
             caption: Some(class.to_string()),
             label: Some(i64::from(label)),
             meta: Some(json!({"label": label, "class": class, "split": split, "index": i})),
+            extra: Default::default(),
         })
     }))
 }
@@ -502,6 +517,7 @@ pub fn class_folder_items(
             caption: Some(caption.unwrap_or_else(|| class.clone())),
             label: Some(label as i64),
             meta: Some(json!({"label": label, "class": class})),
+            extra: Default::default(),
         })
     });
     Ok((classes, iter))

@@ -165,9 +165,10 @@ pub struct TarShards {
 }
 
 impl TarShards {
-    /// Opens `dir/index.json`.
+    /// Opens the shards of `dir`: its `index.json`, checked against the files, or the tars as they
+    /// are when there is no index ([`ShardIndex::open`]).
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
-        let index = ShardIndex::load(dir.as_ref())?;
+        let index = ShardIndex::open(dir.as_ref())?;
         Ok(Self::from_index(dir, index))
     }
 

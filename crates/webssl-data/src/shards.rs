@@ -23,14 +23,21 @@
 //! are read transparently.
 //!
 //! Writer: members are written in sorted extension order with deterministic headers (mode 0444,
-//! uid/gid 0, mtime 0), so rebuilding from the same inputs gives byte-identical shards. Each shard is
-//! written to `name.tmp-<pid>`, fsynced and renamed; an error or a drop without
-//! [`ShardWriter::finish`] removes the temp file, so a partially written `.tar` is never visible.
-//! Shards roll over by sample count and/or bytes (webdataset `ShardWriter(maxcount, maxsize)`); a
-//! single sample larger than `max_bytes` is written alone in its own shard.
+//! uid/gid 0, mtime 0), so rebuilding from the same inputs gives byte-identical shards. Shards roll
+//! over by sample count and/or bytes (webdataset `ShardWriter(maxcount, maxsize)`); a single sample
+//! larger than `max_bytes` is written alone in its own shard. A write is atomic at the level of the
+//! directory: shards go into a hidden staging directory beside them (`.{prefix}-staging.tmp-<pid>`),
+//! each as `name.tmp-<pid>`, fsynced and renamed; only [`ShardWriter::finish`] moves them in,
+//! removes this prefix's shards of an earlier write that the new set does not replace, and then
+//! writes the index. An error, a drop without `finish` or a kill therefore leaves the directory's
+//! shards and index as they were (a kill leaves the staging directory, which the next writer in the
+//! directory removes once its process is gone: [`remove_stale_temps`]).
 //!
 //! Index: `index.json` next to the shards lists `{file, samples, bytes}` per shard (webdataset has
-//! no index; we keep one so samplers know shard sizes without reading every tar).
+//! no index; we keep one so samplers know shard sizes without reading every tar). Readers
+//! ([`ShardIndex::open`]) check it against the files — every listed shard present with its size, no
+//! unlisted shard beside them — and refuse one that disagrees; a directory of tars without an index
+//! (as webdataset's and img2dataset's writers leave it) is read as it is, by scanning the tars.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -482,6 +489,88 @@ impl ShardIndex {
         write_atomic(dir.as_ref().join(INDEX_FILE), &json)
     }
 
+    /// The shards of `dir` for reading: its `index.json`, checked against the files
+    /// ([`ShardIndex::check_files`]), or, when there is none, an index made by reading every tar
+    /// ([`ShardIndex::scan`]; nothing is written into the directory). No shards at all is an error.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let index = match Self::load(dir) {
+            Ok(index) => {
+                index.check_files(dir)?;
+                index
+            }
+            Err(DataError::Io { source, .. })
+                if source.kind() == io::ErrorKind::NotFound && dir.is_dir() =>
+            {
+                let index = Self::scan(dir)?;
+                tracing::info!(
+                    "{}: no {INDEX_FILE}; read {} shards ({} samples) as they are",
+                    dir.display(),
+                    index.shards.len(),
+                    index.total_samples()
+                );
+                index
+            }
+            Err(e) => return Err(e),
+        };
+        if index.shards.is_empty() {
+            return Err(DataError::Shard {
+                path: dir.to_path_buf(),
+                reason: "no tar shards here".into(),
+            });
+        }
+        Ok(index)
+    }
+
+    /// Checks the index against the directory, cheaply (file sizes, no reading): every listed
+    /// shard exists with the listed size, and no `*.tar`/`*.tar.gz`/`*.tgz` beside the index is
+    /// missing from it. A disagreement means the files were changed after the index was written (an
+    /// interrupted rewrite, shards copied in or out by hand), so the sample counts the sampler
+    /// would rely on are wrong: an error naming the shard.
+    pub fn check_files(&self, dir: impl AsRef<Path>) -> Result<()> {
+        let dir = dir.as_ref();
+        let refuse = |reason: String| {
+            Err(DataError::Shard {
+                path: dir.join(INDEX_FILE),
+                reason: format!(
+                    "{reason}; the index does not describe these shards: rebuild them, or delete {INDEX_FILE} to read the tars as they are"
+                ),
+            })
+        };
+        for s in &self.shards {
+            let path = dir.join(&s.file);
+            match std::fs::metadata(&path) {
+                Ok(m) if m.len() == s.bytes => {}
+                Ok(m) => {
+                    return refuse(format!(
+                        "`{}` is {} bytes, the index says {}",
+                        s.file,
+                        m.len(),
+                        s.bytes
+                    ));
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return refuse(format!("`{}` is listed but missing", s.file));
+                }
+                Err(e) => return Err(DataError::io(&path, e)),
+            }
+        }
+        let listed: std::collections::HashSet<&str> =
+            self.shards.iter().map(|s| s.file.as_str()).collect();
+        let unlisted: Vec<String> = list_shard_files(dir)?
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .filter(|n| !listed.contains(n.as_str()))
+            .collect();
+        if let Some(first) = unlisted.first() {
+            return refuse(format!(
+                "{} shard file(s) here are not in it (`{first}`…)",
+                unlisted.len()
+            ));
+        }
+        Ok(())
+    }
+
     /// Builds an index by reading every `*.tar`/`*.tar.gz`/`*.tgz` directly in `dir` (sorted by
     /// name). Damaged shards are counted up to the damage.
     pub fn scan(dir: impl AsRef<Path>) -> Result<Self> {
@@ -548,6 +637,74 @@ fn tmp_path(path: &Path) -> PathBuf {
         .unwrap_or_default();
     name.push(format!(".tmp-{}", std::process::id()));
     path.with_file_name(name)
+}
+
+/// Whether process `pid` exists on this host (`kill(pid, 0)`; EPERM means it exists under another
+/// user). Where that cannot be asked, every process counts as alive.
+pub fn pid_alive(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        let Ok(pid) = libc::pid_t::try_from(pid) else {
+            return false;
+        };
+        if pid <= 0 {
+            return false;
+        }
+        // SAFETY: signal 0 only checks existence and permission.
+        let rc = unsafe { libc::kill(pid, 0) };
+        rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
+    }
+}
+
+/// Removes what killed writers left in `dir`: files and directories named `….tmp-<pid>` (temp
+/// shards, `index.json.tmp-…`, `summary.json.tmp-…`, staging directories) whose process is gone. A
+/// live process's temp files are left alone (it may be writing beside us). Returns how many were
+/// removed; each is logged.
+pub fn remove_stale_temps(dir: impl AsRef<Path>) -> Result<usize> {
+    let dir = dir.as_ref();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(DataError::io(dir, e)),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry.map_err(|e| DataError::io(dir, e))?;
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.rsplit_once(".tmp-"))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid_alive(pid) {
+            continue;
+        }
+        let path = entry.path();
+        let result = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        match result {
+            Ok(()) => {
+                tracing::warn!(
+                    "removed {}, left by an interrupted run (pid {pid})",
+                    path.display()
+                );
+                removed += 1;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(DataError::io(&path, e)),
+        }
+    }
+    Ok(removed)
 }
 
 fn sync_dir(dir: &Path) {
@@ -629,6 +786,8 @@ impl Drop for OpenShard {
 /// Writes samples into `{prefix}-{000000}.tar` shards in one directory (see module docs).
 pub struct ShardWriter {
     dir: PathBuf,
+    /// Where the shards are written until [`ShardWriter::finish`] moves them into `dir`.
+    stage: PathBuf,
     prefix: String,
     limits: ShardLimits,
     current: Option<OpenShard>,
@@ -696,8 +855,14 @@ impl ShardWriter {
             return Err(config_err("max_bytes", "must be at least 1"));
         }
         std::fs::create_dir_all(&dir).map_err(|e| DataError::io(&dir, e))?;
+        remove_stale_temps(&dir)?;
+        let stage = dir.join(format!(".{prefix}-staging.tmp-{}", std::process::id()));
+        // Exists only if this process wrote here before and that writer is still alive; two
+        // writers of one prefix in one directory at once would overwrite each other's shards.
+        std::fs::create_dir(&stage).map_err(|e| DataError::io(&stage, e))?;
         Ok(ShardWriter {
             dir,
+            stage,
             prefix: prefix.to_string(),
             limits,
             current: None,
@@ -796,7 +961,7 @@ impl ShardWriter {
 
     fn open_next(&mut self) -> Result<()> {
         let file = shard_name(&self.prefix, self.next_index);
-        let path = self.dir.join(&file);
+        let path = self.stage.join(&file);
         let tmp = tmp_path(&path);
         let f = File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
         let counting = CountingWriter {
@@ -833,7 +998,6 @@ impl ShardWriter {
         })();
         match result {
             Ok(bytes) => {
-                sync_dir(&self.dir);
                 self.written.push(ShardEntry {
                     file: cur.file.clone(),
                     samples: cur.samples,
@@ -848,9 +1012,10 @@ impl ShardWriter {
         }
     }
 
-    /// Finishes the open shard and writes `dir/index.json` atomically. Entries of an existing
-    /// index for other prefixes are kept; entries for this prefix are replaced by this run's shards.
-    /// Returns the index as written.
+    /// Finishes the open shard and commits the write: the new shards move from the staging
+    /// directory into `dir`, this prefix's shards of an earlier write that they do not replace are
+    /// removed, and `dir/index.json` is written atomically (entries of other prefixes kept, this
+    /// prefix's replaced). Returns the index as written. Until this call the directory is as it was.
     pub fn finish(mut self) -> Result<ShardIndex> {
         if self.failed {
             return Err(config_err(
@@ -875,26 +1040,44 @@ impl ShardWriter {
                 .and_then(|r| r.strip_suffix(".tar"))
                 .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
         };
-        let stale: Vec<String> = index
-            .shards
-            .iter()
-            .filter(|s| ours(&s.file))
-            .map(|s| s.file.clone())
-            .collect();
+        // The commit. A kill in here leaves the old index beside some new shards, which readers
+        // refuse (sizes and names disagree) instead of training on them.
+        for w in &self.written {
+            let (from, to) = (self.stage.join(&w.file), self.dir.join(&w.file));
+            std::fs::rename(&from, &to).map_err(|e| DataError::io(&to, e))?;
+        }
+        let mut stale = 0;
+        for path in list_shard_files(&self.dir)? {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if ours(&name) && !self.written.iter().any(|w| w.file == name) {
+                std::fs::remove_file(&path).map_err(|e| DataError::io(&path, e))?;
+                stale += 1;
+            }
+        }
+        if stale > 0 {
+            tracing::info!(
+                "{}: removed {stale} `{}-*.tar` shard(s) of an earlier write that this one does not replace",
+                self.dir.display(),
+                self.prefix
+            );
+        }
         index.shards.retain(|s| !ours(&s.file));
         index.shards.extend(self.written.iter().cloned());
         index.shards.sort_by(|a, b| a.file.cmp(&b.file));
-        for file in stale {
-            if !self.written.iter().any(|w| w.file == file) {
-                tracing::warn!(
-                    "{}: `{file}` is from an earlier run with prefix `{}` and is no longer indexed",
-                    self.dir.display(),
-                    self.prefix
-                );
-            }
-        }
         index.save(&self.dir)?;
         Ok(index)
+    }
+}
+
+impl Drop for ShardWriter {
+    fn drop(&mut self) {
+        // After `finish` the staging directory is empty; after an error or without `finish` it
+        // holds shards that were never committed.
+        self.current = None;
+        let _ = std::fs::remove_dir_all(&self.stage);
     }
 }
 
@@ -964,14 +1147,9 @@ mod tests {
             "writer must stay failed"
         );
         assert!(w.finish().is_err());
-        // The finished first shard survives intact; the failed one left nothing, not even a temp file.
-        assert_eq!(tars_in(dir.path()), vec!["shard-000000.tar".to_string()]);
-        let n = ShardReader::open(dir.path().join("shard-000000.tar"))
-            .unwrap()
-            .collect::<Result<Vec<_>>>()
-            .unwrap()
-            .len();
-        assert_eq!(n, 2);
+        // Nothing was committed: the directory is as it was (empty), no shard, temp file or
+        // staging directory left.
+        assert!(tars_in(dir.path()).is_empty(), "{:?}", tars_in(dir.path()));
     }
 
     #[test]
@@ -979,14 +1157,103 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut w = ShardWriter::create(dir.path(), "p", ShardLimits::default()).unwrap();
         w.write(&Sample::new("a").with("txt", "x")).unwrap();
-        assert_eq!(
-            tars_in(dir.path()).len(),
-            1,
-            "the temp file exists while writing"
-        );
-        assert!(tars_in(dir.path())[0].starts_with("p-000000.tar.tmp-"));
+        let stage = format!(".p-staging.tmp-{}", std::process::id());
+        assert_eq!(tars_in(dir.path()), [stage.clone()], "only the staging dir");
+        assert!(tars_in(&dir.path().join(&stage))[0].starts_with("p-000000.tar.tmp-"));
         drop(w);
         assert!(tars_in(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn rewrite_commits_at_finish_and_readers_refuse_a_lying_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |n: usize, per_shard: usize| {
+            let limits = ShardLimits {
+                max_samples: Some(per_shard),
+                max_bytes: None,
+            };
+            let mut w = ShardWriter::create(dir.path(), "t", limits).unwrap();
+            for i in 0..n {
+                w.write(&Sample::new(format!("k{i}")).with("txt", "x"))
+                    .unwrap();
+            }
+            w
+        };
+        let old = write(8, 2).finish().unwrap();
+        assert_eq!(old.shards.len(), 4);
+        // A rewrite with another shard size, not finished (a kill): the old shards and index stand.
+        let w = write(8, 3);
+        assert_eq!(ShardIndex::open(dir.path()).unwrap(), old);
+        std::mem::forget(w); // as a kill would: no drop, the staging dir stays
+        let stale = format!(".t-staging.tmp-{}", std::process::id());
+        assert!(dir.path().join(&stale).is_dir());
+        // Finished: 3 shards, the 4th old one removed, the index agrees.
+        std::fs::remove_dir_all(dir.path().join(&stale)).unwrap(); // (our pid is alive)
+        let new = write(8, 3).finish().unwrap();
+        assert_eq!(new.shards.len(), 3);
+        assert_eq!(ShardIndex::open(dir.path()).unwrap(), new);
+        assert_eq!(
+            tars_in(dir.path()),
+            ["index.json", "t-000000.tar", "t-000001.tar", "t-000002.tar"]
+        );
+        // What an interrupted commit (or an older writer) leaves: the old index beside other files.
+        old.save(dir.path()).unwrap();
+        let err = ShardIndex::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("t-000000.tar") && err.contains("bytes"),
+            "{err}"
+        );
+        new.save(dir.path()).unwrap();
+        std::fs::write(dir.path().join("t-000009.tar"), b"").unwrap();
+        let err = ShardIndex::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("not in it") && err.contains("t-000009.tar"),
+            "{err}"
+        );
+        std::fs::remove_file(dir.path().join("t-000002.tar")).unwrap();
+        let err = ShardIndex::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("t-000002.tar") && err.contains("missing"),
+            "{err}"
+        );
+        // Without an index the tars are read as they are.
+        std::fs::remove_file(dir.path().join("t-000009.tar")).unwrap();
+        std::fs::remove_file(dir.path().join(INDEX_FILE)).unwrap();
+        let scanned = ShardIndex::open(dir.path()).unwrap();
+        assert_eq!(scanned.total_samples(), 6);
+        assert!(
+            !dir.path().join(INDEX_FILE).exists(),
+            "reading writes nothing"
+        );
+    }
+
+    #[test]
+    fn leftovers_of_dead_processes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        // A pid above the kernel's pid_max (4194304) cannot exist.
+        let dead = 4_294_967u32;
+        let me = std::process::id();
+        for name in [
+            format!("t-000000.tar.tmp-{dead}"),
+            format!("summary.json.tmp-{dead}"),
+            format!("t-000001.tar.tmp-{me}"),
+            "notes.tmp-x".to_string(),
+        ] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        std::fs::create_dir(dir.path().join(format!(".t-staging.tmp-{dead}"))).unwrap();
+        std::fs::write(
+            dir.path()
+                .join(format!(".t-staging.tmp-{dead}/t-000000.tar")),
+            b"x",
+        )
+        .unwrap();
+        assert_eq!(remove_stale_temps(dir.path()).unwrap(), 3);
+        assert_eq!(
+            tars_in(dir.path()),
+            ["notes.tmp-x".to_string(), format!("t-000001.tar.tmp-{me}")],
+            "a live process's temp files and other names stay"
+        );
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! - a directory holding `*.tar` files and no images at its top level → those shards, sorted;
 //! - any other directory → an image folder, walked recursively;
 //! - a path ending in `.tar`, `.tar.gz` or `.tgz` → one shard;
+//! - a file with an image extension (jpg/jpeg/png/webp/gif, any case) → that one image, keyed by its
+//!   name without the extension;
 //! - any other file → a file list: one image path per line, optionally followed by a TAB and a
 //!   caption; blank lines and lines starting with `#` are ignored; relative paths are resolved
 //!   against the list file's directory (so a list travels with its images).
@@ -15,6 +17,14 @@
 //! bytewise by name at every level (only files with an image extension, case-insensitive), shards in
 //! the given order and member order, lists in line order. Nothing is decoded here; unreadable files
 //! and shard damage come out as `Err` items so a caller can skip and count them.
+//!
+//! Keys: a key holding a control character (newline, tab, CR, …) is rejected as an `Err` item (the
+//! sample is skipped and counted): keys are written one per line (`embed`'s `keys.txt`) and a
+//! rejected key is clearer than an escaped one that no longer matches its shard. Within one folder
+//! or file list two images with the same key (`a.jpg` and `a.png`) are an error for the second:
+//! in WebDataset the key is the name without its extension, so the two would be one sample with
+//! two images, and features or labels matched by key would be ambiguous. (Keys may still repeat
+//! across different inputs, whose relative names are independent.)
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -211,6 +221,20 @@ pub enum InputSpec {
     Tar(PathBuf),
     /// A text file with one image path per line (optional TAB caption).
     FileList(PathBuf),
+    /// One image file.
+    Image(PathBuf),
+}
+
+impl InputSpec {
+    /// The path given.
+    pub fn path(&self) -> &Path {
+        match self {
+            InputSpec::Folder(p)
+            | InputSpec::Tar(p)
+            | InputSpec::FileList(p)
+            | InputSpec::Image(p) => p,
+        }
+    }
 }
 
 fn is_shard_name(p: &Path) -> bool {
@@ -236,6 +260,7 @@ pub fn resolve_inputs(args: &[String]) -> Result<Vec<InputSpec>> {
             if path.is_dir() {
                 if path.join(INDEX_FILE).is_file() {
                     let index = ShardIndex::load(&path)?;
+                    index.check_files(&path)?;
                     out.extend(index.paths(&path).into_iter().map(InputSpec::Tar));
                     continue;
                 }
@@ -256,6 +281,8 @@ pub fn resolve_inputs(args: &[String]) -> Result<Vec<InputSpec>> {
                 ));
             } else if is_shard_name(&path) {
                 out.push(InputSpec::Tar(path));
+            } else if has_image_ext(&path) {
+                out.push(InputSpec::Image(path));
             } else {
                 out.push(InputSpec::FileList(path));
             }
@@ -278,6 +305,9 @@ pub struct Item {
     pub label: Option<i64>,
     /// The shard's `json` member, when there is one.
     pub meta: Option<serde_json::Value>,
+    /// A shard sample's other members (depth or segmentation maps, a second image, …) by
+    /// extension, so that rewriting shards keeps them; empty for files.
+    pub extra: std::collections::BTreeMap<String, Vec<u8>>,
 }
 
 /// Options for [`iter_items_with`].
@@ -302,12 +332,15 @@ pub fn iter_items_with(
     let owned: Vec<InputSpec> = inputs.to_vec();
     owned.into_iter().flat_map(
         move |spec| -> Box<dyn Iterator<Item = Result<Item>> + Send> {
-            match spec {
+            let items: Box<dyn Iterator<Item = Result<Item>> + Send> = match spec {
                 InputSpec::Folder(root) => match walk_images(&root) {
-                    Ok(files) => Box::new(files.into_iter().map(move |path| {
-                        let key = folder_key(&root, &path);
-                        file_item(key, path, None, options)
-                    })),
+                    Ok(files) => {
+                        let mut keys = UniqueKeys::default();
+                        Box::new(files.into_iter().map(move |path| {
+                            let key = keys.check(folder_key(&root, &path), &path)?;
+                            file_item(key, path, None, options)
+                        }))
+                    }
                     Err(e) => Box::new(std::iter::once(Err(e))),
                 },
                 InputSpec::Tar(path) => match ShardReader::open(&path) {
@@ -318,36 +351,103 @@ pub fn iter_items_with(
                     Err(e) => Box::new(std::iter::once(Err(e))),
                 },
                 InputSpec::FileList(list) => match read_file_list(&list) {
-                    Ok(entries) => Box::new(entries.into_iter().map(move |entry| match entry {
-                        Ok(ListEntry { key, path, caption }) => {
+                    Ok(entries) => {
+                        let mut keys = UniqueKeys::default();
+                        Box::new(entries.into_iter().map(move |entry| {
+                            let ListEntry { key, path, caption } = entry?;
+                            let key = keys.check(key, &path)?;
                             file_item(key, path, caption, options)
-                        }
-                        Err(e) => Err(e),
-                    })),
+                        }))
+                    }
                     Err(e) => Box::new(std::iter::once(Err(e))),
                 },
-            }
+                InputSpec::Image(path) => {
+                    let key = path
+                        .file_name()
+                        .map(|n| {
+                            Path::new(n)
+                                .with_extension("")
+                                .to_string_lossy()
+                                .into_owned()
+                        })
+                        .unwrap_or_default();
+                    Box::new(std::iter::once(file_item(key, path, None, options)))
+                }
+            };
+            Box::new(items.map(|r| r.and_then(check_key)))
         },
     )
 }
 
+/// Refuses a key with a control character (see the module docs).
+fn check_key(item: Item) -> Result<Item> {
+    if let Some(c) = item.key.chars().find(|c| c.is_control()) {
+        return Err(DataError::Sample {
+            what: item.source,
+            reason: format!(
+                "the key {:?} contains the control character {c:?}; keys are written one per line, so such samples are skipped",
+                item.key
+            ),
+        });
+    }
+    Ok(item)
+}
+
+/// The keys seen so far in one folder or file list, with the file each came from.
+#[derive(Default)]
+struct UniqueKeys(std::collections::HashMap<String, PathBuf>);
+
+impl UniqueKeys {
+    fn check(&mut self, key: String, path: &Path) -> Result<String> {
+        match self.0.entry(key) {
+            std::collections::hash_map::Entry::Occupied(first) => Err(DataError::Sample {
+                what: path.display().to_string(),
+                reason: format!(
+                    "duplicate key `{}` (also {}): a WebDataset key is the name without its extension, so both would be one sample; rename one",
+                    first.key(),
+                    first.get().display()
+                ),
+            }),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let key = v.key().clone();
+                v.insert(path.to_path_buf());
+                Ok(key)
+            }
+        }
+    }
+}
+
 /// Converts a shard sample to an item; a sample without an image member is an error.
-pub fn sample_item(shard: &str, sample: crate::shards::Sample) -> Result<Item> {
+pub fn sample_item(shard: &str, mut sample: crate::shards::Sample) -> Result<Item> {
     let source = format!("{shard}:{}", sample.key);
-    let Some((_, bytes)) = sample.image_bytes() else {
+    let Some((ext, _)) = sample.image_bytes() else {
         let exts: Vec<&str> = sample.files.keys().map(String::as_str).collect();
         return Err(DataError::Sample {
             what: source,
             reason: format!("no image member (jpg/jpeg/png/webp/gif); has {exts:?}"),
         });
     };
+    let ext = ext.to_string();
+    let (caption, label, meta) = (
+        sample.caption().map(str::to_string),
+        sample.label(),
+        sample.meta(),
+    );
+    let bytes = sample
+        .files
+        .remove(&ext)
+        .expect("the image member was found above");
+    for known in ["txt", "cls", "json"] {
+        sample.files.remove(known);
+    }
     Ok(Item {
-        bytes: bytes.to_vec(),
-        caption: sample.caption().map(str::to_string),
-        label: sample.label(),
-        meta: sample.meta(),
+        bytes,
+        caption,
+        label,
+        meta,
         source,
         key: sample.key,
+        extra: sample.files,
     })
 }
 
@@ -370,6 +470,7 @@ fn file_item(
         caption,
         label: None,
         meta: None,
+        extra: Default::default(),
     })
 }
 
@@ -438,7 +539,13 @@ struct ListEntry {
 }
 
 fn read_file_list(list: &Path) -> Result<Vec<Result<ListEntry>>> {
-    let text = std::fs::read_to_string(list).map_err(|e| DataError::io(list, e))?;
+    let text = std::fs::read_to_string(list).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidData => DataError::Config {
+            field: list.display().to_string(),
+            reason: "not a file list (one image path per line, UTF-8) nor an image (jpg/jpeg/png/webp/gif) nor a tar shard".into(),
+        },
+        _ => DataError::io(list, e),
+    })?;
     let base = list.parent().unwrap_or(Path::new(""));
     let mut out = Vec::new();
     for (lineno, line) in text.lines().enumerate() {

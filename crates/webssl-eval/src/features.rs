@@ -388,10 +388,10 @@ pub fn read_labels(inputs: &[String], spec: &LabelSpec) -> Result<RawLabels> {
                     }
                 }
             }
-            InputSpec::FileList(list) => {
+            InputSpec::FileList(list) | InputSpec::Image(list) => {
                 return Err(probe_err(
                     list.display().to_string(),
-                    "a file list carries no labels; give labelled shards or class folders",
+                    "a file list or single image carries no labels; give labelled shards or class folders",
                 ));
             }
             InputSpec::Tar(path) => {

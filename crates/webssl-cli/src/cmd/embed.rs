@@ -50,8 +50,10 @@ pub struct Args {
     /// Architecture preset; required for native checkpoints, checked against config.json otherwise.
     #[arg(long)]
     pub arch: Option<String>,
-    /// Images: folders (recursive), tar shards (brace ranges: `shard-{000..009}.tar`), a shard
-    /// directory with index.json, or text files listing one image path per line.
+    /// Images: folders (recursive), single image files, tar shards (brace ranges:
+    /// `shard-{000..009}.tar`), a shard directory, or text files listing one image path per line.
+    /// Keys with control characters, and a folder's second image with the same key (`a.jpg` and
+    /// `a.png`), are skipped and listed, so `keys.txt` has one line per row.
     #[arg(long, num_args = 1.., required = true)]
     pub input: Vec<String>,
     /// Output file: `.safetensors`, or `.npy` (one `<stem>.<feature>.npy` each + `<stem>.keys.txt`).

@@ -125,7 +125,8 @@ pub enum CaptionsFrom {
 
 #[derive(Args)]
 pub struct BuildArgs {
-    /// Image folders, tar shards (brace patterns like `shards/s-{000000..000009}.tar` work), shard
+    /// Image folders, single images, tar shards (brace patterns like `shards/s-{000000..000009}.tar`
+    /// work; their samples' other members, e.g. depth or segmentation maps, are kept), shard
     /// directories, or text files with one image path per line (optionally TAB and a caption).
     #[arg(long, required = true, num_args = 1..)]
     pub input: Vec<String>,
@@ -318,15 +319,18 @@ fn build(args: BuildArgs) -> Result<()> {
 }
 
 fn log_inputs(inputs: &[InputSpec]) {
-    let (mut folders, mut tars, mut lists) = (0, 0, 0);
+    let (mut folders, mut tars, mut lists, mut images) = (0, 0, 0, 0);
     for i in inputs {
         match i {
             InputSpec::Folder(_) => folders += 1,
             InputSpec::Tar(_) => tars += 1,
             InputSpec::FileList(_) => lists += 1,
+            InputSpec::Image(_) => images += 1,
         }
     }
-    tracing::info!("inputs: {folders} folders, {tars} tar shards, {lists} file lists");
+    tracing::info!(
+        "inputs: {folders} folders, {tars} tar shards, {lists} file lists, {images} images"
+    );
 }
 
 fn preview(v: &[String], n: usize) -> String {

@@ -296,7 +296,7 @@ impl IdSample {
             examples: ids
                 .iter()
                 .take(super::io::MAX_EXAMPLES)
-                .map(|i| i.0.clone())
+                .map(|i| i.shown())
                 .collect(),
         }
     }

@@ -25,9 +25,28 @@ pub const MAX_EXAMPLES: usize = 5;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct QuestionId(pub String);
 
+/// Longest id shown whole in messages and reports; a longer one is cut there (the data keeps it
+/// whole, so matching is unaffected).
+const MAX_ID_CHARS: usize = 64;
+
+impl QuestionId {
+    /// The id for messages and reports: whole up to [`MAX_ID_CHARS`] characters, else its start and
+    /// its length (a 10 MB id must not be copied into every log line and report).
+    pub fn shown(&self) -> String {
+        match self.0.char_indices().nth(MAX_ID_CHARS) {
+            None => self.0.clone(),
+            Some((cut, _)) => format!(
+                "{}… ({} characters)",
+                &self.0[..cut],
+                self.0.chars().count()
+            ),
+        }
+    }
+}
+
 impl std::fmt::Display for QuestionId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}", self.0)
+        write!(f, "{:?}", self.shown())
     }
 }
 
@@ -225,11 +244,17 @@ pub fn examples<T: std::fmt::Display>(items: &[T]) -> String {
     s
 }
 
+/// Reads a UTF-8 file; a leading byte-order mark (Windows tools write one) is dropped, as
+/// Python's `utf-8-sig` does, instead of failing as "expected value at line 1 column 1".
 fn read_text(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|source| EvalError::Io {
+    let mut text = std::fs::read_to_string(path).map_err(|source| EvalError::Io {
         path: path.to_path_buf(),
         source,
-    })
+    })?;
+    if text.starts_with('\u{feff}') {
+        text.drain(..'\u{feff}'.len_utf8());
+    }
+    Ok(text)
 }
 
 fn parse_jsonl<T: for<'de> Deserialize<'de>>(text: &str, path: &Path) -> Result<Vec<T>> {
@@ -296,6 +321,43 @@ mod tests {
             err.contains("2 duplicated") && err.contains("\"1\", \"2\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn bom_is_accepted_and_long_ids_are_cut_in_messages_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = "q".repeat(10_000_000);
+        let p = dir.path().join("p.jsonl");
+        std::fs::write(
+            &p,
+            format!(
+                "\u{feff}{{\"question_id\": \"{long}\", \"prediction\": \"A\"}}\n{{\"question_id\": \"{long}\", \"prediction\": \"B\"}}\n"
+            ),
+        )
+        .unwrap();
+        // The BOM is skipped; the duplicate id is named, cut to its first 64 characters.
+        let err = read_predictions(&p).unwrap_err().to_string();
+        assert!(err.contains("duplicated"), "{err}");
+        assert!(
+            err.len() < 500 && err.contains("(10000000 characters)"),
+            "{}",
+            &err[..200]
+        );
+        std::fs::write(
+            &p,
+            format!("\u{feff}{{\"question_id\": \"{long}\", \"prediction\": \"A\"}}\n"),
+        )
+        .unwrap();
+        let preds = read_predictions(&p).unwrap();
+        assert_eq!(
+            preds.ids()[0].0.len(),
+            10_000_000,
+            "the data keeps the whole id"
+        );
+        let a = dir.path().join("a.json");
+        std::fs::write(&a, "\u{feff}[{\"question_id\": 1, \"answer\": \"x\"}]").unwrap();
+        assert_eq!(read_annotations(&a).unwrap().records().len(), 1);
+        assert_eq!(QuestionId("é".repeat(64)).shown(), "é".repeat(64));
     }
 
     #[test]

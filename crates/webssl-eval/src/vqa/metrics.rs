@@ -18,6 +18,7 @@
 //! the arguments of `relaxed_accuracy(pred, gt)`, so their 5% tolerance is relative to the
 //! **prediction**; ChartQA's is relative to the ground truth. Both are kept.
 
+use super::levenshtein::levenshtein_within;
 use super::normalize::normalize_answer;
 use super::py;
 
@@ -57,24 +58,63 @@ pub fn levenshtein(a: &str, b: &str) -> usize {
 /// Levenshtein distance divides by `max(len(ref.upper()), len(pred.upper()))` of the **raw** strings
 /// (so `ß` counts 2); a zero length gives distance 0. Score = `1 − min`, set to 0 below `tau`.
 /// No references gives 0 (the reference raises on `min([])`).
+///
+/// The reference has no length cap and computes every distance in full; this gives the same value
+/// for every input, but computes a distance only as far as it can still pass `tau`
+/// ([`max_counted`]): a reference whose score is below `tau` cannot be the one that makes the
+/// result non-zero (its distance is larger than the minimum's), so it needs no exact value.
 pub fn anls(pred: &str, references: &[String], tau: f64) -> f64 {
     let det = collapse_lower(pred);
+    let det_chars = det.chars().count();
     let pred_len = py::len(&pred.to_uppercase());
+    if references.is_empty() {
+        return 0.0;
+    }
     let mut best: Option<f64> = None;
     for r in references {
         let gt = collapse_lower(r);
-        let dist = levenshtein(&gt, &det);
         let length = py::len(&r.to_uppercase()).max(pred_len);
         let v = if length == 0 {
             0.0
         } else {
-            dist as f64 / length as f64
+            let most = det_chars.max(gt.chars().count());
+            let within =
+                max_counted(length, most, tau).and_then(|max| levenshtein_within(&gt, &det, max));
+            match within {
+                Some(dist) => dist as f64 / length as f64,
+                None => continue,
+            }
         };
         best = Some(best.map_or(v, |b: f64| b.min(v)));
     }
+    // Every reference below `tau`: the reference's `1 − min` is below it too.
     let Some(min) = best else { return 0.0 };
     let q = 1.0 - min;
     if q < tau { 0.0 } else { q }
+}
+
+/// The largest distance `d ≤ most` whose score `1 − d/length` is not below `tau`, evaluated in the
+/// same f64 operations as [`anls`] so the cut is exact (the score falls as `d` grows, so a binary
+/// search finds it); `None` when even `d = 0` is below (`tau > 1`). `most` bounds any distance of
+/// the two strings (the longer one's length).
+fn max_counted(length: usize, most: usize, tau: f64) -> Option<usize> {
+    let counts = |d: usize| !(1.0 - d as f64 / (length as f64) < tau);
+    if !counts(0) {
+        return None;
+    }
+    if counts(most) {
+        return Some(most);
+    }
+    let (mut lo, mut hi) = (0, most); // counts(lo), !counts(hi)
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if counts(mid) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Some(lo)
 }
 
 fn collapse_lower(s: &str) -> String {
@@ -204,6 +244,95 @@ mod tests {
         assert_eq!(anls("xyz", &s(&["abc"]), 0.5), 0.0);
         assert!((anls("1,00", &s(&["1,000"]), 0.5) - 0.8).abs() < 1e-12);
         assert_eq!(anls("", &s(&[""]), 0.5), 1.0);
+    }
+
+    /// The reference formula, computed in full (lmms-eval `anls`).
+    fn anls_full(pred: &str, references: &[String], tau: f64) -> f64 {
+        let det = collapse_lower(pred);
+        let values: Vec<f64> = references
+            .iter()
+            .map(|r| {
+                let dist = levenshtein(&collapse_lower(r), &det);
+                let length = py::len(&r.to_uppercase()).max(py::len(&pred.to_uppercase()));
+                if length == 0 {
+                    0.0
+                } else {
+                    dist as f64 / length as f64
+                }
+            })
+            .collect();
+        let Some(min) = values.iter().copied().reduce(f64::min) else {
+            return 0.0;
+        };
+        let q = 1.0 - min;
+        if q < tau { 0.0 } else { q }
+    }
+
+    #[test]
+    fn anls_with_cutoff_equals_the_full_reference() {
+        let words = [
+            "invoice",
+            "Invoice",
+            "total",
+            "ß",
+            "İstanbul",
+            "  ",
+            "1,000",
+            "",
+            "a",
+            "ab",
+            "abc",
+            "the",
+            "date",
+            "2024",
+        ];
+        fn next(state: &mut u64) -> usize {
+            *state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (*state >> 33) as usize
+        }
+        fn phrase(state: &mut u64, words: &[&str]) -> String {
+            let n = next(state) % 6;
+            (0..n)
+                .map(|_| words[next(state) % words.len()])
+                .collect::<Vec<_>>()
+                .join(" ")
+        }
+        let mut state = 11u64;
+        for _ in 0..3000 {
+            let pred = phrase(&mut state, &words);
+            let n_refs = next(&mut state) % 4;
+            let refs: Vec<String> = (0..n_refs).map(|_| phrase(&mut state, &words)).collect();
+            for tau in [0.5, 0.0, 0.3, 0.99, 1.0, 1.5, -1.0, f64::NAN] {
+                let (got, want) = (anls(&pred, &refs, tau), anls_full(&pred, &refs, tau));
+                assert!(
+                    got.to_bits() == want.to_bits(),
+                    "{pred:?} {refs:?} tau {tau}: {got} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn anls_on_long_strings_is_fast() {
+        // lmms-eval computes 4·10¹⁰ cells for two 200k-character answers (71 s before this);
+        // unrelated ones, a near copy and a long answer against a short one finish in well under
+        // a second each, with the reference's values.
+        let a: String = (0..200_000u32)
+            .map(|i| char::from(b'a' + (i * 7 % 26) as u8))
+            .collect();
+        let b: String = (0..200_000u32)
+            .map(|i| char::from(b'a' + (i * 11 % 26) as u8))
+            .collect();
+        let mut near = a.clone();
+        near.replace_range(100_000..100_010, "0123456789");
+        let start = std::time::Instant::now();
+        assert_eq!(anls(&a, &[b.clone()], 0.5), 0.0);
+        assert_eq!(anls(&a, &[near.clone()], 0.5), 1.0 - 10.0 / 200_000.0);
+        assert_eq!(anls(&a, &["short".to_string()], 0.5), 0.0);
+        let secs = start.elapsed().as_secs_f64();
+        assert!(secs < 20.0, "{secs} s");
     }
 
     #[test]

@@ -33,6 +33,7 @@
 pub mod aggregate;
 pub mod benchmarks;
 pub mod io;
+pub mod levenshtein;
 pub mod mcq;
 pub mod metrics;
 pub mod normalize;

@@ -10,8 +10,11 @@
 //! previous checkpoints plus either nothing new or the complete new one; a leftover `.tmp-*` dir
 //! is never mistaken for a checkpoint, and a `step-*` dir without a valid `COMPLETE` manifest
 //! (copied by hand, truncated by a full disk) is ignored by [`CheckpointManager::latest`].
-//! [`CheckpointManager::load_file`] re-checks length and CRC, so silent corruption is an error
-//! naming the file, not a mysteriously diverging run.
+//! [`CheckpointManager::load_file`] re-checks length and CRC, and a resume verifies every file of
+//! the checkpoint before anything is read ([`CheckpointManager::verify`]; the tensor files are
+//! memory-mapped, which checks nothing), so silent corruption is an error naming the file, not a
+//! mysteriously diverging run. `--resume auto` then falls back to the previous intact checkpoint
+//! with a warning ([`CheckpointManager::latest_intact`]).
 //!
 //! "latest" is derived by listing complete directories instead of a separate pointer file: a
 //! pointer is a second source of truth that can disagree with the directories after a crash.
@@ -180,7 +183,7 @@ impl CheckpointManager {
                 WriteError::Produce(e) => e,
             });
         }
-        self.prune()?;
+        self.prune(step)?;
         Ok(final_dir)
     }
 
@@ -219,6 +222,54 @@ impl CheckpointManager {
         Ok(self.list()?.pop())
     }
 
+    /// The newest checkpoint whose every file matches its manifest ([`CheckpointManager::verify`]),
+    /// for a resume. A damaged one is skipped with a warning naming the file, so the run falls back
+    /// to the previous complete checkpoint (`keep_last` of them are kept); when there are
+    /// checkpoints but none is intact, that is an error (a silent fresh start would throw the
+    /// run's progress away).
+    pub fn latest_intact(&self) -> Result<Option<(u64, PathBuf)>> {
+        let all = self.list()?;
+        let mut damaged = Vec::new();
+        for (step, path) in all.iter().rev() {
+            match Self::verify(path) {
+                Ok(()) => return Ok(Some((*step, path.clone()))),
+                Err(e) => {
+                    tracing::warn!(
+                        "checkpoint of step {step} is damaged, falling back to the previous one: {e}"
+                    );
+                    damaged.push(e.to_string());
+                }
+            }
+        }
+        if damaged.is_empty() {
+            return Ok(None);
+        }
+        Err(TrainError::Checkpoint {
+            path: self.dir.clone(),
+            reason: format!(
+                "none of the {} checkpoints is intact ({}); resume from a copy with --resume PATH or start over with --resume never",
+                damaged.len(),
+                damaged.join("; ")
+            ),
+        })
+    }
+
+    /// Checks every file listed in checkpoint `dir`'s manifest (length and CRC-32C), reading each
+    /// in chunks. A resume opens the tensor files by memory map, which checks nothing: this is what
+    /// stands between a flipped bit on disk and a silently different run.
+    pub fn verify(dir: &Path) -> Result<()> {
+        let manifest = read_manifest(dir).map_err(|reason| TrainError::Checkpoint {
+            path: dir.to_path_buf(),
+            reason,
+        })?;
+        for entry in &manifest.files {
+            let path = dir.join(&entry.name);
+            let (bytes, crc) = crc_of_file(&path).map_err(|e| TrainError::io(&path, e))?;
+            check_entry(&path, entry, bytes, crc)?;
+        }
+        Ok(())
+    }
+
     /// Reads one file of checkpoint `dir`, verifying its length and CRC-32C against the manifest.
     pub fn load_file(dir: &Path, name: &str) -> Result<Vec<u8>> {
         let manifest = read_manifest(dir).map_err(|reason| TrainError::Checkpoint {
@@ -237,18 +288,7 @@ impl CheckpointManager {
         };
         let path = dir.join(name);
         let bytes = fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
-        if bytes.len() as u64 != entry.bytes || crc32c::crc32c(&bytes) != entry.crc32c {
-            return Err(TrainError::Checkpoint {
-                path,
-                reason: format!(
-                    "corrupt: {} bytes / crc32c {:08x} on disk, manifest says {} bytes / {:08x}",
-                    bytes.len(),
-                    crc32c::crc32c(&bytes),
-                    entry.bytes,
-                    entry.crc32c
-                ),
-            });
-        }
+        check_entry(&path, entry, bytes.len() as u64, crc32c::crc32c(&bytes))?;
         Ok(bytes)
     }
 
@@ -273,9 +313,13 @@ impl CheckpointManager {
 
     /// Applies the retention policy and removes leftovers of crashed saves. Only called after a
     /// successful save, and the run dir is locked (one writer), so every `.tmp-*`/`.trash-*` dir
-    /// here is stale. The newest checkpoint is never removed.
-    fn prune(&self) -> Result<()> {
-        let complete = self.list()?;
+    /// here is stale. Retention counts back from the checkpoint just saved (`saved`), which is
+    /// never removed; later steps are left alone: they are a damaged checkpoint that a resume fell
+    /// back past, or an earlier run's (`--resume never`), and this run replaces them when it gets
+    /// there — pruning by step alone would delete the checkpoint just written instead.
+    fn prune(&self, saved: u64) -> Result<()> {
+        let mut complete = self.list()?;
+        complete.retain(|(step, _)| *step <= saved);
         if self.keep_last > 0 && complete.len() > self.keep_last {
             let cut = complete.len() - self.keep_last;
             for (step, path) in &complete[..cut] {
@@ -326,6 +370,39 @@ fn read_manifest(dir: &Path) -> std::result::Result<Manifest, String> {
         fs::read(&path).map_err(|e| format!("{}: {e} (checkpoint incomplete)", path.display()))?;
     serde_json::from_slice(&bytes)
         .map_err(|e| format!("{}: unreadable manifest: {e}", path.display()))
+}
+
+/// Length and CRC-32C of a file, streamed (tensor files can be larger than we want in memory twice).
+fn crc_of_file(path: &Path) -> io::Result<(u64, u32)> {
+    use std::io::Read;
+    let mut f = File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut len, mut crc) = (0u64, 0u32);
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => return Ok((len, crc)),
+            Ok(n) => {
+                crc = crc32c::crc32c_append(crc, &buf[..n]);
+                len += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A file's length and CRC-32C against its manifest entry; the error names the file.
+fn check_entry(path: &Path, entry: &ManifestEntry, bytes: u64, crc: u32) -> Result<()> {
+    if bytes == entry.bytes && crc == entry.crc32c {
+        return Ok(());
+    }
+    Err(TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        reason: format!(
+            "corrupt: {bytes} bytes / crc32c {crc:08x} on disk, manifest says {} bytes / {:08x}",
+            entry.bytes, entry.crc32c
+        ),
+    })
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
@@ -385,10 +462,12 @@ impl Resume {
     pub fn resolve(&self, manager: &CheckpointManager) -> Result<Option<(u64, PathBuf)>> {
         match self {
             Resume::Never => Ok(None),
-            Resume::Auto => manager.latest(),
+            Resume::Auto => manager.latest_intact(),
             Resume::From(path) => {
                 if path.join(MANIFEST).is_file() {
+                    // Asked for by name: a damaged one is an error, not a reason to pick another.
                     let step = CheckpointManager::step_of(path)?;
+                    CheckpointManager::verify(path)?;
                     return Ok(Some((step, path.clone())));
                 }
                 if !path.is_dir() {
@@ -404,7 +483,7 @@ impl Resume {
                     keep_every: None,
                 };
                 let as_run = CheckpointManager::new(path, 0);
-                if let Some(found) = as_ckpts.latest()?.or(as_run.latest()?) {
+                if let Some(found) = as_ckpts.latest_intact()?.or(as_run.latest_intact()?) {
                     return Ok(Some(found));
                 }
                 Err(TrainError::Checkpoint {
@@ -604,6 +683,82 @@ mod tests {
             m.latest().unwrap().unwrap().0,
             1,
             "failed saves leave nothing behind"
+        );
+    }
+
+    /// Overwrites `n` bytes in the middle of a checkpoint file, keeping its length (as a bad disk
+    /// or a stray `dd` would): only the CRC can tell.
+    fn damage(dir: &Path, name: &str, n: usize) {
+        let p = dir.join(name);
+        let mut bytes = fs::read(&p).unwrap();
+        let mid = bytes.len() / 2 - n / 2;
+        for b in &mut bytes[mid..mid + n] {
+            *b = !*b;
+        }
+        fs::write(&p, &bytes).unwrap();
+    }
+
+    #[test]
+    fn resume_verifies_every_file_and_falls_back_past_damage() {
+        let tmp = tempfile::tempdir().unwrap();
+        let m = CheckpointManager::new(tmp.path(), 2);
+        m.save(10, &files(10)).unwrap();
+        m.save(20, &files(20)).unwrap();
+        // The tensors, not state.json (the only file a resume used to check), are damaged.
+        damage(&m.step_dir(20), "model.safetensors", 100);
+        let err = CheckpointManager::verify(&m.step_dir(20))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("model.safetensors") && err.contains("corrupt"),
+            "{err}"
+        );
+        assert_eq!(
+            Resume::Auto.resolve(&m).unwrap(),
+            Some((10, m.step_dir(10))),
+            "auto falls back to the previous intact checkpoint"
+        );
+        // A run dir given as --resume PATH does the same; a damaged checkpoint named explicitly
+        // is an error naming the file.
+        assert_eq!(
+            Resume::From(tmp.path().to_path_buf()).resolve(&m).unwrap(),
+            Some((10, m.step_dir(10)))
+        );
+        let err = Resume::From(m.step_dir(20))
+            .resolve(&m)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("model.safetensors"), "{err}");
+
+        // The resumed run saves step 15 with keep_last = 1: the checkpoint just written stays
+        // (pruning by step alone would have kept only the damaged step 20).
+        let m1 = CheckpointManager::new(tmp.path(), 1);
+        m1.save(15, &files(15)).unwrap();
+        let steps: Vec<u64> = m1.list().unwrap().into_iter().map(|(s, _)| s).collect();
+        assert_eq!(steps, vec![15, 20]);
+        assert_eq!(Resume::Auto.resolve(&m1).unwrap().unwrap().0, 15);
+        // Reaching step 20 replaces the damaged copy.
+        m1.save(20, &files(20)).unwrap();
+        assert_eq!(Resume::Auto.resolve(&m1).unwrap().unwrap().0, 20);
+
+        // Every checkpoint damaged (a truncated file, an empty one): an error naming both, never
+        // a silent fresh start.
+        let m2 = CheckpointManager::new(tmp.path().join("b"), 2);
+        m2.save(1, &files(1)).unwrap();
+        m2.save(2, &files(2)).unwrap();
+        fs::write(m2.step_dir(1).join("state.json"), b"{").unwrap();
+        fs::write(m2.step_dir(2).join("model.safetensors"), b"").unwrap();
+        let err = Resume::Auto.resolve(&m2).unwrap_err().to_string();
+        assert!(
+            err.contains("none of the 2 checkpoints is intact")
+                && err.contains("state.json")
+                && err.contains("model.safetensors"),
+            "{err}"
+        );
+        fs::remove_file(m2.step_dir(2).join("model.safetensors")).unwrap();
+        assert!(
+            CheckpointManager::verify(&m2.step_dir(2)).is_err(),
+            "a missing file"
         );
     }
 

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! runs/demo/
-//!   run.lock               PID lock: one writer per run dir (stale locks of dead PIDs are taken over)
+//!   run.lock               flock + PID: one writer per run dir (stale locks of dead PIDs are taken over)
 //!   config.resolved.toml   the resolved config (defaults filled in), written before step 0
 //!   metrics.jsonl          deterministic per-step scalars (bit-identical across resume)     [metrics]
 //!   timing.jsonl           wall-clock, throughput, loader wait (volatile, never compared)   [metrics]
@@ -15,9 +15,11 @@
 //! resume, with the crash-safety made explicit: every file that a resumed run reads is written
 //! with [`atomic_write`] (temp file in the same directory, fsync, rename, fsync of the directory).
 //!
-//! Deliberate deviations: the lock is a PID file rather than `flock`, because `flock` is silently
-//! a no-op on some network filesystems where cluster runs live; a lock held by another *host*
-//! cannot be checked for liveness and is never taken over automatically (remove it by hand).
+//! The lock is an exclusive `flock` on `run.lock`, held for the run's life, plus the holder's PID
+//! and host in the file. `flock` alone can be local to one host on some network filesystems where
+//! cluster runs live, so a lock file left by another *host* cannot be checked for liveness and is
+//! never taken over automatically (remove it by hand); one left by a dead process of this host is
+//! taken over with a warning.
 
 pub mod checkpoint;
 pub mod config;
@@ -42,6 +44,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Result, TrainError};
+use webssl_data::shards::pid_alive;
 
 /// File name of the resolved config inside a run dir.
 pub const RESOLVED_CONFIG: &str = "config.resolved.toml";
@@ -227,33 +230,16 @@ pub(crate) fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-/// Whether process `pid` exists on this host. `kill(pid, 0)` sends nothing; EPERM means it exists
-/// but belongs to another user (still alive: never take its lock).
-fn pid_alive(pid: u32) -> bool {
-    #[cfg(unix)]
-    {
-        let Ok(pid) = libc::pid_t::try_from(pid) else {
-            return false;
-        };
-        if pid <= 0 {
-            return false;
-        }
-        // SAFETY: kill with signal 0 performs only the existence/permission check.
-        let rc = unsafe { libc::kill(pid, 0) };
-        rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = pid;
-        true
-    }
-}
-
-/// A PID lock file: `{"pid":..,"host":..}`, created with `O_EXCL` and removed on drop.
+/// The run lock: `run.lock` held with an exclusive `flock` for the life of the run, and holding
+/// `{"pid":..,"host":..}` for the messages. The kernel lock is what excludes a second writer: it is
+/// taken on the open file before anything is written, so a lock file that is still empty (its
+/// holder between open and write) is never mistaken for an abandoned one, and it goes away with
+/// its process however that process ends. Removed on drop.
 #[derive(Debug)]
 struct RunLock {
     path: PathBuf,
-    pid: u32,
+    /// The open lock file: the `flock` lives as long as this descriptor.
+    _file: File,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -268,77 +254,122 @@ impl RunLock {
             pid: std::process::id(),
             host: hostname(),
         };
-        // Two attempts: the second after a stale lock was moved away.
-        for _ in 0..2 {
-            match OpenOptions::new().write(true).create_new(true).open(path) {
-                Ok(mut f) => {
-                    let body = serde_json::to_string(&me).expect("plain struct serializes");
-                    f.write_all(body.as_bytes())
-                        .and_then(|_| f.sync_all())
-                        .map_err(|e| TrainError::io(path, e))?;
-                    return Ok(RunLock {
-                        path: path.to_path_buf(),
-                        pid: me.pid,
-                    });
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    let text = fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
-                    let held: Option<LockInfo> = serde_json::from_str(&text).ok();
-                    let reason = match &held {
-                        Some(h) if h.host != me.host => Some(format!(
-                            "locked by pid {} on host `{}`; liveness cannot be checked from `{}`: if that run is gone, delete the lock file",
-                            h.pid, h.host, me.host
-                        )),
-                        Some(h) if h.pid == me.pid => {
-                            Some(format!("already locked by this process (pid {})", h.pid))
-                        }
-                        Some(h) if pid_alive(h.pid) => Some(format!(
-                            "another run (pid {}) is writing this run dir",
-                            h.pid
-                        )),
-                        Some(h) => {
-                            tracing::warn!(lock = %path.display(), pid = h.pid, "taking over a stale run lock: its process is gone");
-                            None
-                        }
-                        // An empty/garbled lock: its writer died between create and write.
-                        None => {
-                            tracing::warn!(lock = %path.display(), "taking over an unreadable run lock");
-                            None
-                        }
-                    };
-                    if let Some(reason) = reason {
-                        return Err(TrainError::Checkpoint {
-                            path: path.to_path_buf(),
-                            reason,
-                        });
+        let refuse = |reason: String| TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            reason,
+        };
+        // A few rounds: the file we locked may have been removed by its previous holder between
+        // our open and our flock (then it is no longer `path` and we start over).
+        for _ in 0..8 {
+            let mut file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(|e| TrainError::io(path, e))?;
+            let held = || -> Option<LockInfo> {
+                serde_json::from_str(&fs::read_to_string(path).ok()?).ok()
+            };
+            if !try_flock(&file).map_err(|e| TrainError::io(path, e))? {
+                return Err(refuse(match held() {
+                    Some(h) if h.pid == me.pid && h.host == me.host => {
+                        format!("already locked by this process (pid {})", h.pid)
                     }
-                    // Rename first, so that of two processes taking over at once only one removes
-                    // the stale file and both then race fairly on `create_new`.
-                    let aside = path.with_extension(format!("stale-{}", me.pid));
-                    if fs::rename(path, &aside).is_ok() {
-                        let _ = fs::remove_file(&aside);
-                    }
+                    Some(h) => format!(
+                        "another run (pid {} on `{}`) is writing this run dir",
+                        h.pid, h.host
+                    ),
+                    None => "another run is starting in this run dir (its lock is held)".into(),
+                }));
+            }
+            if !same_file(&file, path) {
+                continue;
+            }
+            // We hold the kernel lock. What the file says is a previous holder's record: a run that
+            // ended without removing it, or one that never took the kernel lock (another host on a
+            // network filesystem where `flock` is local only, an older webssl).
+            if let Some(h) = held() {
+                if h.host != me.host {
+                    return Err(refuse(format!(
+                        "locked by pid {} on host `{}`; liveness cannot be checked from `{}`: if that run is gone, delete the lock file",
+                        h.pid, h.host, me.host
+                    )));
                 }
-                Err(e) => return Err(TrainError::io(path, e)),
+                if h.pid != me.pid && pid_alive(h.pid) {
+                    return Err(refuse(format!(
+                        "another run (pid {}) is writing this run dir",
+                        h.pid
+                    )));
+                }
+                tracing::warn!(lock = %path.display(), pid = h.pid, "taking over a stale run lock: its process is gone");
+            }
+            let body = serde_json::to_string(&me).expect("plain struct serializes");
+            file.set_len(0)
+                .and_then(|_| file.write_all(body.as_bytes()))
+                .and_then(|_| file.sync_all())
+                .map_err(|e| TrainError::io(path, e))?;
+            return Ok(RunLock {
+                path: path.to_path_buf(),
+                _file: file,
+            });
+        }
+        Err(refuse(
+            "the lock file keeps being replaced by other processes".into(),
+        ))
+    }
+}
+
+/// `flock(LOCK_EX | LOCK_NB)`: `Ok(false)` when another open file holds it. Elsewhere than unix
+/// there is no lock (`Ok(true)`), as before: the PID record is the only guard there.
+fn try_flock(file: &File) -> io::Result<bool> {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        loop {
+            // SAFETY: flock on a descriptor we own; no memory is passed.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(true);
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EWOULDBLOCK) => return Ok(false),
+                Some(libc::EINTR) => {}
+                _ => return Err(e),
             }
         }
-        Err(TrainError::Checkpoint {
-            path: path.to_path_buf(),
-            reason: "another process took the lock".into(),
-        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = file;
+        Ok(true)
+    }
+}
+
+/// Whether the open `file` is still the one at `path` (a holder removes the file on drop; a lock
+/// on the removed inode would guard nothing).
+fn same_file(file: &File, path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (file.metadata(), fs::metadata(path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (file, path);
+        true
     }
 }
 
 impl Drop for RunLock {
     fn drop(&mut self) {
-        // Remove only our own lock: if it was (wrongly) taken over, leave the new owner's file.
-        let ours = fs::read_to_string(&self.path)
-            .ok()
-            .and_then(|t| serde_json::from_str::<LockInfo>(&t).ok())
-            .is_some_and(|h| h.pid == self.pid);
-        if ours {
-            let _ = fs::remove_file(&self.path);
-        }
+        // Still holding the kernel lock, so the file is ours: remove it, then the descriptor closes
+        // and releases the lock. A process that opened the old file meanwhile sees it is gone
+        // (`same_file`) and starts over.
+        let _ = fs::remove_file(&self.path);
     }
 }
 
@@ -394,6 +425,60 @@ mod tests {
             err.contains("some-other-node") && err.contains("delete the lock"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn simultaneous_starts_exactly_one_wins() {
+        let tmp = tempfile::tempdir().unwrap();
+        let n = 40;
+        let go = std::sync::Barrier::new(n);
+        let tried = std::sync::Barrier::new(n);
+        let wins = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..n)
+                .map(|_| {
+                    s.spawn(|| {
+                        go.wait();
+                        let got = RunDir::create(tmp.path());
+                        // Winners keep the lock until every start has been tried.
+                        tried.wait();
+                        got.is_ok()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .filter(|&won| won)
+                .count()
+        });
+        assert_eq!(wins, 1);
+        assert!(
+            !tmp.path().join(LOCK_FILE).exists(),
+            "released by the winner"
+        );
+    }
+
+    #[test]
+    fn empty_lock_of_a_live_holder_is_not_stolen() {
+        // A holder between creating the file and writing its PID: the file is empty, but the
+        // kernel lock is held.
+        let tmp = tempfile::tempdir().unwrap();
+        let lock = tmp.path().join(LOCK_FILE);
+        let holder = File::create(&lock).unwrap();
+        assert!(try_flock(&holder).unwrap());
+        let err = RunDir::create(tmp.path()).unwrap_err().to_string();
+        assert!(err.contains("another run is starting"), "{err}");
+        assert_eq!(
+            fs::read(&lock).unwrap(),
+            b"",
+            "the holder's file is untouched"
+        );
+        // Its process gone (the descriptor closed, the file left behind empty): taken over.
+        drop(holder);
+        let run = RunDir::create(tmp.path()).unwrap();
+        let held: LockInfo = serde_json::from_str(&fs::read_to_string(&lock).unwrap()).unwrap();
+        assert_eq!(held.pid, std::process::id());
+        drop(run);
     }
 
     #[test]

@@ -17,7 +17,8 @@ use crate::run::state::DataIdentity;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// Shard directory with `index.json` (relative paths are relative to the working directory).
+    /// Shard directory: tar shards with an `index.json`, or tar shards alone (read by scanning them)
+    /// (relative paths are relative to the working directory).
     pub train: String,
     /// Images per optimizer step on this process.
     pub batch_size: usize,
@@ -28,7 +29,8 @@ pub struct DataConfig {
     /// Decode/augment threads (0 = all cores).
     #[serde(default)]
     pub decode_threads: usize,
-    /// Generate synthetic data into `train` first when it does not exist (the built-in default data).
+    /// Generate synthetic data into `train` first when it is missing or an empty directory (the
+    /// built-in default data); a directory holding anything else is never written to.
     #[serde(default)]
     pub synth: Option<SynthSpec>,
     /// The dataset's name in reports (`webssl report`'s data column; e.g. `full`, `light`, `heavy`).
@@ -59,12 +61,14 @@ impl DataConfig {
         l
     }
 
-    /// Creates the synthetic data when configured and missing, then opens the shards and returns
+    /// Creates the synthetic data when configured and missing ([`ensure_synth`]), then opens the shards and returns
     /// them with their identity.
     pub fn open_train(&self) -> Result<(TarShards, DataIdentity)> {
         let dir = Path::new(&self.train);
         ensure_synth(dir, self.synth.as_ref(), "train")?;
-        Ok((TarShards::open(dir)?, DataIdentity::of(dir)?))
+        let shards = TarShards::open(dir)?;
+        let data = DataIdentity::of(shards.index());
+        Ok((shards, data))
     }
 
     /// [`DataConfig::open_train`] where only rank 0 may generate the built-in data: the others wait
@@ -77,7 +81,7 @@ impl DataConfig {
             ensure_synth(dir, self.synth.as_ref(), "train")
         })?;
         let shards = TarShards::open(dir)?;
-        let data = DataIdentity::of(dir)?;
+        let data = DataIdentity::of(shards.index());
         dist.check_same("the training shard list", data.shards_hash.as_bytes())?;
         Ok((shards, data))
     }
@@ -152,7 +156,11 @@ fn default_mix() -> String {
     "full".into()
 }
 
-/// Creates the built-in synthetic data when a configured path is missing.
+/// Creates the built-in synthetic data when a configured path is missing or an empty directory.
+/// Anything else is the user's data and is never written to: a directory with `index.json` or with
+/// tar shards is read as it is (webdataset and img2dataset write no index), and one holding neither
+/// is an error. (Synthetic shards were once generated into any directory without an index,
+/// overwriting a user's `train-000000.tar`.)
 pub fn ensure_synth(path: &Path, spec: Option<&SynthSpec>, split: &str) -> Result<()> {
     if path.as_os_str().is_empty() {
         // `--set eval.knn_train=` would otherwise write shards into the working directory.
@@ -161,14 +169,39 @@ pub fn ensure_synth(path: &Path, spec: Option<&SynthSpec>, split: &str) -> Resul
             "the data path is empty; give a directory",
         ));
     }
-    if path.join(webssl_data::shards::INDEX_FILE).is_file() {
-        return Ok(());
+    let field = if split == "train" {
+        "data.train"
+    } else {
+        split
+    };
+    if path.is_dir() {
+        // What a killed generator left (its staging directory) does not make the directory the
+        // user's; remove it first.
+        webssl_data::shards::remove_stale_temps(path)?;
+        let has_shards = path.join(webssl_data::shards::INDEX_FILE).is_file()
+            || !webssl_data::shards::list_shard_files(path)?.is_empty();
+        if has_shards {
+            return Ok(());
+        }
+        let empty = std::fs::read_dir(path)
+            .map_err(|e| TrainError::io(path, e))?
+            .next()
+            .is_none();
+        if !empty {
+            return Err(TrainError::config(
+                field,
+                format!(
+                    "{} holds no tar shards and no index.json, and is not empty: synthetic data is only generated into a missing or empty directory",
+                    path.display()
+                ),
+            ));
+        }
     }
     let Some(spec) = spec else {
         return Err(TrainError::config(
-            "data.train",
+            field,
             format!(
-                "{} has no index.json and no synth spec is configured",
+                "{} holds no shards and no synth spec is configured to generate them",
                 path.display()
             ),
         ));
@@ -193,4 +226,58 @@ pub fn ensure_synth(path: &Path, spec: Option<&SynthSpec>, split: &str) -> Resul
     };
     webssl_data::synth::write_shards(path, &cfg, spec.samples as u64, split, limits, &mut |_| {})?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use webssl_data::shards::{INDEX_FILE, Sample, ShardLimits, ShardWriter};
+
+    /// Issue #16 item 9: a directory of real tar shards without `index.json` is read as it is,
+    /// never generated into; synthetic data goes only into a missing or empty directory.
+    #[test]
+    fn synthetic_data_only_into_a_missing_or_empty_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spec = SynthSpec {
+            samples: 3,
+            size: 32,
+            seed: 0,
+            mix: "full".into(),
+        };
+        // A user's shards, named as the generator would name its own, without an index.
+        let user = tmp.path().join("user");
+        let mut w = ShardWriter::create(&user, "train", ShardLimits::default()).unwrap();
+        for i in 0..2 {
+            w.write(&Sample::new(format!("mine{i}")).with("txt", "x"))
+                .unwrap();
+        }
+        w.finish().unwrap();
+        std::fs::remove_file(user.join(INDEX_FILE)).unwrap();
+        let before = std::fs::read(user.join("train-000000.tar")).unwrap();
+        ensure_synth(&user, Some(&spec), "train").unwrap();
+        assert_eq!(
+            std::fs::read(user.join("train-000000.tar")).unwrap(),
+            before
+        );
+        assert!(!user.join(INDEX_FILE).exists(), "nothing written there");
+        assert_eq!(TarShards::open(&user).unwrap().index().total_samples(), 2);
+
+        let other = tmp.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        std::fs::write(other.join("notes.txt"), b"mine").unwrap();
+        let err = ensure_synth(&other, Some(&spec), "train")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("data.train") && err.contains("not empty"),
+            "{err}"
+        );
+
+        let empty = tmp.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        for dir in [empty, tmp.path().join("missing")] {
+            ensure_synth(&dir, Some(&spec), "train").unwrap();
+            assert_eq!(TarShards::open(&dir).unwrap().index().total_samples(), 3);
+        }
+    }
 }

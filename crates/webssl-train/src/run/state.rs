@@ -41,18 +41,17 @@ pub struct DataIdentity {
 }
 
 impl DataIdentity {
-    /// Reads `dir/index.json`.
-    pub fn of(dir: &Path) -> Result<Self> {
-        let index = ShardIndex::load(dir)?;
+    /// The identity of the shards listed in `index`.
+    pub fn of(index: &ShardIndex) -> Self {
         let mut text = String::new();
         for s in &index.shards {
             text.push_str(&format!("{}\t{}\t{}\n", s.file, s.samples, s.bytes));
         }
-        Ok(DataIdentity {
+        DataIdentity {
             shards_hash: format!("{:016x}", fnv1a(text.as_bytes())),
             shards: index.shards.len(),
             samples: index.shards.iter().map(|s| s.samples).sum(),
-        })
+        }
     }
 }
 
