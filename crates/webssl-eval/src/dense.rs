@@ -627,6 +627,10 @@ pub fn for_each_dense_batch(
     let mut skipped = Vec::new();
     let max = limit.unwrap_or(usize::MAX);
     let batch = batch.max(1);
+    let preprocess = crate::features::Preprocess {
+        transform: transform.clone(),
+        size: (size, size),
+    };
     'files: for input in inputs {
         for file in shard_files(input)? {
             let iter =
@@ -681,11 +685,13 @@ pub fn for_each_dense_batch(
                     ));
                     continue;
                 }
-                let (pixels, w, h) = transform.apply(&img);
-                if (w, h) != (size, size) {
-                    skip(format!("preprocessed to {w}x{h}, expected {size}x{size}"));
-                    continue;
-                }
+                let pixels = match preprocess.apply(&img) {
+                    Ok(px) => px,
+                    Err(why) => {
+                        skip(why);
+                        continue;
+                    }
+                };
                 let label = resize_nearest(
                     &label,
                     lh as usize,

@@ -1,4 +1,5 @@
-//! Cached features and their labels, for the kNN and linear probes.
+//! Frozen features: computed from a backbone ([`Encoder`], the one place features are extracted) or
+//! cached in a `webssl embed` file ([`FeatureFile`]), and their labels, for the probes.
 //!
 //! **Features** come from a `webssl embed` safetensors file ([`FeatureFile::load`]): the 2-D tensors
 //! `cls` `[N, D]`, `patch_mean` `[N, D]` and, with `--last-layers K`, `layer-{k}.cls` /
@@ -34,6 +35,10 @@ use webssl_data::import::class_folder_classes;
 use webssl_data::source::{InputSpec, folder_key, iter_items, resolve_inputs, walk_images};
 
 use crate::error::{EvalError, Result};
+
+mod extract;
+
+pub use extract::{Encoder, Extracted, Feature, Preprocess};
 
 fn probe_err(context: impl Into<String>, message: impl Into<String>) -> EvalError {
     EvalError::Probe {
