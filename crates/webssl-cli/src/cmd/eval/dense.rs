@@ -1,7 +1,8 @@
 //! `webssl eval dense`: the dinov2 linear dense probes (`webssl_eval::dense`) on shards with `seg.png` /
 //! `depth.png` members (the synthetic generator's layout): frozen final-norm patch tokens at
 //! `--size` (exact bicubic resize, labels NEAREST-resized to the same size), a per-token linear head
-//! trained with AdamW, scored at that resolution; results JSON for `webssl report`.
+//! trained with AdamW, scored at that resolution; a [`webssl_eval::results::ProbeResult`] for
+//! `webssl report`.
 
 use std::path::PathBuf;
 

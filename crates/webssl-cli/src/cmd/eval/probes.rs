@@ -5,9 +5,9 @@
 //! --val INPUT...` through exactly the `webssl embed` code path (the files are kept beside
 //! `--output` as `<stem>.train.safetensors` / `<stem>.val.safetensors`, or in `--features-dir`).
 //! `fashion-mnist:DIR:SPLIT` inputs (IDX files, e.g. `/usr/share/datasets/fashion-mnist`) are
-//! imported to temporary shards first. Results go to `--output` as JSON
-//! (`{"method", "model", "dataset", "metrics", ...}`, collected by `webssl report`) and a one-line
-//! summary is printed.
+//! imported to temporary shards first. Results go to `--output` as a
+//! [`webssl_eval::results::ProbeResult`] (collected by `webssl report`) and a one-line summary is
+//! printed.
 
 use std::path::{Path, PathBuf};
 
