@@ -228,14 +228,7 @@ impl Extracted {
     /// Reads a batch tensor `[n, ...]` back to the host under `name`.
     fn push<const D: usize>(&mut self, name: &str, t: Tensor<D>) -> Result<()> {
         let per_sample = t.dims()[1..].to_vec();
-        let values = t
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .map_err(|e| EvalError::Probe {
-                context: format!("feature `{name}`"),
-                message: format!("reading the tensor back: {e:?}"),
-            })?;
+        let values = super::read_f32(t, &format!("feature `{name}`"))?;
         self.tensors.insert(name.to_owned(), (per_sample, values));
         Ok(())
     }

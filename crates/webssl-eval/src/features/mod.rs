@@ -47,6 +47,17 @@ fn probe_err(context: impl Into<String>, message: impl Into<String>) -> EvalErro
     }
 }
 
+/// Reads a tensor back to the host as f32 values, row-major (`context` names the probe in errors).
+pub(crate) fn read_f32<const D: usize>(
+    t: burn::tensor::Tensor<D>,
+    context: &str,
+) -> Result<Vec<f32>> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| probe_err(context, format!("reading a tensor back: {e:?}")))
+}
+
 /// A dense row-major `[rows, cols]` f32 matrix.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Matrix {
