@@ -4,62 +4,53 @@
 //! gives no meaningful precision (the measured numbers with a trained encoder are in
 //! fixtures/curate/README.md).
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::time::Duration;
 
-fn webssl() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_webssl"))
-}
-
-fn ok(out: Output) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
+use support::{kill_when, ok, p, run, webssl};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/curate")
+    support::fixtures("curate")
+}
+
+/// `samples` synthetic images of `size` px in shards of `shard_size` (`dir/synth`), and a random
+/// tiny ViT for 28-px inputs (`dir/model`).
+fn data_and_model(dir: &Path, samples: u32, size: u32, shard_size: u32) -> (PathBuf, PathBuf) {
+    let data = dir.join("synth");
+    ok(&run(&[
+        "synth",
+        "--samples",
+        &samples.to_string(),
+        "--size",
+        &size.to_string(),
+        "--shard-size",
+        &shard_size.to_string(),
+        "--out",
+        p(&data),
+    ]));
+    let model = dir.join("model");
+    ok(&run(&[
+        "model",
+        "init",
+        "--arch",
+        "vit-tiny",
+        "--img-size",
+        "28",
+        "--out",
+        p(&model),
+    ]));
+    (data, model)
 }
 
 #[test]
 fn train_filter_then_curate_with_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("synth");
-    ok(webssl()
-        .args([
-            "synth",
-            "--samples",
-            "40",
-            "--size",
-            "48",
-            "--shard-size",
-            "16",
-            "--out",
-        ])
-        .arg(&data)
-        .output()
-        .unwrap());
-    let model = tmp.path().join("model");
-    ok(webssl()
-        .args([
-            "model",
-            "init",
-            "--arch",
-            "vit-tiny",
-            "--img-size",
-            "28",
-            "--out",
-        ])
-        .arg(&model)
-        .output()
-        .unwrap());
+    let (data, model) = data_and_model(tmp.path(), 40, 48, 16);
 
     let filter = tmp.path().join("light");
-    let stdout = ok(webssl()
+    let stdout = ok(&webssl()
         .args([
             "curate",
             "train-filter",
@@ -114,7 +105,7 @@ fn train_filter_then_curate_with_it() {
         .arg(&out);
         c
     };
-    let stdout = ok(curate().output().unwrap());
+    let stdout = ok(&curate().output().unwrap());
     assert!(stdout.contains("40 samples from 3 input(s)"), "{stdout}");
     assert!(stdout.contains("light"), "{stdout}");
     let summary: serde_json::Value =
@@ -132,7 +123,7 @@ fn train_filter_then_curate_with_it() {
     assert_eq!(index["total_samples"].as_u64().unwrap(), kept);
 
     // A finished output is not redone; --resume on it is a no-op with the same manifest.
-    let stdout = ok(curate().arg("--resume").output().unwrap());
+    let stdout = ok(&curate().arg("--resume").output().unwrap());
     assert!(stdout.contains("40 samples"), "{stdout}");
     assert_eq!(
         std::fs::read_to_string(out.join("manifest.jsonl")).unwrap(),
@@ -154,7 +145,7 @@ fn train_filter_then_curate_with_it() {
     std::fs::write(filter.join("filter.toml"), toml).unwrap();
 
     // The probe on the committed real images (mechanics: it runs and counts every image).
-    let stdout = ok(webssl()
+    let stdout = ok(&webssl()
         .args([
             "curate",
             "eval-filter",
@@ -195,37 +186,9 @@ fn bad_chain_names_the_field() {
 #[test]
 fn sigkill_then_resume_gives_the_same_manifest() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("synth");
-    ok(webssl()
-        .args([
-            "synth",
-            "--samples",
-            "240",
-            "--size",
-            "32",
-            "--shard-size",
-            "80",
-            "--out",
-        ])
-        .arg(&data)
-        .output()
-        .unwrap());
-    let model = tmp.path().join("model");
-    ok(webssl()
-        .args([
-            "model",
-            "init",
-            "--arch",
-            "vit-tiny",
-            "--img-size",
-            "28",
-            "--out",
-        ])
-        .arg(&model)
-        .output()
-        .unwrap());
+    let (data, model) = data_and_model(tmp.path(), 240, 32, 80);
     let filter = tmp.path().join("heavy");
-    ok(webssl()
+    ok(&webssl()
         .args([
             "curate",
             "train-filter",
@@ -260,33 +223,22 @@ fn sigkill_then_resume_gives_the_same_manifest() {
         c
     };
     let full = tmp.path().join("full");
-    ok(curate(&full).output().unwrap());
+    ok(&curate(&full).output().unwrap());
 
     // Kill -9 once a commit past the start is on disk, then resume.
     let part = tmp.path().join("part");
-    let mut child = curate(&part)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
     let state_file = part.join("state.json");
-    let killed = loop {
-        if let Ok(bytes) = std::fs::read(&state_file)
-            && let Ok(s) = serde_json::from_slice::<serde_json::Value>(&bytes)
-            && s["next_index"].as_u64().unwrap_or(0) + s["next_input"].as_u64().unwrap_or(0) > 0
-        {
-            child.kill().unwrap();
-            break true;
-        }
-        if child.try_wait().unwrap().is_some() {
-            break false;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
+    let committed = || {
+        std::fs::read(&state_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|s| {
+                s["next_index"].as_u64().unwrap_or(0) + s["next_input"].as_u64().unwrap_or(0) > 0
+            })
     };
-    child.wait().unwrap();
-    assert!(killed, "the run finished before it could be killed");
+    kill_when(curate(&part), committed, Duration::from_secs(120));
     assert!(!part.join("summary.json").exists());
-    let stdout = ok(curate(&part).arg("--resume").output().unwrap());
+    let stdout = ok(&curate(&part).arg("--resume").output().unwrap());
     assert!(stdout.contains("240 samples"), "{stdout}");
     assert_eq!(
         std::fs::read(part.join("manifest.jsonl")).unwrap(),

@@ -2,19 +2,11 @@
 //! bad values rejected by clap, and — in a build without the `cuda` feature — `--device cuda` is a
 //! clear error naming the feature, raised before any model is touched.
 
-use std::process::Command;
+mod support;
 
 fn webssl(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_webssl"))
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    let out = support::run(args);
+    (out.status.success(), support::text(&out))
 }
 
 #[test]

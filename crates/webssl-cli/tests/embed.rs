@@ -3,17 +3,15 @@
 //! included) — and within bf16's error with `--precision bf16` — skips and lists bad files, and fails
 //! clearly on bad arguments.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod support;
 
+use std::path::PathBuf;
+
+use support::webssl;
 use webssl_models::checkpoint::store::TensorStore;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/backbones")
-}
-
-fn webssl() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_webssl"))
+    support::fixtures("backbones")
 }
 
 #[test]

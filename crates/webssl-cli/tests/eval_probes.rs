@@ -2,46 +2,23 @@
 //! IDX set, with a model from fixtures/backbones (features computed through the embed path) or with
 //! `webssl embed` files; results JSON shape, key-matched labels and clear label errors.
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+use support::{err, ok, p, read_json as json};
 
 fn model() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/backbones/dinov2-reg4")
+    support::fixtures("backbones/dinov2-reg4")
 }
 
 fn webssl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_webssl"))
+    support::webssl()
         .args(args)
         .env("RUST_BACKTRACE", "0")
         .output()
         .unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-fn err(out: &Output) -> String {
-    assert!(
-        !out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
 }
 
 #[test]
@@ -95,61 +72,40 @@ fn knn_and_linear_on_synthetic_shards() {
         tmp.path().join("res/knn.train.safetensors"),
         tmp.path().join("res/knn.val.safetensors"),
     );
+    // `webssl eval PROBE` on those files, with the train labels read from `labels`.
+    let on_files = |probe: &str, labels: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            probe,
+            "--train-features",
+            p(&trf),
+            "--val-features",
+            p(&vaf),
+            "--train-labels",
+            p(labels),
+            "--val-labels",
+            p(&va),
+        ];
+        args.extend_from_slice(extra);
+        webssl(&args)
+    };
     let out2 = tmp.path().join("res/knn-files.json");
-    ok(&webssl(&[
-        "eval",
-        "knn",
-        "--train-features",
-        p(&trf),
-        "--val-features",
-        p(&vaf),
-        "--train-labels",
-        p(&tr),
-        "--val-labels",
-        p(&va),
-        "--output",
-        p(&out2),
-    ]));
+    ok(&on_files("knn", &tr, &["--output", p(&out2)]));
     assert_eq!(json(&out2)["metrics"], v["metrics"]);
 
     // Labels from the wrong inputs: every row unlabelled, said clearly.
-    let e = err(&webssl(&[
-        "eval",
-        "knn",
-        "--train-features",
-        p(&trf),
-        "--val-features",
-        p(&vaf),
-        "--train-labels",
-        p(&va),
-        "--val-labels",
-        p(&va),
-    ]));
+    let e = err(&on_files("knn", &va, &[]));
     assert!(e.contains("120 of 120 feature rows have no label"), "{e}");
     // A meta label only scenes carry: an error, or the labelled subset with --drop-unlabelled.
-    let args = [
-        "eval",
-        "knn",
-        "--train-features",
-        p(&trf),
-        "--val-features",
-        p(&vaf),
-        "--train-labels",
-        p(&tr),
-        "--val-labels",
-        p(&va),
-        "--label",
-        "meta:labels.shape",
-    ];
-    let e = err(&webssl(&args));
+    let shape = ["--label", "meta:labels.shape"];
+    let e = err(&on_files("knn", &tr, &shape));
     assert!(
         e.contains("feature rows have no label") && e.contains("--drop-unlabelled"),
         "{e}"
     );
     let out3 = tmp.path().join("res/shape.json");
-    let mut with_drop = args.to_vec();
-    with_drop.extend(["--drop-unlabelled", "--output", p(&out3)]);
-    let stdout = ok(&webssl(&with_drop));
+    let with_drop = [&shape[..], &["--drop-unlabelled", "--output", p(&out3)]].concat();
+    let stdout = ok(&on_files("knn", &tr, &with_drop));
     assert!(stdout.contains("0=circle"), "{stdout}");
     let s = json(&out3);
     let kept = s["sizes"]["train"].as_u64().unwrap();
@@ -196,26 +152,20 @@ fn knn_and_linear_on_synthetic_shards() {
     assert_eq!(l["protocol"]["max_iter"], 2 * 4); // ⌈120 / 32⌉ = 4 per epoch
 
     let lr = tmp.path().join("res/logreg.json");
-    ok(&webssl(&[
-        "eval",
+    ok(&on_files(
         "linear",
-        "--method",
-        "logreg",
-        "--train-features",
-        p(&trf),
-        "--val-features",
-        p(&vaf),
-        "--train-labels",
-        p(&tr),
-        "--val-labels",
-        p(&va),
-        "--c-values",
-        "0.01,1",
-        "--max-iter",
-        "50",
-        "--output",
-        p(&lr),
-    ]));
+        &tr,
+        &[
+            "--method",
+            "logreg",
+            "--c-values",
+            "0.01,1",
+            "--max-iter",
+            "50",
+            "--output",
+            p(&lr),
+        ],
+    ));
     let r = json(&lr);
     assert_eq!(r["method"], "logreg");
     assert_eq!(r["result"]["sweep"].as_array().unwrap().len(), 2);

@@ -1,31 +1,26 @@
 //! `webssl experiment`: a tiny grid trains, evaluates and reports; a rerun skips finished cells and
 //! redoes only what is missing; cells that would read different data are refused before training.
 
+mod support;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
+
+use support::text;
 
 fn webssl(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_webssl"))
+    support::webssl()
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
-        .unwrap();
-    out
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+        .unwrap()
 }
 
 /// DINO, MAE and CLIP (the repository's demo configs, shrunk) at two depths on the same data, a kNN
 /// probe and a linear probe.
 fn write_experiment(dir: &Path, extra_method: &str) -> std::path::PathBuf {
     let d = dir.display();
-    let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let configs = support::configs();
     let path = dir.join("exp.toml");
     std::fs::write(
         &path,

@@ -5,12 +5,16 @@
 //! clear error, in bounded time.
 #![cfg(feature = "mpi")]
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use support::{dino_config, ok};
+
 fn webssl() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_webssl"));
+    let mut cmd = support::webssl();
     // One compute thread per rank: 2 ranks on a 2-core CI machine, and bit-reproducible reductions.
     cmd.env("RAYON_NUM_THREADS", "1");
     // A broken test fails in a minute instead of the default 10.
@@ -18,51 +22,20 @@ fn webssl() -> Command {
     cmd
 }
 
+/// The tiny DINOv2 run, lighter per rank: one loader worker and decode thread, 28-px crops.
 fn write_config(dir: &Path, run: &str, steps: u64) -> PathBuf {
-    let path = dir.join(format!("{run}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-seed = 1
-[data]
-train = "{data}"
-batch_size = 4
-num_workers = 1
-shuffle_buffer = 8
-decode_threads = 1
-synth = {{ samples = 64, size = 40, seed = 2 }}
-[model]
-arch = "vit-tiny"
-embed_dim = 32
-depth = 2
-num_heads = 2
-[crops]
-global_size = 28
-local_size = 14
-n_local = 2
-[heads]
-dino_prototypes = 64
-ibot_prototypes = 64
-hidden_dim = 32
-dino_bottleneck_dim = 16
-ibot_bottleneck_dim = 16
-[optim]
-total_steps = {steps}
-warmup_steps = 2
-lr_per_1024 = 0.05
-[run]
-dir = "{run_dir}"
-checkpoint_every_steps = 2
-keep_last = 2
-tensorboard = false
-"#,
-            data = dir.join("data").display(),
-            run_dir = dir.join(run).display(),
-        ),
+    dino_config(
+        dir,
+        run,
+        steps,
+        &[
+            "data.num_workers=1",
+            "data.decode_threads=1",
+            "data.synth={ samples = 64, size = 40, seed = 2 }",
+            "crops.global_size=28",
+            "run.checkpoint_every_steps=2",
+        ],
     )
-    .unwrap();
-    path
 }
 
 fn launch(config: &Path, extra: &[&str]) -> Command {
@@ -75,25 +48,15 @@ fn launch(config: &Path, extra: &[&str]) -> Command {
     cmd
 }
 
-fn ok(out: Output) -> Output {
-    assert!(
-        out.status.success(),
-        "failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 #[test]
 fn two_ranks_stop_and_resume_like_an_uninterrupted_run_and_refuse_one_process() {
     let tmp = tempfile::tempdir().unwrap();
     let straight = write_config(tmp.path(), "straight", 6);
-    ok(launch(&straight, &[]).output().unwrap());
+    ok(&launch(&straight, &[]).output().unwrap());
     let cut = write_config(tmp.path(), "cut", 6);
     // The first part with the AdamW moments sharded over the ranks (ZeRO-1), the rest without: the
     // checkpoint holds the whole state either way, and the update is the same.
-    ok(launch(
+    ok(&launch(
         &cut,
         &[
             "--stop-after",
@@ -104,7 +67,8 @@ fn two_ranks_stop_and_resume_like_an_uninterrupted_run_and_refuse_one_process() 
     )
     .output()
     .unwrap());
-    let out = ok(launch(&cut, &[]).output().unwrap());
+    let out = launch(&cut, &[]).output().unwrap();
+    ok(&out);
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("resumed from"), "{log}");
 

@@ -1,97 +1,30 @@
 //! `webssl pretrain dino` as a user runs it: a process killed with SIGKILL mid-run and restarted with
 //! `--resume auto` ends with the same metrics.jsonl as an uninterrupted run; bad configs name the field.
 
-use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
+mod support;
 
-fn webssl() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_webssl"))
-}
+use std::time::Duration;
 
-fn write_config(dir: &Path, run: &str, steps: u64) -> std::path::PathBuf {
-    let path = dir.join(format!("{run}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-seed = 1
-[data]
-train = "{data}"
-batch_size = 4
-num_workers = 2
-shuffle_buffer = 8
-decode_threads = 2
-synth = {{ samples = 32, size = 48, seed = 2 }}
-[model]
-arch = "vit-tiny"
-embed_dim = 32
-depth = 2
-num_heads = 2
-[crops]
-global_size = 42
-local_size = 14
-n_local = 2
-[heads]
-dino_prototypes = 64
-ibot_prototypes = 64
-hidden_dim = 32
-dino_bottleneck_dim = 16
-ibot_bottleneck_dim = 16
-[optim]
-total_steps = {steps}
-warmup_steps = 2
-lr_per_1024 = 0.05
-[run]
-dir = "{run_dir}"
-checkpoint_every_steps = 1
-keep_last = 2
-tensorboard = false
-"#,
-            data = dir.join("data").display(),
-            run_dir = dir.join(run).display(),
-        ),
-    )
-    .unwrap();
-    path
-}
+use support::{configs, dino_config, err, kill_when, metrics, ok, run, webssl};
 
 #[test]
 fn kill_dash_nine_then_resume_auto_matches_an_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
     let steps = 24;
-    let straight = write_config(tmp.path(), "straight", steps);
-    let out = webssl()
+    let straight = dino_config(tmp.path(), "straight", steps, &[]);
+    ok(&webssl()
         .args(["pretrain", "dino", "--config"])
         .arg(&straight)
         .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .unwrap());
 
-    let killed = write_config(tmp.path(), "killed", steps);
-    let mut child = webssl()
-        .args(["pretrain", "dino", "--config"])
-        .arg(&killed)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let killed = dino_config(tmp.path(), "killed", steps, &[]);
+    let mut cmd = webssl();
+    cmd.args(["pretrain", "dino", "--config"]).arg(&killed);
     // Kill as soon as a few checkpoints exist, wherever the process is.
     let ckpts = tmp.path().join("killed/checkpoints");
-    let start = Instant::now();
-    loop {
-        let n = std::fs::read_dir(&ckpts).map(|d| d.count()).unwrap_or(0);
-        if n >= 2 || start.elapsed() > Duration::from_secs(120) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    let two_checkpoints = || std::fs::read_dir(&ckpts).map(|d| d.count()).unwrap_or(0) >= 2;
+    kill_when(cmd, two_checkpoints, Duration::from_secs(120));
     let partial =
         std::fs::read_to_string(tmp.path().join("killed/metrics.jsonl")).unwrap_or_default();
     assert!(
@@ -99,28 +32,21 @@ fn kill_dash_nine_then_resume_auto_matches_an_uninterrupted_run() {
         "the process finished before it was killed"
     );
 
-    let out = webssl()
+    ok(&webssl()
         .args(["pretrain", "dino", "--resume", "auto", "--config"])
         .arg(&killed)
         .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let a = std::fs::read_to_string(tmp.path().join("straight/metrics.jsonl")).unwrap();
-    let b = std::fs::read_to_string(tmp.path().join("killed/metrics.jsonl")).unwrap();
+        .unwrap());
+    let a = metrics(&tmp.path().join("straight"));
     assert_eq!(a.lines().count(), steps as usize);
-    assert_eq!(a, b);
+    assert_eq!(a, metrics(&tmp.path().join("killed")));
     assert!(tmp.path().join("killed/export/config.json").is_file());
 }
 
 #[test]
 fn dry_run_prints_the_plan_and_bad_configs_name_the_field() {
     let tmp = tempfile::tempdir().unwrap();
-    let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
-    let out = webssl()
+    let stdout = ok(&webssl()
         .args([
             "pretrain",
             "dino",
@@ -129,44 +55,28 @@ fn dry_run_prints_the_plan_and_bad_configs_name_the_field() {
             "--dry-run",
             "--configs-dir",
         ])
-        .arg(&configs)
+        .arg(configs())
         .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .unwrap());
     assert!(stdout.contains("parameters: backbone 6450"), "{stdout}");
     assert!(stdout.contains("memory per process"), "{stdout}");
 
-    let cfg = write_config(tmp.path(), "bad", 4);
-    let out = webssl()
-        .args(["pretrain", "dino", "--config"])
-        .arg(&cfg)
-        .args(["--set", "optim.lr_per_1024=\"fast\""])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let cfg = dino_config(tmp.path(), "bad", 4, &[]);
+    let with = |set: &str| {
+        err(&run(&[
+            "pretrain",
+            "dino",
+            "--config",
+            support::p(&cfg),
+            "--set",
+            set,
+        ]))
+    };
+    let stderr = with("optim.lr_per_1024=\"fast\"");
     assert!(stderr.contains("optim.lr_per_1024"), "{stderr}");
-    let out = webssl()
-        .args(["pretrain", "dino", "--config"])
-        .arg(&cfg)
-        .args(["--set", "optim.lr_per_1204=0.1"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = with("optim.lr_per_1204=0.1");
     assert!(stderr.contains("lr_per_1204"), "{stderr}");
-    let out = webssl()
-        .args(["pretrain", "dino", "--config"])
-        .arg(&cfg)
-        .args(["--set", "crops.global_size=50"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = with("crops.global_size=50");
     assert!(
         stderr.contains("crops.global_size") && stderr.contains("multiple of the patch size"),
         "{stderr}"
@@ -178,20 +88,26 @@ fn dry_run_prints_the_plan_and_bad_configs_name_the_field() {
 #[test]
 fn bf16_products_train_and_checkpoint_f32_weights() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = write_config(tmp.path(), "bf16", 2);
-    let out = webssl()
-        .args(["pretrain", "dino", "--config"])
-        .arg(&cfg)
-        .args(["--set", "run.precision=\"bf16\""])
-        .output()
-        .unwrap();
+    let cfg = dino_config(tmp.path(), "bf16", 2, &[]);
+    let with = |precision: &str| {
+        let set = format!("run.precision=\"{precision}\"");
+        run(&[
+            "pretrain",
+            "dino",
+            "--config",
+            support::p(&cfg),
+            "--set",
+            &set,
+        ])
+    };
+    let out = with("bf16");
+    ok(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
     assert!(
         stderr.contains("bf16 matrix products (f32 master weights)"),
         "{stderr}"
     );
-    let metrics = std::fs::read_to_string(tmp.path().join("bf16/metrics.jsonl")).unwrap();
+    let metrics = metrics(&tmp.path().join("bf16"));
     assert_eq!(metrics.lines().count(), 2);
     assert!(
         !metrics.contains("NaN") && !metrics.contains("null"),
@@ -210,14 +126,7 @@ fn bf16_products_train_and_checkpoint_f32_weights() {
         "{header}"
     );
 
-    let out = webssl()
-        .args(["pretrain", "dino", "--config"])
-        .arg(&cfg)
-        .args(["--set", "run.precision=\"fp8\""])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = err(&with("fp8"));
     assert!(
         stderr.contains("run.precision") && stderr.contains("bf16"),
         "{stderr}"

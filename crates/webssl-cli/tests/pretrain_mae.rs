@@ -3,16 +3,11 @@
 //! (initialisation vs trained); `--dry-run` prints the plan of a paper preset; bad values name the
 //! field.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod support;
 
-fn webssl() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_webssl"))
-}
+use std::path::Path;
 
-fn configs() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs")
-}
+use support::{check_finished_run, configs, dry_run_preset, ok, rejects_sets, webssl};
 
 /// `configs/mae-demo.toml` with everything that costs time made tiny and every path in `dir`.
 fn tiny(dir: &Path) -> Vec<String> {
@@ -47,76 +42,36 @@ fn tiny(dir: &Path) -> Vec<String> {
 #[test]
 fn the_demo_config_shrunk_trains_exports_and_reports_knn() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = webssl()
+    let stdout = ok(&webssl()
         .args(["pretrain", "mae", "--config"])
         .arg(configs().join("mae-demo.toml"))
         .args(tiny(tmp.path()))
         .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .unwrap());
     assert!(stdout.contains("# plan"), "{stdout}");
     assert!(stdout.contains("4 of 16 patches visible"), "{stdout}");
     assert!(stdout.contains("encoder exported to"), "{stdout}");
     assert!(stdout.contains("initialisation"), "{stdout}");
     assert!(stdout.contains("trained (MAE)"), "{stdout}");
-    let run = tmp.path().join("run");
-    for f in [
+    let files = [
         "export/config.json",
         "export/model.safetensors",
         "export/preprocessor_config.json",
         "eval/knn.json",
         "metrics.jsonl",
         "config.resolved.toml",
-    ] {
-        assert!(run.join(f).is_file(), "{f} missing");
-    }
-    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    assert_eq!(metrics.lines().count(), 2);
-
-    // The export is what `webssl embed` reads.
-    let feats = tmp.path().join("feats.safetensors");
-    let out = webssl()
-        .args(["embed", "--model"])
-        .arg(run.join("export"))
-        .arg("--input")
-        .arg(tmp.path().join("knn-val"))
-        .arg("--output")
-        .arg(&feats)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    ];
+    check_finished_run(
+        &tmp.path().join("run"),
+        &files,
+        2,
+        &tmp.path().join("knn-val"),
     );
-    assert!(feats.is_file());
 }
 
 #[test]
 fn dry_run_prints_the_web_mae_plan_and_bad_values_name_the_field() {
-    let out = webssl()
-        .args([
-            "pretrain",
-            "mae",
-            "--preset",
-            "web-mae-2b",
-            "--dry-run",
-            "--configs-dir",
-        ])
-        .arg(configs())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = dry_run_preset("mae", "web-mae-2b");
     // The paper's Web-MAE recipe: global batch 4096, lr 1.6e-3, 80k warm-up, 2B samples seen.
     assert!(
         stdout.contains("global batch 64 · 488282 steps (80000 warm-up)"),
@@ -127,21 +82,18 @@ fn dry_run_prints_the_web_mae_plan_and_bad_values_name_the_field() {
     assert!(stdout.contains("arch = \"web-mae-2b\""), "{stdout}");
 
     let tmp = tempfile::tempdir().unwrap();
-    for (set, field) in [
-        ("crop.size=90", "crop.size"),
-        ("loss.mask_ratio=1.0", "loss.mask_ratio"),
-        ("decoder.embed_dim=30", "decoder.embed_dim"),
-        ("optim.lr_per_256=\"fast\"", "optim.lr_per_256"),
-    ] {
-        let out = webssl()
-            .args(["pretrain", "mae", "--dry-run", "--config"])
-            .arg(configs().join("mae-demo.toml"))
-            .args(tiny(tmp.path()))
-            .args(["--set", set])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{set} was accepted");
-        assert!(stderr.contains(field), "{set}: {stderr}");
-    }
+    let mut args = ["pretrain", "mae", "--dry-run", "--config"]
+        .map(String::from)
+        .to_vec();
+    args.push(configs().join("mae-demo.toml").display().to_string());
+    args.extend(tiny(tmp.path()));
+    rejects_sets(
+        &args,
+        &[
+            ("crop.size=90", "crop.size"),
+            ("loss.mask_ratio=1.0", "loss.mask_ratio"),
+            ("decoder.embed_dim=30", "decoder.embed_dim"),
+            ("optim.lr_per_256=\"fast\"", "optim.lr_per_256"),
+        ],
+    );
 }

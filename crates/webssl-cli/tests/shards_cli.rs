@@ -1,13 +1,11 @@
 //! End-to-end `webssl shards` runs: build with bad inputs, inspect, Fashion-MNIST import.
 
-use std::path::Path;
-use std::process::Command;
+mod support;
+
+use support::p;
 
 fn webssl(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_webssl"))
-        .args(args)
-        .output()
-        .expect("run webssl");
+    let out = support::run(args);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -17,10 +15,6 @@ fn webssl(args: &[&str]) -> (bool, String, String) {
 
 fn gray_png(w: u32, h: u32, v: u8) -> Vec<u8> {
     webssl_data::import::encode_gray_png(&vec![v; (w * h) as usize], w, h).unwrap()
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
 }
 
 #[test]

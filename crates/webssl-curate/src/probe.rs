@@ -2,8 +2,9 @@
 //!
 //! **Features** ([`FeatureExtractor`]): any backbone [`webssl_models::checkpoint::load`] reads (the
 //! `export/` of `webssl pretrain dino`, `webssl model init`, HF or native DINOv2 checkpoints),
-//! preprocessed as `webssl embed` does (the checkpoint's `preprocessor_config.json`, or a square
-//! `resolution` resize, or dinov2's ImageNet eval transform), then the normed CLS token, optionally
+//! through [`webssl_eval::features::Encoder`] as `webssl embed` (the checkpoint's
+//! `preprocessor_config.json`, or a square `resolution` resize, or dinov2's ImageNet eval
+//! transform), then the normed CLS token, optionally
 //! concatenated with the mean normed patch token ([`Pooling`]) — dinov2's linear-probe input for
 //! one block (`create_linear_input` with `n_last_blocks = 1`).
 //!
@@ -24,7 +25,7 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::Device;
 use image::RgbImage;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
@@ -32,11 +33,9 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use webssl_data::decode::decode_rgb;
 use webssl_data::source::{InputSpec, iter_items};
-use webssl_data::transform::EvalTransform;
-use webssl_eval::features::Matrix;
+use webssl_eval::features::{Encoder, Feature, Matrix};
 use webssl_eval::linear::fit_logreg;
-use webssl_models::checkpoint::{self, export};
-use webssl_models::{Vit, presets};
+use webssl_models::checkpoint::export;
 
 use crate::classifier::Classifier;
 use crate::error::{CurateError, Result};
@@ -58,67 +57,29 @@ pub enum Pooling {
     ClsPatchMean,
 }
 
-/// A frozen backbone plus its preprocessing.
+/// A frozen backbone plus its preprocessing ([`Encoder`]), pooled to one vector per image.
 pub struct FeatureExtractor {
-    model: Vit,
-    transform: EvalTransform,
-    size: (u32, u32),
+    encoder: Encoder,
     pooling: Pooling,
-    device: Device,
 }
 
 impl FeatureExtractor {
-    /// Loads `model` (an `arch` preset name is needed for native checkpoints) and picks the
-    /// preprocessing: `resolution` → square resize, else the checkpoint's preprocessor, else
-    /// dinov2's `Resize(img·256/224) + CenterCrop(img)`.
+    /// Loads `model` (an `arch` preset name is needed for native checkpoints) with the preprocessing
+    /// [`Encoder::load`] picks: `resolution` → square resize, else the checkpoint's preprocessor,
+    /// else dinov2's `Resize(img·256/224) + CenterCrop(img)`.
     pub fn load(
         model: &Path,
         arch: Option<&str>,
         resolution: Option<u32>,
         pooling: Pooling,
     ) -> Result<Self> {
-        let device = Device::flex();
-        let arch = arch.map(presets::preset).transpose()?;
-        let loaded = checkpoint::load(model, arch.as_ref(), &device)?;
-        let cfg = loaded.model.config().clone();
-        let transform = match (resolution, &loaded.preprocessor) {
-            (Some(r), _) => EvalTransform::square(r),
-            (None, Some(pre)) => EvalTransform::from_hf_preprocessor_config(pre)?,
-            (None, None) => {
-                EvalTransform::imagenet((cfg.img_size * 256 / 224) as u32, cfg.img_size as u32)
-            }
-        };
-        let what = model.display().to_string();
-        let size = transform.fixed_output_size().ok_or_else(|| {
-            CurateError::config(
-                &what,
-                "resolution",
-                "the preprocessor gives images of varying size; set a resolution",
-            )
-        })?;
-        let p = cfg.patch_size as u32;
-        if size.0 % p != 0 || size.1 % p != 0 {
-            return Err(CurateError::config(
-                &what,
-                "resolution",
-                format!(
-                    "images are {}x{}, not a multiple of the patch size {p}",
-                    size.0, size.1
-                ),
-            ));
-        }
-        Ok(FeatureExtractor {
-            model: loaded.model,
-            transform,
-            size,
-            pooling,
-            device,
-        })
+        let encoder = Encoder::load(model, arch, resolution, &Device::flex())?;
+        Ok(FeatureExtractor { encoder, pooling })
     }
 
     /// Feature dimension.
     pub fn dim(&self) -> usize {
-        let d = self.model.config().embed_dim;
+        let d = self.encoder.model().config().embed_dim;
         match self.pooling {
             Pooling::Cls => d,
             Pooling::ClsPatchMean => 2 * d,
@@ -128,56 +89,44 @@ impl FeatureExtractor {
     /// Features of each image, in order; preprocessing runs in parallel, the backbone once per
     /// call. An image that cannot be preprocessed is an `Err` for that image only.
     pub fn extract(&self, images: &[&RgbImage]) -> Vec<std::result::Result<Vec<f32>, String>> {
-        let (w, h) = self.size;
-        let per = 3 * (w * h) as usize;
-        let prepared: Vec<std::result::Result<Vec<f32>, String>> = images
-            .par_iter()
-            .map(|img| {
-                let mut px = vec![0f32; per];
-                let got = self
-                    .transform
-                    .apply_into(img, &mut px)
-                    .map_err(|e| e.to_string())?;
-                if got != (w, h) {
-                    return Err(format!("preprocessed to {got:?}, expected {w}x{h}"));
+        let preprocess = self.encoder.preprocess();
+        let prepared: Vec<std::result::Result<Vec<f32>, String>> =
+            images.par_iter().map(|img| preprocess.apply(img)).collect();
+        let mut out = Vec::with_capacity(images.len());
+        let mut ok = Vec::new();
+        let mut pixels = Vec::new();
+        for (i, p) in prepared.into_iter().enumerate() {
+            match p {
+                Ok(px) => {
+                    pixels.extend_from_slice(&px);
+                    ok.push(i);
+                    out.push(Ok(Vec::new()));
                 }
-                Ok(px)
-            })
-            .collect();
-        let ok: Vec<usize> = (0..images.len()).filter(|&i| prepared[i].is_ok()).collect();
-        let mut out: Vec<std::result::Result<Vec<f32>, String>> = prepared
-            .iter()
-            .map(|p| p.as_ref().map(|_| Vec::new()).map_err(Clone::clone))
-            .collect();
+                Err(why) => out.push(Err(why)),
+            }
+        }
         if ok.is_empty() {
             return out;
         }
-        let mut pixels = Vec::with_capacity(ok.len() * per);
-        for &i in &ok {
-            pixels.extend_from_slice(prepared[i].as_ref().expect("filtered to ok"));
-        }
-        drop(prepared);
-        let n = ok.len();
-        let x = Tensor::<4>::from_data(
-            TensorData::new(pixels, [n, 3, h as usize, w as usize]),
-            &self.device,
-        );
-        let o = self.model.forward_features(x, None);
-        let [b, d] = o.cls.dims();
-        let feats = match self.pooling {
-            Pooling::Cls => o.cls,
-            Pooling::ClsPatchMean => {
-                Tensor::cat(vec![o.cls, o.patches.mean_dim(1).reshape([b, d])], 1)
-            }
+        let parts: &[Feature] = match self.pooling {
+            Pooling::Cls => &[Feature::Cls],
+            Pooling::ClsPatchMean => &[Feature::Cls, Feature::PatchMean],
         };
-        let dim = feats.dims()[1];
-        let values = feats
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .expect("f32 tensor");
-        for (row, &i) in ok.iter().enumerate() {
-            out[i] = Ok(values[row * dim..(row + 1) * dim].to_vec());
+        match self.encoder.extract(pixels, ok.len(), parts, 0) {
+            Ok(batch) => {
+                for (row, &i) in ok.iter().enumerate() {
+                    out[i] = Ok(parts
+                        .iter()
+                        .flat_map(|f| batch.sample(f.key(), row))
+                        .copied()
+                        .collect());
+                }
+            }
+            Err(e) => {
+                for &i in &ok {
+                    out[i] = Err(e.to_string());
+                }
+            }
         }
         out
     }

@@ -52,7 +52,7 @@ use rand_core::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::error::{EvalError, Result};
-use crate::features::Matrix;
+use crate::features::{Matrix, read_f32};
 
 /// Label value that is never trained on or scored (mmseg's `ignore_index`).
 pub const IGNORE_INDEX: u8 = 255;
@@ -283,13 +283,6 @@ pub struct LinearHead {
     pub steps: usize,
 }
 
-fn read(t: Tensor<2>) -> Result<Vec<f32>> {
-    t.into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .map_err(|e| probe_err(format!("reading a tensor: {e:?}")))
-}
-
 /// Trains the head with softmax cross-entropy on `tokens` (`[n, D]`) and `targets` (`[n]`, class ids),
 /// AdamW with linear decay (module docs). Gradients are the closed form of the
 /// linear softmax-CE (`∂L/∂z = softmax(z) − onehot`, averaged over the non-ignored tokens of the batch),
@@ -401,10 +394,10 @@ pub fn train_head(
             b = adam(b, &mut mb, &mut vb, gb, 0.0);
         }
         if let Some(l) = epoch_loss {
-            final_loss = read(l.reshape([1, 1]))?[0] as f64 / used.len() as f64;
+            final_loss = read_f32(l.reshape([1, 1]), "dense")?[0] as f64 / used.len() as f64;
         }
     }
-    let weight = Matrix::new(d, c, read(w)?)?;
+    let weight = Matrix::new(d, c, read_f32(w, "dense")?)?;
     // Stored as [C, D] (a 1×1 conv weight without the spatial dims).
     let mut wt = vec![0f32; c * d];
     for i in 0..d {
@@ -414,7 +407,7 @@ pub fn train_head(
     }
     Ok(LinearHead {
         weight: Matrix::new(c, d, wt)?,
-        bias: read(b)?,
+        bias: read_f32(b, "dense")?,
         final_loss,
         steps: total,
     })
@@ -627,6 +620,10 @@ pub fn for_each_dense_batch(
     let mut skipped = Vec::new();
     let max = limit.unwrap_or(usize::MAX);
     let batch = batch.max(1);
+    let preprocess = crate::features::Preprocess {
+        transform: transform.clone(),
+        size: (size, size),
+    };
     'files: for input in inputs {
         for file in shard_files(input)? {
             let iter =
@@ -681,11 +678,13 @@ pub fn for_each_dense_batch(
                     ));
                     continue;
                 }
-                let (pixels, w, h) = transform.apply(&img);
-                if (w, h) != (size, size) {
-                    skip(format!("preprocessed to {w}x{h}, expected {size}x{size}"));
-                    continue;
-                }
+                let pixels = match preprocess.apply(&img) {
+                    Ok(px) => px,
+                    Err(why) => {
+                        skip(why);
+                        continue;
+                    }
+                };
                 let label = resize_nearest(
                     &label,
                     lh as usize,

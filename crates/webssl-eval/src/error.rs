@@ -65,6 +65,15 @@ pub enum EvalError {
     /// an empty split, a bad hyper-parameter (`context` names the file, split or option).
     #[error("{context}: {message}")]
     Probe { context: String, message: String },
+
+    /// A backbone whose preprocessing cannot feed it: images of varying size, or a size that is not
+    /// a positive multiple of the patch size (`model` names the checkpoint).
+    #[error("{model}: {message}")]
+    Preprocess { model: String, message: String },
+
+    /// A checkpoint that cannot be loaded.
+    #[error(transparent)]
+    Model(#[from] webssl_models::ModelError),
 }
 
 /// Result alias for this crate.

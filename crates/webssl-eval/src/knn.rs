@@ -33,7 +33,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::{EvalError, Result};
-use crate::features::{Matrix, Split};
+use crate::features::{Matrix, Split, read_f32};
 
 fn probe_err(message: impl Into<String>) -> EvalError {
     EvalError::Probe {
@@ -139,11 +139,7 @@ pub fn nearest(train: &Matrix, val: &Matrix, k: usize, chunk_rows: usize) -> Res
             TensorData::new(val.data[start * d..end * d].to_vec(), [b, d]),
             &device,
         );
-        let s = q
-            .matmul(train_t.clone())
-            .into_data()
-            .try_into_vec::<f32>()
-            .map_err(|e| probe_err(format!("similarity readback: {e:?}")))?;
+        let s = read_f32(q.matmul(train_t.clone()), "knn similarities")?;
         sims[start * k..end * k]
             .par_chunks_mut(k)
             .zip(index[start * k..end * k].par_chunks_mut(k))

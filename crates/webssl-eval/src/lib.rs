@@ -7,4 +7,5 @@ pub mod features;
 pub mod knn;
 pub mod linear;
 pub mod report;
+pub mod results;
 pub mod vqa;

@@ -214,10 +214,7 @@ fn to_tensor(m: &Matrix, device: &Device) -> Tensor<2> {
 }
 
 fn read_f32<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
-    t.into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .map_err(|e| probe_err(format!("tensor readback: {e:?}")))
+    crate::features::read_f32(t, "linear")
 }
 
 /// Trains the dinov2 classifier grid (module docs) on cached train features.

@@ -1,78 +1,21 @@
 //! Linear probes: parity with the dinov2 `linear.py` grid transcription (`fixtures/probes`), the
 //! logistic-regression optimum, determinism, bad input, and separable / random-label sanity.
 
-use std::path::{Path, PathBuf};
+mod support;
 
-use safetensors::SafeTensors;
-use safetensors::tensor::Dtype;
+use support::{Fixture, Mix};
 use webssl_eval::features::Matrix;
 use webssl_eval::linear::{
     self, BlockFeatures, DINOV2_LEARNING_RATES, LinearConfig, LogRegConfig, TrainHooks,
 };
 
-fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/probes")
-}
-
-struct Fixture {
-    bytes: Vec<u8>,
-    json: serde_json::Value,
-}
-
-impl Fixture {
-    fn load() -> Self {
-        let dir = fixture_dir();
-        Fixture {
-            bytes: std::fs::read(dir.join("probes.safetensors")).unwrap(),
-            json: serde_json::from_str(&std::fs::read_to_string(dir.join("probes.json")).unwrap())
-                .unwrap(),
-        }
-    }
-
-    fn tensor(&self, name: &str) -> (Vec<usize>, Vec<f64>) {
-        let st = SafeTensors::deserialize(&self.bytes).unwrap();
-        let t = st
-            .tensor(name)
-            .unwrap_or_else(|_| panic!("fixture has no {name}"));
-        let d = t.data();
-        let v: Vec<f64> = match t.dtype() {
-            Dtype::F32 => d
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
-                .collect(),
-            Dtype::F64 => d
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-                .collect(),
-            Dtype::I64 => d
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
-                .collect(),
-            other => panic!("{name}: {other:?}"),
-        };
-        (t.shape().to_vec(), v)
-    }
-
-    fn matrix(&self, name: &str) -> Matrix {
-        let (s, v) = self.tensor(name);
-        Matrix::new(s[0], s[1], v.into_iter().map(|x| x as f32).collect()).unwrap()
-    }
-
-    fn ints(&self, name: &str) -> Vec<usize> {
-        self.tensor(name)
-            .1
-            .into_iter()
-            .map(|x| x as usize)
-            .collect()
-    }
-
-    fn blocks(&self, split: &str) -> BlockFeatures {
-        BlockFeatures {
-            cls: (1..=4)
-                .map(|k| self.matrix(&format!("linear.{split}.layer-{k}.cls")))
-                .collect(),
-            patch_mean: self.matrix(&format!("linear.{split}.layer-1.patch_mean")),
-        }
+/// The fixture's 4-block features of `split`.
+fn blocks(f: &Fixture, split: &str) -> BlockFeatures {
+    BlockFeatures {
+        cls: (1..=4)
+            .map(|k| f.matrix(&format!("linear.{split}.layer-{k}.cls")))
+            .collect(),
+        patch_mean: f.matrix(&format!("linear.{split}.layer-1.patch_mean")),
     }
 }
 
@@ -101,8 +44,8 @@ fn grid_training_matches_dinov2() {
     let f = Fixture::load();
     let j = &f.json["linear"];
     let cfg = fixture_config(&f);
-    let train = f.blocks("train");
-    let labels = f.ints("linear.train_labels");
+    let train = blocks(&f, "train");
+    let labels = f.labels("linear.train_labels");
     let names: Vec<&str> = j["names"]
         .as_array()
         .unwrap()
@@ -116,7 +59,7 @@ fn grid_training_matches_dinov2() {
     let trace = j["trace_index"].as_u64().unwrap() as usize;
     let hooks = TrainHooks {
         init: Some(init.clone()),
-        order: Some(f.ints("linear.order")),
+        order: Some(f.labels("linear.order")),
         trace: Some(trace),
     };
     let run = linear::train_grid(&train, &labels, c, &cfg, &hooks).unwrap();
@@ -170,8 +113,8 @@ fn grid_training_matches_dinov2() {
         assert!(e <= 1e-4, "{}: final weight update rel err {e}", cl.name);
     }
     // Validation: logits of every classifier, accuracies and dinov2's best pick.
-    let val = f.blocks("val");
-    let val_labels = f.ints("linear.val_labels");
+    let val = blocks(&f, "val");
+    let val_labels = f.labels("linear.val_labels");
     let res = linear::evaluate_grid(&run, &val, &val_labels, c, labels.len(), &cfg).unwrap();
     let ref_acc: Vec<f64> = j["val_top1"]
         .as_array()
@@ -195,8 +138,8 @@ fn grid_training_matches_dinov2() {
 fn grid_is_deterministic_from_the_seed() {
     let f = Fixture::load();
     let cfg = fixture_config(&f);
-    let train = f.blocks("train");
-    let labels = f.ints("linear.train_labels");
+    let train = blocks(&f, "train");
+    let labels = f.labels("linear.train_labels");
     let a = linear::train_grid(&train, &labels, 5, &cfg, &TrainHooks::default()).unwrap();
     let b = linear::train_grid(&train, &labels, 5, &cfg, &TrainHooks::default()).unwrap();
     assert_eq!(a.classifiers, b.classifiers);
@@ -213,7 +156,7 @@ fn grid_is_deterministic_from_the_seed() {
 fn logreg_reaches_the_reference_optimum() {
     let f = Fixture::load();
     let x = f.matrix("linear.train.layer-1.cls");
-    let y = f.ints("linear.train_labels");
+    let y = f.labels("linear.train_labels");
     for j in 0..3 {
         let meta = &f.json["logreg"][j.to_string()];
         let c_reg = meta["C"].as_f64().unwrap();
@@ -230,22 +173,6 @@ fn logreg_reaches_the_reference_optimum() {
         for (a, r) in m.weight.iter().zip(&w).chain(m.bias.iter().zip(&b)) {
             assert!((a - r).abs() <= 1e-5 * scale, "C={c_reg}: {a} vs {r}");
         }
-    }
-}
-
-/// Tiny deterministic generator (SplitMix64) for test data.
-struct Mix(u64);
-impl Mix {
-    fn next(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f32 {
-        let (u, v) = (self.next().max(1e-300), self.next());
-        ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
     }
 }
 
@@ -351,8 +278,8 @@ fn separable_clusters_near_100_random_labels_near_chance() {
 fn bad_inputs_are_errors() {
     let f = Fixture::load();
     let cfg = fixture_config(&f);
-    let train = f.blocks("train");
-    let labels = f.ints("linear.train_labels");
+    let train = blocks(&f, "train");
+    let labels = f.labels("linear.train_labels");
     // Label count mismatch.
     let e = linear::train_grid(&train, &labels[1..], 5, &cfg, &TrainHooks::default()).unwrap_err();
     assert!(e.to_string().contains("labels"), "{e}");
@@ -384,7 +311,7 @@ fn bad_inputs_are_errors() {
         &TrainHooks::default(),
     )
     .unwrap();
-    let val = f.blocks("val");
+    let val = blocks(&f, "val");
     assert!(linear::evaluate_grid(&run, &val, &[0, 1], 5, 40, &cfg).is_err());
     assert!(linear::fit_logreg(&train.cls[0], &labels[1..], 5, 1.0, 10, 1e-9, None).is_err());
     assert!(linear::fit_logreg(&train.cls[0], &labels, 5, 0.0, 10, 1e-9, None).is_err());

@@ -5,6 +5,7 @@ use std::fs;
 use std::path::Path;
 
 use webssl_eval::report::{self, Axis};
+use webssl_eval::results::{Baseline, Metrics, ProbeResult};
 use webssl_models::presets;
 
 fn write(path: &Path, text: &str) {
@@ -29,12 +30,23 @@ fn eval_json(method: &str, task: Option<&str>, metrics: serde_json::Value) -> St
     serde_json::to_string_pretty(&v).unwrap()
 }
 
+/// `webssl pretrain`'s kNN results: the trained backbone, and the initialisation as its baseline.
 fn pretrain_knn(init: f64, trained: f64) -> String {
-    serde_json::json!({"method": "knn", "results": [
-        {"model": "initialisation", "knn": {"per_k": [{"k": 10, "top1": init - 1.0, "top5": 50.0}, {"k": 20, "top1": init, "top5": 51.0}]}},
-        {"model": "trained teacher", "knn": {"per_k": [{"k": 10, "top1": trained - 1.0, "top5": 60.0}, {"k": 20, "top1": trained, "top5": 61.0}]}},
-    ]})
-    .to_string()
+    let metrics = |top1: f64, top5: f64| {
+        Metrics::from([
+            ("top1".into(), top1),
+            ("top5".into(), top5),
+            ("k".into(), 20.0),
+            ("top1@10".into(), top1 - 1.0),
+        ])
+    };
+    let dataset = serde_json::json!({"train": "knn-train", "val": "knn-val"});
+    let mut r = ProbeResult::new("knn", "export", dataset, metrics(trained, 61.0));
+    r.baseline = Some(Baseline {
+        model: "initialisation".into(),
+        metrics: metrics(init, 51.0),
+    });
+    r.to_json()
 }
 
 fn params(arch: &str) -> u64 {
@@ -251,4 +263,26 @@ fn newer_file_wins_and_dir_without_config_is_a_run() {
             .contains("| hf-dinov2-small | dino | – | – | – | – | 2.00 |")
     );
     assert!(report::collect(&[tmp.path().join("missing")]).is_err());
+}
+
+#[test]
+fn a_broken_results_file_is_skipped_and_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    write(
+        &dir.join("ok.json"),
+        &eval_json("knn", None, serde_json::json!({"top1": 1.0})),
+    );
+    write(
+        &dir.join("bad.json"),
+        r#"{"method": "knn", "metrics": [1, 2]}"#,
+    );
+    let c = report::collect(std::slice::from_ref(&dir)).unwrap();
+    assert_eq!(c.runs[0].metrics["knn/top1"], 1.0);
+    assert_eq!(c.skipped_files, 1);
+    assert!(
+        c.warnings.len() == 1 && c.warnings[0].contains("bad.json"),
+        "{:?}",
+        c.warnings
+    );
 }

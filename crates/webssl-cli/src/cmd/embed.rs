@@ -11,36 +11,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use burn::tensor::{Device, Tensor, TensorData};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use rayon::prelude::*;
 use webssl_data::decode::{DEFAULT_MAX_PIXELS, decode_rgb};
 use webssl_data::source::{Item, iter_items, resolve_inputs};
-use webssl_data::transform::EvalTransform;
-use webssl_models::checkpoint::{self, export::write_atomic};
-use webssl_models::{Precision, Vit, autocast, presets};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Feature {
-    /// Normed CLS token `[N, D]`.
-    Cls,
-    /// Mean of the normed patch tokens `[N, D]`.
-    PatchMean,
-    /// All normed patch tokens `[N, P, D]`.
-    PatchTokens,
-    /// Normed register tokens `[N, R, D]`.
-    Registers,
-}
-
-impl Feature {
-    fn key(self) -> &'static str {
-        match self {
-            Feature::Cls => "cls",
-            Feature::PatchMean => "patch_mean",
-            Feature::PatchTokens => "patch_tokens",
-            Feature::Registers => "registers",
-        }
-    }
-}
+use webssl_eval::features::{Encoder, Extracted, Feature, Preprocess};
+use webssl_models::checkpoint::export::write_atomic;
+use webssl_models::{Precision, autocast};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -59,12 +36,14 @@ pub struct Args {
     /// Output file: `.safetensors`, or `.npy` (one `<stem>.<feature>.npy` each + `<stem>.keys.txt`).
     #[arg(long)]
     pub output: PathBuf,
-    /// Features to write.
+    /// Features to write: `cls` (normed CLS token `[N, D]`), `patch-mean` (mean of the normed patch
+    /// tokens `[N, D]`), `patch-tokens` (all normed patch tokens `[N, P, D]`), `registers` (normed
+    /// register tokens `[N, R, D]`).
     #[arg(
         long,
-        value_enum,
         value_delimiter = ',',
-        default_value = "cls,patch-mean"
+        default_value = "cls,patch-mean",
+        value_parser = feature_parser()
     )]
     pub features: Vec<Feature>,
     /// Also write the CLS and mean patch token of each of the last N blocks (after the final norm).
@@ -108,28 +87,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     check_writable(&args.output)?;
     let device = crate::device::selected()?;
-    let arch = args.arch.as_deref().map(presets::preset).transpose()?;
-    let loaded = checkpoint::load(&args.model, arch.as_ref(), &device)
+    let encoder = Encoder::load(&args.model, args.arch.as_deref(), args.resolution, &device)
         .with_context(|| format!("loading model {}", args.model.display()))?;
-    let model = loaded.model;
-    let cfg = model.config().clone();
-    let transform = match (args.resolution, &loaded.preprocessor) {
-        (Some(res), _) => EvalTransform::square(res),
-        (None, Some(pre)) => EvalTransform::from_hf_preprocessor_config(pre)
-            .with_context(|| format!("{}/preprocessor_config.json", args.model.display()))?,
-        (None, None) => {
-            EvalTransform::imagenet((cfg.img_size * 256 / 224) as u32, cfg.img_size as u32)
-        }
-    };
-    let (w, h) = fixed_output_size(&transform).context(
-        "the preprocessor gives images of varying size (shortest-edge resize without a crop); pass --resolution",
-    )?;
-    let p = cfg.patch_size as u32;
-    if w % p != 0 || h % p != 0 {
-        bail!(
-            "preprocessed images are {w}x{h}, not a multiple of the patch size {p}; pass --resolution with a multiple of {p}"
-        );
-    }
+    let cfg = encoder.model().config().clone();
+    let (w, h) = encoder.preprocess().size;
     if args.last_layers > cfg.depth {
         bail!(
             "--last-layers {} exceeds the model depth {}",
@@ -152,8 +113,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // The model runs on this thread (decoding on the rayon pool): the switch is thread-local.
     let _precision = autocast(args.precision);
     let (out, skipped, secs) = embed_items(
-        &model,
-        transform,
+        &encoder,
         inputs,
         &Options {
             batch_size: args.batch_size,
@@ -161,8 +121,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             features: args.features.clone(),
             last_layers: args.last_layers,
         },
-        (w, h),
-        &device,
     )?;
     if out.keys.is_empty() {
         bail!("no image could be embedded ({} skipped)", skipped.len());
@@ -196,19 +154,17 @@ pub struct Options {
     pub last_layers: usize,
 }
 
-/// Embeds every image of `inputs` (in order) with `model`; returns the features, the skipped items
+/// Embeds every image of `inputs` (in order) with `encoder`; returns the features, the skipped items
 /// (`what`, `why`) and the wall time. Decoding runs one batch ahead on the rayon pool.
 pub fn embed_items(
-    model: &Vit,
-    transform: EvalTransform,
+    encoder: &Encoder,
     inputs: Vec<webssl_data::source::InputSpec>,
     opts: &Options,
-    (w, h): (u32, u32),
-    device: &Device,
 ) -> anyhow::Result<(Features, Vec<(String, String)>, f64)> {
     let (tx, rx) = crossbeam_channel::bounded::<Batch>(2);
     let batch_size = opts.batch_size;
     let max_pixels = opts.max_pixels;
+    let preprocess = encoder.preprocess().clone();
     let producer = std::thread::spawn(move || {
         let mut items = iter_items(&inputs);
         loop {
@@ -219,7 +175,7 @@ pub fn embed_items(
             let decoded: Vec<Result<(String, Option<i64>, Vec<f32>), (String, String)>> = chunk
                 .into_par_iter()
                 .map(|item| match item {
-                    Ok(item) => prepare(&item, &transform, max_pixels, (w, h)),
+                    Ok(item) => prepare(&item, &preprocess, max_pixels),
                     Err(e) => Err(("input".to_owned(), e.to_string())),
                 })
                 .collect();
@@ -264,11 +220,7 @@ pub fn embed_items(
             continue;
         }
         let n = batch.keys.len();
-        let x = Tensor::<4>::from_data(
-            TensorData::new(batch.pixels, [n, 3, h as usize, w as usize]),
-            device,
-        );
-        out.add(model, x, &opts.features, opts.last_layers);
+        out.add(encoder.extract(batch.pixels, n, &opts.features, opts.last_layers)?);
         out.keys.extend(batch.keys);
         out.labels.extend(batch.labels);
         bar.inc(n as u64);
@@ -284,25 +236,33 @@ pub fn embed_items(
 /// Decode + preprocess one item; a failure names the item.
 fn prepare(
     item: &Item,
-    transform: &EvalTransform,
+    preprocess: &Preprocess,
     max_pixels: u64,
-    size: (u32, u32),
 ) -> Result<(String, Option<i64>, Vec<f32>), (String, String)> {
     let img = decode_rgb(&item.bytes, &item.source, max_pixels)
         .map_err(|e| (item.source.clone(), e.to_string()))?;
-    let (px, w, h) = transform.apply(&img);
-    if (w, h) != size {
-        return Err((
-            item.source.clone(),
-            format!("preprocessed to {w}x{h}, expected {}x{}", size.0, size.1),
-        ));
-    }
+    let px = preprocess
+        .apply(&img)
+        .map_err(|why| (item.source.clone(), why))?;
     Ok((item.key.clone(), item.label, px))
 }
 
-/// The output size when it does not depend on the input's aspect ratio.
-pub fn fixed_output_size(t: &EvalTransform) -> Option<(u32, u32)> {
-    t.fixed_output_size()
+/// `--features` names, hyphenated like clap's value enums.
+const FEATURE_NAMES: [(&str, Feature); 4] = [
+    ("cls", Feature::Cls),
+    ("patch-mean", Feature::PatchMean),
+    ("patch-tokens", Feature::PatchTokens),
+    ("registers", Feature::Registers),
+];
+
+fn feature_parser() -> impl TypedValueParser<Value = Feature> {
+    PossibleValuesParser::new(FEATURE_NAMES.map(|(name, _)| name)).map(|name| {
+        FEATURE_NAMES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .expect("one of the possible values")
+            .1
+    })
 }
 
 fn check_writable(output: &Path) -> anyhow::Result<()> {
@@ -331,49 +291,14 @@ pub struct Features {
 }
 
 impl Features {
-    /// Appends a batch `[B, ...]`; the per-sample shape is the rest of the dims.
-    fn push<const D: usize>(&mut self, name: &str, t: Tensor<D>) {
-        let per_sample = t.dims()[1..].to_vec();
-        let values = t
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .expect("float tensor");
-        let entry = self
-            .tensors
-            .entry(name.to_owned())
-            .or_insert_with(|| (per_sample, Vec::new()));
-        entry.1.extend_from_slice(&values);
-    }
-
-    fn add(&mut self, model: &Vit, x: Tensor<4>, features: &[Feature], last_layers: usize) {
-        let out = model.forward_features(x.clone(), None);
-        let [b, d] = out.cls.dims();
-        for f in features {
-            match f {
-                Feature::Cls => self.push(f.key(), out.cls.clone()),
-                Feature::PatchMean => {
-                    self.push(f.key(), out.patches.clone().mean_dim(1).reshape([b, d]))
-                }
-                Feature::PatchTokens => self.push(f.key(), out.patches.clone()),
-                Feature::Registers => self.push(f.key(), out.registers.clone()),
-            }
-        }
-        if last_layers > 0 {
-            let r = model.config().num_register_tokens;
-            let layers = model.intermediate_layers(x, last_layers);
-            for (i, t) in layers.into_iter().enumerate() {
-                let [b, n, d] = t.dims();
-                let k = last_layers - i;
-                self.push(
-                    &format!("layer-{k}.cls"),
-                    t.clone().slice([0..b, 0..1, 0..d]).reshape([b, d]),
-                );
-                self.push(
-                    &format!("layer-{k}.patch_mean"),
-                    t.slice([0..b, 1 + r..n, 0..d]).mean_dim(1).reshape([b, d]),
-                );
-            }
+    /// Appends a batch's tensors.
+    fn add(&mut self, batch: Extracted) {
+        for (name, (per_sample, values)) in batch.tensors {
+            self.tensors
+                .entry(name)
+                .or_insert_with(|| (per_sample, Vec::new()))
+                .1
+                .extend_from_slice(&values);
         }
     }
 

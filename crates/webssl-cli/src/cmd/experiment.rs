@@ -52,6 +52,7 @@ use burn::tensor::Device;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 use webssl_eval::report;
+use webssl_eval::results::{Metrics, ProbeResult};
 use webssl_models::checkpoint::export::write_atomic;
 use webssl_train::clip::ClipConfig;
 use webssl_train::dino::DinoConfig;
@@ -463,21 +464,11 @@ fn run_probe(cell: &Cell, probe: &Probe) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("probe `{}`: {e}", probe.name))?;
     super::eval::run(line.command)
         .with_context(|| format!("probe `{}` of {}", probe.name, cell.name))?;
-    let bytes =
-        std::fs::read(&partial).with_context(|| format!("reading {}", partial.display()))?;
-    let mut value: serde_json::Value = serde_json::from_slice(&bytes)?;
-    if let Some(obj) = value.as_object_mut() {
-        let original = obj.insert("method".into(), probe.name.clone().into());
-        if let Some(o) = original {
-            obj.insert("probe_command".into(), o);
-        }
-        obj.insert("experiment_cell".into(), cell.name.clone().into());
-        // The report names dense columns `<method>-<task>`; here the probe name alone is the group.
-        if let Some(task) = obj.remove("task") {
-            obj.insert("probe_task".into(), task);
-        }
-    }
-    write_atomic(&out, serde_json::to_string_pretty(&value)?.as_bytes())?;
+    // Reported under the probe's name (dense probes too: not `<method>-<task>`).
+    let mut result = ProbeResult::load(&partial)?;
+    result.name = Some(probe.name.clone());
+    result.experiment_cell = Some(cell.name.clone());
+    result.save(&out)?;
     std::fs::remove_file(&partial).ok();
     Ok(())
 }
@@ -497,7 +488,8 @@ struct CellRecord {
     data_identity: Option<webssl_train::run::DataIdentity>,
     /// Wall-clock seconds spent on the cell, all invocations together.
     seconds: f64,
-    results: std::collections::BTreeMap<String, serde_json::Value>,
+    /// The metrics of each probe's results file.
+    results: std::collections::BTreeMap<String, Metrics>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -671,13 +663,8 @@ fn record(
         .and_then(|b| serde_json::from_slice(&b).ok());
     let mut results = std::collections::BTreeMap::new();
     for p in probes {
-        if let Ok(b) = std::fs::read(results_path(cell, p))
-            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&b)
-        {
-            results.insert(
-                p.name.clone(),
-                v.get("metrics").cloned().unwrap_or_default(),
-            );
+        if let Ok(r) = ProbeResult::load(&results_path(cell, p)) {
+            results.insert(p.name.clone(), r.metrics);
         }
     }
     Ok(CellRecord {

@@ -7,13 +7,15 @@ use burn::tensor::Device;
 use webssl_data::decode::DEFAULT_MAX_PIXELS;
 use webssl_data::source::resolve_inputs;
 use webssl_data::transform::EvalTransform;
+use webssl_eval::features::{Encoder, Feature};
+use webssl_eval::results::{Baseline, ProbeResult, Sizes, knn_metrics};
 use webssl_models::checkpoint;
 use webssl_train::clip::{self, ClipConfig};
 use webssl_train::dino::{self, DinoConfig};
 use webssl_train::dist::{Dist, LaunchEnv};
 use webssl_train::mae::{self, MaeConfig};
 
-use super::embed::{Feature, Options, embed_items};
+use super::embed::{Options, embed_items};
 use webssl_models::Vit;
 use webssl_train::run::TrainOutcome;
 use webssl_train::run::checkpoint::Resume;
@@ -277,7 +279,8 @@ fn run_recipe<C: Recipe>(args: RunArgs) -> anyhow::Result<()> {
 
 /// kNN (dinov2 protocol) on held-out labelled shards for the trained backbone (`export_dir`) and for
 /// the same architecture at initialisation (`init`, the backbone at step 0), at `size` px, printed
-/// side by side and written to `<run>/eval/knn.json`.
+/// side by side and written to `<run>/eval/knn.json` (a [`ProbeResult`] whose baseline is the
+/// initialisation, so `webssl report` shows `knn` and `knn@init`).
 #[allow(clippy::too_many_arguments)]
 fn knn_report(
     size: u32,
@@ -306,14 +309,13 @@ fn knn_report(
     };
     let split = |model: &webssl_models::Vit, dir: &Path| -> anyhow::Result<(Split, usize)> {
         let inputs = resolve_inputs(&[dir.display().to_string()])?;
-        let (feats, skipped, _) = embed_items(
-            model,
+        let encoder = Encoder::new(
+            model.clone(),
             EvalTransform::square(size),
-            inputs,
-            &opts,
-            (size, size),
             device,
+            "the pretrained backbone",
         )?;
+        let (feats, skipped, _) = embed_items(&encoder, inputs, &opts)?;
         if !skipped.is_empty() {
             anyhow::bail!(
                 "{} images of {} could not be read",
@@ -373,19 +375,33 @@ fn knn_report(
         "(train {ntr}, val {nva}, {classes} classes; chance {:.1}%)",
         100.0 / *classes as f64
     );
-    let json = serde_json::json!({
-        "method": "knn",
-        "protocol": "dinov2 (L2-normalised CLS, cosine, softmax T=0.07)",
-        "dataset": {"train": train.display().to_string(), "val": val.display().to_string(), "classes": classes},
-        "results": rows.iter().map(|(name, _, _, _, r)| serde_json::json!({"model": name, "knn": r})).collect::<Vec<_>>(),
+    let init = knn_metrics(&rows[0].4)?;
+    let mut result = ProbeResult::new(
+        "knn",
+        &export_dir.display().to_string(),
+        serde_json::json!({"train": train.display().to_string(), "val": val.display().to_string(), "classes": classes}),
+        knn_metrics(&rows[1].4)?,
+    );
+    result.summary = format!(
+        "knn: top-1 @k={} = {:.1}% ({}), {:.1}% at initialisation",
+        result.metrics["k"], result.metrics["top1"], rows[1].0, init["top1"]
+    );
+    result.baseline = Some(Baseline {
+        model: "initialisation".into(),
+        metrics: init,
     });
-    let dir = run_dir.join("eval");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join("knn.json");
-    webssl_models::checkpoint::export::write_atomic(
-        &path,
-        serde_json::to_string_pretty(&json)?.as_bytes(),
-    )?;
+    result.protocol = "dinov2 (L2-normalised CLS, cosine, softmax T=0.07)".into();
+    result.sizes = Some(Sizes {
+        train: *ntr,
+        val: *nva,
+        classes: Some(*classes),
+        train_tokens: None,
+    });
+    result
+        .details
+        .insert("per_k".into(), serde_json::to_value(&rows[1].4.per_k)?);
+    let path = run_dir.join("eval").join("knn.json");
+    result.save(&path)?;
     println!("results written to {}", path.display());
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! Cached features and their labels, for the kNN and linear probes.
+//! Frozen features: computed from a backbone ([`Encoder`], the one place features are extracted) or
+//! cached in a `webssl embed` file ([`FeatureFile`]), and their labels, for the probes.
 //!
 //! **Features** come from a `webssl embed` safetensors file ([`FeatureFile::load`]): the 2-D tensors
 //! `cls` `[N, D]`, `patch_mean` `[N, D]` and, with `--last-layers K`, `layer-{k}.cls` /
@@ -35,11 +36,26 @@ use webssl_data::source::{InputSpec, folder_key, iter_items, resolve_inputs, wal
 
 use crate::error::{EvalError, Result};
 
+mod extract;
+
+pub use extract::{Encoder, Extracted, Feature, Preprocess};
+
 fn probe_err(context: impl Into<String>, message: impl Into<String>) -> EvalError {
     EvalError::Probe {
         context: context.into(),
         message: message.into(),
     }
+}
+
+/// Reads a tensor back to the host as f32 values, row-major (`context` names the probe in errors).
+pub(crate) fn read_f32<const D: usize>(
+    t: burn::tensor::Tensor<D>,
+    context: &str,
+) -> Result<Vec<f32>> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| probe_err(context, format!("reading a tensor back: {e:?}")))
 }
 
 /// A dense row-major `[rows, cols]` f32 matrix.
