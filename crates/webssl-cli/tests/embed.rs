@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use support::webssl;
 use webssl_models::checkpoint::store::TensorStore;

@@ -2,6 +2,9 @@
 
 mod support;
 
+use std::path::Path;
+use std::process::Command;
+
 use support::p;
 
 fn webssl(args: &[&str]) -> (bool, String, String) {

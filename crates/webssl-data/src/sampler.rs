@@ -64,9 +64,10 @@ fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// FNV-1a over bytes: a fixed, platform-independent string hash (std's `RandomState` is randomised
-/// per process, which would break reproducibility).
-fn fnv1a64(bytes: &[u8]) -> u64 {
+/// FNV-1a 64 over bytes: a fixed, platform-independent hash (std's `RandomState` is randomised per
+/// process, which would break reproducibility). The project's one string hash: random-stream names
+/// here, recipe and shard-list identities and collective consistency checks in webssl-train.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xCBF2_9CE4_8422_2325;
     for &b in bytes {
         h ^= u64::from(b);

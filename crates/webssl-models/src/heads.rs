@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::store::TensorStore;
 use crate::error::{ModelError, Result};
+use crate::params::{NamedTensor, to_host};
 use crate::precision;
 
 /// Shape of a [`DinoHead`]. dinov2 defaults: hidden 2048, bottleneck 256, 3 layers, K = 65,536
@@ -290,7 +291,7 @@ impl DinoHead {
 
     /// The head's tensors under PyTorch `DINOHead` names and layouts (`mlp.{2i}.weight` as `[out, in]`,
     /// `last_layer.weight_g` `[K, 1]`, `last_layer.weight_v` `[K, bottleneck]`), each prefixed.
-    pub fn torch_tensors(&self, prefix: &str) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    pub fn torch_tensors(&self, prefix: &str) -> Vec<NamedTensor> {
         let mut out = Vec::new();
         let one = self.mlp.len() == 1;
         for (i, l) in self.mlp.iter().enumerate() {
@@ -300,22 +301,22 @@ impl DinoHead {
                 format!("mlp.{}", 2 * i)
             };
             let [inp, o] = l.weight.dims();
-            let w = transpose(&host(l.weight.val()), inp, o);
+            let w = transpose(&to_host(l.weight.val()), inp, o);
             out.push((format!("{prefix}{name}.weight"), vec![o, inp], w));
             if let Some(b) = &l.bias {
-                out.push((format!("{prefix}{name}.bias"), vec![o], host(b.val())));
+                out.push((format!("{prefix}{name}.bias"), vec![o], to_host(b.val())));
             }
         }
         let ll = &self.last_layer;
         out.push((
             format!("{prefix}last_layer.weight_g"),
             ll.weight_g.dims().to_vec(),
-            host(ll.weight_g.val()),
+            to_host(ll.weight_g.val()),
         ));
         out.push((
             format!("{prefix}last_layer.weight_v"),
             ll.weight_v.dims().to_vec(),
-            host(ll.weight_v.val()),
+            to_host(ll.weight_v.val()),
         ));
         out
     }
@@ -328,13 +329,6 @@ fn shape_err(prefix: &str, key: &str, expected: Vec<usize>, found: Vec<usize>) -
         expected,
         found,
     }
-}
-
-fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .expect("f32 after convert")
 }
 
 /// Row-major `[rows, cols]` → `[cols, rows]`.
@@ -371,13 +365,6 @@ fn trunc_normal(rng: &mut ChaCha8Rng, std: f64, cut: f64) -> f32 {
 mod tests {
     use super::*;
 
-    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .unwrap()
-    }
-
     fn small() -> DinoHeadConfig {
         DinoHeadConfig {
             in_dim: 16,
@@ -407,9 +394,9 @@ mod tests {
         assert_eq!(a.mlp[2].weight.dims(), [128, 32]);
         assert_eq!(a.last_layer.weight_v.dims(), [512, 32]);
         assert_eq!(a.last_layer.weight_g.dims(), [512, 1]);
-        let wa = values(a.mlp[1].weight.val());
-        assert_eq!(wa, values(b.mlp[1].weight.val()));
-        assert_ne!(wa, values(c.mlp[1].weight.val()));
+        let wa = to_host(a.mlp[1].weight.val());
+        assert_eq!(wa, to_host(b.mlp[1].weight.val()));
+        assert_ne!(wa, to_host(c.mlp[1].weight.val()));
         // trunc-normal std 0.02, mean 0 (16384 draws: std error of the std ≈ 0.6%).
         let mean = wa.iter().map(|&x| x as f64).sum::<f64>() / wa.len() as f64;
         let std =
@@ -417,19 +404,19 @@ mod tests {
         assert!(mean.abs() < 1e-3, "{mean}");
         assert!((std - 0.02).abs() < 0.0006, "{std}");
         assert!(
-            values(a.mlp[0].bias.as_ref().unwrap().val())
+            to_host(a.mlp[0].bias.as_ref().unwrap().val())
                 .iter()
                 .all(|&x| x == 0.0)
         );
         // v ~ U(±1/sqrt(32)): max close to the bound, variance bound²/3.
-        let v = values(a.last_layer.weight_v.val());
+        let v = to_host(a.last_layer.weight_v.val());
         let bound = 1.0 / 32f64.sqrt();
         let max = v.iter().fold(0f64, |m, &x| m.max((x as f64).abs()));
         assert!(max <= bound && max > 0.99 * bound, "{max} vs {bound}");
         let var = v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / v.len() as f64;
         assert!((var / (bound * bound / 3.0) - 1.0).abs() < 0.03, "{var}");
         assert!(
-            values(a.last_layer.weight_g.val())
+            to_host(a.last_layer.weight_g.val())
                 .iter()
                 .all(|&x| x == 1.0)
         );
@@ -455,14 +442,14 @@ mod tests {
         );
         let z = head.bottleneck(x.clone());
         assert_eq!(z.dims(), [2, 3, 8]);
-        for n in values(z.square().sum_dim(2)) {
+        for n in to_host(z.square().sum_dim(2)) {
             assert!((n - 1.0).abs() < 1e-5, "{n}");
         }
         let y = head.forward(x);
         assert_eq!(y.dims(), [2, 3, 64]);
         // With g = 1 every prototype is a unit vector and z is one too: logits are cosines.
-        assert!(values(y).iter().all(|&c| c.abs() <= 1.0 + 1e-5));
-        for n in values(head.last_layer.weight().square().sum_dim(1)) {
+        assert!(to_host(y).iter().all(|&c| c.abs() <= 1.0 + 1e-5));
+        for n in to_host(head.last_layer.weight().square().sum_dim(1)) {
             assert!((n - 1.0).abs() < 1e-5, "{n}");
         }
     }
@@ -514,7 +501,7 @@ mod tests {
                 ),
                 &device,
             );
-            assert_eq!(values(head.forward(x.clone())), values(back.forward(x)));
+            assert_eq!(to_host(head.forward(x.clone())), to_host(back.forward(x)));
             assert!(DinoHead::from_torch_store(&store, "student.dino_head.", &device).is_err());
         }
         // a v that does not fit the bottleneck is a shape error naming the key
@@ -553,7 +540,7 @@ mod tests {
         let grads = loss.backward();
         let mut checked = 0;
         let mut check = |name: &str, g: Option<Tensor<2>>| {
-            let g = values(g.unwrap_or_else(|| panic!("{name}: no gradient")));
+            let g = to_host(g.unwrap_or_else(|| panic!("{name}: no gradient")));
             assert!(g.iter().all(|x| x.is_finite()), "{name}");
             assert!(g.iter().any(|&x| x != 0.0), "{name}: all-zero gradient");
             checked += 1;

@@ -7,6 +7,7 @@ pub mod error;
 pub mod heads;
 pub mod kernels;
 pub mod mae;
+pub mod params;
 pub mod pos_embed;
 pub mod precision;
 pub mod presets;

@@ -164,15 +164,9 @@ pub fn matmul<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> Tensor<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::params::to_host;
     use burn::nn::LinearConfig;
     use burn::tensor::{Device, Distribution, TensorData};
-
-    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .unwrap()
-    }
 
     /// f32 → bf16 → f32, round to nearest even (what `cast` does on burn-flex).
     fn round_bf16(v: f32) -> f32 {
@@ -218,17 +212,17 @@ mod tests {
         let device = Device::flex();
         let lin = LinearConfig::new(24, 5).init(&device);
         let x = Tensor::<2>::random([3, 24], Distribution::Normal(0.0, 1.0), &device);
-        let exact = values(lin.forward(x.clone()));
+        let exact = to_host(lin.forward(x.clone()));
         let mixed = {
             let _g = autocast(Precision::Bf16);
             lin.forward(x.clone()); // burn's own Linear is untouched by the switch
             linear(x.clone(), &lin)
         };
         assert_eq!(mixed.dtype(), DType::F32);
-        let mixed = values(mixed);
+        let mixed = to_host(mixed);
         // The reference: round x, W, b to bf16, multiply in f64, round the result to bf16.
-        let (xv, wv) = (values(x), values(lin.weight.val()));
-        let bv = values(lin.bias.as_ref().unwrap().val());
+        let (xv, wv) = (to_host(x), to_host(lin.weight.val()));
+        let bv = to_host(lin.bias.as_ref().unwrap().val());
         let mut max_rel_exact = 0f32;
         for r in 0..3 {
             for o in 0..5 {
@@ -273,7 +267,7 @@ mod tests {
         let (g32, g16) = (grad_of(Precision::F32), grad_of(Precision::Bf16));
         assert_eq!(lin.weight.val().dtype(), DType::F32);
         assert_eq!(g16.dtype(), DType::F32);
-        let (a, b) = (values(g32), values(g16));
+        let (a, b) = (to_host(g32), to_host(g16));
         let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
         let diff = a
             .iter()
@@ -287,11 +281,11 @@ mod tests {
         let device = Device::flex();
         let a = Tensor::<3>::random([2, 3, 7], Distribution::Normal(0.0, 1.0), &device);
         let b = Tensor::<3>::random([2, 7, 4], Distribution::Normal(0.0, 1.0), &device);
-        let exact = values(a.clone().matmul(b.clone()));
+        let exact = to_host(a.clone().matmul(b.clone()));
         let _g = autocast(Precision::Bf16);
         let mixed = matmul(a, b);
         assert_eq!((mixed.dtype(), mixed.dims()), (DType::F32, [2, 3, 4]));
-        for (m, e) in values(mixed).iter().zip(&exact) {
+        for (m, e) in to_host(mixed).iter().zip(&exact) {
             assert!((m - e).abs() < 5e-2 * e.abs().max(1.0), "{m} vs {e}");
         }
     }

@@ -286,13 +286,9 @@ impl Vit {
         // burn initialises parameters lazily, at first use; draw them now so that the weights depend
         // only on the RNG state at construction, not on whatever else draws from it before the first
         // forward (another model, another thread).
-        struct Touch;
-        impl burn::module::ModuleVisitor for Touch {
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-                let _ = param.val();
-            }
-        }
-        burn::module::Module::visit(&vit, &mut Touch);
+        crate::params::visit(&vit, |_, param| {
+            param.shape();
+        });
         vit
     }
 

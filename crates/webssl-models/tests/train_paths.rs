@@ -65,36 +65,14 @@ fn every_parameter_receives_a_gradient() {
         + local.cls.powf_scalar(2.0).mean();
     let grads = loss.backward();
     let mut missing = Vec::new();
-    struct Check<'a> {
-        grads: &'a burn::tensor::Gradients,
-        path: checkpoint::PathStack,
-        missing: &'a mut Vec<String>,
-    }
-    impl burn::module::ModuleVisitor for Check<'_> {
-        fn enter_module(&mut self, name: &str, container_type: &str) {
-            self.path.enter(name, container_type);
+    webssl_models::params::visit(&model, |path, param| {
+        let ok = param
+            .grad(&grads)
+            .is_some_and(|g| g.abs().sum().into_scalar::<f32>() > 0.0);
+        if !ok {
+            missing.push(path.to_owned());
         }
-        fn exit_module(&mut self, _: &str, container_type: &str) {
-            self.path.exit(container_type);
-        }
-        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
-            let ok = param
-                .val()
-                .grad(self.grads)
-                .is_some_and(|g| g.abs().sum().into_scalar::<f32>() > 0.0);
-            if !ok {
-                self.missing.push(self.path.path());
-            }
-        }
-    }
-    burn::module::Module::visit(
-        &model,
-        &mut Check {
-            grads: &grads,
-            path: Default::default(),
-            missing: &mut missing,
-        },
-    );
+    });
     assert!(missing.is_empty(), "no gradient for {missing:?}");
 }
 

@@ -289,8 +289,8 @@ fn main() -> Result<(), String> {
 
     // FLOPs of one step (see the module docs)
     let keep = |n: usize| {
-        if cfg.model.drop_path_rate > 0.0 {
-            ((n as f64 * (1.0 - cfg.model.drop_path_rate)) as usize).max(1) as f64 / n as f64
+        if cfg.drop_path_rate() > 0.0 {
+            ((n as f64 * (1.0 - cfg.drop_path_rate())) as usize).max(1) as f64 / n as f64
         } else {
             1.0
         }
@@ -334,7 +334,7 @@ fn main() -> Result<(), String> {
             h.dino_prototypes
         },
         h.ibot_separate_head,
-        cfg.model.drop_path_rate,
+        cfg.drop_path_rate(),
         times_s.join(","),
         b as f64 / med,
         flops / 1e9,

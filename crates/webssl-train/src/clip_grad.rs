@@ -18,10 +18,9 @@
 
 use std::collections::HashMap;
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::Module;
 use burn::tensor::{Device, Gradients, Tensor, TensorData};
-
-pub(crate) use webssl_models::checkpoint::PathStack;
+use webssl_models::params::{self, NamedTensor, to_host, trainable_params};
 
 /// One gradient: the parameter's shape and its values flattened (row-major) to 1-D.
 #[derive(Debug, Clone)]
@@ -42,73 +41,29 @@ impl ParamGrads {
     /// The gradients `grads` holds for the float parameters of `module` (paths relative to it).
     /// Parameters without a gradient (frozen, unused in the graph) are absent.
     pub fn from_module<M: Module>(module: &M, grads: &Gradients) -> Self {
-        struct Collect<'a> {
-            grads: &'a Gradients,
-            path: PathStack,
-            out: ParamGrads,
-        }
-        impl ModuleVisitor for Collect<'_> {
-            fn enter_module(&mut self, name: &str, container_type: &str) {
-                self.path.enter(name, container_type);
+        let mut out = ParamGrads::default();
+        params::visit(module, |path, p| {
+            if p.requires_grad()
+                && let Some(g) = p.grad(grads)
+            {
+                out.push(path.to_owned(), p.shape(), g);
             }
-            fn exit_module(&mut self, _name: &str, container_type: &str) {
-                self.path.exit(container_type);
-            }
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-                if !param.is_require_grad() {
-                    return;
-                }
-                if let Some(g) = param.val().grad(self.grads) {
-                    let shape = g.dims().to_vec();
-                    let n = shape.iter().product::<usize>();
-                    self.out
-                        .push(self.path.path(), shape, g.inner().reshape([n]));
-                }
-            }
-        }
-        let mut c = Collect {
-            grads,
-            path: PathStack::default(),
-            out: ParamGrads::default(),
-        };
-        module.visit(&mut c);
-        c.out
+        });
+        out
     }
 
     /// Like [`ParamGrads::from_module`] but *removes* the gradients from `grads`, so clipping
     /// (which writes new tensors) does not keep the unclipped set alive until `grads` is dropped.
     pub fn take_from_module<M: Module>(module: &M, grads: &mut Gradients) -> Self {
-        struct Take<'a> {
-            grads: &'a mut Gradients,
-            path: PathStack,
-            out: ParamGrads,
-        }
-        impl ModuleVisitor for Take<'_> {
-            fn enter_module(&mut self, name: &str, container_type: &str) {
-                self.path.enter(name, container_type);
+        let mut out = ParamGrads::default();
+        params::visit(module, |path, p| {
+            if p.requires_grad()
+                && let Some(g) = p.take_grad(grads)
+            {
+                out.push(path.to_owned(), p.shape(), g);
             }
-            fn exit_module(&mut self, _name: &str, container_type: &str) {
-                self.path.exit(container_type);
-            }
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-                if !param.is_require_grad() {
-                    return;
-                }
-                if let Some(g) = param.val().grad_remove(self.grads) {
-                    let shape = g.dims().to_vec();
-                    let n = shape.iter().product::<usize>();
-                    self.out
-                        .push(self.path.path(), shape, g.inner().reshape([n]));
-                }
-            }
-        }
-        let mut t = Take {
-            grads,
-            path: PathStack::default(),
-            out: ParamGrads::default(),
-        };
-        module.visit(&mut t);
-        t.out
+        });
+        out
     }
 
     /// Averages these gradients of `module` over all ranks (DDP/FSDP semantics: every rank then holds
@@ -136,7 +91,7 @@ impl ParamGrads {
             }
             let n = shape.iter().product::<usize>();
             let mut values = match self.get(&path) {
-                Some(g) => to_vec(g.clone()),
+                Some(g) => to_host(g.clone()),
                 None => vec![0.0; n],
             };
             dist.all_reduce_f32("gradients", &mut values, ReduceOp::Sum);
@@ -148,7 +103,7 @@ impl ParamGrads {
 
     /// Gradients given on the host, e.g. from a reference implementation or a test.
     /// Panics if a value count does not match its shape (a programming error).
-    pub fn from_host(items: Vec<(String, Vec<usize>, Vec<f32>)>, device: &Device) -> Self {
+    pub fn from_host(items: Vec<NamedTensor>, device: &Device) -> Self {
         let mut out = ParamGrads::default();
         for (path, shape, values) in items {
             let n = shape.iter().product::<usize>();
@@ -211,10 +166,10 @@ impl ParamGrads {
     }
 
     /// All gradients copied to the host: `(path, shape, values)`.
-    pub fn to_host(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    pub fn to_host(&self) -> Vec<NamedTensor> {
         self.entries
             .iter()
-            .map(|e| (e.path.clone(), e.shape.clone(), to_vec(e.grad.clone())))
+            .map(|e| (e.path.clone(), e.shape.clone(), to_host(e.grad.clone())))
             .collect()
     }
 
@@ -228,7 +183,7 @@ impl ParamGrads {
             .iter()
             .map(|e| (e.grad.clone() * e.grad.clone()).sum())
             .collect();
-        to_vec(Tensor::cat(parts, 0))
+        to_host(Tensor::cat(parts, 0))
     }
 
     /// Total L2 norm over all gradients (torch `clip_grad_norm_`'s `total_norm`, norm_type 2).
@@ -273,45 +228,8 @@ impl ParamGrads {
             .iter()
             .map(|e| e.grad.clone().is_finite().bool_not().float().sum())
             .collect();
-        to_vec(Tensor::cat(parts, 0)).iter().all(|&bad| bad == 0.0)
+        to_host(Tensor::cat(parts, 0)).iter().all(|&bad| bad == 0.0)
     }
-}
-
-/// Host copy of a float tensor as f32.
-/// The float parameters of `module` that train, in module order: path, shape, and the inner
-/// (non-autodiff) device their gradients live on.
-pub fn trainable_params<M: Module>(module: &M) -> Vec<(String, Vec<usize>, Device)> {
-    struct List {
-        path: PathStack,
-        out: Vec<(String, Vec<usize>, Device)>,
-    }
-    impl ModuleVisitor for List {
-        fn enter_module(&mut self, name: &str, container_type: &str) {
-            self.path.enter(name, container_type);
-        }
-        fn exit_module(&mut self, _name: &str, container_type: &str) {
-            self.path.exit(container_type);
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if param.is_require_grad() {
-                let t = param.val();
-                self.out
-                    .push((self.path.path(), t.dims().to_vec(), t.device().inner()));
-            }
-        }
-    }
-    let mut l = List {
-        path: PathStack::default(),
-        out: Vec::new(),
-    };
-    module.visit(&mut l);
-    l.out
-}
-
-pub(crate) fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data()
-        .try_into_vec_as::<f32>()
-        .expect("a float tensor converted to f32 reads back as f32")
 }
 
 #[cfg(test)]
@@ -376,7 +294,7 @@ mod tests {
         assert_eq!(g.len(), 1);
         assert!(g.get("x.last_layer.weight_g").is_none());
         assert_eq!(
-            to_vec(g.get("x.mlp.0.weight").expect("kept").clone()),
+            to_host(g.get("x.mlp.0.weight").expect("kept").clone()),
             vec![2.0]
         );
         assert_eq!(g.paths().collect::<Vec<_>>(), vec!["x.mlp.0.weight"]);

@@ -487,7 +487,7 @@ impl Dist {
         if self.world_size == 1 {
             return Ok(());
         }
-        let h = crate::run::state::fnv1a(bytes);
+        let h = webssl_data::sampler::fnv1a64(bytes);
         // Each rank fills its own row of a zero table and a sum all-reduce gathers them; the hash goes
         // as two 32-bit halves, exact in f64.
         let mut table = vec![0f64; 2 * self.world_size];
@@ -520,7 +520,7 @@ impl Dist {
             return t;
         }
         let (shape, device) = (t.shape(), t.device());
-        let mut v = to_f32(t);
+        let mut v = webssl_models::params::to_host(t);
         self.all_reduce_f32(what, &mut v, op);
         Tensor::from_data(TensorData::new(v, shape), &device)
     }
@@ -531,17 +531,10 @@ impl Dist {
             return t;
         }
         let (mut dims, device) = (t.dims(), t.device());
-        let v = self.all_gather_f32(what, &to_f32(t));
+        let v = self.all_gather_f32(what, &webssl_models::params::to_host(t));
         dims[0] *= self.world_size;
         Tensor::from_data(TensorData::new(v, dims), &device)
     }
-}
-
-fn to_f32<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .expect("f32 after convert")
 }
 
 #[cfg(feature = "mpi")]

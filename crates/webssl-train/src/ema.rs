@@ -13,31 +13,12 @@
 
 use std::collections::HashMap;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::Tensor;
-
-use crate::clip_grad::PathStack;
+use webssl_models::params::{self, PathStack};
 
 /// Returns the teacher updated towards `student` with momentum `momentum`.
 pub fn ema_update<M: Module>(teacher: M, student: &M, momentum: f64) -> M {
-    struct Collect {
-        path: PathStack,
-        out: HashMap<String, (Vec<usize>, Tensor<1>)>,
-    }
-    impl ModuleVisitor for Collect {
-        fn enter_module(&mut self, name: &str, container_type: &str) {
-            self.path.enter(name, container_type);
-        }
-        fn exit_module(&mut self, _name: &str, container_type: &str) {
-            self.path.exit(container_type);
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let t = param.val().inner();
-            let shape = t.dims().to_vec();
-            let n = shape.iter().product::<usize>();
-            self.out.insert(self.path.path(), (shape, t.reshape([n])));
-        }
-    }
     struct Update {
         path: PathStack,
         student: HashMap<String, (Vec<usize>, Tensor<1>)>,
@@ -76,14 +57,13 @@ pub fn ema_update<M: Module>(teacher: M, student: &M, momentum: f64) -> M {
             Param::from_mapped_value(id, updated, mapper)
         }
     }
-    let mut c = Collect {
-        path: PathStack::default(),
-        out: HashMap::new(),
-    };
-    student.visit(&mut c);
+    let mut values = HashMap::new();
+    params::visit(student, |path, p| {
+        values.insert(path.to_owned(), (p.shape(), p.value()));
+    });
     let mut u = Update {
         path: PathStack::default(),
-        student: c.out,
+        student: values,
         m: momentum as f32,
         one_minus_m: (1.0 - momentum) as f32,
     };
@@ -93,9 +73,9 @@ pub fn ema_update<M: Module>(teacher: M, student: &M, momentum: f64) -> M {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clip_grad::to_vec;
     use burn::tensor::{Device, TensorData};
     use webssl_models::checkpoint::named_parameters;
+    use webssl_models::params::to_host;
 
     #[derive(Module, Debug)]
     struct Tiny {
@@ -167,6 +147,6 @@ mod tests {
         );
         let copied = ema_update(tiny(&device, 0.0), &student, 0.0);
         assert_eq!(named_parameters(&copied), named_parameters(&student));
-        assert_eq!(to_vec(copied.blocks[1].b.val()), vec![1.3, -0.5]);
+        assert_eq!(to_host(copied.blocks[1].b.val()), vec![1.3, -0.5]);
     }
 }

@@ -20,4 +20,8 @@ pub mod clip;
 pub mod dino;
 pub mod mae;
 
+pub mod registry;
+
 pub use error::{Result, TrainError};
+pub use registry::{OBJECTIVES, Objective};
+pub use run::recipe::{Plan, Recipe};

@@ -38,7 +38,9 @@ use std::collections::BTreeMap;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Tensor, TensorData};
 
-use crate::clip_grad::{ParamGrads, PathStack, to_vec};
+use webssl_models::params::{self, NamedTensor, PathStack, to_host};
+
+use crate::clip_grad::ParamGrads;
 use crate::error::{Result, TrainError};
 use crate::param_groups::ParamRule;
 
@@ -72,7 +74,7 @@ impl Moment {
     fn to_host(&self) -> Vec<f32> {
         match self {
             Moment::Host(v) => v.clone(),
-            Moment::Device(t) => to_vec(t.clone()),
+            Moment::Device(t) => to_host(t.clone()),
         }
     }
 }
@@ -157,12 +159,12 @@ impl AdamW {
         module
     }
 
-    /// Number of parameters with optimizer state.
     /// Keeps the state of the parameters whose path `keep` accepts.
     pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
         self.state.retain(|path, _| keep(path));
     }
 
+    /// Number of parameters with optimizer state.
     pub fn num_states(&self) -> usize {
         self.state.len()
     }
@@ -174,7 +176,7 @@ impl AdamW {
 
     /// The whole state as `(name, shape, values)` triples, sorted by key: `<key>.exp_avg`,
     /// `<key>.exp_avg_sq` (parameter shape) and `<key>.step` (`[step mod 2^24, step div 2^24]`).
-    pub fn state_tensors(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    pub fn state_tensors(&self) -> Vec<NamedTensor> {
         let mut out = Vec::with_capacity(self.state.len() * 3);
         for (key, s) in &self.state {
             out.push((
@@ -195,7 +197,7 @@ impl AdamW {
 
     /// Replaces the state with one written by [`AdamW::state_tensors`]; every parameter needs its
     /// three entries with consistent shapes. Nothing is changed on error.
-    pub fn load_state_tensors(&mut self, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<()> {
+    pub fn load_state_tensors(&mut self, tensors: &[NamedTensor]) -> Result<()> {
         #[derive(Default)]
         struct Parts<'a> {
             exp_avg: Option<(&'a [usize], &'a [f32])>,
@@ -288,29 +290,9 @@ struct StepMapper<'a> {
 
 /// Whether `module` has a float parameter at `path` (only used on the warning path).
 fn module_has<M: Module>(module: &M, path: &str) -> bool {
-    struct Find<'a> {
-        target: &'a str,
-        path: PathStack,
-        found: bool,
-    }
-    impl burn::module::ModuleVisitor for Find<'_> {
-        fn enter_module(&mut self, name: &str, container_type: &str) {
-            self.path.enter(name, container_type);
-        }
-        fn exit_module(&mut self, _name: &str, container_type: &str) {
-            self.path.exit(container_type);
-        }
-        fn visit_float<const D: usize>(&mut self, _param: &Param<Tensor<D>>) {
-            self.found |= self.path.path() == self.target;
-        }
-    }
-    let mut f = Find {
-        target: path,
-        path: PathStack::default(),
-        found: false,
-    };
-    module.visit(&mut f);
-    f.found
+    let mut found = false;
+    params::visit(module, |p, _| found |= p == path);
+    found
 }
 
 impl ModuleMapper for StepMapper<'_> {
@@ -450,6 +432,73 @@ impl AdamW {
     }
 }
 
+/// One AdamW per trained sub-module (as gradient clipping is per sub-module); state keys are
+/// `<sub-module>/<parameter path>.<moment>` in the checkpoint.
+pub struct OptimizerSet {
+    parts: Vec<(&'static str, AdamW)>,
+}
+
+impl OptimizerSet {
+    pub fn new(names: &[&'static str], betas: (f64, f64), eps: f64) -> Self {
+        OptimizerSet {
+            parts: names
+                .iter()
+                .map(|&n| (n, AdamW::new(betas.0, betas.1, eps)))
+                .collect(),
+        }
+    }
+
+    /// The optimizer of sub-module `name`.
+    ///
+    /// # Panics
+    /// If `name` was not given to [`OptimizerSet::new`] (a programming error).
+    pub fn get(&mut self, name: &str) -> &mut AdamW {
+        self.parts
+            .iter_mut()
+            .find(|(n, _)| *n == name)
+            .map(|(_, o)| o)
+            .unwrap_or_else(|| panic!("no optimizer for sub-module `{name}`"))
+    }
+
+    pub fn state_tensors(&self) -> Vec<NamedTensor> {
+        self.parts
+            .iter()
+            .flat_map(|(prefix, o)| {
+                o.state_tensors()
+                    .into_iter()
+                    .map(move |(k, s, v)| (format!("{prefix}/{k}"), s, v))
+            })
+            .collect()
+    }
+
+    /// Parameters with optimizer state (moments), over all sub-modules.
+    pub fn num_states(&self) -> usize {
+        self.parts.iter().map(|(_, o)| o.num_states()).sum()
+    }
+
+    /// Keeps the state of the parameters `keep("<sub-module>/<path>")` accepts (ZeRO-1 sharding).
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        for (prefix, o) in &mut self.parts {
+            o.retain(|path| keep(&format!("{prefix}/{path}")));
+        }
+    }
+
+    pub fn load(&mut self, tensors: &[NamedTensor]) -> Result<()> {
+        for (prefix, o) in &mut self.parts {
+            let p = format!("{prefix}/");
+            let mine: Vec<NamedTensor> = tensors
+                .iter()
+                .filter_map(|(k, s, v)| {
+                    k.strip_prefix(&p)
+                        .map(|k| (k.to_owned(), s.clone(), v.clone()))
+                })
+                .collect();
+            o.load_state_tensors(&mine)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -505,5 +554,22 @@ mod tests {
         assert!(opt.load_state_tensors(&stranger).is_err());
         // failed loads left the good state in place
         assert_eq!(opt.state_tensors(), ok);
+    }
+
+    #[test]
+    fn optimizer_state_routes_by_prefix() {
+        let mut set = OptimizerSet::new(&["encoder", "decoder"], (0.9, 0.95), 1e-8);
+        let entry = |k: &str, v: Vec<f32>| (k.to_string(), vec![v.len()], v);
+        let tensors = vec![
+            entry("decoder/w.exp_avg", vec![1.0]),
+            entry("decoder/w.exp_avg_sq", vec![2.0]),
+            entry("decoder/w.step", vec![7.0, 0.0]),
+        ];
+        set.load(&tensors).unwrap();
+        assert_eq!(set.get("decoder").param_step("w"), 7);
+        assert_eq!(set.get("encoder").num_states(), 0);
+        assert_eq!(set.state_tensors(), tensors);
+        // A broken entry is reported, not dropped.
+        assert!(set.load(&tensors[..2]).is_err());
     }
 }

@@ -23,8 +23,7 @@
 
 use std::collections::HashMap;
 
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::Tensor;
+use burn::module::Module;
 
 /// How one parameter is optimised relative to the scheduled lr / wd.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -148,27 +147,11 @@ pub fn clip_rule(name: &str, ndim: usize) -> ParamRule {
 /// Rank of every float parameter of `module` by dotted path, for the rank-based rules
 /// ([`mae_rule`], [`clip_rule`]) behind an `Fn(&str) -> ParamRule` closure.
 pub fn param_ranks<M: Module>(module: &M) -> HashMap<String, usize> {
-    struct Ranks {
-        path: crate::clip_grad::PathStack,
-        out: HashMap<String, usize>,
-    }
-    impl ModuleVisitor for Ranks {
-        fn enter_module(&mut self, name: &str, container_type: &str) {
-            self.path.enter(name, container_type);
-        }
-        fn exit_module(&mut self, _name: &str, container_type: &str) {
-            self.path.exit(container_type);
-        }
-        fn visit_float<const D: usize>(&mut self, _param: &Param<Tensor<D>>) {
-            self.out.insert(self.path.path(), D);
-        }
-    }
-    let mut v = Ranks {
-        path: Default::default(),
-        out: HashMap::new(),
-    };
-    module.visit(&mut v);
-    v.out
+    let mut out = HashMap::new();
+    webssl_models::params::visit(module, |path, p| {
+        out.insert(path.to_owned(), p.shape().len());
+    });
+    out
 }
 
 #[cfg(test)]

@@ -19,10 +19,12 @@ use std::collections::HashMap;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::clip_grad::{ParamGrads, PathStack, to_vec};
+use webssl_models::params::{NamedTensor, PathStack, to_host};
+
+use crate::clip_grad::ParamGrads;
 use crate::dist::Dist;
 use crate::error::{Result, TrainError};
-use crate::run::state::{NamedTensor, OptimizerSet};
+use crate::optim::OptimizerSet;
 
 /// Which rank owns each parameter, keyed `<sub-module>/<parameter path>` (the optimizer's state keys).
 #[derive(Debug, Clone)]
@@ -30,8 +32,6 @@ pub struct ZeroShards {
     rank: usize,
     owners: HashMap<String, usize>,
 }
-
-pub use crate::clip_grad::trainable_params;
 
 fn key(part: &str, path: &str) -> String {
     format!("{part}/{path}")
@@ -104,7 +104,7 @@ impl ZeroShards {
                 let (id, tensor, mapper) = param.consume();
                 let n = tensor.dims().iter().product();
                 if owner == self.shards.rank {
-                    let mut values = to_vec(tensor.clone().inner().reshape([n]));
+                    let mut values = to_host(tensor.clone().inner().reshape([n]));
                     self.dist
                         .broadcast_f32("ZeRO parameter sync", &mut values, owner);
                     return Param::from_mapped_value(id, tensor, mapper);

@@ -2,10 +2,12 @@
 //! semantics): symmetric InfoNCE and its gradients, the logit-scale clamp, the causal text tower with
 //! EOT pooling; plus the tokenizer round trip and gradient flow to every parameter of both towers.
 
-use std::path::PathBuf;
+mod support;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use support::tensor;
 use webssl_models::checkpoint::{self, store::TensorStore};
+use webssl_models::params::to_host;
 use webssl_models::text::{TextActivation, TextConfig, TextTransformer};
 use webssl_models::{Precision, autocast};
 use webssl_train::clip::{ClipModel, ClipTokenizer};
@@ -14,25 +16,9 @@ use webssl_train::objectives::clip::{
     clamp_logit_scale, clip_loss, logit_scale_init, logit_scale_max,
 };
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/clip")
-}
-
 fn json() -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(fixtures().join("clip.json")).unwrap()).unwrap()
-}
-
-fn store() -> TensorStore {
-    TensorStore::open_file(&fixtures().join("clip.safetensors")).unwrap()
-}
-
-fn tensor2(store: &TensorStore, key: &str, device: &Device) -> Tensor<2> {
-    let (shape, v) = store.read_f32(key).unwrap();
-    Tensor::from_data(TensorData::new(v, [shape[0], shape[1]]), device)
-}
-
-fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+    serde_json::from_slice(&std::fs::read(support::fixture_path("clip/clip.json")).unwrap())
+        .unwrap()
 }
 
 /// max |a − b| / max |b|
@@ -45,25 +31,25 @@ fn rel_err(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn infonce_loss_and_gradients_match_open_clip() {
     let j = json();
-    let s = store();
+    let s = support::fixture("clip/clip.safetensors");
     let device = Device::flex().autodiff();
     for (case, c) in j["loss"].as_array().unwrap().iter().enumerate() {
         let t0 = c["logit_scale"].as_f64().unwrap();
-        let img = tensor2(&s, "loss.image", &device).require_grad();
-        let txt = tensor2(&s, "loss.text", &device).require_grad();
+        let img = tensor::<2>(&s, "loss.image", &device).require_grad();
+        let txt = tensor::<2>(&s, "loss.text", &device).require_grad();
         let t =
             Tensor::<1>::from_data(TensorData::new(vec![t0 as f32], [1]), &device).require_grad();
         let loss = clip_loss(img.clone(), txt.clone(), t.clone());
-        let v = host(loss.clone())[0] as f64;
+        let v = to_host(loss.clone())[0] as f64;
         let want = c["loss"].as_f64().unwrap();
         assert!(
             (v - want).abs() <= 1e-5 * want.abs().max(1.0),
             "case {case}: loss {v} vs {want}"
         );
         let grads = loss.backward();
-        let gi = host(img.grad(&grads).unwrap());
-        let gt = host(txt.grad(&grads).unwrap());
-        let gs = host(t.grad(&grads).unwrap())[0] as f64;
+        let gi = to_host(img.grad(&grads).unwrap());
+        let gt = to_host(txt.grad(&grads).unwrap());
+        let gs = to_host(t.grad(&grads).unwrap())[0] as f64;
         let (_, ri) = s.read_f32(&format!("loss.{case}.grad_image")).unwrap();
         let (_, rt) = s.read_f32(&format!("loss.{case}.grad_text")).unwrap();
         assert!(
@@ -100,7 +86,7 @@ fn logit_scale_clamp_matches_torch_and_keeps_the_parameter_trainable() {
         .map(|v| v.as_f64().unwrap() as f32)
         .collect();
     let n = before.len();
-    let got = host(clamp_logit_scale(Tensor::<1>::from_data(
+    let got = to_host(clamp_logit_scale(Tensor::<1>::from_data(
         TensorData::new(before, [n]),
         &Device::flex(),
     )));
@@ -140,14 +126,14 @@ fn text_from_fixture(activation: TextActivation, device: &Device) -> TextTransfo
         ln_eps: t["ln_eps"].as_f64().unwrap(),
     };
     let fresh = TextTransformer::new(&cfg, 0, device).unwrap();
-    let weights = TensorStore::open_file(&fixtures().join("text_tower.safetensors")).unwrap();
+    let weights = support::fixture("clip/text_tower.safetensors");
     checkpoint::assign_named_parameters(fresh, &weights, device).unwrap()
 }
 
 #[test]
 fn text_tower_matches_the_reference_with_causal_mask_and_eot_pooling() {
     let device = Device::flex();
-    let s = store();
+    let s = support::fixture("clip/clip.safetensors");
     let (shape, ids) = s.read_f32("text.ids").unwrap();
     let (_, eot) = s.read_f32("text.eot").unwrap();
     let (b, l) = (shape[0], shape[1]);
@@ -160,7 +146,7 @@ fn text_tower_matches_the_reference_with_causal_mask_and_eot_pooling() {
         let tower = text_from_fixture(act, &device);
         let (_, want) = s.read_f32(key).unwrap();
         let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [b, l]), &device);
-        let got = host(tower.forward(tokens, &eot));
+        let got = to_host(tower.forward(tokens, &eot));
         let err = rel_err(&got, &want);
         assert!(err <= 1e-4, "{key}: relative error {err}");
 
@@ -171,7 +157,7 @@ fn text_tower_matches_the_reference_with_causal_mask_and_eot_pooling() {
             .flat_map(|r| ids[r * l..r * l + cut].to_vec())
             .collect();
         let tokens = Tensor::<2, Int>::from_data(TensorData::new(short, [2, cut]), &device);
-        let got = host(tower.forward(tokens, &eot[1..3]));
+        let got = to_host(tower.forward(tokens, &eot[1..3]));
         let e = want.len() / b;
         let err = rel_err(&got, &want[e..3 * e]);
         assert!(err <= 1e-4, "{key} (cut): relative error {err}");
@@ -180,7 +166,7 @@ fn text_tower_matches_the_reference_with_causal_mask_and_eot_pooling() {
     // the reference is sensitive to the position.
     let tower = text_from_fixture(TextActivation::QuickGelu, &device);
     let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids[..l].to_vec(), [1, l]), &device);
-    let wrong = host(tower.forward(tokens, &[8]));
+    let wrong = to_host(tower.forward(tokens, &[8]));
     let (_, want) = s.read_f32("text.out_quick_gelu").unwrap();
     assert!(rel_err(&wrong, &want[..wrong.len()]) > 1e-2);
 }
@@ -190,7 +176,7 @@ fn text_tower_matches_the_reference_with_causal_mask_and_eot_pooling() {
 #[test]
 fn text_tower_in_bf16_stays_within_bf16_error() {
     let device = Device::flex();
-    let s = store();
+    let s = support::fixture("clip/clip.safetensors");
     let (shape, ids) = s.read_f32("text.ids").unwrap();
     let (_, eot) = s.read_f32("text.eot").unwrap();
     let ids: Vec<i64> = ids.iter().map(|&x| x as i64).collect();
@@ -199,7 +185,7 @@ fn text_tower_in_bf16_stays_within_bf16_error() {
     let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [shape[0], shape[1]]), &device);
     let got = {
         let _mixed = autocast(Precision::Bf16);
-        host(tower.forward(tokens, &eot))
+        to_host(tower.forward(tokens, &eot))
     };
     let (_, want) = s.read_f32("text.out_gelu").unwrap();
     let err = rel_err(&got, &want);
@@ -328,7 +314,7 @@ fn gradient_reaches_every_parameter_of_both_towers_and_the_logit_scale() {
             continue;
         }
         let grad = g.get(n).unwrap_or_else(|| panic!("no gradient for {n}"));
-        let norm = host(grad.clone().square().sum())[0];
+        let norm = to_host(grad.clone().square().sum())[0];
         assert!(norm > 0.0, "zero gradient for {n}");
     }
 }
@@ -377,7 +363,7 @@ fn gathered_local_losses_reproduce_the_global_batch_gradient() {
     // One process, all five pairs.
     let (img, txt) = towers(0..n);
     let loss = clip_loss(img, txt, model.logit_scale.val());
-    let whole_loss = host(loss.clone())[0] as f64;
+    let whole_loss = to_host(loss.clone())[0] as f64;
     let whole = ParamGrads::from_module(&model, &loss.backward());
 
     // Two ranks: 0..2 and 2..5.
@@ -393,7 +379,7 @@ fn gathered_local_losses_reproduce_the_global_batch_gradient() {
     let gathered = Gathered::concat(
         &feats
             .iter()
-            .map(|(i, t)| (host(i.clone().inner()), host(t.clone().inner())))
+            .map(|(i, t)| (to_host(i.clone().inner()), to_host(t.clone().inner())))
             .collect::<Vec<_>>(),
         e,
     );
@@ -432,8 +418,8 @@ fn gathered_local_losses_reproduce_the_global_batch_gradient() {
 
     let (mut checked, mut worst) = (0, 0f32);
     for path in whole.paths() {
-        let want = host(whole.get(path).unwrap().clone());
-        let part = |r: usize| host(per_rank[r].get(path).unwrap().clone());
+        let want = to_host(whole.get(path).unwrap().clone());
+        let part = |r: usize| to_host(per_rank[r].get(path).unwrap().clone());
         let got: Vec<f32> = part(0)
             .iter()
             .zip(part(1))

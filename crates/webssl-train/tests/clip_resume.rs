@@ -2,30 +2,20 @@
 //! same metrics and weights, bit for bit, as one that ran straight through; the tokenizer is trained
 //! once and reused; samples without a caption are dropped from their batch and counted.
 
+mod support;
+
 use std::path::Path;
 
 use burn::tensor::Device;
 use webssl_data::shards::{ShardLimits, ShardReader, ShardWriter};
+use webssl_train::Recipe;
 use webssl_train::clip::{self, ClipConfig};
 use webssl_train::dist::Dist;
 use webssl_train::run::checkpoint::Resume;
-use webssl_train::run::config::load_config;
 use webssl_train::run::metrics::read_jsonl;
 
 fn config(dir: &Path, data: &Path, run: &str, extra: &[&str]) -> (ClipConfig, toml::Table) {
-    let file = dir.join("tiny.toml");
-    std::fs::write(
-        &file,
-        format!(
-            r#"
-seed = 3
-[data]
-train = "{data}"
-batch_size = 4
-num_workers = 2
-shuffle_buffer = 8
-decode_threads = 2
-synth = {{ samples = 24, size = 32, seed = 5 }}
+    let sections = r#"
 [model]
 arch = "vit-tiny"
 embed_dim = 32
@@ -46,19 +36,8 @@ embed_dim = 8
 total_steps = 6
 warmup_steps = 2
 lr = 1e-3
-[run]
-dir = "{run}"
-checkpoint_every_steps = 2
-keep_last = 2
-tensorboard = false
-"#,
-            data = data.display(),
-            run = dir.join(run).display(),
-        ),
-    )
-    .unwrap();
-    let overrides: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    load_config(Some(&file), dir, None, &overrides).unwrap()
+"#;
+    support::tiny_config(dir, data, run, false, sections, extra)
 }
 
 #[test]
@@ -66,45 +45,9 @@ fn resume_is_bit_exact_and_the_run_dir_holds_every_output() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let device = Device::flex();
+    let config = |run: &str, extra: &[&str]| config(tmp.path(), &data, run, extra);
+    let (straight, second) = support::straight_and_resumed(config);
 
-    let (cfg, resolved) = config(tmp.path(), &data, "straight", &[]);
-    let straight = clip::train(
-        &cfg,
-        &resolved,
-        Resume::Never,
-        &device,
-        None,
-        &Dist::single(),
-    )
-    .unwrap();
-    assert_eq!(straight.steps, 6);
-
-    let (cfg, resolved) = config(tmp.path(), &data, "interrupted", &[]);
-    let first = clip::train(
-        &cfg,
-        &resolved,
-        Resume::Auto,
-        &device,
-        Some(3),
-        &Dist::single(),
-    )
-    .unwrap();
-    assert_eq!(first.steps, 3);
-    let second = clip::train(
-        &cfg,
-        &resolved,
-        Resume::Auto,
-        &device,
-        None,
-        &Dist::single(),
-    )
-    .unwrap();
-    assert_eq!(second.resumed_from, Some(3));
-
-    let a = std::fs::read_to_string(straight.run_dir.join("metrics.jsonl")).unwrap();
-    let b = std::fs::read_to_string(second.run_dir.join("metrics.jsonl")).unwrap();
-    assert_eq!(a.lines().count(), 6);
-    assert_eq!(a, b, "resumed metrics differ from the uninterrupted run");
     for f in [
         "export/model.safetensors",
         "clip.safetensors",
@@ -145,19 +88,7 @@ fn resume_is_bit_exact_and_the_run_dir_holds_every_output() {
     // The scale moved from its init (it is trained).
     assert!((at(5, "logit_scale") - (1.0f64 / 0.07).ln()).abs() > 1e-7);
 
-    // A different recipe refuses to resume from these checkpoints.
-    let (cfg, resolved) = config(tmp.path(), &data, "interrupted", &["optim.lr=2e-3"]);
-    let err = clip::train(
-        &cfg,
-        &resolved,
-        Resume::Auto,
-        &device,
-        None,
-        &Dist::single(),
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(err.contains("different recipe"), "{err}");
+    support::assert_refuses_a_changed_recipe(config, "optim.lr=2e-3");
 }
 
 fn rows_last_scale(run: &Path) -> f64 {
@@ -192,15 +123,15 @@ fn samples_without_captions_are_dropped_from_their_batch_and_counted() {
 
     let (mut cfg, resolved) = config(tmp.path(), &holes, "holes", &["optim.total_steps=4"]);
     cfg.data.synth = None;
-    let out = clip::train(
-        &cfg,
-        &resolved,
-        Resume::Never,
-        &Device::flex(),
-        None,
-        &Dist::single(),
-    )
-    .unwrap();
+    let out = cfg
+        .train(
+            &resolved,
+            Resume::Never,
+            &Device::flex(),
+            None,
+            &Dist::single(),
+        )
+        .unwrap();
     let rows = read_jsonl(&out.run_dir.join("metrics.jsonl")).unwrap();
     let missing: f64 = rows.iter().map(|(_, m)| m["captions_missing"]).sum();
     assert!(missing > 0.0, "no caption-less sample was seen in 16 draws");

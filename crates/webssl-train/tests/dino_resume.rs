@@ -2,29 +2,19 @@
 //! interrupted and resumed from its checkpoint produces the same metrics, bit for bit, as one that
 //! ran straight through.
 
+mod support;
+
 use std::path::Path;
 
 use burn::tensor::Device;
+use webssl_train::Recipe;
 use webssl_train::dino::{self, DinoConfig};
 use webssl_train::dist::Dist;
 use webssl_train::run::checkpoint::Resume;
-use webssl_train::run::config::load_config;
 use webssl_train::run::metrics::read_jsonl;
 
 fn config(dir: &Path, data: &Path, run: &str, extra: &[&str]) -> (DinoConfig, toml::Table) {
-    let file = dir.join("tiny.toml");
-    std::fs::write(
-        &file,
-        format!(
-            r#"
-seed = 3
-[data]
-train = "{data}"
-batch_size = 4
-num_workers = 2
-shuffle_buffer = 8
-decode_threads = 2
-synth = {{ samples = 24, size = 32, seed = 5 }}
+    let sections = r#"
 [model]
 arch = "vit-tiny"
 embed_dim = 32
@@ -49,65 +39,17 @@ total_steps = 8
 warmup_steps = 2
 lr_per_1024 = 0.05
 freeze_last_layer_steps = 2
-[run]
-dir = "{run}"
-checkpoint_every_steps = 2
-keep_last = 2
-tensorboard = true
-"#,
-            data = data.display(),
-            run = dir.join(run).display(),
-        ),
-    )
-    .unwrap();
-    let overrides: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    load_config(Some(&file), dir, None, &overrides).unwrap()
+"#;
+    support::tiny_config(dir, data, run, true, sections, extra)
 }
 
 #[test]
 fn resume_is_bit_exact_and_training_moves_every_parameter() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let device = Device::flex();
+    let config = |run: &str, extra: &[&str]| config(tmp.path(), &data, run, extra);
+    let (straight, second) = support::straight_and_resumed(config);
 
-    let (cfg, resolved) = config(tmp.path(), &data, "straight", &[]);
-    let straight = dino::train(
-        &cfg,
-        &resolved,
-        Resume::Never,
-        &device,
-        None,
-        &Dist::single(),
-    )
-    .unwrap();
-    assert_eq!(straight.steps, 8);
-
-    let (cfg, resolved) = config(tmp.path(), &data, "interrupted", &[]);
-    let first = dino::train(
-        &cfg,
-        &resolved,
-        Resume::Auto,
-        &device,
-        Some(3),
-        &Dist::single(),
-    )
-    .unwrap();
-    assert_eq!(first.steps, 3);
-    let second = dino::train(
-        &cfg,
-        &resolved,
-        Resume::Auto,
-        &device,
-        None,
-        &Dist::single(),
-    )
-    .unwrap();
-    assert_eq!(second.resumed_from, Some(3));
-
-    let a = std::fs::read_to_string(straight.run_dir.join("metrics.jsonl")).unwrap();
-    let b = std::fs::read_to_string(second.run_dir.join("metrics.jsonl")).unwrap();
-    assert_eq!(a.lines().count(), 8);
-    assert_eq!(a, b, "resumed metrics differ from the uninterrupted run");
     // The exported teachers are identical too.
     let ta = std::fs::read(straight.export_dir.join("model.safetensors")).unwrap();
     let tb = std::fs::read(second.export_dir.join("model.safetensors")).unwrap();
@@ -147,19 +89,7 @@ fn resume_is_bit_exact_and_training_moves_every_parameter() {
             .any(|(tag, step, _)| tag == "dino_loss" && *step == 8)
     );
 
-    // A different recipe refuses to resume from these checkpoints.
-    let (cfg, resolved) = config(tmp.path(), &data, "interrupted", &["optim.lr_per_1024=0.1"]);
-    let err = dino::train(
-        &cfg,
-        &resolved,
-        Resume::Auto,
-        &device,
-        None,
-        &Dist::single(),
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(err.contains("different recipe"), "{err}");
+    support::assert_refuses_a_changed_recipe(config, "optim.lr_per_1024=0.1");
 }
 
 #[test]
@@ -173,15 +103,8 @@ fn a_diverging_run_stops_with_a_clear_error_and_keeps_its_last_good_checkpoint()
         "diverge",
         &["optim.warmup_steps=0", "optim.total_steps=6"],
     );
-    dino::train(
-        &cfg,
-        &resolved,
-        Resume::Never,
-        &device,
-        Some(2),
-        &Dist::single(),
-    )
-    .unwrap();
+    cfg.train(&resolved, Resume::Never, &device, Some(2), &Dist::single())
+        .unwrap();
     let (cfg, resolved) = config(
         tmp.path(),
         &data,
@@ -195,16 +118,10 @@ fn a_diverging_run_stops_with_a_clear_error_and_keeps_its_last_good_checkpoint()
     );
     // The recipe changed, so resume explicitly from the checkpoint dir is refused too: start fresh
     // into the same run dir instead and let it blow up.
-    let err = dino::train(
-        &cfg,
-        &resolved,
-        Resume::Never,
-        &device,
-        None,
-        &Dist::single(),
-    )
-    .unwrap_err()
-    .to_string();
+    let err = cfg
+        .train(&resolved, Resume::Never, &device, None, &Dist::single())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("not finite"), "{err}");
     let ckpts = webssl_train::run::CheckpointManager::new(tmp.path().join("diverge"), 2);
     let (step, _) = ckpts

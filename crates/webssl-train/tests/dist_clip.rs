@@ -34,6 +34,7 @@ use burn::tensor::Device;
 use support::{OUT, fill, load_recipe, max_abs_diff, read_f32, write_f32};
 use webssl_data::loader::{Batch, ViewGroup};
 use webssl_models::checkpoint;
+use webssl_train::Recipe;
 use webssl_train::clip::{self, ClipConfig, ClipTokenizer, ClipTrainer};
 use webssl_train::dist::Dist;
 use webssl_train::run::checkpoint::Resume;
@@ -99,21 +100,14 @@ shard_optimizer_state = {sharded}
     load_recipe(dir, &format!("dist-{batch}-{sharded}"), &recipe, overrides)
 }
 
-/// A whole run `name` through [`clip::train`] on built-in data in `dir`, as this rank of `dist`, to
+/// A whole run `name` through `Recipe::train` on built-in data in `dir`, as this rank of `dist`, to
 /// `stop_after` steps (resuming from the run's latest checkpoint).
 fn whole_run(dir: &Path, name: &str, sharded: bool, stop_after: Option<u64>, dist: &Dist) {
     let mut overrides = support::whole_run_overrides(dir, name);
     overrides.push("text.tokenizer_train_samples=16".into());
     let (cfg, resolved) = config_with(dir, B, sharded, &overrides);
-    clip::train(
-        &cfg,
-        &resolved,
-        Resume::Auto,
-        &Device::flex(),
-        stop_after,
-        dist,
-    )
-    .unwrap();
+    cfg.train(&resolved, Resume::Auto, &Device::flex(), stop_after, dist)
+        .unwrap();
 }
 
 const NOUNS: [&str; 6] = [

@@ -34,6 +34,7 @@ use webssl_data::loader::{Batch, ViewGroup};
 use webssl_data::masks::{MaeMasks, mae_random_mask};
 use webssl_data::sampler::rng_stream;
 use webssl_models::checkpoint;
+use webssl_train::Recipe;
 use webssl_train::dist::Dist;
 use webssl_train::mae::{self, MaeConfig, MaeTrainer};
 use webssl_train::run::checkpoint::Resume;
@@ -88,20 +89,13 @@ shard_optimizer_state = {sharded}
     load_recipe(dir, &format!("dist-{batch}-{sharded}"), &recipe, overrides)
 }
 
-/// A whole run `name` through [`mae::train`] on built-in data in `dir`, as this rank of `dist`, to
+/// A whole run `name` through `Recipe::train` on built-in data in `dir`, as this rank of `dist`, to
 /// `stop_after` steps (resuming from the run's latest checkpoint).
 fn whole_run(dir: &Path, name: &str, sharded: bool, stop_after: Option<u64>, dist: &Dist) {
     let overrides = support::whole_run_overrides(dir, name);
     let (cfg, resolved) = config_with(dir, B, sharded, &overrides);
-    mae::train(
-        &cfg,
-        &resolved,
-        Resume::Auto,
-        &Device::flex(),
-        stop_after,
-        dist,
-    )
-    .unwrap();
+    cfg.train(&resolved, Resume::Auto, &Device::flex(), stop_after, dist)
+        .unwrap();
 }
 
 /// Global batch `step` of 2B images with one random MAE mask each, or rank `rank`'s slice of it

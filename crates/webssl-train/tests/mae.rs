@@ -4,59 +4,22 @@
 // for the encoder output, predictions and every parameter gradient (measured: ≤ 1.5e-7 and ≤ 8.3e-7).
 // Sin-cos tables to 1e-6 absolute.
 
+mod support;
+
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use support::{assert_close, read, tensor};
 use webssl_data::masks::{MaeMask, MaeMasks, mae_mask_from_noise, mae_random_mask};
 use webssl_data::sampler::rng_stream;
 use webssl_models::checkpoint::{self, export, store::TensorStore};
 use webssl_models::mae::{MaeDecoderConfig, sincos_pos_embed_2d};
+use webssl_models::params::to_host;
 use webssl_models::{Precision, autocast, presets};
 use webssl_train::clip_grad::ParamGrads;
-use webssl_train::mae::loss::{MaskTensors, forward_loss, norm_pix_target};
 use webssl_train::mae::model::MaeModel;
+use webssl_train::objectives::mae::{MaskTensors, mae_loss, norm_pix_target};
 
 const VALUE_TOL: f64 = 1e-6;
 const MODEL_TOL: f64 = 1e-5;
-
-fn store() -> TensorStore {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../fixtures/mae/mae.safetensors"
-    );
-    TensorStore::open_file(std::path::Path::new(path)).expect("mae fixture")
-}
-
-fn read(s: &TensorStore, key: &str) -> (Vec<usize>, Vec<f32>) {
-    s.read_f32(key).unwrap_or_else(|e| panic!("{key}: {e}"))
-}
-
-fn tensor<const D: usize>(s: &TensorStore, key: &str, device: &Device) -> Tensor<D> {
-    let (shape, v) = read(s, key);
-    assert_eq!(shape.len(), D, "{key}");
-    Tensor::from_data(TensorData::new(v, shape), device)
-}
-
-fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
-}
-
-#[track_caller]
-fn assert_close(name: &str, got: &[f32], want: &[f32], tol: f64) {
-    assert_eq!(got.len(), want.len(), "{name}: length");
-    let scale = want
-        .iter()
-        .fold(0f64, |m, &w| m.max((w as f64).abs()))
-        .max(1e-30);
-    let err = got
-        .iter()
-        .zip(want)
-        .fold(0f64, |m, (&g, &w)| m.max((g as f64 - w as f64).abs()));
-    eprintln!("{name}: {:.2e}", err / scale);
-    assert!(
-        err / scale <= tol,
-        "{name}: max err {err:.3e} / max|want| {scale:.3e} = {:.3e} > {tol:.0e}",
-        err / scale
-    );
-}
 
 /// The fixture's architecture (see make_mae.py).
 fn configs() -> (webssl_models::VitConfig, MaeDecoderConfig) {
@@ -109,7 +72,7 @@ fn reference_masks(s: &TensorStore) -> MaeMasks {
 
 #[test]
 fn sincos_tables_match_mae() {
-    let s = store();
+    let s = support::fixture("mae/mae.safetensors");
     for (dim, grid) in [(32, 4), (24, 4), (64, 7), (16, 3)] {
         let (shape, want) = read(&s, &format!("sincos.{dim}x{grid}"));
         assert_eq!(shape, vec![1 + grid * grid, dim]);
@@ -124,7 +87,7 @@ fn sincos_tables_match_mae() {
 
 #[test]
 fn masks_replay_the_reference_and_round_trip() {
-    let s = store();
+    let s = support::fixture("mae/mae.safetensors");
     let m = reference_masks(&s);
     let (_, ids_restore) = read(&s, "ids_restore");
     let (_, mask) = read(&s, "mask");
@@ -174,7 +137,7 @@ fn masks_replay_the_reference_and_round_trip() {
 
 #[test]
 fn norm_pix_loss_matches_reference() {
-    let s = store();
+    let s = support::fixture("mae/mae.safetensors");
     let device = Device::flex();
     let imgs: Tensor<4> = tensor(&s, "imgs", &device);
     let pred: Tensor<3> = tensor(&s, "pred", &device);
@@ -182,18 +145,12 @@ fn norm_pix_loss_matches_reference() {
     let (_, want) = read(&s, "target_norm");
     assert_close(
         "target_norm",
-        &vals(norm_pix_target(imgs.clone(), 8)),
+        &to_host(norm_pix_target(imgs.clone(), 8)),
         &want,
         VALUE_TOL,
     );
     for (key, norm) in [("loss_norm", true), ("loss_plain", false)] {
-        let got = vals(forward_loss(
-            imgs.clone(),
-            pred.clone(),
-            mask.clone(),
-            8,
-            norm,
-        ));
+        let got = to_host(mae_loss(imgs.clone(), pred.clone(), mask.clone(), 8, norm));
         assert_close(key, &got, &read(&s, key).1, VALUE_TOL);
     }
     // Only removed patches count: changing the prediction of a kept patch leaves the loss alone.
@@ -204,7 +161,7 @@ fn norm_pix_loss_matches_reference() {
         *v += 10.0;
     }
     let p = Tensor::<3>::from_data(TensorData::new(p, [2, 16, pd]), &device);
-    let got = vals(forward_loss(imgs, p, mask, 8, true));
+    let got = to_host(mae_loss(imgs, p, mask, 8, true));
     assert_close(
         "loss, kept patch changed",
         &got,
@@ -215,7 +172,7 @@ fn norm_pix_loss_matches_reference() {
 
 #[test]
 fn forward_and_gradients_match_reference() {
-    let s = store();
+    let s = support::fixture("mae/mae.safetensors");
     let device = Device::flex().autodiff();
     let model = reference_model(&s, &device);
     let m = MaskTensors::new(&reference_masks(&s), &device);
@@ -224,13 +181,18 @@ fn forward_and_gradients_match_reference() {
     let latent = model
         .encoder
         .forward_visible(imgs.clone(), m.ids_keep.clone());
-    assert_close("latent", &vals(latent), &read(&s, "latent").1, MODEL_TOL);
+    assert_close("latent", &to_host(latent), &read(&s, "latent").1, MODEL_TOL);
     let pred = model.forward(imgs.clone(), m.ids_keep, m.ids_restore);
-    assert_close("pred", &vals(pred.clone()), &read(&s, "pred").1, MODEL_TOL);
-    let loss = forward_loss(imgs, pred, m.mask, 8, true);
+    assert_close(
+        "pred",
+        &to_host(pred.clone()),
+        &read(&s, "pred").1,
+        MODEL_TOL,
+    );
+    let loss = mae_loss(imgs, pred, m.mask, 8, true);
     assert_close(
         "loss",
-        &vals(loss.clone()),
+        &to_host(loss.clone()),
         &read(&s, "loss_norm").1,
         MODEL_TOL,
     );
@@ -242,7 +204,7 @@ fn forward_and_gradients_match_reference() {
         let got = g
             .get(key)
             .unwrap_or_else(|| panic!("no gradient for `{key}`"));
-        let got = vals(got.clone());
+        let got = to_host(got.clone());
         let want = read(&s, &format!("grad.{key}")).1;
         assert!(got.iter().any(|&v| v != 0.0), "{key}: zero gradient");
         assert_close(&format!("grad {key}"), &got, &want, MODEL_TOL);
@@ -262,26 +224,26 @@ fn bf16_forward_and_gradients_stay_within_bf16_error_of_the_reference() {
     // Measured: prediction 1.0e-2, loss 3e-4, gradients 2.5e-3 (decoder) to 2.9e-2 (patch embedding,
     // the deepest: every backward product on the way is bf16 too).
     const BF16_TOL: f64 = 5e-2;
-    let s = store();
+    let s = support::fixture("mae/mae.safetensors");
     let device = Device::flex().autodiff();
     let model = reference_model(&s, &device);
     let m = MaskTensors::new(&reference_masks(&s), &device);
     let imgs: Tensor<4> = tensor(&s, "imgs", &device);
-    let exact = vals(model.forward(imgs.clone(), m.ids_keep.clone(), m.ids_restore.clone()));
+    let exact = to_host(model.forward(imgs.clone(), m.ids_keep.clone(), m.ids_restore.clone()));
 
     let _mixed = autocast(Precision::Bf16);
     let pred = model.forward(imgs.clone(), m.ids_keep, m.ids_restore);
-    let got = vals(pred.clone());
+    let got = to_host(pred.clone());
     assert_close("pred", &got, &read(&s, "pred").1, BF16_TOL);
     let moved = got
         .iter()
         .zip(&exact)
         .fold(0f32, |a, (g, e)| a.max((g - e).abs()));
     assert!(moved > 1e-4, "bf16 prediction equals the f32 one ({moved})");
-    let loss = forward_loss(imgs, pred, m.mask, 8, true);
+    let loss = mae_loss(imgs, pred, m.mask, 8, true);
     assert_close(
         "loss",
-        &vals(loss.clone()),
+        &to_host(loss.clone()),
         &read(&s, "loss_norm").1,
         BF16_TOL,
     );
@@ -292,7 +254,12 @@ fn bf16_forward_and_gradients_stay_within_bf16_error_of_the_reference() {
             .unwrap_or_else(|| panic!("no gradient for `{key}`"));
         assert_eq!(got.dtype(), burn::tensor::DType::F32, "{key}");
         let want = read(&s, &format!("grad.{key}")).1;
-        assert_close(&format!("grad {key}"), &vals(got.clone()), &want, BF16_TOL);
+        assert_close(
+            &format!("grad {key}"),
+            &to_host(got.clone()),
+            &want,
+            BF16_TOL,
+        );
     }
 }
 
@@ -319,7 +286,7 @@ fn gradient_reaches_every_parameter_from_mae_init() {
         &device,
     );
     let pred = model.forward(imgs.clone(), m.ids_keep, m.ids_restore);
-    let grads = forward_loss(imgs, pred, m.mask, 7, true).backward();
+    let grads = mae_loss(imgs, pred, m.mask, 7, true).backward();
     let g = ParamGrads::from_module(&model, &grads);
     let params = checkpoint::named_parameters(&model);
     for (name, _, _) in &params {
@@ -327,7 +294,7 @@ fn gradient_reaches_every_parameter_from_mae_init() {
             assert!(g.get(name).is_none(), "{name} is fixed");
             continue;
         }
-        let grad = vals(
+        let grad = to_host(
             g.get(name)
                 .unwrap_or_else(|| panic!("no gradient for `{name}`"))
                 .clone(),

@@ -2,31 +2,19 @@
 //! metrics and the same exported encoder, bit for bit, as one that ran straight through; the export
 //! loads as an HF ViTModel backbone with the trained features; the schedule is MAE's.
 
+mod support;
+
 use std::path::Path;
 
 use burn::tensor::{Device, Distribution, Tensor};
 use webssl_models::checkpoint::{self, store::TensorStore};
 use webssl_models::mae::sincos_pos_embed_2d;
-use webssl_train::dist::Dist;
+use webssl_train::Recipe;
 use webssl_train::mae::{self, MaeConfig, model::MaeModel};
-use webssl_train::run::checkpoint::Resume;
-use webssl_train::run::config::load_config;
 use webssl_train::run::metrics::read_jsonl;
 
 fn config(dir: &Path, data: &Path, run: &str, extra: &[&str]) -> (MaeConfig, toml::Table) {
-    let file = dir.join("tiny.toml");
-    std::fs::write(
-        &file,
-        format!(
-            r#"
-seed = 3
-[data]
-train = "{data}"
-batch_size = 4
-num_workers = 2
-shuffle_buffer = 8
-decode_threads = 2
-synth = {{ samples = 24, size = 32, seed = 5 }}
+    let sections = r#"
 [model]
 arch = "vit-tiny"
 embed_dim = 32
@@ -43,19 +31,8 @@ size = 28
 total_steps = 8
 warmup_steps = 2
 lr_per_256 = 0.05
-[run]
-dir = "{run}"
-checkpoint_every_steps = 2
-keep_last = 2
-tensorboard = false
-"#,
-            data = data.display(),
-            run = dir.join(run).display(),
-        ),
-    )
-    .unwrap();
-    let overrides: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    load_config(Some(&file), dir, None, &overrides).unwrap()
+"#;
+    support::tiny_config(dir, data, run, false, sections, extra)
 }
 
 #[test]
@@ -63,45 +40,10 @@ fn resume_is_bit_exact_and_the_export_is_the_trained_encoder() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let device = Device::flex();
+    let config = |run: &str, extra: &[&str]| config(tmp.path(), &data, run, extra);
+    let (straight, second) = support::straight_and_resumed(config);
+    let (cfg, _) = config("interrupted", &[]);
 
-    let (cfg, resolved) = config(tmp.path(), &data, "straight", &[]);
-    let straight = mae::train(
-        &cfg,
-        &resolved,
-        Resume::Never,
-        &device,
-        None,
-        &Dist::single(),
-    )
-    .unwrap();
-    assert_eq!(straight.steps, 8);
-
-    let (cfg, resolved) = config(tmp.path(), &data, "interrupted", &[]);
-    let first = mae::train(
-        &cfg,
-        &resolved,
-        Resume::Auto,
-        &device,
-        Some(3),
-        &Dist::single(),
-    )
-    .unwrap();
-    assert_eq!(first.steps, 3);
-    let second = mae::train(
-        &cfg,
-        &resolved,
-        Resume::Auto,
-        &device,
-        None,
-        &Dist::single(),
-    )
-    .unwrap();
-    assert_eq!(second.resumed_from, Some(3));
-
-    let a = std::fs::read_to_string(straight.run_dir.join("metrics.jsonl")).unwrap();
-    let b = std::fs::read_to_string(second.run_dir.join("metrics.jsonl")).unwrap();
-    assert_eq!(a.lines().count(), 8);
-    assert_eq!(a, b, "resumed metrics differ from the uninterrupted run");
     let ea = std::fs::read(straight.export_dir.join("model.safetensors")).unwrap();
     let eb = std::fs::read(second.export_dir.join("model.safetensors")).unwrap();
     assert!(ea == eb, "exported encoder differs");
@@ -165,19 +107,7 @@ fn resume_is_bit_exact_and_the_export_is_the_trained_encoder() {
     let init = mae::init_backbone(&cfg, &device).unwrap();
     assert_eq!(checkpoint::named_parameters(&init), init_params);
 
-    // A different recipe refuses to resume from these checkpoints.
-    let (cfg, resolved) = config(tmp.path(), &data, "interrupted", &["loss.mask_ratio=0.5"]);
-    let err = mae::train(
-        &cfg,
-        &resolved,
-        Resume::Auto,
-        &device,
-        None,
-        &Dist::single(),
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(err.contains("different recipe"), "{err}");
+    support::assert_refuses_a_changed_recipe(config, "loss.mask_ratio=0.5");
 }
 
 #[test]
@@ -194,7 +124,9 @@ fn config_errors_name_the_field() {
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains(field), "{set}: {err}");
     }
-    let plan = mae::plan(&config(tmp.path(), &data, "p", &[]).0, 1)
+    let plan = config(tmp.path(), &data, "p", &[])
+        .0
+        .plan(1)
         .unwrap()
         .to_string();
     assert!(plan.contains("4 of 16 patches visible"), "{plan}");

@@ -3,43 +3,19 @@
 // the real modules, run in float64). Tolerances are norm-wise, max|got − want| / max|want|:
 // 1e-5 for values, 1e-4 for gradients (we compute in f32).
 
+mod support;
+
 use burn::tensor::{Device, Tensor, TensorData};
+use support::{assert_close, read, tensor};
 use webssl_models::checkpoint::store::TensorStore;
 use webssl_models::heads::{DinoHead, DinoHeadConfig};
+use webssl_models::params::to_host;
 use webssl_train::objectives::{
     Centering, dino_loss, dino_loss_terms, ibot_loss, koleo_loss, sinkhorn_knopp,
 };
 
 const VALUE_TOL: f64 = 1e-5;
 const GRAD_TOL: f64 = 1e-4;
-
-fn store() -> TensorStore {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../fixtures/objectives/objectives.safetensors"
-    );
-    TensorStore::open_file(std::path::Path::new(path)).expect("objectives fixture")
-}
-
-fn read(s: &TensorStore, key: &str) -> (Vec<usize>, Vec<f32>) {
-    s.read_f32(key).unwrap_or_else(|e| panic!("{key}: {e}"))
-}
-
-fn t1(s: &TensorStore, key: &str, device: &Device) -> Tensor<1> {
-    let (shape, v) = read(s, key);
-    assert_eq!(shape.len(), 1, "{key}");
-    Tensor::from_data(TensorData::new(v, [shape[0]]), device)
-}
-
-fn t2(s: &TensorStore, key: &str, device: &Device) -> Tensor<2> {
-    let (shape, v) = read(s, key);
-    assert_eq!(shape.len(), 2, "{key}");
-    Tensor::from_data(TensorData::new(v, [shape[0], shape[1]]), device)
-}
-
-fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
-}
 
 fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0.0; v.len()];
@@ -49,29 +25,6 @@ fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
         }
     }
     out
-}
-
-#[track_caller]
-fn assert_close(name: &str, got: &[f32], want: &[f32], tol: f64) {
-    assert_eq!(got.len(), want.len(), "{name}: length");
-    let scale = want
-        .iter()
-        .fold(0f64, |m, &w| m.max((w as f64).abs()))
-        .max(1e-30);
-    let (mut worst, mut at) = (0f64, 0);
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        assert!(g.is_finite(), "{name}[{i}] = {g}");
-        let d = (g as f64 - w as f64).abs();
-        if d > worst {
-            (worst, at) = (d, i);
-        }
-    }
-    assert!(
-        worst <= tol * scale,
-        "{name}: max |diff| {worst:.3e} at {at} (got {}, want {}) > {tol:e} · {scale:.3e}",
-        got[at],
-        want[at]
-    );
 }
 
 /// Row slice `[from, to)` of a `[R, K]` tensor.
@@ -95,18 +48,23 @@ fn fixture_head(s: &TensorStore, device: &Device) -> DinoHead {
 
 #[test]
 fn head_forward_and_gradients_match_dinov2() {
-    let s = store();
+    let s = support::fixture("objectives/objectives.safetensors");
     let device = Device::flex().autodiff();
     let head = fixture_head(&s, &device);
-    let y = head.forward(t2(&s, "head.x", &device));
-    assert_close("head.y", &vals(y.clone()), &read(&s, "head.y").1, VALUE_TOL);
-    let grads = (y * t2(&s, "head.r", &device)).sum().backward();
+    let y = head.forward(tensor::<2>(&s, "head.x", &device));
+    assert_close(
+        "head.y",
+        &to_host(y.clone()),
+        &read(&s, "head.y").1,
+        VALUE_TOL,
+    );
+    let grads = (y * tensor::<2>(&s, "head.r", &device)).sum().backward();
     for (j, i) in [0, 2, 4].iter().enumerate() {
-        let g = vals(head.mlp[j].weight.grad(&grads).expect("weight grad"));
+        let g = to_host(head.mlp[j].weight.grad(&grads).expect("weight grad"));
         let (shape, want) = read(&s, &format!("head_grad.mlp.{i}.weight"));
         let want = transpose(&want, shape[0], shape[1]);
         assert_close(&format!("grad mlp.{i}.weight"), &g, &want, GRAD_TOL);
-        let g = vals(
+        let g = to_host(
             head.mlp[j]
                 .bias
                 .as_ref()
@@ -121,14 +79,14 @@ fn head_forward_and_gradients_match_dinov2() {
             GRAD_TOL,
         );
     }
-    let g = vals(head.last_layer.weight_g.grad(&grads).expect("g grad"));
+    let g = to_host(head.last_layer.weight_g.grad(&grads).expect("g grad"));
     assert_close(
         "grad weight_g",
         &g,
         &read(&s, "head_grad.last_layer.weight_g").1,
         GRAD_TOL,
     );
-    let g = vals(head.last_layer.weight_v.grad(&grads).expect("v grad"));
+    let g = to_host(head.last_layer.weight_v.grad(&grads).expect("v grad"));
     assert_close(
         "grad weight_v",
         &g,
@@ -139,7 +97,7 @@ fn head_forward_and_gradients_match_dinov2() {
 
 #[test]
 fn centering_matches_dinov2() {
-    let s = store();
+    let s = support::fixture("objectives/objectives.safetensors");
     let device = Device::flex();
     for (prefix, logits, probs) in [
         (
@@ -151,9 +109,9 @@ fn centering_matches_dinov2() {
     ] {
         let mut c =
             Centering::from_values(read(&s, &format!("{prefix}.center0")).1, 0.9, &device).unwrap();
-        let t = t2(&s, logits, &device);
+        let t = tensor::<2>(&s, logits, &device);
         let p = c.softmax_centered(t.clone(), 0.06);
-        assert_close(probs, &vals(p), &read(&s, probs).1, VALUE_TOL);
+        assert_close(probs, &to_host(p), &read(&s, probs).1, VALUE_TOL);
         c.update(t);
         assert_close(
             &format!("{prefix}.center1"),
@@ -166,16 +124,16 @@ fn centering_matches_dinov2() {
 
 #[test]
 fn sinkhorn_matches_dinov2() {
-    let s = store();
+    let s = support::fixture("objectives/objectives.safetensors");
     let device = Device::flex();
     for (logits, temp, want) in [
         ("targets.teacher_logits", 0.06, "targets.sinkhorn"),
         ("targets.sharp_logits", 0.04, "targets.sinkhorn_sharp"),
         ("ibot.teacher_logits", 0.06, "ibot.sinkhorn"),
     ] {
-        let q = sinkhorn_knopp(t2(&s, logits, &device), temp, 3);
+        let q = sinkhorn_knopp(tensor::<2>(&s, logits, &device), temp, 3);
         let [b, k] = q.dims();
-        let q = vals(q);
+        let q = to_host(q);
         assert_close(want, &q, &read(&s, want).1, VALUE_TOL);
         for r in 0..b {
             let sum: f32 = q[r * k..(r + 1) * k].iter().sum();
@@ -195,13 +153,13 @@ fn sinkhorn_matches_dinov2() {
 
 #[test]
 fn dino_loss_and_gradients_match_dinov2() {
-    let s = store();
+    let s = support::fixture("objectives/objectives.safetensors");
     let device = Device::flex().autodiff();
     let b = 4;
-    let teacher_all = t2(&s, "targets.sinkhorn", &device);
+    let teacher_all = tensor::<2>(&s, "targets.sinkhorn", &device);
     let teacher = [rows(&teacher_all, 0, b), rows(&teacher_all, b, 2 * b)];
-    let sg = t2(&s, "dino.student_global", &device).require_grad();
-    let sl = t2(&s, "dino.student_local", &device).require_grad();
+    let sg = tensor::<2>(&s, "dino.student_global", &device).require_grad();
+    let sl = tensor::<2>(&s, "dino.student_local", &device).require_grad();
     let mut student = vec![rows(&sg, 0, b), rows(&sg, b, 2 * b)];
     student.extend((0..3).map(|i| rows(&sl, i * b, (i + 1) * b)));
 
@@ -209,36 +167,36 @@ fn dino_loss_and_gradients_match_dinov2() {
     assert_eq!(terms.n_terms, 8);
     assert_close(
         "dino.loss_local",
-        &vals(terms.local.clone()),
+        &to_host(terms.local.clone()),
         &read(&s, "dino.loss_local").1,
         VALUE_TOL,
     );
     assert_close(
         "dino.loss_global",
-        &vals(terms.global.clone()),
+        &to_host(terms.global.clone()),
         &read(&s, "dino.loss_global").1,
         VALUE_TOL,
     );
     let grads = (terms.local + terms.global).backward();
     assert_close(
         "dino.grad_global",
-        &vals(sg.grad(&grads).unwrap()),
+        &to_host(sg.grad(&grads).unwrap()),
         &read(&s, "dino.grad_global").1,
         GRAD_TOL,
     );
     assert_close(
         "dino.grad_local",
-        &vals(sl.grad(&grads).unwrap()),
+        &to_host(sl.grad(&grads).unwrap()),
         &read(&s, "dino.grad_local").1,
         GRAD_TOL,
     );
 
     // two global crops only: divisor 2 + max(0, 1) = 3
-    let sg2 = t2(&s, "dino.student_global", &device).require_grad();
+    let sg2 = tensor::<2>(&s, "dino.student_global", &device).require_grad();
     let loss = dino_loss(&[rows(&sg2, 0, b), rows(&sg2, b, 2 * b)], &teacher, 0.1);
     assert_close(
         "dino.loss_global_only",
-        &vals(loss.clone()),
+        &to_host(loss.clone()),
         &read(&s, "dino.loss_global_only").1,
         VALUE_TOL,
     );
@@ -246,7 +204,7 @@ fn dino_loss_and_gradients_match_dinov2() {
     let want = read(&s, "dino.grad_global_only").1;
     assert_close(
         "dino.grad_global_only",
-        &vals(sg2.grad(&grads).unwrap()),
+        &to_host(sg2.grad(&grads).unwrap()),
         &want,
         GRAD_TOL,
     );
@@ -254,26 +212,26 @@ fn dino_loss_and_gradients_match_dinov2() {
 
 #[test]
 fn ibot_loss_and_gradient_match_dinov2() {
-    let s = store();
+    let s = support::fixture("objectives/objectives.safetensors");
     let device = Device::flex().autodiff();
-    let student = t2(&s, "ibot.student", &device).require_grad();
+    let student = tensor::<2>(&s, "ibot.student", &device).require_grad();
     let loss = ibot_loss(
         student.clone(),
-        t2(&s, "ibot.sinkhorn", &device),
-        t1(&s, "ibot.masks_weight", &device),
+        tensor::<2>(&s, "ibot.sinkhorn", &device),
+        tensor::<1>(&s, "ibot.masks_weight", &device),
         8,
         0.1,
     );
     assert_close(
         "ibot.loss",
-        &vals(loss.clone()),
+        &to_host(loss.clone()),
         &read(&s, "ibot.loss").1,
         VALUE_TOL,
     );
     let grads = loss.backward();
     assert_close(
         "ibot.grad",
-        &vals(student.grad(&grads).unwrap()),
+        &to_host(student.grad(&grads).unwrap()),
         &read(&s, "ibot.grad").1,
         GRAD_TOL,
     );
@@ -281,20 +239,20 @@ fn ibot_loss_and_gradient_match_dinov2() {
 
 #[test]
 fn koleo_loss_and_gradient_match_dinov2() {
-    let s = store();
+    let s = support::fixture("objectives/objectives.safetensors");
     let device = Device::flex().autodiff();
-    let x = t2(&s, "koleo.x", &device).require_grad();
+    let x = tensor::<2>(&s, "koleo.x", &device).require_grad();
     let loss = koleo_loss(x.clone());
     assert_close(
         "koleo.loss",
-        &vals(loss.clone()),
+        &to_host(loss.clone()),
         &read(&s, "koleo.loss").1,
         VALUE_TOL,
     );
     let grads = loss.backward();
     assert_close(
         "koleo.grad",
-        &vals(x.grad(&grads).unwrap()),
+        &to_host(x.grad(&grads).unwrap()),
         &read(&s, "koleo.grad").1,
         GRAD_TOL,
     );
@@ -367,8 +325,8 @@ fn fresh_head_sanity_values_and_gradient_flow() {
     let ln_k = (k as f32).ln();
     let n_terms = terms.n_terms as f32;
     assert_eq!(terms.n_terms, 2 + 2 * n_local);
-    let local = vals(terms.local.clone())[0];
-    let global = vals(terms.global.clone())[0];
+    let local = to_host(terms.local.clone())[0];
+    let global = to_host(terms.global.clone())[0];
     // near-uniform student predictions: each pair's CE ≈ ln K (§9.2: 8.3178 = ln 4096)
     assert!(
         (local / (4.0 / n_terms * ln_k) - 1.0).abs() < 0.05,
@@ -379,9 +337,9 @@ fn fresh_head_sanity_values_and_gradient_flow() {
         "global {global}"
     );
     // iBOT: 4 masked crops of 16 → ≈ 4/16 · ln K
-    let ibot_v = vals(ibot.clone())[0];
+    let ibot_v = to_host(ibot.clone())[0];
     assert!((ibot_v / (0.25 * ln_k) - 1.0).abs() < 0.05, "ibot {ibot_v}");
-    assert!(vals(koleo.clone())[0].is_finite());
+    assert!(to_host(koleo.clone())[0].is_finite());
 
     let total = terms.local + terms.global + ibot + koleo * 0.1;
     let grads = total.backward();
@@ -394,23 +352,26 @@ fn fresh_head_sanity_values_and_gradient_flow() {
         assert!(g.iter().any(|&x| x != 0.0), "{name}: zero gradient");
     };
     for (i, l) in student.mlp.iter().enumerate() {
-        nonzero(&format!("mlp.{i}.weight"), l.weight.grad(&grads).map(vals));
+        nonzero(
+            &format!("mlp.{i}.weight"),
+            l.weight.grad(&grads).map(to_host),
+        );
         nonzero(
             &format!("mlp.{i}.bias"),
-            l.bias.as_ref().unwrap().grad(&grads).map(vals),
+            l.bias.as_ref().unwrap().grad(&grads).map(to_host),
         );
     }
     nonzero(
         "last_layer.weight_g",
-        student.last_layer.weight_g.grad(&grads).map(vals),
+        student.last_layer.weight_g.grad(&grads).map(to_host),
     );
     nonzero(
         "last_layer.weight_v",
-        student.last_layer.weight_v.grad(&grads).map(vals),
+        student.last_layer.weight_v.grad(&grads).map(to_host),
     );
-    nonzero("global features", globals.grad(&grads).map(vals));
-    nonzero("local features", locals.grad(&grads).map(vals));
-    nonzero("masked patch features", masked.grad(&grads).map(vals));
+    nonzero("global features", globals.grad(&grads).map(to_host));
+    nonzero("local features", locals.grad(&grads).map(to_host));
+    nonzero("masked patch features", masked.grad(&grads).map(to_host));
     assert!(
         patches.grad(&grads).is_none(),
         "teacher inputs must get no gradient"
@@ -430,29 +391,34 @@ fn fresh_head_sanity_values_and_gradient_flow() {
 #[test]
 fn half_precision_inputs_are_computed_in_f32() {
     use burn::tensor::{DType, FloatDType};
-    let s = store();
+    let s = support::fixture("objectives/objectives.safetensors");
     let device = Device::flex().autodiff();
-    let x16 = t2(&s, "koleo.x", &device)
+    let x16 = tensor::<2>(&s, "koleo.x", &device)
         .cast(FloatDType::BF16)
         .require_grad();
     let x32 = x16.clone().detach().cast(FloatDType::F32);
     let l16 = koleo_loss(x16.clone());
     assert_eq!(l16.dtype(), DType::F32);
     let l32 = koleo_loss(x32);
-    assert_close("koleo bf16", &vals(l16.clone()), &vals(l32), VALUE_TOL);
+    assert_close(
+        "koleo bf16",
+        &to_host(l16.clone()),
+        &to_host(l32),
+        VALUE_TOL,
+    );
     let g = x16.grad(&l16.backward()).expect("bf16 input gradient");
-    assert!(vals(g.cast(FloatDType::F32)).iter().any(|&v| v != 0.0));
+    assert!(to_host(g.cast(FloatDType::F32)).iter().any(|&v| v != 0.0));
 
-    let st = t2(&s, "ibot.student", &device)
+    let st = tensor::<2>(&s, "ibot.student", &device)
         .cast(FloatDType::BF16)
         .require_grad();
     let teacher = sinkhorn_knopp(
-        t2(&s, "ibot.teacher_logits", &device).cast(FloatDType::BF16),
+        tensor::<2>(&s, "ibot.teacher_logits", &device).cast(FloatDType::BF16),
         0.06,
         3,
     );
     assert_eq!(teacher.dtype(), DType::F32);
-    let w = t1(&s, "ibot.masks_weight", &device);
+    let w = tensor::<1>(&s, "ibot.masks_weight", &device);
     let l16 = ibot_loss(st.clone(), teacher.clone(), w.clone(), 8, 0.1);
     let l32 = ibot_loss(
         st.clone().detach().cast(FloatDType::F32),
@@ -462,6 +428,6 @@ fn half_precision_inputs_are_computed_in_f32() {
         0.1,
     );
     assert_eq!(l16.dtype(), DType::F32);
-    assert_close("ibot bf16", &vals(l16.clone()), &vals(l32), VALUE_TOL);
+    assert_close("ibot bf16", &to_host(l16.clone()), &to_host(l32), VALUE_TOL);
     assert!(st.grad(&l16.backward()).is_some());
 }

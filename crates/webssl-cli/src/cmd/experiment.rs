@@ -54,11 +54,8 @@ use serde::{Deserialize, Serialize};
 use webssl_eval::report;
 use webssl_eval::results::{Metrics, ProbeResult};
 use webssl_models::checkpoint::export::write_atomic;
-use webssl_train::clip::ClipConfig;
-use webssl_train::dino::DinoConfig;
-use webssl_train::mae::MaeConfig;
+use webssl_train::Objective;
 
-use super::pretrain::{Recipe, load_recipe};
 use webssl_train::run::checkpoint::{CheckpointManager, Resume};
 use webssl_train::run::sections::SynthSpec;
 use webssl_train::run::{StateMeta, TrainOutcome, ensure_synth};
@@ -105,8 +102,8 @@ pub struct ExperimentConfig {
 #[serde(deny_unknown_fields)]
 pub struct MethodEntry {
     pub name: String,
-    /// `dino`, `mae` or `clip`; defaults to `name`.
-    pub objective: Option<Objective>,
+    /// An objective of `webssl pretrain` (`dino`, `mae`, `clip`); defaults to `name`.
+    pub objective: Option<String>,
     /// The objective's config file (relative paths: to the working directory).
     pub config: PathBuf,
     #[serde(default)]
@@ -145,71 +142,14 @@ pub struct Probe {
     pub args: Vec<String>,
 }
 
-/// The pretraining objectives a cell can run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Objective {
-    Dino,
-    Mae,
-    Clip,
-}
-
-impl Objective {
-    fn parse(name: &str) -> anyhow::Result<Self> {
-        match name {
-            "dino" => Ok(Objective::Dino),
-            "mae" => Ok(Objective::Mae),
-            "clip" => Ok(Objective::Clip),
-            other => bail!("unknown objective `{other}` (expected dino, mae or clip)"),
-        }
-    }
-
-    /// Loads and validates the cell's config; returns the resolved table.
-    fn resolve(
-        self,
-        file: &Path,
-        configs_dir: &Path,
-        sets: &[String],
-    ) -> anyhow::Result<toml::Table> {
-        fn resolve<C: Recipe>(
-            f: &Path,
-            dir: &Path,
-            sets: &[String],
-        ) -> anyhow::Result<toml::Table> {
-            Ok(load_recipe::<C>(Some(f), dir, None, sets)?.1)
-        }
-        match self {
-            Objective::Dino => resolve::<DinoConfig>(file, configs_dir, sets),
-            Objective::Mae => resolve::<MaeConfig>(file, configs_dir, sets),
-            Objective::Clip => resolve::<ClipConfig>(file, configs_dir, sets),
-        }
-    }
-
-    /// Trains the cell to the end of its schedule, resuming from its latest checkpoint.
-    fn train(
-        self,
-        file: &Path,
-        configs_dir: &Path,
-        sets: &[String],
-        device: &Device,
-    ) -> anyhow::Result<TrainOutcome> {
-        fn train<C: Recipe>(
-            f: &Path,
-            dir: &Path,
-            sets: &[String],
-            device: &Device,
-        ) -> anyhow::Result<TrainOutcome> {
-            let (cfg, resolved) = load_recipe::<C>(Some(f), dir, None, sets)?;
-            // Cells run one at a time, each in this one process.
-            let dist = webssl_train::dist::Dist::single();
-            Ok(cfg.train(&resolved, Resume::Auto, device, None, &dist)?)
-        }
-        match self {
-            Objective::Dino => train::<DinoConfig>(file, configs_dir, sets, device),
-            Objective::Mae => train::<MaeConfig>(file, configs_dir, sets, device),
-            Objective::Clip => train::<ClipConfig>(file, configs_dir, sets, device),
-        }
-    }
+/// Trains a cell to the end of its schedule, resuming from its latest checkpoint.
+fn train_cell(cell: &Cell, configs_dir: &Path, device: &Device) -> anyhow::Result<TrainOutcome> {
+    let (cfg, resolved) =
+        cell.objective
+            .load(Some(&cell.config), configs_dir, None, &cell.overrides)?;
+    // Cells run one at a time, each in this one process.
+    let dist = webssl_train::dist::Dist::single();
+    Ok(cfg.train(&resolved, Resume::Auto, device, None, &dist)?)
 }
 
 /// One training run of the grid.
@@ -217,7 +157,7 @@ impl Objective {
 pub struct Cell {
     pub name: String,
     pub method: String,
-    pub objective: Objective,
+    pub objective: &'static Objective,
     pub size: String,
     pub data: String,
     pub config: PathBuf,
@@ -296,9 +236,10 @@ impl ExperimentConfig {
         };
         let mut cells = Vec::new();
         for m in &self.method {
-            let objective = match m.objective {
-                Some(o) => o,
-                None => Objective::parse(&m.name)
+            let objective = match &m.objective {
+                Some(o) => Objective::find(o)
+                    .with_context(|| format!("method `{}`: `objective`", m.name))?,
+                None => Objective::find(&m.name)
                     .with_context(|| format!("method `{}`: set `objective`", m.name))?,
             };
             for s in sizes {
@@ -321,7 +262,8 @@ impl ExperimentConfig {
                     overrides.extend(extra.iter().cloned());
                     overrides.push(format!("run.dir={}", toml_string(&run_dir)));
                     let resolved = objective
-                        .resolve(&m.config, configs_dir, &overrides)
+                        .load(Some(&m.config), configs_dir, None, &overrides)
+                        .map(|(_, resolved)| resolved)
                         .with_context(|| {
                             format!(
                                 "cell `{name}` ({} with {})",
@@ -586,8 +528,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let mut action = Action::Skipped;
         if let Some(from) = trained(cell)? {
             println!("[{}/{}] {}: training", i + 1, cells.len(), cell.name);
-            cell.objective
-                .train(&cell.config, &args.configs_dir, &cell.overrides, &device)
+            train_cell(cell, &args.configs_dir, &device)
                 .with_context(|| format!("training cell `{}`", cell.name))?;
             action = if from > 0 {
                 Action::Resumed { from_step: from }

@@ -4,32 +4,66 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use burn::tensor::Device;
+use clap::Args as _;
 use webssl_data::decode::DEFAULT_MAX_PIXELS;
 use webssl_data::source::resolve_inputs;
 use webssl_data::transform::EvalTransform;
 use webssl_eval::features::{Encoder, Feature};
 use webssl_eval::results::{Baseline, ProbeResult, Sizes, knn_metrics};
+use webssl_models::Vit;
 use webssl_models::checkpoint;
-use webssl_train::clip::{self, ClipConfig};
-use webssl_train::dino::{self, DinoConfig};
 use webssl_train::dist::{Dist, LaunchEnv};
-use webssl_train::mae::{self, MaeConfig};
+use webssl_train::run::checkpoint::Resume;
+use webssl_train::run::sections::{EvalConfig, ensure_synth};
+use webssl_train::{OBJECTIVES, Objective};
 
 use super::embed::{Options, embed_items};
-use webssl_models::Vit;
-use webssl_train::run::TrainOutcome;
-use webssl_train::run::checkpoint::Resume;
-use webssl_train::run::config::load_config;
-use webssl_train::run::sections::EvalConfig;
 
-#[derive(clap::Subcommand)]
-pub enum Command {
-    /// DINOv2 / Web-DINO: DINO + iBOT + KoLeo with an EMA teacher on multi-crop views.
-    Dino(RunArgs),
-    /// CLIP control on the same data: ViT image tower + causal text tower, symmetric InfoNCE.
-    Clip(RunArgs),
-    /// MAE / Web-MAE: encoder on 25% visible patches, 512x8 decoder, normalised-pixel loss.
-    Mae(RunArgs),
+/// `webssl pretrain <objective>`: one subcommand per objective of [`OBJECTIVES`], each taking
+/// [`RunArgs`] (built at run time, so an objective added to the registry appears here by itself).
+pub struct Command {
+    objective: &'static Objective,
+    args: RunArgs,
+}
+
+impl clap::FromArgMatches for Command {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let Some((name, sub)) = matches.subcommand() else {
+            return Err(clap::Error::raw(
+                clap::error::ErrorKind::MissingSubcommand,
+                "name an objective",
+            ));
+        };
+        let objective = Objective::find(name)
+            .map_err(|e| clap::Error::raw(clap::error::ErrorKind::InvalidSubcommand, e))?;
+        Ok(Command {
+            objective,
+            args: RunArgs::from_arg_matches(sub)?,
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl clap::Subcommand for Command {
+    fn augment_subcommands(cmd: clap::Command) -> clap::Command {
+        OBJECTIVES.iter().fold(cmd, |cmd, o| {
+            cmd.subcommand(RunArgs::augment_args(
+                clap::Command::new(o.name).about(o.about),
+            ))
+        })
+    }
+
+    fn augment_subcommands_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_subcommands(cmd)
+    }
+
+    fn has_subcommand(name: &str) -> bool {
+        Objective::find(name).is_ok()
+    }
 }
 
 #[derive(clap::Args)]
@@ -61,167 +95,14 @@ pub struct RunArgs {
 }
 
 pub fn run(command: Command) -> anyhow::Result<()> {
-    match command {
-        Command::Dino(args) => run_recipe::<DinoConfig>(args),
-        Command::Clip(args) => run_recipe::<ClipConfig>(args),
-        Command::Mae(args) => run_recipe::<MaeConfig>(args),
-    }
-}
-
-/// What the CLI needs from a pretraining objective's config: `webssl pretrain <objective>` and the
-/// cells of `webssl experiment` load, plan, train and report every objective the same way.
-pub trait Recipe: serde::de::DeserializeOwned + serde::Serialize {
-    fn validate(&self) -> webssl_train::Result<()>;
-    /// The `--dry-run` text for a run on `world_size` processes: parameters, global batch, lr,
-    /// memory estimate.
-    fn plan(&self, world_size: usize) -> anyhow::Result<String>;
-    fn total_steps(&self) -> u64;
-    /// Trains as this process's rank of `dist` (one process: [`Dist::single`]).
-    fn train(
-        &self,
-        resolved: &toml::Table,
-        resume: Resume,
-        device: &Device,
-        stop_after: Option<u64>,
-        dist: &Dist,
-    ) -> webssl_train::Result<TrainOutcome>;
-    /// The final message: what was exported where.
-    fn exported(&self, outcome: &TrainOutcome) -> String;
-    /// The `[eval]` section (held-out kNN sets).
-    fn eval(&self) -> &EvalConfig;
-    /// For the init-vs-trained kNN report: the training crop size, the backbone at step 0 and the
-    /// label of the trained row.
-    fn knn_baseline(&self, device: &Device) -> anyhow::Result<(u32, Vit, &'static str)>;
-}
-
-impl Recipe for DinoConfig {
-    fn validate(&self) -> webssl_train::Result<()> {
-        DinoConfig::validate(self)
-    }
-    fn plan(&self, world_size: usize) -> anyhow::Result<String> {
-        Ok(dino::plan(self, world_size)?.to_string())
-    }
-    fn total_steps(&self) -> u64 {
-        self.optim.total_steps
-    }
-    fn train(
-        &self,
-        resolved: &toml::Table,
-        resume: Resume,
-        device: &Device,
-        stop_after: Option<u64>,
-        dist: &Dist,
-    ) -> webssl_train::Result<TrainOutcome> {
-        dino::train(self, resolved, resume, device, stop_after, dist)
-    }
-    fn exported(&self, outcome: &TrainOutcome) -> String {
-        format!(
-            "teacher backbone exported to {}",
-            outcome.export_dir.display()
-        )
-    }
-    fn eval(&self) -> &EvalConfig {
-        &self.eval
-    }
-    fn knn_baseline(&self, device: &Device) -> anyhow::Result<(u32, Vit, &'static str)> {
-        let init =
-            dino::model::DinoModel::new(&self.vit()?, &self.heads, self.seed, device).backbone;
-        Ok((self.crops.global_size, init, "trained teacher"))
-    }
-}
-
-impl Recipe for MaeConfig {
-    fn validate(&self) -> webssl_train::Result<()> {
-        MaeConfig::validate(self)
-    }
-    fn plan(&self, world_size: usize) -> anyhow::Result<String> {
-        Ok(mae::plan(self, world_size)?.to_string())
-    }
-    fn total_steps(&self) -> u64 {
-        self.optim.total_steps
-    }
-    fn train(
-        &self,
-        resolved: &toml::Table,
-        resume: Resume,
-        device: &Device,
-        stop_after: Option<u64>,
-        dist: &Dist,
-    ) -> webssl_train::Result<TrainOutcome> {
-        mae::train(self, resolved, resume, device, stop_after, dist)
-    }
-    fn exported(&self, outcome: &TrainOutcome) -> String {
-        format!("encoder exported to {}", outcome.export_dir.display())
-    }
-    fn eval(&self) -> &EvalConfig {
-        &self.eval
-    }
-    fn knn_baseline(&self, device: &Device) -> anyhow::Result<(u32, Vit, &'static str)> {
-        Ok((
-            self.crop.size,
-            mae::init_backbone(self, device)?,
-            "trained (MAE)",
-        ))
-    }
-}
-
-impl Recipe for ClipConfig {
-    fn validate(&self) -> webssl_train::Result<()> {
-        ClipConfig::validate(self)
-    }
-    fn plan(&self, world_size: usize) -> anyhow::Result<String> {
-        Ok(clip::plan(self, world_size)?.to_string())
-    }
-    fn total_steps(&self) -> u64 {
-        self.optim.total_steps
-    }
-    fn train(
-        &self,
-        resolved: &toml::Table,
-        resume: Resume,
-        device: &Device,
-        stop_after: Option<u64>,
-        dist: &Dist,
-    ) -> webssl_train::Result<TrainOutcome> {
-        clip::train(self, resolved, resume, device, stop_after, dist)
-    }
-    fn exported(&self, outcome: &TrainOutcome) -> String {
-        format!(
-            "image tower exported to {} (full CLIP: {})",
-            outcome.export_dir.display(),
-            outcome.run_dir.join("clip.safetensors").display()
-        )
-    }
-    fn eval(&self) -> &EvalConfig {
-        &self.eval
-    }
-    fn knn_baseline(&self, device: &Device) -> anyhow::Result<(u32, Vit, &'static str)> {
-        let init = clip::ClipModel::init_visual(&self.vit()?, self.seed, device);
-        Ok((self.image.size, init, "trained (CLIP)"))
-    }
-}
-
-/// Loads (file or preset, then `--set` overrides) and validates a config; returns it with the
-/// resolved table.
-pub fn load_recipe<C: Recipe>(
-    file: Option<&Path>,
-    configs_dir: &Path,
-    preset: Option<&str>,
-    overrides: &[String],
-) -> anyhow::Result<(C, toml::Table)> {
-    let (cfg, resolved): (C, toml::Table) = load_config(file, configs_dir, preset, overrides)?;
-    cfg.validate()?;
-    Ok((cfg, resolved))
-}
-
-fn run_recipe<C: Recipe>(args: RunArgs) -> anyhow::Result<()> {
+    let Command { objective, args } = command;
     if args.config.is_none() && args.preset.is_none() {
         anyhow::bail!(
             "give --config FILE or --preset NAME (presets: {})",
             list_presets(&args.configs_dir)
         );
     }
-    let (cfg, resolved) = load_recipe::<C>(
+    let (cfg, resolved) = objective.load(
         args.config.as_deref(),
         &args.configs_dir,
         args.preset.as_deref(),
@@ -296,8 +177,8 @@ fn knn_report(
     use webssl_eval::features::{Matrix, Split};
     use webssl_eval::knn::{self, KnnConfig};
 
-    dino::ensure_synth(train, eval.knn_train_synth.as_ref(), "knn-train")?;
-    dino::ensure_synth(val, eval.knn_val_synth.as_ref(), "knn-val")?;
+    ensure_synth(train, eval.knn_train_synth.as_ref(), "knn-train")?;
+    ensure_synth(val, eval.knn_val_synth.as_ref(), "knn-val")?;
     let trained = checkpoint::load(export_dir, None, device)
         .with_context(|| format!("loading the exported backbone {}", export_dir.display()))?
         .model;

@@ -13,10 +13,11 @@ use safetensors::tensor::{Dtype, TensorView};
 use super::keymap::{self, Layout};
 use super::named_parameters;
 use crate::error::{ModelError, Result};
+use crate::params::NamedTensor;
 use crate::vit::Vit;
 
 /// Tensors of `model` in PyTorch layout under the key names of `layout`.
-pub fn torch_tensors(model: &Vit, layout: Layout) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+pub fn torch_tensors(model: &Vit, layout: Layout) -> Result<Vec<NamedTensor>> {
     let cfg = model.config();
     let mut out = Vec::new();
     for (name, shape, values) in named_parameters(model) {
@@ -63,14 +64,14 @@ pub fn torch_tensors(model: &Vit, layout: Layout) -> Result<Vec<(String, Vec<usi
 }
 
 /// Writes `tensors` to `path` as safetensors (f32), atomically.
-pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<()> {
+pub fn write_safetensors(path: &Path, tensors: &[NamedTensor]) -> Result<()> {
     write_safetensors_with_metadata(path, tensors, &[])
 }
 
 /// As [`write_safetensors`], with extra `__metadata__` string entries.
 pub fn write_safetensors_with_metadata(
     path: &Path,
-    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    tensors: &[NamedTensor],
     extra: &[(&str, String)],
 ) -> Result<()> {
     let data =
@@ -80,7 +81,7 @@ pub fn write_safetensors_with_metadata(
 
 /// The safetensors encoding (f32, `format = pt` plus `extra` metadata) of `tensors`, in memory.
 pub fn safetensors_bytes(
-    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    tensors: &[NamedTensor],
     extra: &[(&str, String)],
 ) -> std::result::Result<Vec<u8>, String> {
     let bytes: Vec<Vec<u8>> = tensors

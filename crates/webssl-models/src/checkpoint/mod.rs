@@ -19,32 +19,10 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::config::{PosInterp, VitConfig};
 use crate::error::{ModelError, Result};
+use crate::params::{self, NamedTensor, PathStack};
 use crate::vit::Vit;
 use keymap::Layout;
 use store::TensorStore;
-
-/// The dotted path of the module being visited, as burn's `ModuleVisitor`/`ModuleMapper` enter and
-/// leave sub-modules. This is the one naming convention for parameters across the project (checkpoint
-/// keys, optimizer state, parameter-group rules, EMA): struct fields and `Vec` indices add a component,
-/// enum variants do not (so `Option`/enum wrappers never change a name).
-#[derive(Debug, Default)]
-pub struct PathStack(Vec<String>);
-
-impl PathStack {
-    pub fn enter(&mut self, name: &str, container_type: &str) {
-        if !container_type.starts_with("Enum:") {
-            self.0.push(name.to_owned());
-        }
-    }
-    pub fn exit(&mut self, container_type: &str) {
-        if !container_type.starts_with("Enum:") {
-            self.0.pop();
-        }
-    }
-    pub fn path(&self) -> String {
-        self.0.join(".")
-    }
-}
 
 /// A backbone loaded from disk, with what the directory said about preprocessing.
 pub struct LoadedModel {
@@ -343,35 +321,12 @@ impl ModuleMapper for Loader<'_> {
 }
 
 /// Every float parameter of a module with its dotted path, in declaration order.
-pub fn named_parameters<M: Module>(module: &M) -> Vec<(String, Vec<usize>, Vec<f32>)> {
-    struct Collect {
-        path: PathStack,
-        out: Vec<(String, Vec<usize>, Vec<f32>)>,
-    }
-    impl burn::module::ModuleVisitor for Collect {
-        fn enter_module(&mut self, name: &str, container_type: &str) {
-            self.path.enter(name, container_type);
-        }
-        fn exit_module(&mut self, _name: &str, container_type: &str) {
-            self.path.exit(container_type);
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let t = param.val();
-            let shape = t.dims().to_vec();
-            let values = t
-                .into_data()
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .expect("float tensor");
-            self.out.push((self.path.path(), shape, values));
-        }
-    }
-    let mut c = Collect {
-        path: PathStack::default(),
-        out: Vec::new(),
-    };
-    module.visit(&mut c);
-    c.out
+pub fn named_parameters<M: Module>(module: &M) -> Vec<NamedTensor> {
+    let mut out = Vec::new();
+    params::visit(module, |path, p| {
+        out.push((path.to_owned(), p.shape(), params::to_host(p.value())))
+    });
+    out
 }
 
 /// Replaces every float parameter of `module` by the tensor of the same dotted path in `store`

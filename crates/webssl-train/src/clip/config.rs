@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use webssl_models::text::{TextActivation, TextConfig};
 
 use crate::error::{Result, TrainError};
-pub use crate::run::sections::{DataConfig, EvalConfig, RunConfig, SynthSpec};
+pub use crate::run::sections::{DataConfig, EvalConfig, ModelConfig, RunConfig, SynthSpec};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -18,7 +18,8 @@ pub struct ClipConfig {
     #[serde(default)]
     pub seed: u64,
     pub data: DataConfig,
-    /// The image tower: the same ViT presets and overrides as `webssl pretrain dino`.
+    /// The image tower: the same ViT presets and overrides as `webssl pretrain dino`, without
+    /// stochastic depth (MetaCLIP trains without it).
     pub model: ModelConfig,
     #[serde(default)]
     pub image: ImageConfig,
@@ -30,23 +31,6 @@ pub struct ClipConfig {
     pub run: RunConfig,
     #[serde(default)]
     pub eval: EvalConfig,
-}
-
-/// Image-tower architecture (same keys as DINO's `[model]`, without stochastic depth: MetaCLIP
-/// trains without it).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelConfig {
-    /// Backbone preset (`webssl model presets`); the fields below override it.
-    pub arch: String,
-    pub embed_dim: Option<usize>,
-    pub depth: Option<usize>,
-    pub num_heads: Option<usize>,
-    pub patch_size: Option<usize>,
-    /// Position-embedding grid; the crop size by default.
-    pub img_size: Option<usize>,
-    /// LayerScale initial value for presets that have LayerScale (Web-DINO's 1e-5 by default).
-    pub layerscale_init: Option<f64>,
 }
 
 /// The training crop (MetaCLIP `transform.py`).
@@ -155,32 +139,11 @@ fn default_eps() -> f64 {
 impl ClipConfig {
     /// The image tower: the preset with this config's overrides, grid = crop size.
     pub fn vit(&self) -> Result<webssl_models::VitConfig> {
-        let mut v = webssl_models::presets::preset(&self.model.arch)?;
-        let m = &self.model;
-        if let Some(x) = m.embed_dim {
-            v.embed_dim = x;
-        }
-        if let Some(x) = m.depth {
-            v.depth = x;
-        }
-        if let Some(x) = m.num_heads {
-            v.num_heads = x;
-        }
-        if let Some(x) = m.patch_size {
-            v.patch_size = x;
-        }
-        if let Some(x) = m.layerscale_init {
-            if v.layerscale_init.is_none() {
-                return Err(TrainError::config(
-                    "model.layerscale_init",
-                    format!("`{}` has no LayerScale", m.arch),
-                ));
-            }
-            v.layerscale_init = Some(x);
-        }
-        v.img_size = m.img_size.unwrap_or(self.image.size as usize);
-        v.validate()?;
-        Ok(v)
+        self.model.refuse(&[(
+            "drop_path_rate",
+            "CLIP trains without stochastic depth (as MetaCLIP)",
+        )])?;
+        self.model.vit(self.image.size)
     }
 
     /// The text tower for a tokenizer with `vocab_size` tokens.
@@ -204,8 +167,7 @@ impl ClipConfig {
     /// Consistency checks that serde cannot express; each names the field.
     pub fn validate(&self) -> Result<()> {
         // Checked before building the ViT, whose own check would name its `img_size`.
-        let preset = webssl_models::presets::preset(&self.model.arch)?;
-        let p = self.model.patch_size.unwrap_or(preset.patch_size);
+        let p = self.model.patch_size()?;
         if p == 0 || !(self.image.size as usize).is_multiple_of(p) {
             return Err(TrainError::config(
                 "image.size",

@@ -22,6 +22,8 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 
+use webssl_models::params::{scalar, to_host};
+
 use crate::dist::{Dist, ReduceOp};
 use crate::objectives::clip::clip_loss_rows;
 
@@ -105,13 +107,6 @@ pub struct LocalGrads {
     pub d_logit_scale: f64,
 }
 
-fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .unwrap_or_default()
-}
-
 /// The loss of `rank`'s rows of `g` against all of them, times `world`, and its gradient with respect
 /// to the gathered features and the logit scale `t` (computed on `ad`, an autodiff device). A rank
 /// without pairs has a zero loss and zero gradients.
@@ -141,14 +136,11 @@ pub fn local_loss_grads(
     let t = Tensor::<1>::from_data(TensorData::new(vec![logit_scale], [1]), ad).require_grad();
     let n = rows.len();
     let terms = clip_loss_rows(image.clone(), text.clone(), t.clone(), rows);
-    let share = host(terms.loss.clone())
-        .first()
-        .copied()
-        .unwrap_or(f32::NAN) as f64;
+    let share = scalar(terms.loss.clone());
     let grads = terms.loss.mul_scalar(world as f64).backward();
     let grad_of = |x: &Tensor<2>| {
         x.grad(&grads)
-            .map(host)
+            .map(to_host)
             .unwrap_or_else(|| vec![0.0; n_all * e])
     };
     LocalGrads {
@@ -159,7 +151,7 @@ pub fn local_loss_grads(
         d_text: grad_of(&text),
         d_logit_scale: t
             .grad(&grads)
-            .map(host)
+            .map(to_host)
             .and_then(|v| v.first().copied())
             .unwrap_or(0.0) as f64,
     }

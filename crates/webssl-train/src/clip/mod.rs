@@ -45,11 +45,11 @@ use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use webssl_data::augment::SingleViewTransform;
 use webssl_data::loader::{Batch, MaskSpec, ShardSource, SingleView};
+use webssl_models::Vit;
 use webssl_models::checkpoint::{self, export, store::TensorStore};
+use webssl_models::params::{scalar, to_host, trainable_params};
 use webssl_models::text::TextConfig;
 
-pub use crate::run::sections::ensure_synth;
-pub use crate::run::state::TrainOutcome;
 pub use config::ClipConfig;
 pub use model::ClipModel;
 pub use tokenizer::{ClipTokenizer, TokenBatch};
@@ -58,12 +58,16 @@ use crate::clip_grad::ParamGrads;
 use crate::dist::{Dist, ReduceOp};
 use crate::error::{Result, TrainError};
 use crate::objectives::clip::{clip_loss_terms, l2_normalize};
+use crate::optim::OptimizerSet;
 use crate::param_groups::{clip_rule, param_ranks};
 use crate::run::checkpoint::{CheckpointManager, Resume};
-use crate::run::driver::{self, LoopSpec, OPTIM_FILE, TrainState, memory_line, value};
-use crate::run::state::{OptimizerSet, read_all, tensors_bytes};
+use crate::run::driver::{self, LoopSpec, OPTIM_FILE, TrainState, value};
+use crate::run::memory::MemoryEstimate;
+use crate::run::recipe::{Plan, Recipe};
+use crate::run::sections::EvalConfig;
+use crate::run::state::{TrainOutcome, read_all, tensors_bytes};
 use crate::schedule::clip_lr;
-use crate::zero::{self, ZeroShards};
+use crate::zero::ZeroShards;
 
 /// The single optimizer's name in the checkpoint (both towers, projections and logit scale as one set).
 const OPT: &str = "clip";
@@ -129,14 +133,6 @@ pub fn preprocessor(size: usize) -> serde_json::Value {
     p
 }
 
-fn scalar(t: Tensor<1>) -> f64 {
-    t.into_data()
-        .convert::<f64>()
-        .try_to_vec::<f64>()
-        .map(|v| v[0])
-        .unwrap_or(f64::NAN)
-}
-
 /// The tokenizer of a fresh run, identical on every rank: rank 0 builds it ([`build_tokenizer`]:
 /// trains the BPE or loads the configured file) while the others wait without a time limit (training
 /// can take long), then it goes to them as `tokenizer.json` bytes.
@@ -182,90 +178,194 @@ pub fn build_tokenizer_ranked(
     }
 }
 
-/// Runs (or resumes) CLIP pretraining as configured, as this process's rank of `dist` (one process:
-/// [`Dist::single`]). `stop_after` ends this process after that many steps of the schedule have
-/// completed (a checkpoint is written there); the next run resumes.
-///
-/// Data-parallel (training-algorithms.md §8): each rank reads its own split of the sample stream,
-/// features are all-gathered and each rank's loss is local to its pairs ([`gather`]), so the
-/// averaged gradient is that of the loss over the global batch; the logged loss and accuracies are
-/// the global batch's; rank 0 alone writes metrics, checkpoints (with every rank's loader cursor),
-/// the tokenizer and the exports. `optim.lr` is the lr of the global batch `batch_size · world_size`
-/// (MetaCLIP gives it per recipe, unscaled).
-pub fn train(
-    cfg: &ClipConfig,
-    resolved: &toml::Table,
-    resume: Resume,
-    device: &Device,
-    stop_after: Option<u64>,
-    dist: &Dist,
-) -> Result<TrainOutcome> {
-    cfg.validate()?;
-    let vit = cfg.vit()?;
-    let world_size = dist.world_size();
-    let session = driver::start(&cfg.data, &cfg.run, resolved, resume, dist)?;
-
-    let tok = match &session.resume_from {
-        // The vocabulary is part of the model: a resumed run uses the checkpoint's own copy.
-        Some(dir) => {
-            let json = CheckpointManager::load_file(dir, "tokenizer.json")?;
-            let json = String::from_utf8(json).map_err(|e| TrainError::Checkpoint {
-                path: dir.clone(),
-                reason: format!("tokenizer.json: {e}"),
-            })?;
-            ClipTokenizer::from_json(&json, cfg.text.context_length)?
-        }
-        None => build_tokenizer_ranked(cfg, &session.shards, dist)?,
-    };
-    let trainer = ClipTrainer::new(cfg, tok, dist, device)?;
-    dist.check_same("the tokenizer", trainer.tok_json.as_bytes())?;
-    if dist.is_main() {
-        crate::run::atomic_write(
-            &session.run.path.join("tokenizer.json"),
-            trainer.tok_json.as_bytes(),
-        )?;
+impl Recipe for ClipConfig {
+    fn validate(&self) -> Result<()> {
+        ClipConfig::validate(self)
     }
+    /// The run's numbers without building anything. The vocabulary is `text.vocab_size`, or the given
+    /// `tokenizer.json`'s when it can be read. Memory as DINO's plan counts it (without a
+    /// teacher): weights + gradients, the moments over the ZeRO-1 shards, collective buffers (the feature
+    /// gathers are small beside them), update temporaries, activations.
+    ///
+    /// Activations per block and token, f32: ~14·width + 2·mlp hidden + heads·tokens (attention
+    /// probabilities), for the image tower's `1 + (size/p)²` tokens and the text tower's full context
+    /// (an upper bound: the trainer cuts each batch after its longest caption).
+    fn plan(&self, world_size: usize) -> Result<Plan> {
+        let cfg = self;
+        let vit = cfg.vit()?;
+        let loaded = cfg
+            .text
+            .tokenizer
+            .as_ref()
+            .and_then(|p| ClipTokenizer::load(Path::new(p), cfg.text.context_length).ok());
+        // Without a tokenizer.json the vocabulary is the cap of a BPE still to be trained (merges may
+        // run out below it).
+        let vocab_is_cap = cfg.text.tokenizer.is_none();
+        let vocab = loaded.map_or(cfg.text.vocab_size, |t| t.vocab_size());
+        let text = cfg.text_tower(vocab)?;
+        let image_params = webssl_models::presets::param_count(&vit);
+        let text_params = text.num_params();
+        // Both projections and the logit scale.
+        let head_params = (vit.embed_dim * text.embed_dim) as u64 + 1;
+        let params = image_params + text_params + head_params;
+        let largest = [
+            vit.embed_dim * vit.ffn_hidden(),
+            text.vocab_size * text.width,
+            text.width * text.mlp_hidden(),
+            3 * text.width * text.width,
+            vit.embed_dim * text.embed_dim,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0) as u64;
+        let b = cfg.data.batch_size as u64;
+        let tokens = (cfg.image.size as u64 / vit.patch_size as u64).pow(2) + 1;
+        let per_block = |tokens: u64, width: u64, hidden: u64, heads: u64| {
+            b * (tokens * (14 * width + 2 * hidden) + heads * tokens * tokens)
+        };
+        let image_act = vit.depth as u64
+            * per_block(
+                tokens,
+                vit.embed_dim as u64,
+                vit.ffn_hidden() as u64,
+                vit.num_heads as u64,
+            );
+        let text_act = text.layers as u64
+            * per_block(
+                text.context_length as u64,
+                text.width as u64,
+                text.mlp_hidden() as u64,
+                text.heads as u64,
+            );
+        let global_batch = cfg.data.batch_size * world_size;
+        let total_steps = cfg.optim.total_steps;
+        Ok(Plan {
+            lines: vec![
+                format!(
+                    "parameters: image tower {image_params} + text tower {text_params} (vocab {}{vocab}) + projections/logit scale {head_params} = {params}",
+                    if vocab_is_cap { "≤ " } else { "" },
+                ),
+                format!(
+                    "global batch {global_batch} · {total_steps} steps = {} samples seen; lr {:.3e} (warm-up + cosine to 0)",
+                    total_steps * global_batch as u64,
+                    cfg.optim.lr
+                ),
+            ],
+            memory: MemoryEstimate::adamw(
+                params,
+                "weights+grads",
+                2,
+                largest,
+                0,
+                4 * (image_act + text_act),
+                &cfg.run,
+                world_size,
+            ),
+        })
+    }
+    fn total_steps(&self) -> u64 {
+        self.optim.total_steps
+    }
+    /// Runs (or resumes) CLIP pretraining as configured, as this process's rank of `dist` (one process:
+    /// [`Dist::single`]). `stop_after` ends this process after that many steps of the schedule have
+    /// completed (a checkpoint is written there); the next run resumes.
+    ///
+    /// Data-parallel (training-algorithms.md §8): each rank reads its own split of the sample stream,
+    /// features are all-gathered and each rank's loss is local to its pairs ([`gather`]), so the
+    /// averaged gradient is that of the loss over the global batch; the logged loss and accuracies are
+    /// the global batch's; rank 0 alone writes metrics, checkpoints (with every rank's loader cursor),
+    /// the tokenizer and the exports. `optim.lr` is the lr of the global batch `batch_size · world_size`
+    /// (MetaCLIP gives it per recipe, unscaled).
+    fn train(
+        &self,
+        resolved: &toml::Table,
+        resume: Resume,
+        device: &Device,
+        stop_after: Option<u64>,
+        dist: &Dist,
+    ) -> Result<TrainOutcome> {
+        let cfg = self;
+        cfg.validate()?;
+        let vit = cfg.vit()?;
+        let world_size = dist.world_size();
+        let session = driver::start(&cfg.data, &cfg.run, resolved, resume, dist)?;
 
-    // The shared stream, one CLIP crop per image.
-    let transform = SingleViewTransform {
-        scale: cfg.image.scale,
-        ..SingleViewTransform::clip(cfg.image.size)
-    };
-    let total = cfg.optim.total_steps;
-    let text_cfg = &trainer.text_cfg;
-    let banner = format!(
-        "CLIP: image {} ({} params) + text {}×{} ({} params, vocab {}), batch {} × {world_size} process(es), lr {:.3e}, {} steps",
-        cfg.model.arch,
-        webssl_models::presets::param_count(&vit),
-        text_cfg.layers,
-        text_cfg.width,
-        text_cfg.num_params(),
-        text_cfg.vocab_size,
-        cfg.data.batch_size,
-        cfg.optim.lr,
-        total
-    );
-    let spec = LoopSpec {
-        seed: cfg.seed,
-        data: &cfg.data,
-        run: &cfg.run,
-        total_steps: total,
-        banner,
-        plan_bytes: Some(plan(cfg, world_size)?.total_bytes()),
-    };
-    driver::run(
-        session,
-        trainer,
-        spec,
-        Arc::new(SingleView::new(transform)?),
-        MaskSpec::None,
-        stop_after,
-        dist,
-    )
+        let tok = match &session.resume_from {
+            // The vocabulary is part of the model: a resumed run uses the checkpoint's own copy.
+            Some(dir) => {
+                let json = CheckpointManager::load_file(dir, "tokenizer.json")?;
+                let json = String::from_utf8(json).map_err(|e| TrainError::Checkpoint {
+                    path: dir.clone(),
+                    reason: format!("tokenizer.json: {e}"),
+                })?;
+                ClipTokenizer::from_json(&json, cfg.text.context_length)?
+            }
+            None => build_tokenizer_ranked(cfg, &session.shards, dist)?,
+        };
+        let trainer = ClipTrainer::new(cfg, tok, dist, device)?;
+        dist.check_same("the tokenizer", trainer.tok_json.as_bytes())?;
+        if dist.is_main() {
+            crate::run::atomic_write(
+                &session.run.path.join("tokenizer.json"),
+                trainer.tok_json.as_bytes(),
+            )?;
+        }
+
+        // The shared stream, one CLIP crop per image.
+        let transform = SingleViewTransform {
+            scale: cfg.image.scale,
+            ..SingleViewTransform::clip(cfg.image.size)
+        };
+        let total = cfg.optim.total_steps;
+        let text_cfg = &trainer.text_cfg;
+        let banner = format!(
+            "CLIP: image {} ({} params) + text {}×{} ({} params, vocab {}), batch {} × {world_size} process(es), lr {:.3e}, {} steps",
+            cfg.model.arch,
+            webssl_models::presets::param_count(&vit),
+            text_cfg.layers,
+            text_cfg.width,
+            text_cfg.num_params(),
+            text_cfg.vocab_size,
+            cfg.data.batch_size,
+            cfg.optim.lr,
+            total
+        );
+        let spec = LoopSpec {
+            seed: cfg.seed,
+            data: &cfg.data,
+            run: &cfg.run,
+            total_steps: total,
+            banner,
+            plan_bytes: Some(cfg.plan(world_size)?.memory.total()),
+        };
+        driver::run(
+            session,
+            trainer,
+            spec,
+            Arc::new(SingleView::new(transform)?),
+            MaskSpec::None,
+            stop_after,
+            dist,
+        )
+    }
+    fn exported(&self, outcome: &TrainOutcome) -> String {
+        format!(
+            "image tower exported to {} (full CLIP: {})",
+            outcome.export_dir.display(),
+            outcome.run_dir.join("clip.safetensors").display()
+        )
+    }
+    fn eval(&self) -> &EvalConfig {
+        &self.eval
+    }
+    fn knn_baseline(&self, device: &Device) -> Result<(u32, Vit, &'static str)> {
+        let init = ClipModel::init_visual(&self.vit()?, self.seed, device);
+        Ok((self.image.size, init, "trained (CLIP)"))
+    }
 }
 
 /// The trainable state of a CLIP run — both towers, projections, logit scale, AdamW moments — with its
-/// tokenizer, and one optimizer step on it. [`train`] feeds it from the loader; the multi-process
+/// tokenizer, and one optimizer step on it. `Recipe::train` feeds it from the loader; the multi-process
 /// equivalence test feeds it hand-made batches.
 pub struct ClipTrainer<'c> {
     cfg: &'c ClipConfig,
@@ -299,7 +399,7 @@ impl<'c> ClipTrainer<'c> {
         let text_cfg = cfg.text_tower(tok.vocab_size())?;
         let model = ClipModel::new(&vit, &text_cfg, cfg.clip.logit_scale_init, cfg.seed, &ad)?;
         let zero = (cfg.run.shard_optimizer_state && dist.world_size() > 1)
-            .then(|| ZeroShards::new(&[(OPT, zero::trainable_params(&model))], dist));
+            .then(|| ZeroShards::new(&[(OPT, trainable_params(&model))], dist));
         Ok(ClipTrainer {
             zero,
             cfg,
@@ -487,14 +587,7 @@ impl<'c> ClipTrainer<'c> {
         let (rank, world) = (dist.rank(), dist.world_size());
         let dim = self.text_cfg.embed_dim;
         let normalised = features.map(|(i, t)| (l2_normalize(i), l2_normalize(t)));
-        let host = |t: &Tensor<2>| -> Vec<f32> {
-            t.clone()
-                .inner()
-                .into_data()
-                .convert::<f32>()
-                .try_to_vec::<f32>()
-                .unwrap_or_default()
-        };
+        let host = |t: &Tensor<2>| to_host(t.clone().inner());
         let (img_h, txt_h) = normalised
             .as_ref()
             .map_or((Vec::new(), Vec::new()), |(i, t)| (host(i), host(t)));
@@ -599,152 +692,6 @@ fn save_outputs(
         &checkpoint::named_parameters(model),
     )?;
     Ok(())
-}
-
-/// What `--dry-run` prints: the recipe in numbers and a per-process memory estimate.
-pub struct Plan {
-    pub image_params: u64,
-    pub text_params: u64,
-    /// Both projections and the logit scale.
-    pub head_params: u64,
-    pub vocab_size: usize,
-    /// The vocabulary is the cap of a BPE still to be trained (merges may run out below it).
-    pub vocab_is_cap: bool,
-    pub global_batch: usize,
-    pub lr: f64,
-    pub total_steps: u64,
-    pub samples_seen: u64,
-    /// Bytes per process: weights and gradients (f32, replicated on every rank).
-    pub state_bytes: u64,
-    /// Bytes per process: the AdamW moments (two f32 copies), divided over the ranks with ZeRO-1.
-    pub moment_bytes: u64,
-    /// Ranks the moments are sharded over (1: not sharded).
-    pub moment_shards: usize,
-    /// Bytes per process: host buffers of the collectives (several processes only): three copies of
-    /// the largest parameter (they go one parameter at a time).
-    pub collective_bytes: u64,
-    /// Bytes per process: temporaries of clipping and AdamW (about one more copy of the parameters),
-    /// as measured for DINO ([`crate::dino::plan`]).
-    pub transient_bytes: u64,
-    /// Bytes per process: activations kept for backward (estimate, see [`plan`]).
-    pub activation_bytes: u64,
-}
-
-/// The run's numbers without building anything. The vocabulary is `text.vocab_size`, or the given
-/// `tokenizer.json`'s when it can be read. Memory as [`crate::dino::plan`] counts it (without a
-/// teacher): weights + gradients, the moments over the ZeRO-1 shards, collective buffers (the feature
-/// gathers are small beside them), update temporaries, activations.
-///
-/// Activations per block and token, f32: ~14·width + 2·mlp hidden + heads·tokens (attention
-/// probabilities), for the image tower's `1 + (size/p)²` tokens and the text tower's full context
-/// (an upper bound: the trainer cuts each batch after its longest caption).
-pub fn plan(cfg: &ClipConfig, world_size: usize) -> Result<Plan> {
-    let vit = cfg.vit()?;
-    let loaded = cfg
-        .text
-        .tokenizer
-        .as_ref()
-        .and_then(|p| ClipTokenizer::load(Path::new(p), cfg.text.context_length).ok());
-    let vocab_is_cap = cfg.text.tokenizer.is_none();
-    let vocab = loaded.map_or(cfg.text.vocab_size, |t| t.vocab_size());
-    let text = cfg.text_tower(vocab)?;
-    let image_params = webssl_models::presets::param_count(&vit);
-    let text_params = text.num_params();
-    let head_params = (vit.embed_dim * text.embed_dim) as u64 + 1;
-    let params = image_params + text_params + head_params;
-    let moment_shards = if cfg.run.shard_optimizer_state {
-        world_size.max(1)
-    } else {
-        1
-    };
-    let largest = [
-        vit.embed_dim * vit.ffn_hidden(),
-        text.vocab_size * text.width,
-        text.width * text.mlp_hidden(),
-        3 * text.width * text.width,
-        vit.embed_dim * text.embed_dim,
-    ]
-    .into_iter()
-    .max()
-    .unwrap_or(0) as u64;
-    let b = cfg.data.batch_size as u64;
-    let tokens = (cfg.image.size as u64 / vit.patch_size as u64).pow(2) + 1;
-    let per_block = |tokens: u64, width: u64, hidden: u64, heads: u64| {
-        b * (tokens * (14 * width + 2 * hidden) + heads * tokens * tokens)
-    };
-    let image_act = vit.depth as u64
-        * per_block(
-            tokens,
-            vit.embed_dim as u64,
-            vit.ffn_hidden() as u64,
-            vit.num_heads as u64,
-        );
-    let text_act = text.layers as u64
-        * per_block(
-            text.context_length as u64,
-            text.width as u64,
-            text.mlp_hidden() as u64,
-            text.heads as u64,
-        );
-    let global_batch = cfg.data.batch_size * world_size;
-    Ok(Plan {
-        image_params,
-        text_params,
-        head_params,
-        vocab_size: vocab,
-        vocab_is_cap,
-        global_batch,
-        lr: cfg.optim.lr,
-        total_steps: cfg.optim.total_steps,
-        samples_seen: cfg.optim.total_steps * global_batch as u64,
-        state_bytes: params * 4 * 2,
-        moment_bytes: params * 4 * 2 / moment_shards as u64,
-        moment_shards,
-        collective_bytes: if world_size > 1 { largest * 4 * 3 } else { 0 },
-        transient_bytes: params * 4,
-        activation_bytes: 4 * (image_act + text_act),
-    })
-}
-
-impl Plan {
-    /// The whole per-process estimate.
-    pub fn total_bytes(&self) -> u64 {
-        self.state_bytes
-            + self.moment_bytes
-            + self.collective_bytes
-            + self.transient_bytes
-            + self.activation_bytes
-    }
-}
-
-impl std::fmt::Display for Plan {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "# plan")?;
-        writeln!(
-            f,
-            "parameters: image tower {} + text tower {} (vocab {}{}) + projections/logit scale {} = {}",
-            self.image_params,
-            self.text_params,
-            if self.vocab_is_cap { "≤ " } else { "" },
-            self.vocab_size,
-            self.head_params,
-            self.image_params + self.text_params + self.head_params
-        )?;
-        writeln!(
-            f,
-            "global batch {} · {} steps = {} samples seen; lr {:.3e} (warm-up + cosine to 0)",
-            self.global_batch, self.total_steps, self.samples_seen, self.lr
-        )?;
-        f.write_str(&memory_line(
-            "weights+grads",
-            self.state_bytes,
-            self.moment_bytes,
-            self.moment_shards,
-            self.collective_bytes,
-            self.transient_bytes,
-            self.activation_bytes,
-        ))
-    }
 }
 
 /// Reads back the full model a run saved (`<run>/clip.safetensors` with `<run>/clip_config.json`).

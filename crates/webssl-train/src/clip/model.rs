@@ -111,12 +111,6 @@ impl ClipModel {
 
     /// Current `t` (host value).
     pub fn logit_scale_value(&self) -> f64 {
-        self.logit_scale
-            .val()
-            .into_data()
-            .convert::<f64>()
-            .try_to_vec::<f64>()
-            .map(|v| v[0])
-            .unwrap_or(f64::NAN)
+        webssl_models::params::scalar(self.logit_scale.val())
     }
 }

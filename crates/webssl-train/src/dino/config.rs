@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
-pub use crate::run::sections::{DataConfig, EvalConfig, RunConfig, SynthSpec};
+pub use crate::run::sections::{DataConfig, EvalConfig, ModelConfig, RunConfig, SynthSpec};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,26 +26,6 @@ pub struct DinoConfig {
     pub run: RunConfig,
     #[serde(default)]
     pub eval: EvalConfig,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelConfig {
-    /// Backbone preset (`webssl model presets`); the fields below override it.
-    pub arch: String,
-    pub embed_dim: Option<usize>,
-    pub depth: Option<usize>,
-    pub num_heads: Option<usize>,
-    pub patch_size: Option<usize>,
-    /// Position-embedding grid = global crop size by default.
-    pub img_size: Option<usize>,
-    /// LayerScale initial value (the presets use DINOv2's 1e-5). At 1e-5 the blocks barely touch
-    /// the residual stream at first, so every image starts with nearly the same CLS token and the
-    /// teacher's Sinkhorn targets are uniform until LayerScale has grown: fine over 600k steps,
-    /// too slow for a few hundred (the demo uses 0.1).
-    pub layerscale_init: Option<f64>,
-    #[serde(default)]
-    pub drop_path_rate: f64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -197,40 +177,19 @@ fn default_betas() -> (f64, f64) {
 }
 
 impl DinoConfig {
-    /// The backbone architecture: the preset with this config's overrides.
+    /// The backbone architecture: the preset with this config's overrides, grid = global crop size.
     pub fn vit(&self) -> Result<webssl_models::VitConfig> {
-        let mut v = webssl_models::presets::preset(&self.model.arch)?;
-        let m = &self.model;
-        if let Some(x) = m.embed_dim {
-            v.embed_dim = x;
-        }
-        if let Some(x) = m.depth {
-            v.depth = x;
-        }
-        if let Some(x) = m.num_heads {
-            v.num_heads = x;
-        }
-        if let Some(x) = m.patch_size {
-            v.patch_size = x;
-        }
-        if let Some(x) = m.layerscale_init {
-            if v.layerscale_init.is_none() {
-                return Err(TrainError::config(
-                    "model.layerscale_init",
-                    format!("`{}` has no LayerScale", m.arch),
-                ));
-            }
-            v.layerscale_init = Some(x);
-        }
-        v.img_size = m.img_size.unwrap_or(self.crops.global_size as usize);
-        v.validate()?;
-        Ok(v)
+        self.model.vit(self.crops.global_size)
+    }
+
+    /// Stochastic depth's rate at the last block (0 when not configured).
+    pub fn drop_path_rate(&self) -> f64 {
+        self.model.drop_path_rate.unwrap_or(0.0)
     }
 
     /// Consistency checks that serde cannot express; each names the field.
     pub fn validate(&self) -> Result<()> {
-        let preset = webssl_models::presets::preset(&self.model.arch)?;
-        let p = self.model.patch_size.unwrap_or(preset.patch_size) as u32;
+        let p = self.model.patch_size()? as u32;
         if self.crops.global_size % p != 0 {
             return Err(TrainError::config(
                 "crops.global_size",
@@ -261,7 +220,7 @@ impl DinoConfig {
                 "exceeds optim.total_steps",
             ));
         }
-        if !(0.0..1.0).contains(&self.model.drop_path_rate) {
+        if !(0.0..1.0).contains(&self.drop_path_rate()) {
             return Err(TrainError::config(
                 "model.drop_path_rate",
                 "must be in [0, 1)",

@@ -25,10 +25,10 @@ use webssl_data::augment::{DinoAugConfig, DinoAugment};
 use webssl_data::loader::{Batch, DinoViews, MaskSpec};
 use webssl_data::masks::{IbotMaskConfig, MaskingGenerator};
 use webssl_data::sampler::rng_stream;
+use webssl_models::Vit;
 use webssl_models::checkpoint::{self, export, store::TensorStore};
+use webssl_models::params::{scalar, trainable_params};
 
-pub use crate::run::sections::ensure_synth;
-pub use crate::run::state::TrainOutcome;
 pub use config::DinoConfig;
 use model::DinoModel;
 
@@ -37,12 +37,16 @@ use crate::dist::{Dist, ReduceOp};
 use crate::ema::ema_update;
 use crate::error::{Result, TrainError};
 use crate::objectives::Centering as CenterState;
+use crate::optim::OptimizerSet;
 use crate::param_groups::dinov2_rule;
 use crate::run::checkpoint::{CheckpointManager, Resume};
 use crate::run::driver::{self, LoopSpec, OPTIM_FILE, TrainState, value};
-use crate::run::state::{OptimizerSet, read_all, tensors_bytes};
+use crate::run::memory::MemoryEstimate;
+use crate::run::recipe::{Plan, Recipe};
+use crate::run::sections::EvalConfig;
+use crate::run::state::{TrainOutcome, read_all, tensors_bytes};
 use crate::schedule::CosineSchedule;
-use crate::zero::{self, ZeroShards};
+use crate::zero::ZeroShards;
 
 /// All per-step schedules (§5.2), functions of the step only.
 struct Schedules {
@@ -87,77 +91,176 @@ impl Schedules {
     }
 }
 
-/// Runs (or resumes) DINOv2 pretraining as configured, as this process's rank of `dist`. `stop_after`
-/// ends this process after that many steps of the schedule have completed (a checkpoint is written
-/// there), e.g. for time-sliced jobs; the next run resumes from it. The loop is
-/// [`driver::run`]; this builds the multi-crop views, the iBOT masks and the
-/// trainer.
-pub fn train(
-    cfg: &DinoConfig,
-    resolved: &toml::Table,
-    resume: Resume,
-    device: &Device,
-    stop_after: Option<u64>,
-    dist: &Dist,
-) -> Result<TrainOutcome> {
-    cfg.validate()?;
-    let vit = cfg.vit()?;
-    let world_size = dist.world_size();
-    let session = driver::start(&cfg.data, &cfg.run, resolved, resume, dist)?;
-    let trainer = DinoTrainer::new(cfg, dist, device)?;
+impl Recipe for DinoConfig {
+    fn validate(&self) -> Result<()> {
+        DinoConfig::validate(self)
+    }
+    /// The run's numbers without building anything. Memory: student weights and gradients and the
+    /// teacher replicated, the moments over the ZeRO-1 shards, collective buffers, update temporaries
+    /// (one more copy of the parameters for clipping, AdamW and the EMA update, and three copies of the
+    /// weight-normalised prototype layers: the normalised weight in the student's and the teacher's
+    /// forward and its gradient), activations.
+    ///
+    /// The activation estimate counts, per transformer block and token, the tensors burn keeps for backward
+    /// in f32: ~14·D (norm inputs/outputs, q/k/v, attention output, residuals) + 2·hidden (FFN) + the
+    /// attention probabilities heads·tokens — summed over the student's global and local crops.
+    fn plan(&self, world_size: usize) -> Result<Plan> {
+        let cfg = self;
+        let vit = cfg.vit()?;
+        let backbone = webssl_models::presets::param_count(&vit);
+        let h = &cfg.heads;
+        let mut heads = head_params(
+            vit.embed_dim,
+            h.hidden_dim,
+            h.dino_bottleneck_dim,
+            h.dino_prototypes,
+        );
+        if h.ibot_separate_head {
+            heads += head_params(
+                vit.embed_dim,
+                h.hidden_dim,
+                h.ibot_bottleneck_dim,
+                h.ibot_prototypes,
+            );
+        }
+        let params = backbone + heads;
+        let largest = [
+            vit.embed_dim * vit.ffn_hidden(),
+            h.hidden_dim * h.hidden_dim,
+            h.dino_bottleneck_dim * h.dino_prototypes,
+            h.ibot_bottleneck_dim * h.ibot_prototypes,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0) as u64;
+        let mut prototypes = h.dino_bottleneck_dim * h.dino_prototypes;
+        if h.ibot_separate_head {
+            prototypes += h.ibot_bottleneck_dim * h.ibot_prototypes;
+        }
+        let p = vit.patch_size as u64;
+        let tok = |side: u32| (side as u64 / p).pow(2) + 1 + vit.num_register_tokens as u64;
+        let (tg, tl) = (tok(cfg.crops.global_size), tok(cfg.crops.local_size));
+        let b = cfg.data.batch_size as u64;
+        let per_block = |tokens: u64, crops: u64| {
+            crops
+                * b
+                * (tokens * (14 * vit.embed_dim as u64 + 2 * vit.ffn_hidden() as u64)
+                    + vit.num_heads as u64 * tokens * tokens)
+        };
+        let activations =
+            4 * vit.depth as u64 * (per_block(tg, 2) + per_block(tl, cfg.crops.n_local as u64));
+        let global_batch = cfg.data.batch_size * world_size;
+        let total_steps = cfg.optim.total_steps;
+        Ok(Plan {
+            lines: vec![
+                format!("parameters: backbone {backbone} + heads {heads} = {params}"),
+                format!(
+                    "global batch {global_batch} · {total_steps} steps = {} samples seen; lr {:.3e} (sqrt-scaled)",
+                    total_steps * global_batch as u64,
+                    cfg.scaled_lr(world_size)
+                ),
+            ],
+            memory: MemoryEstimate::adamw(
+                params,
+                "weights+grads+teacher",
+                3,
+                largest,
+                3 * prototypes as u64 * 4,
+                activations,
+                &cfg.run,
+                world_size,
+            ),
+        })
+    }
+    fn total_steps(&self) -> u64 {
+        self.optim.total_steps
+    }
+    /// Runs (or resumes) DINOv2 pretraining as configured, as this process's rank of `dist`. `stop_after`
+    /// ends this process after that many steps of the schedule have completed (a checkpoint is written
+    /// there), e.g. for time-sliced jobs; the next run resumes from it. The loop is
+    /// [`driver::run`]; this builds the multi-crop views, the iBOT masks and the
+    /// trainer.
+    fn train(
+        &self,
+        resolved: &toml::Table,
+        resume: Resume,
+        device: &Device,
+        stop_after: Option<u64>,
+        dist: &Dist,
+    ) -> Result<TrainOutcome> {
+        let cfg = self;
+        cfg.validate()?;
+        let vit = cfg.vit()?;
+        let world_size = dist.world_size();
+        let session = driver::start(&cfg.data, &cfg.run, resolved, resume, dist)?;
+        let trainer = DinoTrainer::new(cfg, dist, device)?;
 
-    let grid = cfg.crops.global_size as usize / vit.patch_size;
-    let aug = DinoAugment::new(DinoAugConfig {
-        global_size: cfg.crops.global_size,
-        local_size: cfg.crops.local_size,
-        n_local: cfg.crops.n_local,
-        global_scale: cfg.crops.global_scale,
-        local_scale: cfg.crops.local_scale,
-        ..DinoAugConfig::default()
-    })?;
-    let masks = MaskSpec::Ibot {
-        generator: MaskingGenerator::new(grid, grid)?,
-        config: IbotMaskConfig {
-            ratio_min: cfg.loss.mask_ratio.0,
-            ratio_max: cfg.loss.mask_ratio.1,
-            probability: cfg.loss.mask_probability,
-        },
-        group: 0,
-    };
-    let total = cfg.optim.total_steps;
-    let banner = format!(
-        "DINOv2: {} ({} params), batch {} × {world_size} process(es), lr {:.3e} (scaled), {} steps, {} global {}px + {} local {}px",
-        cfg.model.arch,
-        webssl_models::presets::param_count(&vit),
-        cfg.data.batch_size,
-        cfg.scaled_lr(world_size),
-        total,
-        2,
-        cfg.crops.global_size,
-        cfg.crops.n_local,
-        cfg.crops.local_size
-    );
-    let spec = LoopSpec {
-        seed: cfg.seed,
-        data: &cfg.data,
-        run: &cfg.run,
-        total_steps: total,
-        banner,
-        plan_bytes: Some(plan(cfg, world_size)?.total_bytes()),
-    };
-    driver::run(
-        session,
-        trainer,
-        spec,
-        Arc::new(DinoViews::new(aug)),
-        masks,
-        stop_after,
-        dist,
-    )
+        let grid = cfg.crops.global_size as usize / vit.patch_size;
+        let aug = DinoAugment::new(DinoAugConfig {
+            global_size: cfg.crops.global_size,
+            local_size: cfg.crops.local_size,
+            n_local: cfg.crops.n_local,
+            global_scale: cfg.crops.global_scale,
+            local_scale: cfg.crops.local_scale,
+            ..DinoAugConfig::default()
+        })?;
+        let masks = MaskSpec::Ibot {
+            generator: MaskingGenerator::new(grid, grid)?,
+            config: IbotMaskConfig {
+                ratio_min: cfg.loss.mask_ratio.0,
+                ratio_max: cfg.loss.mask_ratio.1,
+                probability: cfg.loss.mask_probability,
+            },
+            group: 0,
+        };
+        let total = cfg.optim.total_steps;
+        let banner = format!(
+            "DINOv2: {} ({} params), batch {} × {world_size} process(es), lr {:.3e} (scaled), {} steps, {} global {}px + {} local {}px",
+            cfg.model.arch,
+            webssl_models::presets::param_count(&vit),
+            cfg.data.batch_size,
+            cfg.scaled_lr(world_size),
+            total,
+            2,
+            cfg.crops.global_size,
+            cfg.crops.n_local,
+            cfg.crops.local_size
+        );
+        let spec = LoopSpec {
+            seed: cfg.seed,
+            data: &cfg.data,
+            run: &cfg.run,
+            total_steps: total,
+            banner,
+            plan_bytes: Some(cfg.plan(world_size)?.memory.total()),
+        };
+        driver::run(
+            session,
+            trainer,
+            spec,
+            Arc::new(DinoViews::new(aug)),
+            masks,
+            stop_after,
+            dist,
+        )
+    }
+    fn exported(&self, outcome: &TrainOutcome) -> String {
+        format!(
+            "teacher backbone exported to {}",
+            outcome.export_dir.display()
+        )
+    }
+    fn eval(&self) -> &EvalConfig {
+        &self.eval
+    }
+    fn knn_baseline(&self, device: &Device) -> Result<(u32, Vit, &'static str)> {
+        let init = DinoModel::new(&self.vit()?, &self.heads, self.seed, device).backbone;
+        Ok((self.crops.global_size, init, "trained teacher"))
+    }
 }
 
 /// The trainable state of a DINOv2 run — student, EMA teacher, optimizer moments, centres — and one
-/// optimizer step on it. [`train`] feeds it from the loader; the multi-process equivalence test feeds
+/// optimizer step on it. `Recipe::train` feeds it from the loader; the multi-process equivalence test feeds
 /// it hand-made batches.
 pub struct DinoTrainer<'c> {
     cfg: &'c DinoConfig,
@@ -200,11 +303,11 @@ impl<'c> DinoTrainer<'c> {
         });
         let zero = (cfg.run.shard_optimizer_state && world_size > 1).then(|| {
             let mut list = vec![
-                ("backbone", zero::trainable_params(&student.backbone)),
-                ("dino_head", zero::trainable_params(&student.dino_head)),
+                ("backbone", trainable_params(&student.backbone)),
+                ("dino_head", trainable_params(&student.dino_head)),
             ];
             if let Some(h) = &student.ibot_head {
-                list.push(("ibot_head", zero::trainable_params(h)));
+                list.push(("ibot_head", trainable_params(h)));
             }
             ZeroShards::new(&list, dist)
         });
@@ -275,14 +378,7 @@ impl<'c> DinoTrainer<'c> {
             dist,
             &self.ad,
         );
-        let local_total = loss
-            .total
-            .clone()
-            .into_data()
-            .convert::<f64>()
-            .try_to_vec::<f64>()
-            .map(|v| v[0])
-            .unwrap_or(f64::NAN);
+        let local_total = scalar(loss.total.clone());
         // Logged values and the NaN check are over all ranks (every rank stops together).
         let mut terms = [
             local_total,
@@ -491,148 +587,7 @@ fn collapse_watch(step: u64, dino_loss: f64, teacher_entropy: f64, k: usize) {
     }
 }
 
-/// What `--dry-run` prints: the recipe in numbers and a per-process memory estimate.
-pub struct Plan {
-    pub backbone_params: u64,
-    pub head_params: u64,
-    pub global_batch: usize,
-    pub scaled_lr: f64,
-    pub total_steps: u64,
-    pub samples_seen: u64,
-    /// Bytes per process: student + teacher weights and gradients (f32, replicated on every rank).
-    pub state_bytes: u64,
-    /// Bytes per process: the AdamW moments (two f32 copies), divided over the ranks with ZeRO-1.
-    pub moment_bytes: u64,
-    /// Ranks the moments are sharded over (1: not sharded).
-    pub moment_shards: usize,
-    /// Bytes per process: host buffers of the collectives (several processes only): three copies of
-    /// the largest parameter (they go one parameter at a time).
-    pub collective_bytes: u64,
-    /// Bytes per process: temporaries of clipping, AdamW and the EMA update (about one more copy of
-    /// the parameters) and of the weight-normalised prototype layers (the normalised weight in the
-    /// student's and the teacher's forward and its gradient: three copies). Calibrated on measured
-    /// peaks (`crates/webssl-cli/tests/pretrain.rs`).
-    pub transient_bytes: u64,
-    /// Bytes per process: activations kept for backward (estimate, see [`plan`]).
-    pub activation_bytes: u64,
-}
-
 fn head_params(in_dim: usize, hidden: usize, bottleneck: usize, k: usize) -> u64 {
     let (i, h, b, k) = (in_dim as u64, hidden as u64, bottleneck as u64, k as u64);
     (i * h + h) + (h * h + h) + (h * b + b) + (b * k + k)
-}
-
-/// The run's numbers without building anything.
-///
-/// The activation estimate counts, per transformer block and token, the tensors burn keeps for backward
-/// in f32: ~14·D (norm inputs/outputs, q/k/v, attention output, residuals) + 2·hidden (FFN) + the
-/// attention probabilities heads·tokens — summed over the student's global and local crops.
-pub fn plan(cfg: &DinoConfig, world_size: usize) -> Result<Plan> {
-    let vit = cfg.vit()?;
-    let backbone = webssl_models::presets::param_count(&vit);
-    let h = &cfg.heads;
-    let mut heads = head_params(
-        vit.embed_dim,
-        h.hidden_dim,
-        h.dino_bottleneck_dim,
-        h.dino_prototypes,
-    );
-    if h.ibot_separate_head {
-        heads += head_params(
-            vit.embed_dim,
-            h.hidden_dim,
-            h.ibot_bottleneck_dim,
-            h.ibot_prototypes,
-        );
-    }
-    let params = backbone + heads;
-    // student weights + gradients + teacher weights, replicated; the two AdamW moments over the
-    // shards; with several ranks, the all-reduce's host copies of every gradient (send + receive).
-    let state_bytes = params * 4 * 3;
-    let moment_shards = if cfg.run.shard_optimizer_state {
-        world_size.max(1)
-    } else {
-        1
-    };
-    let moment_bytes = params * 4 * 2 / moment_shards as u64;
-    let largest = [
-        vit.embed_dim * vit.ffn_hidden(),
-        h.hidden_dim * h.hidden_dim,
-        h.dino_bottleneck_dim * h.dino_prototypes,
-        h.ibot_bottleneck_dim * h.ibot_prototypes,
-    ]
-    .into_iter()
-    .max()
-    .unwrap_or(0) as u64;
-    let collective_bytes = if world_size > 1 { largest * 4 * 3 } else { 0 };
-    let mut prototypes = h.dino_bottleneck_dim * h.dino_prototypes;
-    if h.ibot_separate_head {
-        prototypes += h.ibot_bottleneck_dim * h.ibot_prototypes;
-    }
-    let transient_bytes = params * 4 + 3 * prototypes as u64 * 4;
-    let p = vit.patch_size as u64;
-    let tok = |side: u32| (side as u64 / p).pow(2) + 1 + vit.num_register_tokens as u64;
-    let (tg, tl) = (tok(cfg.crops.global_size), tok(cfg.crops.local_size));
-    let b = cfg.data.batch_size as u64;
-    let per_block = |tokens: u64, crops: u64| {
-        crops
-            * b
-            * (tokens * (14 * vit.embed_dim as u64 + 2 * vit.ffn_hidden() as u64)
-                + vit.num_heads as u64 * tokens * tokens)
-    };
-    let activation_bytes =
-        4 * vit.depth as u64 * (per_block(tg, 2) + per_block(tl, cfg.crops.n_local as u64));
-    let global_batch = cfg.data.batch_size * world_size;
-    Ok(Plan {
-        backbone_params: backbone,
-        head_params: heads,
-        global_batch,
-        scaled_lr: cfg.scaled_lr(world_size),
-        total_steps: cfg.optim.total_steps,
-        samples_seen: cfg.optim.total_steps * global_batch as u64,
-        state_bytes,
-        moment_bytes,
-        moment_shards,
-        collective_bytes,
-        transient_bytes,
-        activation_bytes,
-    })
-}
-
-impl Plan {
-    /// The whole per-process estimate.
-    pub fn total_bytes(&self) -> u64 {
-        self.state_bytes
-            + self.moment_bytes
-            + self.collective_bytes
-            + self.transient_bytes
-            + self.activation_bytes
-    }
-}
-
-impl std::fmt::Display for Plan {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "# plan")?;
-        writeln!(
-            f,
-            "parameters: backbone {} + heads {} = {}",
-            self.backbone_params,
-            self.head_params,
-            self.backbone_params + self.head_params
-        )?;
-        writeln!(
-            f,
-            "global batch {} · {} steps = {} samples seen; lr {:.3e} (sqrt-scaled)",
-            self.global_batch, self.total_steps, self.samples_seen, self.scaled_lr
-        )?;
-        f.write_str(&driver::memory_line(
-            "weights+grads+teacher",
-            self.state_bytes,
-            self.moment_bytes,
-            self.moment_shards,
-            self.collective_bytes,
-            self.transient_bytes,
-            self.activation_bytes,
-        ))
-    }
 }

@@ -5,6 +5,7 @@
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use rand_core::Rng;
 use webssl_data::loader::Batch;
+use webssl_models::params::scalar;
 
 use super::config::{Centering, DinoConfig};
 use super::model::DinoModel;
@@ -146,7 +147,7 @@ pub fn forward(
     ];
 
     // ---- student: masked global crops and local crops ----
-    let rate = cfg.model.drop_path_rate;
+    let rate = cfg.drop_path_rate();
     let depth = student.backbone.blocks.len();
     let mut drop = |n: usize| (rate > 0.0).then(|| keep_sets(rate, n, depth, drop_rng, device));
     let keep_g = drop(2 * b);
@@ -211,15 +212,11 @@ pub fn forward(
     let koleo = objectives::koleo_loss(s_g.cls.clone().slice(0..b))
         + objectives::koleo_loss(s_g.cls.slice(b..2 * b));
 
-    let scalar = |t: &Tensor<1>| {
-        t.clone()
-            .into_data()
-            .convert::<f64>()
-            .try_to_vec::<f64>()
-            .map(|v| v[0])
-            .unwrap_or(f64::NAN)
-    };
-    let (dino_v, ibot_v, koleo_v) = (scalar(&dino), scalar(&ibot_loss), scalar(&koleo));
+    let (dino_v, ibot_v, koleo_v) = (
+        scalar(dino.clone()),
+        scalar(ibot_loss.clone()),
+        scalar(koleo.clone()),
+    );
     let total = dino * cfg.loss.dino_weight
         + ibot_loss * cfg.loss.ibot_weight
         + koleo * cfg.loss.koleo_weight;
@@ -240,9 +237,5 @@ fn entropy(p: &Tensor<2>) -> f64 {
         .sum_dim(1)
         .neg()
         .mean();
-    h.into_data()
-        .convert::<f64>()
-        .try_to_vec::<f64>()
-        .map(|v| v[0])
-        .unwrap_or(f64::NAN)
+    scalar(h)
 }

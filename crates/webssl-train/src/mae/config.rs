@@ -11,7 +11,7 @@ use webssl_models::mae::MaeDecoderConfig;
 use webssl_models::{Ffn, Flavour, PosInterp, VitConfig};
 
 use crate::error::{Result, TrainError};
-pub use crate::run::sections::{DataConfig, EvalConfig, RunConfig, SynthSpec};
+pub use crate::run::sections::{DataConfig, EvalConfig, ModelConfig, RunConfig, SynthSpec};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,6 +20,10 @@ pub struct MaeConfig {
     #[serde(default)]
     pub seed: u64,
     pub data: DataConfig,
+    /// The encoder: the shape of a preset (`webssl model presets`), built as MAE's timm ViT.
+    /// Whatever the preset's flavour, the encoder is a timm ViT (GELU MLP of `mlp_ratio · width`,
+    /// no LayerScale, no registers, grid = crop size): a `web-dino-*` size gives the Web-MAE model
+    /// of the same shape. `img_size`, `layerscale_init` and `drop_path_rate` are refused.
     pub model: ModelConfig,
     #[serde(default)]
     pub decoder: DecoderConfig,
@@ -39,21 +43,6 @@ fn default_run() -> RunConfig {
         dir: "runs/mae".into(),
         ..RunConfig::default()
     }
-}
-
-/// The encoder: the shape of a preset (`webssl model presets`), built as MAE's timm ViT.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelConfig {
-    /// Backbone preset; its width, depth, heads, patch size and MLP ratio are used (the fields below
-    /// override them). Whatever the preset's flavour, the encoder is a timm ViT (GELU MLP of
-    /// `mlp_ratio · width`, no LayerScale, no registers): a `web-dino-*` size gives the Web-MAE
-    /// model of the same shape.
-    pub arch: String,
-    pub embed_dim: Option<usize>,
-    pub depth: Option<usize>,
-    pub num_heads: Option<usize>,
-    pub patch_size: Option<usize>,
 }
 
 /// MAE's decoder (`decoder_embed_dim`, `decoder_depth`, `decoder_num_heads`).
@@ -147,18 +136,28 @@ fn default_betas() -> (f64, f64) {
 impl MaeConfig {
     /// The encoder: the preset's shape with this config's overrides, as a timm ViT at the crop size.
     pub fn vit(&self) -> Result<VitConfig> {
-        let preset = webssl_models::presets::preset(&self.model.arch)?;
-        let m = &self.model;
+        self.model.refuse(&[
+            (
+                "img_size",
+                "the MAE encoder's grid is the crop size (`crop.size`)",
+            ),
+            (
+                "layerscale_init",
+                "the MAE encoder is a timm ViT without LayerScale",
+            ),
+            ("drop_path_rate", "MAE pretrains without stochastic depth"),
+        ])?;
+        let shape = self.model.shape()?;
         let v = VitConfig {
             flavour: Flavour::Vit,
             img_size: self.crop.size as usize,
-            patch_size: m.patch_size.unwrap_or(preset.patch_size),
-            in_chans: preset.in_chans,
-            embed_dim: m.embed_dim.unwrap_or(preset.embed_dim),
-            depth: m.depth.unwrap_or(preset.depth),
-            num_heads: m.num_heads.unwrap_or(preset.num_heads),
+            patch_size: shape.patch_size,
+            in_chans: shape.in_chans,
+            embed_dim: shape.embed_dim,
+            depth: shape.depth,
+            num_heads: shape.num_heads,
             ffn: Ffn::Gelu,
-            mlp_ratio: preset.mlp_ratio,
+            mlp_ratio: shape.mlp_ratio,
             num_register_tokens: 0,
             layerscale_init: None,
             qkv_bias: true,
@@ -201,8 +200,7 @@ impl MaeConfig {
 
     /// Consistency checks that serde cannot express; each names the field.
     pub fn validate(&self) -> Result<()> {
-        let preset = webssl_models::presets::preset(&self.model.arch)?;
-        let p = self.model.patch_size.unwrap_or(preset.patch_size) as u32;
+        let p = self.model.patch_size()? as u32;
         if p == 0 || !self.crop.size.is_multiple_of(p) {
             return Err(TrainError::config(
                 "crop.size",

@@ -18,7 +18,7 @@
 //!
 //! Data-parallel across processes ([`crate::dist`], `webssl launch --nproc N`) as MAE's DDP: each rank
 //! its own sample split, gradients averaged over ranks before clipping, lr scaled by the global batch,
-//! rank 0 alone writing (see [`train`]); `tests/dist_mae.rs` checks 2 ranks × B against 1 process × 2B.
+//! rank 0 alone writing (see `Recipe::train`); `tests/dist_mae.rs` checks 2 ranks × B against 1 process × 2B.
 //! `[run] shard_optimizer_state` shards the AdamW moments over the ranks (ZeRO-1, [`crate::zero`]);
 //! the loop itself (resume, logging, checkpoints, exports) is [`crate::run::driver`], shared with DINO
 //! and CLIP.
@@ -28,7 +28,6 @@
 //! explicit ChaCha stream per sample instead of `torch.rand` on the GPU.
 
 pub mod config;
-pub mod loss;
 pub mod model;
 
 use std::path::Path;
@@ -41,21 +40,25 @@ use webssl_data::augment::SingleViewTransform;
 use webssl_data::loader::{Batch, MaskSpec, SingleView};
 use webssl_models::Vit;
 use webssl_models::checkpoint::{self, export, store::TensorStore};
+use webssl_models::params::{scalar, trainable_params};
 
-pub use crate::run::sections::ensure_synth;
-pub use crate::run::state::TrainOutcome;
 pub use config::MaeConfig;
 use model::MaeModel;
 
 use crate::clip_grad::ParamGrads;
 use crate::dist::{Dist, ReduceOp};
 use crate::error::{Result, TrainError};
+use crate::objectives::mae::{MaskTensors, mae_loss};
+use crate::optim::OptimizerSet;
 use crate::param_groups::{mae_rule, param_ranks};
 use crate::run::checkpoint::{CheckpointManager, Resume};
-use crate::run::driver::{self, LoopSpec, OPTIM_FILE, TrainState, memory_line, value};
-use crate::run::state::{OptimizerSet, read_all, tensors_bytes};
+use crate::run::driver::{self, LoopSpec, OPTIM_FILE, TrainState, value};
+use crate::run::memory::MemoryEstimate;
+use crate::run::recipe::{Plan, Recipe};
+use crate::run::sections::EvalConfig;
+use crate::run::state::{TrainOutcome, read_all, tensors_bytes};
 use crate::schedule::mae_lr;
-use crate::zero::{self, ZeroShards};
+use crate::zero::ZeroShards;
 
 /// The single optimizer's name in the checkpoint (MAE optimises encoder and decoder as one set).
 const OPT: &str = "model";
@@ -65,74 +68,164 @@ pub fn init_backbone(cfg: &MaeConfig, device: &Device) -> Result<Vit> {
     MaeModel::initial_encoder(&cfg.vit()?, cfg.seed, device)
 }
 
-/// Runs (or resumes) MAE pretraining as configured, as this process's rank of `dist` (one process:
-/// [`Dist::single`]). `stop_after` ends this process after that many steps of the schedule have
-/// completed (a checkpoint is written there); the next run resumes.
-///
-/// Data-parallel (training-algorithms.md §7, MAE's DDP `main_pretrain.py`): each rank reads its own
-/// split of the sample stream (the sampler's rank split), gradients are averaged over ranks before the
-/// optional clipping, the logged loss is the mean over ranks, rank 0 alone writes metrics, checkpoints
-/// (holding every rank's loader cursor) and exports, and the lr scales with the global batch
-/// `batch_size · world_size`. The masks need no per-rank stream: each sample's mask is drawn from
-/// `(seed, "mae", epoch, shard, index)`, so ranks, which read different samples, draw different masks,
-/// and a sample is masked the same whatever the world size.
-pub fn train(
-    cfg: &MaeConfig,
-    resolved: &toml::Table,
-    resume: Resume,
-    device: &Device,
-    stop_after: Option<u64>,
-    dist: &Dist,
-) -> Result<TrainOutcome> {
-    cfg.validate()?;
-    let vit = cfg.vit()?;
-    let dec = cfg.decoder()?;
-    let world_size = dist.world_size();
-    let session = driver::start(&cfg.data, &cfg.run, resolved, resume, dist)?;
-    let trainer = MaeTrainer::new(cfg, dist, device)?;
+impl Recipe for MaeConfig {
+    fn validate(&self) -> Result<()> {
+        MaeConfig::validate(self)
+    }
+    /// The run's numbers without building anything. Memory as DINO's plan counts it (without a
+    /// teacher): weights + gradients, the moments over the ZeRO-1 shards, collective buffers, update
+    /// temporaries, activations.
+    ///
+    /// The activation estimate counts, per transformer block and token, what burn keeps for backward in
+    /// f32: ~14·width + 2·MLP hidden + heads·tokens (attention probabilities) — the encoder over
+    /// `1 + visible` tokens, the decoder over `1 + all` tokens.
+    fn plan(&self, world_size: usize) -> Result<Plan> {
+        let cfg = self;
+        let vit = cfg.vit()?;
+        let dec = cfg.decoder()?;
+        // The fixed sin-cos table is not trained.
+        let encoder_params = webssl_models::presets::param_count(&vit)
+            - (1 + vit.num_patches() as u64) * vit.embed_dim as u64;
+        let decoder_params = dec.param_count();
+        let params = encoder_params + decoder_params;
+        let largest = [
+            vit.embed_dim * vit.ffn_hidden(),
+            vit.embed_dim * dec.embed_dim,
+            dec.embed_dim * dec.mlp_hidden(),
+            dec.embed_dim * vit.patch_size * vit.patch_size * 3,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0) as u64;
+        let (n, keep) = cfg.tokens()?;
+        let b = cfg.data.batch_size as u64;
+        let per_block = |tokens: u64, width: usize, hidden: usize, heads: usize| {
+            b * (tokens * (14 * width as u64 + 2 * hidden as u64) + heads as u64 * tokens * tokens)
+        };
+        let activations = 4
+            * (vit.depth as u64
+                * per_block(
+                    1 + keep as u64,
+                    vit.embed_dim,
+                    vit.ffn_hidden(),
+                    vit.num_heads,
+                )
+                + dec.depth as u64
+                    * per_block(1 + n as u64, dec.embed_dim, dec.mlp_hidden(), dec.num_heads));
+        let global_batch = cfg.data.batch_size * world_size;
+        let o = &cfg.optim;
+        Ok(Plan {
+            lines: vec![
+                format!(
+                    "trainable parameters: encoder {encoder_params} + decoder {decoder_params} = {params}"
+                ),
+                format!(
+                    "global batch {global_batch} · {} steps ({} warm-up) = {} samples seen; lr {:.3e} (linear-scaled)",
+                    o.total_steps,
+                    o.warmup_steps,
+                    o.total_steps * global_batch as u64,
+                    cfg.scaled_lr(world_size)
+                ),
+                format!("{keep} of {n} patches visible per image"),
+            ],
+            memory: MemoryEstimate::adamw(
+                params,
+                "weights+grads",
+                2,
+                largest,
+                0,
+                activations,
+                &cfg.run,
+                world_size,
+            ),
+        })
+    }
+    fn total_steps(&self) -> u64 {
+        self.optim.total_steps
+    }
+    /// Runs (or resumes) MAE pretraining as configured, as this process's rank of `dist` (one process:
+    /// [`Dist::single`]). `stop_after` ends this process after that many steps of the schedule have
+    /// completed (a checkpoint is written there); the next run resumes.
+    ///
+    /// Data-parallel (training-algorithms.md §7, MAE's DDP `main_pretrain.py`): each rank reads its own
+    /// split of the sample stream (the sampler's rank split), gradients are averaged over ranks before the
+    /// optional clipping, the logged loss is the mean over ranks, rank 0 alone writes metrics, checkpoints
+    /// (holding every rank's loader cursor) and exports, and the lr scales with the global batch
+    /// `batch_size · world_size`. The masks need no per-rank stream: each sample's mask is drawn from
+    /// `(seed, "mae", epoch, shard, index)`, so ranks, which read different samples, draw different masks,
+    /// and a sample is masked the same whatever the world size.
+    fn train(
+        &self,
+        resolved: &toml::Table,
+        resume: Resume,
+        device: &Device,
+        stop_after: Option<u64>,
+        dist: &Dist,
+    ) -> Result<TrainOutcome> {
+        let cfg = self;
+        cfg.validate()?;
+        let vit = cfg.vit()?;
+        let dec = cfg.decoder()?;
+        let world_size = dist.world_size();
+        let session = driver::start(&cfg.data, &cfg.run, resolved, resume, dist)?;
+        let trainer = MaeTrainer::new(cfg, dist, device)?;
 
-    let (n_tokens, len_keep) = cfg.tokens()?;
-    let mut transform = SingleViewTransform::mae(cfg.crop.size);
-    transform.scale = cfg.crop.scale;
-    let total = cfg.optim.total_steps;
-    let banner = format!(
-        "MAE: {} encoder ({} params) + decoder {}x{} ({} params), batch {} × {world_size} process(es), lr {:.3e} (scaled), {} steps, {}px, {} of {} patches visible",
-        cfg.model.arch,
-        webssl_models::presets::param_count(&vit),
-        dec.embed_dim,
-        dec.depth,
-        dec.param_count(),
-        cfg.data.batch_size,
-        cfg.scaled_lr(world_size),
-        total,
-        cfg.crop.size,
-        len_keep,
-        n_tokens
-    );
-    let spec = LoopSpec {
-        seed: cfg.seed,
-        data: &cfg.data,
-        run: &cfg.run,
-        total_steps: total,
-        banner,
-        plan_bytes: Some(plan(cfg, world_size)?.total_bytes()),
-    };
-    driver::run(
-        session,
-        trainer,
-        spec,
-        Arc::new(SingleView::new(transform)?),
-        MaskSpec::Mae {
-            n_tokens,
-            mask_ratio: cfg.loss.mask_ratio,
-        },
-        stop_after,
-        dist,
-    )
+        let (n_tokens, len_keep) = cfg.tokens()?;
+        let mut transform = SingleViewTransform::mae(cfg.crop.size);
+        transform.scale = cfg.crop.scale;
+        let total = cfg.optim.total_steps;
+        let banner = format!(
+            "MAE: {} encoder ({} params) + decoder {}x{} ({} params), batch {} × {world_size} process(es), lr {:.3e} (scaled), {} steps, {}px, {} of {} patches visible",
+            cfg.model.arch,
+            webssl_models::presets::param_count(&vit),
+            dec.embed_dim,
+            dec.depth,
+            dec.param_count(),
+            cfg.data.batch_size,
+            cfg.scaled_lr(world_size),
+            total,
+            cfg.crop.size,
+            len_keep,
+            n_tokens
+        );
+        let spec = LoopSpec {
+            seed: cfg.seed,
+            data: &cfg.data,
+            run: &cfg.run,
+            total_steps: total,
+            banner,
+            plan_bytes: Some(cfg.plan(world_size)?.memory.total()),
+        };
+        driver::run(
+            session,
+            trainer,
+            spec,
+            Arc::new(SingleView::new(transform)?),
+            MaskSpec::Mae {
+                n_tokens,
+                mask_ratio: cfg.loss.mask_ratio,
+            },
+            stop_after,
+            dist,
+        )
+    }
+    fn exported(&self, outcome: &TrainOutcome) -> String {
+        format!("encoder exported to {}", outcome.export_dir.display())
+    }
+    fn eval(&self) -> &EvalConfig {
+        &self.eval
+    }
+    fn knn_baseline(&self, device: &Device) -> Result<(u32, Vit, &'static str)> {
+        Ok((
+            self.crop.size,
+            init_backbone(self, device)?,
+            "trained (MAE)",
+        ))
+    }
 }
 
 /// The trainable state of an MAE run — encoder, decoder, AdamW moments — and one optimizer step on
-/// it. [`train`] feeds it from the loader; the multi-process equivalence test feeds it hand-made
+/// it. `Recipe::train` feeds it from the loader; the multi-process equivalence test feeds it hand-made
 /// batches.
 pub struct MaeTrainer<'c> {
     cfg: &'c MaeConfig,
@@ -163,7 +256,7 @@ impl<'c> MaeTrainer<'c> {
         let model = MaeModel::new(&vit, &cfg.decoder()?, cfg.seed, &ad)?;
         let (_, len_keep) = cfg.tokens()?;
         let zero = (cfg.run.shard_optimizer_state && world_size > 1)
-            .then(|| ZeroShards::new(&[(OPT, zero::trainable_params(&model))], dist));
+            .then(|| ZeroShards::new(&[(OPT, trainable_params(&model))], dist));
         Ok(MaeTrainer {
             zero,
             cfg,
@@ -213,7 +306,7 @@ impl<'c> MaeTrainer<'c> {
             .as_ref()
             .ok_or_else(|| TrainError::config("loss.mask_ratio", "the loader drew no MAE masks"))?;
         let ad = &self.ad;
-        let m = loss::MaskTensors::new(masks, ad);
+        let m = MaskTensors::new(masks, ad);
         let view = batch
             .views
             .first()
@@ -221,8 +314,8 @@ impl<'c> MaeTrainer<'c> {
         let size = self.size;
         let imgs = Tensor::<4>::from_data(TensorData::new(view.clone(), [b, 3, size, size]), ad);
         let pred = self.model.forward(imgs.clone(), m.ids_keep, m.ids_restore);
-        let loss = loss::forward_loss(imgs, pred, m.mask, self.patch, self.cfg.loss.norm_pix_loss);
-        let mut loss_value = [scalar(&loss)];
+        let loss = mae_loss(imgs, pred, m.mask, self.patch, self.cfg.loss.norm_pix_loss);
+        let mut loss_value = [scalar(loss.clone())];
         dist.all_reduce_f64("loss value", &mut loss_value, ReduceOp::Sum);
         let loss_value = loss_value[0] / dist.world_size() as f64;
         if !loss_value.is_finite() {
@@ -301,156 +394,5 @@ impl TrainState for MaeTrainer<'_> {
 
     fn progress_terms(&self, values: &[(&'static str, f64)]) -> Vec<(&'static str, f64)> {
         vec![("loss", value(values, "loss"))]
-    }
-}
-
-fn scalar(t: &Tensor<1>) -> f64 {
-    t.clone()
-        .into_data()
-        .convert::<f64>()
-        .try_to_vec::<f64>()
-        .map(|v| v[0])
-        .unwrap_or(f64::NAN)
-}
-
-/// What `--dry-run` prints: the recipe in numbers and a per-process memory estimate.
-pub struct Plan {
-    pub encoder_params: u64,
-    pub decoder_params: u64,
-    pub global_batch: usize,
-    pub scaled_lr: f64,
-    pub total_steps: u64,
-    pub warmup_steps: u64,
-    pub samples_seen: u64,
-    pub patches: usize,
-    pub visible: usize,
-    /// Bytes per process: weights and gradients (f32, replicated on every rank).
-    pub state_bytes: u64,
-    /// Bytes per process: the AdamW moments (two f32 copies), divided over the ranks with ZeRO-1.
-    pub moment_bytes: u64,
-    /// Ranks the moments are sharded over (1: not sharded).
-    pub moment_shards: usize,
-    /// Bytes per process: host buffers of the collectives (several processes only): three copies of
-    /// the largest parameter (they go one parameter at a time).
-    pub collective_bytes: u64,
-    /// Bytes per process: temporaries of clipping and AdamW (about one more copy of the parameters),
-    /// as measured for DINO ([`crate::dino::plan`]).
-    pub transient_bytes: u64,
-    /// Bytes per process: activations kept for backward (estimate, see [`plan`]).
-    pub activation_bytes: u64,
-}
-
-/// The run's numbers without building anything. Memory as [`crate::dino::plan`] counts it (without a
-/// teacher): weights + gradients, the moments over the ZeRO-1 shards, collective buffers, update
-/// temporaries, activations.
-///
-/// The activation estimate counts, per transformer block and token, what burn keeps for backward in
-/// f32: ~14·width + 2·MLP hidden + heads·tokens (attention probabilities) — the encoder over
-/// `1 + visible` tokens, the decoder over `1 + all` tokens.
-pub fn plan(cfg: &MaeConfig, world_size: usize) -> Result<Plan> {
-    let vit = cfg.vit()?;
-    let dec = cfg.decoder()?;
-    // The fixed sin-cos table is not trained.
-    let encoder_params = webssl_models::presets::param_count(&vit)
-        - (1 + vit.num_patches() as u64) * vit.embed_dim as u64;
-    let decoder_params = dec.param_count();
-    let params = encoder_params + decoder_params;
-    let state_bytes = params * 4 * 2;
-    let moment_shards = if cfg.run.shard_optimizer_state {
-        world_size.max(1)
-    } else {
-        1
-    };
-    let moment_bytes = params * 4 * 2 / moment_shards as u64;
-    let largest = [
-        vit.embed_dim * vit.ffn_hidden(),
-        vit.embed_dim * dec.embed_dim,
-        dec.embed_dim * dec.mlp_hidden(),
-        dec.embed_dim * vit.patch_size * vit.patch_size * 3,
-    ]
-    .into_iter()
-    .max()
-    .unwrap_or(0) as u64;
-    let collective_bytes = if world_size > 1 { largest * 4 * 3 } else { 0 };
-    let transient_bytes = params * 4;
-    let (n, keep) = cfg.tokens()?;
-    let b = cfg.data.batch_size as u64;
-    let per_block = |tokens: u64, width: usize, hidden: usize, heads: usize| {
-        b * (tokens * (14 * width as u64 + 2 * hidden as u64) + heads as u64 * tokens * tokens)
-    };
-    let activation_bytes = 4
-        * (vit.depth as u64
-            * per_block(
-                1 + keep as u64,
-                vit.embed_dim,
-                vit.ffn_hidden(),
-                vit.num_heads,
-            )
-            + dec.depth as u64
-                * per_block(1 + n as u64, dec.embed_dim, dec.mlp_hidden(), dec.num_heads));
-    let global_batch = cfg.data.batch_size * world_size;
-    Ok(Plan {
-        encoder_params,
-        decoder_params,
-        global_batch,
-        scaled_lr: cfg.scaled_lr(world_size),
-        total_steps: cfg.optim.total_steps,
-        warmup_steps: cfg.optim.warmup_steps,
-        samples_seen: cfg.optim.total_steps * global_batch as u64,
-        patches: n,
-        visible: keep,
-        state_bytes,
-        moment_bytes,
-        moment_shards,
-        collective_bytes,
-        transient_bytes,
-        activation_bytes,
-    })
-}
-
-impl Plan {
-    /// The whole per-process estimate.
-    pub fn total_bytes(&self) -> u64 {
-        self.state_bytes
-            + self.moment_bytes
-            + self.collective_bytes
-            + self.transient_bytes
-            + self.activation_bytes
-    }
-}
-
-impl std::fmt::Display for Plan {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "# plan")?;
-        writeln!(
-            f,
-            "trainable parameters: encoder {} + decoder {} = {}",
-            self.encoder_params,
-            self.decoder_params,
-            self.encoder_params + self.decoder_params
-        )?;
-        writeln!(
-            f,
-            "global batch {} · {} steps ({} warm-up) = {} samples seen; lr {:.3e} (linear-scaled)",
-            self.global_batch,
-            self.total_steps,
-            self.warmup_steps,
-            self.samples_seen,
-            self.scaled_lr
-        )?;
-        writeln!(
-            f,
-            "{} of {} patches visible per image",
-            self.visible, self.patches
-        )?;
-        f.write_str(&memory_line(
-            "weights+grads",
-            self.state_bytes,
-            self.moment_bytes,
-            self.moment_shards,
-            self.collective_bytes,
-            self.transient_bytes,
-            self.activation_bytes,
-        ))
     }
 }

@@ -20,6 +20,8 @@
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Tensor, TensorData};
 
+use webssl_models::params::to_host;
+
 use super::f32_of;
 
 /// `ln(1/0.07)`: CLIP's initial logit scale (temperature 0.07).
@@ -78,12 +80,7 @@ pub fn clip_loss_terms(image: Tensor<2>, text: Tensor<2>, logit_scale: Tensor<1>
     let loss = -(i2t + t2i).div_scalar(2.0);
 
     // Retrieval accuracy on the host from the untracked logits (first index on ties).
-    let host = logits
-        .inner()
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .unwrap_or_default();
+    let host = to_host(logits.inner());
     let (mut ok_i, mut ok_t) = (0usize, 0usize);
     if host.len() == b * b {
         let best = |vals: &mut dyn Iterator<Item = f32>| {
@@ -143,12 +140,7 @@ pub fn clip_loss_rows(
     let loss =
         -(picked(per_image.clone()) + picked(per_text.clone())).div_scalar(2.0 * n_all as f64);
     let correct = |logits: Tensor<2>| {
-        let host = logits
-            .inner()
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .unwrap_or_default();
+        let host = to_host(logits.inner());
         (0..n)
             .filter(|&i| {
                 let row = host.get(i * n_all..(i + 1) * n_all).unwrap_or(&[]);
@@ -185,7 +177,7 @@ mod tests {
         let x = Tensor::<2>::eye(4, &dev);
         let t = Tensor::<1>::from_data(TensorData::new(vec![logit_scale_max() as f32], [1]), &dev);
         let terms = clip_loss_terms(x.clone(), x * 3.0, t);
-        let v = terms.loss.into_data().try_to_vec::<f32>().unwrap()[0];
+        let v = to_host(terms.loss)[0];
         // Off-diagonal cosine 0, diagonal 1: CE = ln(1 + 3·e^-100) ≈ 0.
         assert!(v.abs() < 1e-6, "{v}");
         assert_eq!((terms.i2t_acc, terms.t2i_acc), (1.0, 1.0));
@@ -212,7 +204,7 @@ mod tests {
         let whole = clip_loss_terms(image.clone(), text.clone(), t.clone());
         let a = clip_loss_rows(image.clone(), text.clone(), t.clone(), 0..2);
         let b = clip_loss_rows(image, text, t, 2..5);
-        let v = |x: Tensor<1>| x.into_data().try_to_vec::<f32>().unwrap()[0];
+        let v = |x: Tensor<1>| to_host(x)[0];
         let (whole_l, sum) = (v(whole.loss), v(a.loss) + v(b.loss));
         assert!((whole_l - sum).abs() < 1e-6, "{whole_l} vs {sum}");
         assert!(whole_l > 0.1, "a non-trivial loss: {whole_l}");

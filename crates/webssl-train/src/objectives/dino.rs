@@ -117,8 +117,10 @@ mod tests {
         Tensor::from_data(TensorData::new(v, [b, k]), device)
     }
 
+    use webssl_models::params::to_host;
+
     fn scalar(t: Tensor<1>) -> f32 {
-        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()[0]
+        to_host(t)[0]
     }
 
     #[test]
@@ -186,7 +188,7 @@ mod tests {
         let grads = dino_loss(&student, &teacher, 0.1).backward();
         for s in &student {
             let g = s.grad(&grads).expect("student grad");
-            let g = g.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+            let g = to_host(g);
             assert!(g.iter().any(|&x| x != 0.0));
         }
         for t in &teacher {

@@ -64,8 +64,10 @@ mod tests {
     use super::*;
     use burn::tensor::{Device, TensorData};
 
+    use webssl_models::params::to_host;
+
     fn scalar(t: Tensor<1>) -> f32 {
-        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()[0]
+        to_host(t)[0]
     }
 
     #[test]
@@ -104,13 +106,7 @@ mod tests {
         let t = (Tensor::<2>::ones([m, k], &device) / k as f64).require_grad();
         let w = Tensor::<1>::from_data(TensorData::new(vec![0.5f32, 0.5, 1.0], [m]), &device);
         let grads = ibot_loss(s.clone(), t.clone(), w, 2, 0.1).backward();
-        let g = s
-            .grad(&grads)
-            .unwrap()
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .unwrap();
+        let g = to_host(s.grad(&grads).unwrap());
         assert!(g.iter().any(|&x| x != 0.0));
         assert!(t.grad(&grads).is_none());
     }

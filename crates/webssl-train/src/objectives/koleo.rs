@@ -18,6 +18,8 @@
 
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
+use webssl_models::params::to_host;
+
 use super::f32_of;
 
 /// KoLeo loss of a batch of features.
@@ -36,11 +38,7 @@ pub fn koleo_loss(x: Tensor<2>) -> Tensor<1> {
     let dots = detached.clone().matmul(detached.transpose());
     let diag = Tensor::<2, Bool>::diag_mask([b, b], 0, &dots.device()).bool_not();
     let dots = dots.mask_fill(diag, -1.0);
-    let dots = dots
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .expect("f32 after convert");
+    let dots = to_host(dots);
     let nn: Vec<i64> = (0..b)
         .map(|i| {
             let row = &dots[i * b..(i + 1) * b];
@@ -64,9 +62,7 @@ mod tests {
     use super::*;
     use burn::tensor::Device;
 
-    fn scalar(t: Tensor<1>) -> f64 {
-        t.into_data().convert::<f64>().try_to_vec::<f64>().unwrap()[0]
-    }
+    use webssl_models::params::scalar;
 
     #[test]
     fn orthogonal_and_antipodal_layouts() {
@@ -116,13 +112,7 @@ mod tests {
         )
         .require_grad();
         let grads = koleo_loss(x.clone()).backward();
-        let g = x
-            .grad(&grads)
-            .unwrap()
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .unwrap();
+        let g = to_host(x.grad(&grads).unwrap());
         assert!(g.iter().all(|v| v.is_finite()));
         assert!(g.iter().any(|&v| v != 0.0));
     }

@@ -1,6 +1,7 @@
-//! DINOv2 pretraining objectives: the DINO image-level loss over the multi-crop pairs, the iBOT
-//! masked-patch loss, the KoLeo regulariser, and the teacher targets (softmax with centering, or
-//! Sinkhorn-Knopp), plus the teacher-temperature warm-up.
+//! The pretraining losses, one per file: DINOv2's DINO image-level loss over the multi-crop pairs,
+//! iBOT masked-patch loss, KoLeo regulariser and teacher targets (softmax with centering, or
+//! Sinkhorn-Knopp) with the teacher-temperature warm-up; MAE's normalised-pixel reconstruction loss
+//! ([`mae`]); CLIP's symmetric InfoNCE ([`clip`]).
 //!
 //! Reference: `facebookresearch/dinov2` commit b8931f7b, `dinov2/loss/{dino_clstoken_loss,
 //! ibot_patch_loss,koleo_loss}.py` and the loss assembly in `dinov2/train/ssl_meta_arch.py`;
@@ -20,11 +21,13 @@ pub mod clip;
 pub mod dino;
 pub mod ibot;
 pub mod koleo;
+pub mod mae;
 pub mod targets;
 
 pub use dino::{DinoLossTerms, dino_loss, dino_loss_terms};
 pub use ibot::ibot_loss;
 pub use koleo::koleo_loss;
+pub use mae::mae_loss;
 pub use targets::{Centering, sinkhorn_knopp, sinkhorn_knopp_dist};
 
 use burn::tensor::{FloatDType, Tensor};

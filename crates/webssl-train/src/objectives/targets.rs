@@ -24,6 +24,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use webssl_models::checkpoint::store::TensorStore;
+use webssl_models::params::to_host;
 
 use super::{on_kind_of, untracked_f32};
 use crate::dist::{Dist, ReduceOp};
@@ -150,12 +151,7 @@ impl Centering {
 
     /// The centre as `K` host values (for checkpoints).
     pub fn values(&self) -> Vec<f32> {
-        self.center
-            .clone()
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .expect("f32 after convert")
+        to_host(self.center.clone())
     }
 
     /// The centre as one named checkpoint tensor `{prefix}.center`, shape `[1, K]`.
@@ -255,10 +251,6 @@ impl Centering {
 mod tests {
     use super::*;
 
-    fn values(t: Tensor<2>) -> Vec<f32> {
-        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
-    }
-
     fn logits(b: usize, k: usize, scale: f32, device: &Device) -> Tensor<2> {
         // deterministic, irregular values
         let v = (0..b * k)
@@ -271,7 +263,7 @@ mod tests {
     fn sinkhorn_rows_sum_to_one_and_prototypes_balance() {
         let device = Device::flex();
         let (b, k) = (32, 16);
-        let q = values(sinkhorn_knopp(logits(b, k, 0.5, &device), 0.1, 3));
+        let q = to_host(sinkhorn_knopp(logits(b, k, 0.5, &device), 0.1, 3));
         for r in 0..b {
             let s: f32 = q[r * k..(r + 1) * k].iter().sum();
             assert!((s - 1.0).abs() < 1e-5, "row {r}: {s}");
@@ -298,8 +290,8 @@ mod tests {
         // some prototypes with exp(−10⁴) = 0 everywhere.
         let shift: Vec<f32> = (0..k).map(|c| (c as f32) * 45.0).collect();
         let shifted = base.clone() + Tensor::from_data(TensorData::new(shift, [1, k]), &device);
-        let a = values(sinkhorn_knopp(base, 0.05, 3));
-        let s = values(sinkhorn_knopp(shifted, 0.05, 3));
+        let a = to_host(sinkhorn_knopp(base, 0.05, 3));
+        let s = to_host(sinkhorn_knopp(shifted, 0.05, 3));
         for (x, y) in a.iter().zip(&s) {
             assert!(y.is_finite());
             assert!((x - y).abs() <= 1e-5 * x.abs().max(1e-3), "{x} vs {y}");
@@ -310,8 +302,8 @@ mod tests {
     fn sinkhorn_zero_iterations_is_the_global_softmax_times_b() {
         let device = Device::flex();
         let t = logits(4, 5, 1.0, &device);
-        let q = values(sinkhorn_knopp(t.clone(), 0.5, 0));
-        let raw: Vec<f64> = values(t).iter().map(|&x| (x as f64 / 0.5).exp()).collect();
+        let q = to_host(sinkhorn_knopp(t.clone(), 0.5, 0));
+        let raw: Vec<f64> = to_host(t).iter().map(|&x| (x as f64 / 0.5).exp()).collect();
         let total: f64 = raw.iter().sum();
         for (x, r) in q.iter().zip(&raw) {
             assert!((*x as f64 - 4.0 * r / total).abs() < 1e-6);
@@ -339,7 +331,7 @@ mod tests {
             &device,
         );
         // zero centre: plain softmax at temperature 0.5
-        let p = values(c.softmax_centered(t.clone(), 0.5));
+        let p = to_host(c.softmax_centered(t.clone(), 0.5));
         let e: Vec<f64> = [2.0f64, 4.0, 6.0].iter().map(|x| x.exp()).collect();
         let z: f64 = e.iter().sum();
         for j in 0..3 {
@@ -356,7 +348,7 @@ mod tests {
             assert!((x - w).abs() < 1e-6, "{x} vs {w}");
         }
         // centred softmax subtracts the centre before the temperature
-        let p = values(c.softmax_centered(t.clone(), 0.5));
+        let p = to_host(c.softmax_centered(t.clone(), 0.5));
         let cv = c.values();
         let e: Vec<f64> = (0..3)
             .map(|j| ((([1.0f32, 2.0, 3.0][j] - cv[j]) / 0.5) as f64).exp())

@@ -27,13 +27,14 @@ use webssl_models::{Precision, autocast};
 
 use crate::dist::Dist;
 use crate::error::Result;
+use crate::optim::OptimizerSet;
 use crate::run::RunDir;
 use crate::run::checkpoint::{CheckpointManager, Resume};
 use crate::run::memory;
 use crate::run::metrics::MetricsWriter;
 use crate::run::progress::{Progress, ProgressUpdate};
 use crate::run::sections::{DataConfig, RunConfig};
-use crate::run::state::{DataIdentity, OptimizerSet, StateMeta, TrainOutcome, recipe_hash};
+use crate::run::state::{DataIdentity, StateMeta, TrainOutcome, recipe_hash};
 use crate::run::tensorboard::EventWriter;
 use crate::zero::{self, ZeroShards};
 
@@ -332,48 +333,13 @@ pub fn run<T: TrainState>(
     })
 }
 
-/// The memory line of a `--dry-run` plan, the same for every objective: the replicated state
-/// (`replicated_what`: e.g. "weights+grads"), the AdamW moments (ZeRO-1: 1/`moment_shards` of them),
-/// the collectives' host buffers (several processes), the update temporaries, the activations and
-/// the total, in GiB.
-pub fn memory_line(
-    replicated_what: &str,
-    replicated: u64,
-    moments: u64,
-    moment_shards: usize,
-    collective: u64,
-    transient: u64,
-    activations: u64,
-) -> String {
-    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-    let sharded = if moment_shards > 1 {
-        format!(" (ZeRO-1: 1/{moment_shards} of them)")
-    } else {
-        String::new()
-    };
-    let collective_part = if collective > 0 {
-        format!(", collective buffers {:.2} GiB", gib(collective))
-    } else {
-        String::new()
-    };
-    let total = replicated + moments + collective + transient + activations;
-    format!(
-        "memory per process (f32, estimate): {replicated_what} {:.2} GiB, AdamW moments {:.2} GiB{sharded}{collective_part}, update temporaries {:.2} GiB, activations {:.2} GiB, total {:.2} GiB",
-        gib(replicated),
-        gib(moments),
-        gib(transient),
-        gib(activations),
-        gib(total)
-    )
-}
-
 /// Writes the checkpoint of `meta.step` (rank 0): the trainer's files in its order, `opt_state` (the
 /// whole optimizer state) as [`OPTIM_FILE`], then [`STATE_FILE`], one file in memory at a time.
 fn save<T: TrainState>(
     trainer: &T,
     ckpts: &CheckpointManager,
     meta: &StateMeta,
-    opt_state: &[crate::run::state::NamedTensor],
+    opt_state: &[webssl_models::params::NamedTensor],
 ) -> Result<PathBuf> {
     let mut names = trainer.checkpoint_files();
     names.push(STATE_FILE);

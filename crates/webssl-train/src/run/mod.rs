@@ -27,6 +27,7 @@ pub mod driver;
 pub mod memory;
 pub mod metrics;
 pub mod progress;
+pub mod recipe;
 pub mod sections;
 pub mod state;
 pub mod tensorboard;
@@ -35,8 +36,9 @@ pub use checkpoint::{CheckpointManager, Resume};
 pub use config::{diff_tables, load_config, to_toml_string};
 pub use metrics::{MetricsWriter, check_finite, read_jsonl};
 pub use progress::{Progress, ProgressMode, ProgressUpdate};
+pub use recipe::{Plan, Recipe};
 pub use sections::ensure_synth;
-pub use state::{DataIdentity, OptimizerSet, StateMeta, TrainOutcome, recipe_hash};
+pub use state::{DataIdentity, StateMeta, TrainOutcome, recipe_hash};
 pub use tensorboard::{EventWriter, read_scalars};
 
 use std::fs::{self, File, OpenOptions};

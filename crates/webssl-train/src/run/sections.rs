@@ -1,6 +1,7 @@
-//! Config sections every objective shares (`[data]`, `[run]`, `[eval]`), so DINO, MAE and CLIP read
-//! the same shard stream and write the same run directory layout. Each trainer's config embeds them
-//! unchanged; only the default run dir differs (set by the presets).
+//! Config sections every objective shares (`[data]`, `[model]`, `[run]`, `[eval]`), so DINO, MAE and
+//! CLIP read the same shard stream, name their backbone the same way and write the same run
+//! directory layout. Each trainer's config embeds them unchanged; only the default run dir differs
+//! (set by the presets), and each objective refuses the `[model]` keys it does not take.
 
 use std::path::Path;
 
@@ -8,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use webssl_data::loader::{LoaderConfig, TarShards};
 use webssl_data::sampler::SamplerConfig;
-use webssl_models::Precision;
+use webssl_models::{Precision, VitConfig};
 
 use crate::dist::Dist;
 use crate::error::{Result, TrainError};
@@ -84,6 +85,89 @@ impl DataConfig {
         let data = DataIdentity::of(shards.index());
         dist.check_same("the training shard list", data.shards_hash.as_bytes())?;
         Ok((shards, data))
+    }
+}
+
+/// `[model]`: the backbone, as a preset (`webssl model presets`) with overrides of its shape. The
+/// last three keys are not every objective's: MAE's encoder is a timm ViT at the crop size (no
+/// `img_size`, `layerscale_init`), and only DINO trains with stochastic depth (`drop_path_rate`);
+/// the others refuse them ([`ModelConfig::refuse`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Backbone preset; the fields below override it.
+    pub arch: String,
+    pub embed_dim: Option<usize>,
+    pub depth: Option<usize>,
+    pub num_heads: Option<usize>,
+    pub patch_size: Option<usize>,
+    /// Position-embedding grid; the training crop size by default.
+    pub img_size: Option<usize>,
+    /// LayerScale initial value, for presets that have LayerScale (the presets use DINOv2's 1e-5).
+    /// At 1e-5 the blocks barely touch the residual stream at first, so every image starts with
+    /// nearly the same CLS token and DINO's Sinkhorn targets are uniform until LayerScale has
+    /// grown: fine over 600k steps, too slow for a few hundred (the DINO demo uses 0.1).
+    pub layerscale_init: Option<f64>,
+    /// Stochastic depth: the drop rate of the last block (DINO; 0 when absent).
+    pub drop_path_rate: Option<f64>,
+}
+
+impl ModelConfig {
+    /// The preset with the overrides of its shape (width, depth, heads, patch size).
+    pub fn shape(&self) -> Result<VitConfig> {
+        let mut v = webssl_models::presets::preset(&self.arch)?;
+        if let Some(x) = self.embed_dim {
+            v.embed_dim = x;
+        }
+        if let Some(x) = self.depth {
+            v.depth = x;
+        }
+        if let Some(x) = self.num_heads {
+            v.num_heads = x;
+        }
+        if let Some(x) = self.patch_size {
+            v.patch_size = x;
+        }
+        Ok(v)
+    }
+
+    /// The backbone with every override, its position-embedding grid `img_size` or `crop` px.
+    pub fn vit(&self, crop: u32) -> Result<VitConfig> {
+        let mut v = self.shape()?;
+        if let Some(x) = self.layerscale_init {
+            if v.layerscale_init.is_none() {
+                return Err(TrainError::config(
+                    "model.layerscale_init",
+                    format!("`{}` has no LayerScale", self.arch),
+                ));
+            }
+            v.layerscale_init = Some(x);
+        }
+        v.img_size = self.img_size.unwrap_or(crop as usize);
+        v.validate()?;
+        Ok(v)
+    }
+
+    /// The patch size (override or preset), to check crop sizes before building the backbone.
+    pub fn patch_size(&self) -> Result<usize> {
+        let preset = webssl_models::presets::preset(&self.arch)?;
+        Ok(self.patch_size.unwrap_or(preset.patch_size))
+    }
+
+    /// Refuses each optional key in `keys` (`(key, why the objective does not take it)`) that is set.
+    pub fn refuse(&self, keys: &[(&str, &str)]) -> Result<()> {
+        for &(key, why) in keys {
+            let set = match key {
+                "img_size" => self.img_size.is_some(),
+                "layerscale_init" => self.layerscale_init.is_some(),
+                "drop_path_rate" => self.drop_path_rate.is_some(),
+                other => unreachable!("`{other}` is not an optional key of [model]"),
+            };
+            if set {
+                return Err(TrainError::config(format!("model.{key}"), why));
+            }
+        }
+        Ok(())
     }
 }
 

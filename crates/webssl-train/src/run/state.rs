@@ -1,6 +1,5 @@
-//! What every trainer (DINO, MAE, CLIP) keeps beside its tensors: the checkpoint's JSON part, the
-//! recipe and data identities that make a resume refuse a different run, and the set of AdamW
-//! optimizers (one per sub-module) with their prefixed state.
+//! What every trainer (DINO, MAE, CLIP) keeps beside its tensors: the checkpoint's JSON part and the
+//! recipe and data identities that make a resume refuse a different run.
 //!
 //! Resume is exact because a checkpoint holds the parameters, the optimizer moments and the loader
 //! cursor, while schedules and random streams are functions of `(seed, step)`.
@@ -9,15 +8,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use webssl_data::loader::LoaderCursor;
+use webssl_data::sampler::fnv1a64;
 use webssl_data::shards::ShardIndex;
 use webssl_models::checkpoint::store::TensorStore;
+use webssl_models::params::NamedTensor;
 
 use crate::error::{Result, TrainError};
-use crate::optim::AdamW;
 use crate::run::checkpoint::CheckpointManager;
-
-/// One tensor of a checkpoint: name, shape, f32 values.
-pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
 
 /// What a finished (or resumed-and-finished) run leaves behind.
 #[derive(Debug, Clone)]
@@ -48,7 +45,7 @@ impl DataIdentity {
             text.push_str(&format!("{}\t{}\t{}\n", s.file, s.samples, s.bytes));
         }
         DataIdentity {
-            shards_hash: format!("{:016x}", fnv1a(text.as_bytes())),
+            shards_hash: format!("{:016x}", fnv1a64(text.as_bytes())),
             shards: index.shards.len(),
             samples: index.shards.iter().map(|s| s.samples).sum(),
         }
@@ -165,16 +162,7 @@ pub fn recipe_hash(resolved: &toml::Table) -> String {
     t.remove("run");
     t.remove("eval");
     let text = toml::to_string(&t).unwrap_or_default();
-    format!("{:016x}", fnv1a(text.as_bytes()))
-}
-
-/// FNV-1a 64: stable across platforms and Rust versions (std's hasher is not).
-pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
-    }
-    h
+    format!("{:016x}", fnv1a64(text.as_bytes()))
 }
 
 /// Every tensor of a store as f32.
@@ -200,73 +188,6 @@ pub fn tensors_bytes(ckpts: &CheckpointManager, tensors: &[NamedTensor]) -> Resu
     })
 }
 
-/// One AdamW per trained sub-module (as gradient clipping is per sub-module); state keys are
-/// `<sub-module>/<parameter path>.<moment>` in the checkpoint.
-pub struct OptimizerSet {
-    parts: Vec<(&'static str, AdamW)>,
-}
-
-impl OptimizerSet {
-    pub fn new(names: &[&'static str], betas: (f64, f64), eps: f64) -> Self {
-        OptimizerSet {
-            parts: names
-                .iter()
-                .map(|&n| (n, AdamW::new(betas.0, betas.1, eps)))
-                .collect(),
-        }
-    }
-
-    /// The optimizer of sub-module `name`.
-    ///
-    /// # Panics
-    /// If `name` was not given to [`OptimizerSet::new`] (a programming error).
-    pub fn get(&mut self, name: &str) -> &mut AdamW {
-        self.parts
-            .iter_mut()
-            .find(|(n, _)| *n == name)
-            .map(|(_, o)| o)
-            .unwrap_or_else(|| panic!("no optimizer for sub-module `{name}`"))
-    }
-
-    pub fn state_tensors(&self) -> Vec<NamedTensor> {
-        self.parts
-            .iter()
-            .flat_map(|(prefix, o)| {
-                o.state_tensors()
-                    .into_iter()
-                    .map(move |(k, s, v)| (format!("{prefix}/{k}"), s, v))
-            })
-            .collect()
-    }
-
-    /// Parameters with optimizer state (moments), over all sub-modules.
-    pub fn num_states(&self) -> usize {
-        self.parts.iter().map(|(_, o)| o.num_states()).sum()
-    }
-
-    /// Keeps the state of the parameters `keep("<sub-module>/<path>")` accepts (ZeRO-1 sharding).
-    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
-        for (prefix, o) in &mut self.parts {
-            o.retain(|path| keep(&format!("{prefix}/{path}")));
-        }
-    }
-
-    pub fn load(&mut self, tensors: &[NamedTensor]) -> Result<()> {
-        for (prefix, o) in &mut self.parts {
-            let p = format!("{prefix}/");
-            let mine: Vec<NamedTensor> = tensors
-                .iter()
-                .filter_map(|(k, s, v)| {
-                    k.strip_prefix(&p)
-                        .map(|k| (k.to_owned(), s.clone(), v.clone()))
-                })
-                .collect();
-            o.load_state_tensors(&mine)?;
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,22 +199,5 @@ mod tests {
         let c: toml::Table = toml::from_str("seed = 2\n[run]\ndir = 'a'").unwrap();
         assert_eq!(recipe_hash(&a), recipe_hash(&b));
         assert_ne!(recipe_hash(&a), recipe_hash(&c));
-    }
-
-    #[test]
-    fn optimizer_state_routes_by_prefix() {
-        let mut set = OptimizerSet::new(&["encoder", "decoder"], (0.9, 0.95), 1e-8);
-        let entry = |k: &str, v: Vec<f32>| (k.to_string(), vec![v.len()], v);
-        let tensors = vec![
-            entry("decoder/w.exp_avg", vec![1.0]),
-            entry("decoder/w.exp_avg_sq", vec![2.0]),
-            entry("decoder/w.step", vec![7.0, 0.0]),
-        ];
-        set.load(&tensors).unwrap();
-        assert_eq!(set.get("decoder").param_step("w"), 7);
-        assert_eq!(set.get("encoder").num_states(), 0);
-        assert_eq!(set.state_tensors(), tensors);
-        // A broken entry is reported, not dropped.
-        assert!(set.load(&tensors[..2]).is_err());
     }
 }

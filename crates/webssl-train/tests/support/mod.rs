@@ -2,7 +2,11 @@
 //! parent test starts `mpirun -np 2` on its own test binary, running only the ignored `rank_of_two`
 //! (which does nothing unless [`OUT`] is set); the ranks write their results as raw f32 files that the
 //! parent compares with the one-process reference. Also the tiny DINOv2 recipe and hand-made batches
-//! of `dist_dino.rs`, which `mixed_precision.rs` trains too.
+//! of `dist_dino.rs`, which `mixed_precision.rs` trains too, and what the end-to-end resume tests
+//! (`dino_resume.rs`, `mae_resume.rs`, `clip_resume.rs`) share: the tiny run's common sections
+//! ([`tiny_config`]) and the straight-vs-interrupted skeleton ([`straight_and_resumed`]); and the
+//! reference fixtures of the parity tests (`objectives.rs`, `mae.rs`, `clip.rs`): [`fixture`],
+//! [`read`], [`tensor`], [`assert_close`].
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::path::Path;
@@ -11,9 +15,15 @@ use std::process::Command;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use burn::tensor::{Device, Tensor, TensorData};
 use webssl_data::loader::{Batch, ViewGroup};
 use webssl_data::masks::IbotMasks;
+use webssl_models::checkpoint::store::TensorStore;
+use webssl_train::Recipe;
 use webssl_train::dino::DinoConfig;
+use webssl_train::dist::Dist;
+use webssl_train::run::TrainOutcome;
+use webssl_train::run::checkpoint::Resume;
 use webssl_train::run::config::load_config;
 
 /// The directory the ranks write to; unset in an ordinary test run.
@@ -266,4 +276,145 @@ pub fn dino_batch(cfg: &DinoConfig, per_rank: usize, step: u64, part: Option<usi
         ibot: Some(IbotMasks::from_masks(masks, 2 * images, n_tokens, n_tokens)),
         mae: None,
     }
+}
+
+/// The tiny run of the resume tests around the objective's `sections` (`[model]`, `[optim]`, …),
+/// loaded with the `extra` overrides: seed 3, 24 built-in 32-px images in `data`, 4 per step from
+/// two loader workers, the run dir `dir/<run>` with a checkpoint every 2 steps (the last 2 kept),
+/// TensorBoard as `tensorboard` says.
+pub fn tiny_config<T: DeserializeOwned + Serialize>(
+    dir: &Path,
+    data: &Path,
+    run: &str,
+    tensorboard: bool,
+    sections: &str,
+    extra: &[&str],
+) -> (T, toml::Table) {
+    let recipe = format!(
+        r#"
+seed = 3
+[data]
+train = "{data}"
+batch_size = 4
+num_workers = 2
+shuffle_buffer = 8
+decode_threads = 2
+synth = {{ samples = 24, size = 32, seed = 5 }}
+[run]
+dir = "{run}"
+checkpoint_every_steps = 2
+keep_last = 2
+tensorboard = {tensorboard}
+{sections}"#,
+        data = data.display(),
+        run = dir.join(run).display(),
+    );
+    let overrides: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    load_recipe(dir, "tiny", &recipe, &overrides)
+}
+
+/// Trains the run of `config(run, overrides)` (the recipe of run dir `run`) on one process.
+fn train_tiny<C: Recipe>(
+    config: &impl Fn(&str, &[&str]) -> (C, toml::Table),
+    run: &str,
+    overrides: &[&str],
+    resume: Resume,
+    stop_after: Option<u64>,
+) -> (u64, webssl_train::Result<TrainOutcome>) {
+    let (cfg, resolved) = config(run, overrides);
+    let outcome = cfg.train(
+        &resolved,
+        resume,
+        &Device::flex(),
+        stop_after,
+        &Dist::single(),
+    );
+    (cfg.total_steps(), outcome)
+}
+
+/// The resume skeleton: `config(run, overrides)` gives the recipe of run dir `run`. Trains
+/// `straight` through and `interrupted` stopped after 3 steps, then resumed; the resumed run's
+/// metrics equal the straight one's line for line. Returns the straight and the resumed outcome.
+pub fn straight_and_resumed<C: Recipe>(
+    config: impl Fn(&str, &[&str]) -> (C, toml::Table),
+) -> (TrainOutcome, TrainOutcome) {
+    let (total, straight) = train_tiny(&config, "straight", &[], Resume::Never, None);
+    let straight = straight.unwrap();
+    assert_eq!(straight.steps, total);
+    let first = train_tiny(&config, "interrupted", &[], Resume::Auto, Some(3))
+        .1
+        .unwrap();
+    assert_eq!(first.steps, 3);
+    let resumed = train_tiny(&config, "interrupted", &[], Resume::Auto, None)
+        .1
+        .unwrap();
+    assert_eq!(resumed.resumed_from, Some(3));
+
+    let a = std::fs::read_to_string(straight.run_dir.join("metrics.jsonl")).unwrap();
+    let b = std::fs::read_to_string(resumed.run_dir.join("metrics.jsonl")).unwrap();
+    assert_eq!(a.lines().count() as u64, total);
+    assert_eq!(a, b, "resumed metrics differ from the uninterrupted run");
+    (straight, resumed)
+}
+
+/// After [`straight_and_resumed`]: `interrupted` with the `changed` override (another recipe)
+/// refuses to resume from its checkpoints.
+pub fn assert_refuses_a_changed_recipe<C: Recipe>(
+    config: impl Fn(&str, &[&str]) -> (C, toml::Table),
+    changed: &str,
+) {
+    let err = train_tiny(&config, "interrupted", &[changed], Resume::Auto, None)
+        .1
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("different recipe"), "{err}");
+}
+
+/// `fixtures/<rel>` at the repository root (written by the scripts beside them).
+pub fn fixture_path(rel: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures")
+        .join(rel)
+}
+
+/// The fixture tensors of `fixtures/<rel>`.
+pub fn fixture(rel: &str) -> TensorStore {
+    TensorStore::open_file(&fixture_path(rel)).unwrap_or_else(|e| panic!("fixture {rel}: {e}"))
+}
+
+/// A fixture tensor's shape and values; panics naming the key.
+pub fn read(s: &TensorStore, key: &str) -> (Vec<usize>, Vec<f32>) {
+    s.read_f32(key).unwrap_or_else(|e| panic!("{key}: {e}"))
+}
+
+/// A fixture tensor of rank `D` on `device`.
+pub fn tensor<const D: usize>(s: &TensorStore, key: &str, device: &Device) -> Tensor<D> {
+    let (shape, v) = read(s, key);
+    assert_eq!(shape.len(), D, "{key}");
+    Tensor::from_data(TensorData::new(v, shape), device)
+}
+
+/// Every value of `got` finite and within `tol · max|want|` of `want`; a failure names the worst
+/// element.
+#[track_caller]
+pub fn assert_close(name: &str, got: &[f32], want: &[f32], tol: f64) {
+    assert_eq!(got.len(), want.len(), "{name}: length");
+    let scale = want
+        .iter()
+        .fold(0f64, |m, &w| m.max((w as f64).abs()))
+        .max(1e-30);
+    let (mut worst, mut at) = (0f64, 0);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(g.is_finite(), "{name}[{i}] = {g}");
+        let d = (g as f64 - w as f64).abs();
+        if d > worst {
+            (worst, at) = (d, i);
+        }
+    }
+    assert!(
+        worst <= tol * scale,
+        "{name}: max |diff| {worst:.3e} at {at} (got {}, want {}) > {tol:e} · {scale:.3e}",
+        got[at],
+        want[at]
+    );
 }

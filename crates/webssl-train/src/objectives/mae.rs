@@ -29,7 +29,7 @@ pub fn norm_pix_target(imgs: Tensor<4>, patch_size: usize) -> Tensor<3> {
 /// # Shapes
 /// - imgs: `[B, C, H, W]`, pred: `[B, N, p·p·C]`, mask: `[B, N]` (1 = removed, 0 = kept)
 /// - returns: `[1]`
-pub fn forward_loss(
+pub fn mae_loss(
     imgs: Tensor<4>,
     pred: Tensor<3>,
     mask: Tensor<2>,
