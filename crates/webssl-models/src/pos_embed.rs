@@ -164,7 +164,8 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         let up = apply(&axis_weights(4, 7, PosInterp::Size), 7);
-        let torch_up = [
+        // torch's outputs as printed (f64 literals: kept verbatim rather than rounded to f32).
+        let torch_up: [f64; 7] = [
             -0.09921646,
             0.27924502,
             0.89659208,
@@ -174,12 +175,12 @@ mod tests {
             3.09921646,
         ];
         for (a, b) in up.iter().zip(torch_up) {
-            assert!((a - b).abs() < 1e-5, "{up:?}");
+            assert!((f64::from(*a) - b).abs() < 1e-5, "{up:?}");
         }
         let down = apply(&axis_weights(4, 2, PosInterp::SizeAntialias), 2);
-        let torch_down = [0.58677685, 2.41322303];
+        let torch_down: [f64; 2] = [0.58677685, 2.41322303];
         for (a, b) in down.iter().zip(torch_down) {
-            assert!((a - b).abs() < 1e-5, "{down:?}");
+            assert!((f64::from(*a) - b).abs() < 1e-5, "{down:?}");
         }
     }
 }
