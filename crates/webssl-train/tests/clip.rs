@@ -6,7 +6,7 @@ mod support;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use support::tensor;
-use webssl_models::checkpoint::{self, store::TensorStore};
+use webssl_models::checkpoint;
 use webssl_models::params::to_host;
 use webssl_models::text::{TextActivation, TextConfig, TextTransformer};
 use webssl_models::{Precision, autocast};

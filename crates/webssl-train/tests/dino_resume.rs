@@ -8,7 +8,7 @@ use std::path::Path;
 
 use burn::tensor::Device;
 use webssl_train::Recipe;
-use webssl_train::dino::{self, DinoConfig};
+use webssl_train::dino::DinoConfig;
 use webssl_train::dist::Dist;
 use webssl_train::run::checkpoint::Resume;
 use webssl_train::run::metrics::read_jsonl;

@@ -18,7 +18,7 @@
 //! sharded; each parameter is stepped by its owner and copied to the other rank, so the models and
 //! logged values must be bit-identical to the unsharded 2-rank run, with every parameter's moments
 //! kept by exactly one rank.
-//! Then whole runs through `mae::train` on built-in data (the shared loop of `run::driver`):
+//! Then whole runs through `Recipe::train` on built-in data (the shared loop of `run::driver`):
 //! stopped at step 2 and resumed with the sharding switched either way, they end with the straight
 //! unsharded run's metrics.jsonl and export, bit for bit, and the sharded checkpoint holds the
 //! whole optimizer state.
@@ -36,7 +36,7 @@ use webssl_data::sampler::rng_stream;
 use webssl_models::checkpoint;
 use webssl_train::Recipe;
 use webssl_train::dist::Dist;
-use webssl_train::mae::{self, MaeConfig, MaeTrainer};
+use webssl_train::mae::{MaeConfig, MaeTrainer};
 use webssl_train::run::checkpoint::Resume;
 
 const B: usize = 3; // images per rank
