@@ -67,12 +67,17 @@ pub struct Args {
     pub precision: Precision,
 }
 
+/// An input that could not be embedded: (what, why).
+type Skip = (String, String);
+/// A decoded, preprocessed image: (key, `.cls` label, CHW pixels).
+type Prepared = (String, Option<i64>, Vec<f32>);
+
 /// One decoded batch, produced ahead of the model.
 struct Batch {
     keys: Vec<String>,
     labels: Vec<Option<i64>>,
     pixels: Vec<f32>,
-    skipped: Vec<(String, String)>,
+    skipped: Vec<Skip>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -160,7 +165,7 @@ pub fn embed_items(
     encoder: &Encoder,
     inputs: Vec<webssl_data::source::InputSpec>,
     opts: &Options,
-) -> anyhow::Result<(Features, Vec<(String, String)>, f64)> {
+) -> anyhow::Result<(Features, Vec<Skip>, f64)> {
     let (tx, rx) = crossbeam_channel::bounded::<Batch>(2);
     let batch_size = opts.batch_size;
     let max_pixels = opts.max_pixels;
@@ -172,7 +177,7 @@ pub fn embed_items(
             if chunk.is_empty() {
                 break;
             }
-            let decoded: Vec<Result<(String, Option<i64>, Vec<f32>), (String, String)>> = chunk
+            let decoded: Vec<Result<Prepared, Skip>> = chunk
                 .into_par_iter()
                 .map(|item| match item {
                     Ok(item) => prepare(&item, &preprocess, max_pixels),
@@ -210,7 +215,7 @@ pub fn embed_items(
     );
     let start = Instant::now();
     let mut out = Features::default();
-    let mut skipped: Vec<(String, String)> = Vec::new();
+    let mut skipped: Vec<Skip> = Vec::new();
     for batch in rx {
         for (what, why) in &batch.skipped {
             tracing::warn!("skipped {what}: {why}");
@@ -234,11 +239,7 @@ pub fn embed_items(
 }
 
 /// Decode + preprocess one item; a failure names the item.
-fn prepare(
-    item: &Item,
-    preprocess: &Preprocess,
-    max_pixels: u64,
-) -> Result<(String, Option<i64>, Vec<f32>), (String, String)> {
+fn prepare(item: &Item, preprocess: &Preprocess, max_pixels: u64) -> Result<Prepared, Skip> {
     let img = decode_rgb(&item.bytes, &item.source, max_pixels)
         .map_err(|e| (item.source.clone(), e.to_string()))?;
     let px = preprocess
