@@ -105,9 +105,12 @@ pub fn visit<M: Module>(module: &M, f: impl FnMut(&str, &dyn FloatParam)) {
     });
 }
 
-/// The float parameters of `module` that train, in module order: path, shape, and the inner
-/// (non-autodiff) device their gradients live on.
-pub fn trainable_params<M: Module>(module: &M) -> Vec<(String, Vec<usize>, Device)> {
+/// A trainable parameter as [`trainable_params`] lists it: path, shape, and the inner (non-autodiff)
+/// device its gradient lives on.
+pub type ParamSlot = (String, Vec<usize>, Device);
+
+/// The float parameters of `module` that train, in module order.
+pub fn trainable_params<M: Module>(module: &M) -> Vec<ParamSlot> {
     let mut out = Vec::new();
     visit(module, |path, p| {
         if p.requires_grad() {

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Device, Tensor, TensorData};
 
-use webssl_models::params::{NamedTensor, PathStack, to_host};
+use webssl_models::params::{NamedTensor, ParamSlot, PathStack, to_host};
 
 use crate::clip_grad::ParamGrads;
 use crate::dist::Dist;
@@ -39,7 +39,7 @@ fn key(part: &str, path: &str) -> String {
 
 impl ZeroShards {
     /// Owners for the parameters of every sub-module (`(name, trainable_params(module))`).
-    pub fn new(parts: &[(&str, Vec<(String, Vec<usize>, Device)>)], dist: &Dist) -> Self {
+    pub fn new(parts: &[(&str, Vec<ParamSlot>)], dist: &Dist) -> Self {
         let mut load = vec![0usize; dist.world_size()];
         let mut owners = HashMap::new();
         for (part, params) in parts {
