@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 
 use burn::module::{Module, ModuleMapper, Param};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 
 use webssl_models::params::{NamedTensor, ParamSlot, PathStack, to_host};
 
