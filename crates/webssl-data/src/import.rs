@@ -179,13 +179,15 @@ fn to_sample(key: String, ext: &str, item: Item) -> Sample {
     // A shard input's other members (depth, segmentation, …) travel with the image. One whose
     // extension the image now takes (a `.jpg` member that holds PNG bytes, beside a `.png`) cannot.
     for (member, bytes) in item.extra {
-        if sample.files.contains_key(&member) {
-            tracing::warn!(
-                "{}: member `{member}` dropped: the image is written under that extension",
-                item.source
-            );
-        } else {
-            sample.files.insert(member, bytes);
+        match sample.files.entry(member) {
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(bytes);
+            }
+            std::collections::btree_map::Entry::Occupied(o) => tracing::warn!(
+                "{}: member `{}` dropped: the image is written under that extension",
+                item.source,
+                o.key()
+            ),
         }
     }
     if let Some(c) = item.caption {

@@ -1158,7 +1158,11 @@ mod tests {
         let mut w = ShardWriter::create(dir.path(), "p", ShardLimits::default()).unwrap();
         w.write(&Sample::new("a").with("txt", "x")).unwrap();
         let stage = format!(".p-staging.tmp-{}", std::process::id());
-        assert_eq!(tars_in(dir.path()), [stage.clone()], "only the staging dir");
+        assert_eq!(
+            tars_in(dir.path()),
+            std::slice::from_ref(&stage),
+            "only the staging dir"
+        );
         assert!(tars_in(&dir.path().join(&stage))[0].starts_with("p-000000.tar.tmp-"));
         drop(w);
         assert!(tars_in(dir.path()).is_empty());
