@@ -375,6 +375,22 @@ impl Drop for RunLock {
     }
 }
 
+/// Ends a run's log with the loader's skipped samples (count and the first few), if any.
+pub fn warn_skipped(stats: &webssl_data::loader::LoaderStats) {
+    if stats.samples_skipped > 0 {
+        tracing::warn!(
+            "{} samples skipped; first: {:?}",
+            stats.samples_skipped,
+            stats
+                .skipped
+                .iter()
+                .take(5)
+                .map(|s| &s.what)
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -510,21 +526,5 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
             .collect();
         assert!(leftovers.is_empty());
-    }
-}
-
-/// Ends a run's log with the loader's skipped samples (count and the first few), if any.
-pub fn warn_skipped(stats: &webssl_data::loader::LoaderStats) {
-    if stats.samples_skipped > 0 {
-        tracing::warn!(
-            "{} samples skipped; first: {:?}",
-            stats.samples_skipped,
-            stats
-                .skipped
-                .iter()
-                .take(5)
-                .map(|s| &s.what)
-                .collect::<Vec<_>>()
-        );
     }
 }
