@@ -201,6 +201,11 @@ pub fn train(
     dist: &Dist,
 ) -> Result<TrainOutcome> {
     cfg.validate()?;
+    // Before anything is allocated: a model that cannot fit would grow until the kernel kills it.
+    webssl_models::config::check_fits_in_memory(
+        "the weights and gradients",
+        plan(cfg, dist.world_size())?.state_bytes,
+    )?;
     let vit = cfg.vit()?;
     let world_size = dist.world_size();
     let session = driver::start(&cfg.data, &cfg.run, resolved, resume, dist)?;
@@ -667,24 +672,25 @@ pub fn plan(cfg: &ClipConfig, world_size: usize) -> Result<Plan> {
     .into_iter()
     .max()
     .unwrap_or(0) as u64;
-    let b = cfg.data.batch_size as u64;
-    let tokens = (cfg.image.size as u64 / vit.patch_size as u64).pow(2) + 1;
-    let per_block = |tokens: u64, width: u64, hidden: u64, heads: u64| {
+    // u128: the attention term grows with tokens², beyond u64 for the largest valid configs.
+    let b = cfg.data.batch_size as u128;
+    let tokens = (cfg.image.size as u128 / vit.patch_size as u128).pow(2) + 1;
+    let per_block = |tokens: u128, width: u128, hidden: u128, heads: u128| {
         b * (tokens * (14 * width + 2 * hidden) + heads * tokens * tokens)
     };
-    let image_act = vit.depth as u64
+    let image_act = vit.depth as u128
         * per_block(
             tokens,
-            vit.embed_dim as u64,
-            vit.ffn_hidden() as u64,
-            vit.num_heads as u64,
+            vit.embed_dim as u128,
+            vit.ffn_hidden() as u128,
+            vit.num_heads as u128,
         );
-    let text_act = text.layers as u64
+    let text_act = text.layers as u128
         * per_block(
-            text.context_length as u64,
-            text.width as u64,
-            text.mlp_hidden() as u64,
-            text.heads as u64,
+            text.context_length as u128,
+            text.width as u128,
+            text.mlp_hidden() as u128,
+            text.heads as u128,
         );
     let global_batch = cfg.data.batch_size * world_size;
     Ok(Plan {
@@ -702,18 +708,20 @@ pub fn plan(cfg: &ClipConfig, world_size: usize) -> Result<Plan> {
         moment_shards,
         collective_bytes: if world_size > 1 { largest * 4 * 3 } else { 0 },
         transient_bytes: params * 4,
-        activation_bytes: 4 * (image_act + text_act),
+        activation_bytes: driver::saturate(4 * (image_act + text_act)),
     })
 }
 
 impl Plan {
     /// The whole per-process estimate.
     pub fn total_bytes(&self) -> u64 {
-        self.state_bytes
-            + self.moment_bytes
-            + self.collective_bytes
-            + self.transient_bytes
-            + self.activation_bytes
+        driver::sum_bytes(&[
+            self.state_bytes,
+            self.moment_bytes,
+            self.collective_bytes,
+            self.transient_bytes,
+            self.activation_bytes,
+        ])
     }
 }
 

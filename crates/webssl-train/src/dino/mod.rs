@@ -101,6 +101,11 @@ pub fn train(
     dist: &Dist,
 ) -> Result<TrainOutcome> {
     cfg.validate()?;
+    // Before anything is allocated: a model that cannot fit would grow until the kernel kills it.
+    webssl_models::config::check_fits_in_memory(
+        "the weights, gradients and EMA teacher",
+        plan(cfg, dist.world_size())?.state_bytes,
+    )?;
     let vit = cfg.vit()?;
     let world_size = dist.world_size();
     let session = driver::start(&cfg.data, &cfg.run, resolved, resume, dist)?;
@@ -573,15 +578,18 @@ pub fn plan(cfg: &DinoConfig, world_size: usize) -> Result<Plan> {
     let p = vit.patch_size as u64;
     let tok = |side: u32| (side as u64 / p).pow(2) + 1 + vit.num_register_tokens as u64;
     let (tg, tl) = (tok(cfg.crops.global_size), tok(cfg.crops.local_size));
-    let b = cfg.data.batch_size as u64;
+    // u128: the attention term grows with tokens², beyond u64 for the largest valid configs.
+    let b = cfg.data.batch_size as u128;
     let per_block = |tokens: u64, crops: u64| {
-        crops
+        let tokens = tokens as u128;
+        crops as u128
             * b
-            * (tokens * (14 * vit.embed_dim as u64 + 2 * vit.ffn_hidden() as u64)
-                + vit.num_heads as u64 * tokens * tokens)
+            * (tokens * (14 * vit.embed_dim as u128 + 2 * vit.ffn_hidden() as u128)
+                + vit.num_heads as u128 * tokens * tokens)
     };
-    let activation_bytes =
-        4 * vit.depth as u64 * (per_block(tg, 2) + per_block(tl, cfg.crops.n_local as u64));
+    let activation_bytes = driver::saturate(
+        4 * vit.depth as u128 * (per_block(tg, 2) + per_block(tl, cfg.crops.n_local as u64)),
+    );
     let global_batch = cfg.data.batch_size * world_size;
     Ok(Plan {
         backbone_params: backbone,
@@ -602,11 +610,13 @@ pub fn plan(cfg: &DinoConfig, world_size: usize) -> Result<Plan> {
 impl Plan {
     /// The whole per-process estimate.
     pub fn total_bytes(&self) -> u64 {
-        self.state_bytes
-            + self.moment_bytes
-            + self.collective_bytes
-            + self.transient_bytes
-            + self.activation_bytes
+        driver::sum_bytes(&[
+            self.state_bytes,
+            self.moment_bytes,
+            self.collective_bytes,
+            self.transient_bytes,
+            self.activation_bytes,
+        ])
     }
 }
 

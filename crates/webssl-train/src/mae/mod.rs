@@ -85,6 +85,11 @@ pub fn train(
     dist: &Dist,
 ) -> Result<TrainOutcome> {
     cfg.validate()?;
+    // Before anything is allocated: a model that cannot fit would grow until the kernel kills it.
+    webssl_models::config::check_fits_in_memory(
+        "the weights and gradients",
+        plan(cfg, dist.world_size())?.state_bytes,
+    )?;
     let vit = cfg.vit()?;
     let dec = cfg.decoder()?;
     let world_size = dist.world_size();
@@ -374,20 +379,23 @@ pub fn plan(cfg: &MaeConfig, world_size: usize) -> Result<Plan> {
     let collective_bytes = if world_size > 1 { largest * 4 * 3 } else { 0 };
     let transient_bytes = params * 4;
     let (n, keep) = cfg.tokens()?;
-    let b = cfg.data.batch_size as u64;
+    // u128: the attention term grows with tokens², beyond u64 for the largest valid configs.
+    let b = cfg.data.batch_size as u128;
     let per_block = |tokens: u64, width: usize, hidden: usize, heads: usize| {
-        b * (tokens * (14 * width as u64 + 2 * hidden as u64) + heads as u64 * tokens * tokens)
+        let tokens = tokens as u128;
+        b * (tokens * (14 * width as u128 + 2 * hidden as u128) + heads as u128 * tokens * tokens)
     };
-    let activation_bytes = 4
-        * (vit.depth as u64
+    let activation_bytes = driver::saturate(
+        4 * (vit.depth as u128
             * per_block(
                 1 + keep as u64,
                 vit.embed_dim,
                 vit.ffn_hidden(),
                 vit.num_heads,
             )
-            + dec.depth as u64
-                * per_block(1 + n as u64, dec.embed_dim, dec.mlp_hidden(), dec.num_heads));
+            + dec.depth as u128
+                * per_block(1 + n as u64, dec.embed_dim, dec.mlp_hidden(), dec.num_heads)),
+    );
     let global_batch = cfg.data.batch_size * world_size;
     Ok(Plan {
         encoder_params,
@@ -411,11 +419,13 @@ pub fn plan(cfg: &MaeConfig, world_size: usize) -> Result<Plan> {
 impl Plan {
     /// The whole per-process estimate.
     pub fn total_bytes(&self) -> u64 {
-        self.state_bytes
-            + self.moment_bytes
-            + self.collective_bytes
-            + self.transient_bytes
-            + self.activation_bytes
+        driver::sum_bytes(&[
+            self.state_bytes,
+            self.moment_bytes,
+            self.collective_bytes,
+            self.transient_bytes,
+            self.activation_bytes,
+        ])
     }
 }
 

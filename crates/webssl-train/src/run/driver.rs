@@ -114,7 +114,8 @@ pub fn start(
     )?;
     dist.check_same("the run dir", run_cfg.dir.as_bytes())?;
     let run = RunDir::start_ranked(Path::new(&run_cfg.dir), resolved, dist)?;
-    let (shards, data) = data.open_train_ranked(dist)?;
+    let (shards, data_id) = data.open_train_ranked(dist)?;
+    data.check_dataset_size(shards.index().total_samples(), dist.world_size())?;
     // Resident memory: at the start, and the peak of the training steps before any checkpoint or
     // export (whose serialisation buffers come on top), to set beside the plan's estimate.
     let rss_at_start = memory::rss_bytes();
@@ -130,7 +131,7 @@ pub fn start(
         ckpts,
         resume_from,
         shards,
-        data,
+        data: data_id,
         recipe,
         rss_at_start,
     })
@@ -332,6 +333,17 @@ pub fn run<T: TrainState>(
     })
 }
 
+/// A `u128` byte estimate as `u64`, saturating: the attention term of the largest configs that
+/// validate exceeds `u64`, and a plan must print rather than overflow.
+pub fn saturate(bytes: u128) -> u64 {
+    u64::try_from(bytes).unwrap_or(u64::MAX)
+}
+
+/// The sum of a plan's memory parts, saturating (see [`saturate`]).
+pub fn sum_bytes(parts: &[u64]) -> u64 {
+    parts.iter().fold(0, |a, &b| a.saturating_add(b))
+}
+
 /// The memory line of a `--dry-run` plan, the same for every objective: the replicated state
 /// (`replicated_what`: e.g. "weights+grads"), the AdamW moments (ZeRO-1: 1/`moment_shards` of them),
 /// the collectives' host buffers (several processes), the update temporaries, the activations and
@@ -356,7 +368,7 @@ pub fn memory_line(
     } else {
         String::new()
     };
-    let total = replicated + moments + collective + transient + activations;
+    let total = sum_bytes(&[replicated, moments, collective, transient, activations]);
     format!(
         "memory per process (f32, estimate): {replicated_what} {:.2} GiB, AdamW moments {:.2} GiB{sharded}{collective_part}, update temporaries {:.2} GiB, activations {:.2} GiB, total {:.2} GiB",
         gib(replicated),
