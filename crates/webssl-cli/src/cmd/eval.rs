@@ -230,7 +230,7 @@ mod probes {
         #[arg(long, num_args = 1..)]
         pub val: Vec<String>,
         /// With --model: resize to RES×RES instead of the checkpoint's preprocessor.
-        #[arg(long, requires = "model")]
+        #[arg(long, requires = "model", value_parser = crate::cmd::image_side())]
         pub resolution: Option<u32>,
         /// With --model: images per forward pass.
         #[arg(long, default_value_t = 32)]
@@ -860,7 +860,7 @@ mod dense_probe {
         pub task: Task,
         /// Input resolution (square, a multiple of the patch size); default: the first val image's
         /// size when square and a multiple of the patch size.
-        #[arg(long)]
+        #[arg(long, value_parser = crate::cmd::image_side())]
         pub size: Option<u32>,
         /// Passes over the training tokens.
         #[arg(long, default_value_t = 10)]
