@@ -371,6 +371,9 @@ pub struct LoaderConfig {
     pub reader_queue: usize,
     /// How many skipped samples to list by name in [`LoaderStats::skipped`] (all are counted).
     pub max_skip_log: usize,
+    /// The most samples skipped in a row before the loader gives up on data that nothing decodes
+    /// (it also gives up earlier, once a whole pass over this rank's share was skipped).
+    pub max_consecutive_skips: u64,
     pub decode: DecodeFn,
 }
 
@@ -386,6 +389,7 @@ impl LoaderConfig {
             prefetch_samples: 4 * batch_size.max(1),
             reader_queue: 64,
             max_skip_log: 1000,
+            max_consecutive_skips: 100_000,
             decode: pil_decoder(crate::decode::DEFAULT_MAX_PIXELS),
         }
     }
@@ -767,9 +771,81 @@ fn decode_main(jobs: Receiver<Job>, results: Sender<Done>, prep: Arc<Prep>) {
     }
 }
 
+/// The current run of consecutive skipped samples. Skips are otherwise never fatal, but data that
+/// nothing decodes would make `next_batch` read forever: the run ends the loader once it spans a
+/// whole pass over this rank's share (every worker skipped all of one of its epochs) or
+/// [`LoaderConfig::max_consecutive_skips`] samples, with an error naming the shards.
+#[derive(Default)]
+struct SkipRun {
+    len: u64,
+    /// Per worker: the epoch of its first skip in the run.
+    first_epoch: Vec<Option<u64>>,
+    /// Per worker: whether the run holds one of its epochs whole (it reached `first + 2`).
+    whole_epoch: Vec<bool>,
+    shards: std::collections::BTreeSet<u32>,
+    last_reason: String,
+}
+
+impl SkipRun {
+    fn new(workers: usize) -> Self {
+        Self {
+            first_epoch: vec![None; workers],
+            whole_epoch: vec![false; workers],
+            ..Self::default()
+        }
+    }
+
+    fn reset(&mut self) {
+        if self.len > 0 {
+            *self = Self::new(self.first_epoch.len());
+        }
+    }
+
+    /// Records a skip of `worker`'s sample of `epoch`; whether the run now spans a whole pass.
+    fn push(&mut self, worker: usize, epoch: u64, shard: u32, reason: &str) -> bool {
+        self.len += 1;
+        self.shards.insert(shard);
+        reason.clone_into(&mut self.last_reason);
+        let first = *self.first_epoch[worker].get_or_insert(epoch);
+        if epoch >= first + 2 {
+            self.whole_epoch[worker] = true;
+        }
+        self.whole_epoch.iter().all(|&w| w)
+    }
+
+    /// The error that ends the loader.
+    fn error(&self, source: &dyn ShardSource, whole_pass: bool) -> DataError {
+        const SHOWN: usize = 8;
+        let mut names: Vec<String> = self
+            .shards
+            .iter()
+            .take(SHOWN)
+            .map(|&s| source.shard_name(s as usize))
+            .collect();
+        if self.shards.len() > SHOWN {
+            names.push(format!("and {} more", self.shards.len() - SHOWN));
+        }
+        let extent = if whole_pass {
+            "a whole pass over this rank's share of the data".to_string()
+        } else {
+            "the limit of samples skipped in a row".to_string()
+        };
+        DataError::Loader {
+            reason: format!(
+                "no sample could be used: {} samples skipped in a row ({extent}) from shard(s) {}; last reason: {}",
+                self.len,
+                names.join(", "),
+                self.last_reason
+            ),
+        }
+    }
+}
+
 /// The loader. Iterate with [`Loader::next_batch`] (or as an `Iterator` of `Result<Batch>`).
 pub struct Loader {
     sampler: Sampler,
+    source: Arc<dyn ShardSource>,
+    skip_run: SkipRun,
     cfg: LoaderConfig,
     groups: Vec<ViewGroup>,
     masks: MaskSpec,
@@ -925,6 +1001,8 @@ impl Loader {
             )?);
         }
         Ok(Self {
+            skip_run: SkipRun::new(workers.len()),
+            source,
             sampler,
             cfg,
             groups,
@@ -1011,15 +1089,24 @@ impl Loader {
             self.workers[worker] = done.cursor_after;
             self.next_seq = done.seq + 1;
             match done.outcome {
-                Outcome::Ready(p) => samples.push((
-                    EpochAddr {
-                        epoch: done.epoch,
-                        addr: done.addr,
-                    },
-                    p,
-                )),
+                Outcome::Ready(p) => {
+                    self.skip_run.reset();
+                    samples.push((
+                        EpochAddr {
+                            epoch: done.epoch,
+                            addr: done.addr,
+                        },
+                        p,
+                    ))
+                }
                 Outcome::Skipped(skip) => {
                     tracing::debug!(what = %skip.what, reason = %skip.reason, "skipped sample");
+                    let whole_pass =
+                        self.skip_run
+                            .push(worker, done.epoch, done.addr.shard, &skip.reason);
+                    if whole_pass || self.skip_run.len >= self.cfg.max_consecutive_skips {
+                        return Err(self.skip_run.error(self.source.as_ref(), whole_pass));
+                    }
                     self.stats.samples_skipped += 1;
                     if self.stats.skipped.len() < self.cfg.max_skip_log {
                         self.stats.skipped.push(skip);

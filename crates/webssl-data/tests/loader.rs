@@ -627,3 +627,87 @@ fn resume_over_real_tar_shards_rereads_only_what_the_buffer_held() {
     epoch0.dedup();
     assert_eq!(epoch0.len(), 40);
 }
+
+/// `n_shards` shards of `per_shard` samples whose image bytes decode as nothing, except the
+/// samples whose ids are in `good`.
+fn undecodable(n_shards: usize, per_shard: usize, good: &[u8]) -> MemorySource {
+    let shards = (0..n_shards)
+        .map(|s| MemoryShard {
+            name: format!("junk-{s:02}.tar"),
+            len: per_shard as u64,
+            members: (0..per_shard)
+                .map(|i| {
+                    let id = (s * per_shard + i) as u8;
+                    Ok(if good.contains(&id) {
+                        sample(id)
+                    } else {
+                        RawSample {
+                            key: format!("k{id:03}"),
+                            image: Some(b"\x89PNG but not really".to_vec()),
+                            ..RawSample::default()
+                        }
+                    })
+                })
+                .collect(),
+        })
+        .collect();
+    MemorySource { shards }
+}
+
+/// Data that nothing decodes: `next_batch` ends with an error naming the shards after a whole
+/// pass (here well before the consecutive-skip limit), on every layout of ranks and workers,
+/// instead of reading forever.
+#[test]
+fn nothing_decodable_is_an_error_naming_the_shards_not_a_hang() {
+    for (world, workers, buffer) in [(1, 1, 0), (1, 2, 4), (2, 2, 3)] {
+        for rank in 0..world {
+            let src = undecodable(4, 5, &[]);
+            let mut loader = start(
+                &src,
+                sampler_cfg(rank, world, workers, buffer),
+                loader_cfg(2, 2),
+                MaskSpec::None,
+                None,
+            );
+            let err = loader.next_batch().expect_err("nothing decodes");
+            let msg = err.to_string();
+            assert!(matches!(err, DataError::Loader { .. }), "{msg}");
+            assert!(
+                msg.contains("no sample could be used") && msg.contains("whole pass"),
+                "{msg}"
+            );
+            assert!(
+                msg.contains("junk-0") && msg.contains("cannot decode"),
+                "{msg}"
+            );
+        }
+    }
+    // The limit on skips in a row ends it too, whatever the data set's size.
+    let src = undecodable(4, 5, &[]);
+    let mut cfg = loader_cfg(2, 1);
+    cfg.max_consecutive_skips = 7;
+    let mut loader = start(&src, sampler_cfg(0, 1, 1, 0), cfg, MaskSpec::None, None);
+    let msg = loader.next_batch().unwrap_err().to_string();
+    assert!(
+        msg.contains("7 samples skipped in a row") && msg.contains("limit"),
+        "{msg}"
+    );
+}
+
+/// One decodable sample among many is enough to keep going: the loader yields batches of it
+/// (skipping the rest, counted) through several epochs without giving up.
+#[test]
+fn a_single_decodable_sample_keeps_the_loader_going() {
+    let src = undecodable(4, 5, &[13]);
+    let mut loader = start(
+        &src,
+        sampler_cfg(0, 1, 2, 3),
+        loader_cfg(3, 2),
+        MaskSpec::None,
+        None,
+    );
+    for batch in take(&mut loader, 4) {
+        assert!(batch.keys.iter().all(|k| k == "k013"), "{:?}", batch.keys);
+    }
+    assert!(loader.stats().samples_skipped >= 19 * 11);
+}

@@ -86,6 +86,68 @@ fn default_ln_eps() -> f64 {
     1e-6
 }
 
+/// Bounds every backbone config must meet ([`VitConfig::validate`]). They are far above any released
+/// model (Web-DINO 7B: width 4096, 32 blocks, 224 px; DINOv2 evaluates at 518 px) and low enough that
+/// a hostile or mistyped value (`image_size: 280000`) is refused instead of allocating.
+pub mod limits {
+    /// Side of the pretraining image (`img_size`), in pixels.
+    pub const MAX_IMG_SIZE: usize = 8192;
+    /// Positions of the stored position-embedding grid, `(img_size / patch_size)²` (1024²).
+    pub const MAX_PATCH_TOKENS: usize = 1 << 20;
+    /// Width (`embed_dim`) and the number of heads.
+    pub const MAX_WIDTH: usize = 65_536;
+    /// Transformer blocks.
+    pub const MAX_DEPTH: usize = 1024;
+    /// Input channels.
+    pub const MAX_IN_CHANS: usize = 64;
+    /// Register tokens.
+    pub const MAX_REGISTERS: usize = 1024;
+    /// FFN width over model width.
+    pub const MAX_MLP_RATIO: f64 = 64.0;
+}
+
+/// The `config.json` key of a [`VitConfig`] field (the field itself where the file has none).
+fn hf_key(field: &str, flavour: Flavour) -> &str {
+    match (field, flavour) {
+        ("img_size", _) => "image_size",
+        ("embed_dim", _) => "hidden_size",
+        ("depth", _) => "num_hidden_layers",
+        ("num_heads", _) => "num_attention_heads",
+        ("in_chans", _) => "num_channels",
+        ("ln_eps", _) => "layer_norm_eps",
+        ("layerscale_init", _) => "layerscale_value",
+        ("mlp_ratio", Flavour::Vit) => "intermediate_size",
+        (other, _) => other,
+    }
+}
+
+/// This machine's physical memory in bytes (Linux `/proc/meminfo`; `None` elsewhere).
+pub fn physical_memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib.saturating_mul(1024))
+}
+
+/// Refuses to go on when `what` needs more than this machine's physical memory (no check where
+/// that is unknown).
+pub fn check_fits_in_memory(what: &str, bytes: u64) -> Result<()> {
+    match physical_memory_bytes() {
+        Some(total) if bytes > total => {
+            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+            Err(ModelError::config(
+                "memory",
+                format!(
+                    "{what} need {:.1} GiB, more than this machine's {:.1} GiB",
+                    gib(bytes),
+                    gib(total)
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 impl VitConfig {
     pub fn head_dim(&self) -> usize {
         self.embed_dim / self.num_heads
@@ -109,19 +171,35 @@ impl VitConfig {
         self.grid() * self.grid()
     }
 
-    /// Checks internal consistency; every message names the field.
+    /// Checks every field against [`limits`] and the fields' consistency; every message names the
+    /// field. Runs on every config read from a checkpoint before anything is allocated.
     pub fn validate(&self) -> Result<()> {
-        let nonzero = [
-            ("img_size", self.img_size),
-            ("patch_size", self.patch_size),
-            ("embed_dim", self.embed_dim),
-            ("depth", self.depth),
-            ("num_heads", self.num_heads),
-            ("in_chans", self.in_chans),
+        let ranges = [
+            ("img_size", self.img_size, 1, limits::MAX_IMG_SIZE),
+            ("patch_size", self.patch_size, 1, limits::MAX_IMG_SIZE),
+            ("embed_dim", self.embed_dim, 1, limits::MAX_WIDTH),
+            ("depth", self.depth, 1, limits::MAX_DEPTH),
+            ("num_heads", self.num_heads, 1, limits::MAX_WIDTH),
+            ("in_chans", self.in_chans, 1, limits::MAX_IN_CHANS),
+            (
+                "num_register_tokens",
+                self.num_register_tokens,
+                0,
+                limits::MAX_REGISTERS,
+            ),
         ];
-        for (field, v) in nonzero {
-            if v == 0 {
-                return Err(ModelError::config(field, "must be > 0"));
+        for (field, v, lo, hi) in ranges {
+            if v < lo {
+                return Err(ModelError::config(
+                    field,
+                    format!("must be ≥ {lo}, got {v}"),
+                ));
+            }
+            if v > hi {
+                return Err(ModelError::config(
+                    field,
+                    format!("must be ≤ {hi}, got {v}"),
+                ));
             }
         }
         if self.embed_dim % self.num_heads != 0 {
@@ -142,10 +220,72 @@ impl VitConfig {
                 ),
             ));
         }
-        if !(self.mlp_ratio > 0.0) {
-            return Err(ModelError::config("mlp_ratio", "must be > 0"));
+        if self.num_patches() > limits::MAX_PATCH_TOKENS {
+            return Err(ModelError::config(
+                "img_size",
+                format!(
+                    "{} / patch_size {} gives a {g}x{g} position grid, over the limit of {} positions",
+                    self.img_size,
+                    self.patch_size,
+                    limits::MAX_PATCH_TOKENS,
+                    g = self.grid()
+                ),
+            ));
+        }
+        if !(self.mlp_ratio > 0.0 && self.mlp_ratio <= limits::MAX_MLP_RATIO) {
+            return Err(ModelError::config(
+                "mlp_ratio",
+                format!(
+                    "must be in (0, {}], got {}",
+                    limits::MAX_MLP_RATIO,
+                    self.mlp_ratio
+                ),
+            ));
+        }
+        if self.ffn_hidden() == 0 {
+            return Err(ModelError::config(
+                "mlp_ratio",
+                format!(
+                    "{} gives an empty FFN at width {}",
+                    self.mlp_ratio, self.embed_dim
+                ),
+            ));
+        }
+        // LayerNorm divides by sqrt(var + eps): eps ≤ 0 gives NaN on a constant row.
+        if !(self.ln_eps > 0.0 && self.ln_eps.is_finite()) {
+            return Err(ModelError::config(
+                "ln_eps",
+                format!("must be finite and > 0, got {}", self.ln_eps),
+            ));
+        }
+        if let Some(ls) = self.layerscale_init
+            && !ls.is_finite()
+        {
+            return Err(ModelError::config(
+                "layerscale_init",
+                format!("must be finite, got {ls}"),
+            ));
+        }
+        if let PosInterp::Dinov2 { offset, .. } = self.pos_interp
+            && !offset.is_finite()
+        {
+            return Err(ModelError::config(
+                "pos_interp.offset",
+                format!("must be finite, got {offset}"),
+            ));
         }
         Ok(())
+    }
+
+    /// Refuses a model whose f32 parameters alone need more memory than this machine has, before
+    /// anything is allocated (a hostile `config.json` would otherwise grow the process until the
+    /// kernel kills it). `copies`: how many parameter-sized tensors the caller keeps (1 to run a
+    /// model; weights, gradients and an EMA teacher for training).
+    pub fn check_fits_in_memory(&self, copies: u64) -> Result<()> {
+        let bytes = crate::presets::param_count(self)
+            .saturating_mul(4)
+            .saturating_mul(copies);
+        check_fits_in_memory("the model's parameters", bytes)
     }
 
     /// Reads an HF `config.json` (`dinov2`, `dinov2_with_registers`, `vit`, `vit_mae`).
@@ -276,7 +416,14 @@ impl VitConfig {
                 "is not an integer multiple pattern of hidden_size",
             ));
         }
-        cfg.validate()?;
+        // Name the field as the file spells it.
+        cfg.validate().map_err(|e| match e {
+            ModelError::Config { field, reason } => ModelError::Config {
+                field: hf_key(&field, cfg.flavour).to_string(),
+                reason,
+            },
+            other => other,
+        })?;
         Ok(cfg)
     }
 

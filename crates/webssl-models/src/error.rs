@@ -33,6 +33,13 @@ pub enum ModelError {
     /// A tensor with a dtype we cannot read as float.
     #[error("tensor `{key}` has dtype {dtype}, expected F32, BF16 or F16")]
     Dtype { key: String, dtype: String },
+    /// A tensor holding NaN or infinite values (a corrupt or diverged checkpoint).
+    #[error("tensor `{key}` has {count} non-finite value(s) (NaN or ±inf) of {total}")]
+    NonFinite {
+        key: String,
+        count: usize,
+        total: usize,
+    },
     /// Checkpoint tensors that no model parameter consumed.
     #[error("checkpoint has {} tensor(s) the model does not use: {}", keys.len(), keys.iter().take(8).cloned().collect::<Vec<_>>().join(", "))]
     Unexpected { keys: Vec<String> },

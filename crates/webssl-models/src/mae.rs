@@ -151,16 +151,23 @@ impl MaeDecoderConfig {
 
     /// Checks the shape constraints; every message names the field.
     pub fn validate(&self) -> Result<()> {
-        for (field, v) in [
-            ("decoder.embed_dim", self.embed_dim),
-            ("decoder.depth", self.depth),
-            ("decoder.num_heads", self.num_heads),
-            ("decoder.grid", self.grid),
-            ("decoder.patch_size", self.patch_size),
-            ("decoder.encoder_dim", self.encoder_dim),
+        use crate::config::limits;
+        for (field, v, max) in [
+            ("decoder.embed_dim", self.embed_dim, limits::MAX_WIDTH),
+            ("decoder.depth", self.depth, limits::MAX_DEPTH),
+            ("decoder.num_heads", self.num_heads, limits::MAX_WIDTH),
+            ("decoder.grid", self.grid, limits::MAX_IMG_SIZE),
+            ("decoder.patch_size", self.patch_size, limits::MAX_IMG_SIZE),
+            ("decoder.encoder_dim", self.encoder_dim, limits::MAX_WIDTH),
         ] {
             if v == 0 {
                 return Err(ModelError::config(field, "must be > 0"));
+            }
+            if v > max {
+                return Err(ModelError::config(
+                    field,
+                    format!("must be ≤ {max}, got {v}"),
+                ));
             }
         }
         if !self.embed_dim.is_multiple_of(self.num_heads) {
@@ -181,8 +188,23 @@ impl MaeDecoderConfig {
                 ),
             ));
         }
-        if self.mlp_ratio.is_nan() || self.mlp_ratio <= 0.0 {
-            return Err(ModelError::config("decoder.mlp_ratio", "must be > 0"));
+        if !(self.mlp_ratio > 0.0 && self.mlp_ratio <= limits::MAX_MLP_RATIO)
+            || self.mlp_hidden() == 0
+        {
+            return Err(ModelError::config(
+                "decoder.mlp_ratio",
+                format!(
+                    "must be in (0, {}] with a non-empty FFN, got {}",
+                    limits::MAX_MLP_RATIO,
+                    self.mlp_ratio
+                ),
+            ));
+        }
+        if !(self.ln_eps > 0.0 && self.ln_eps.is_finite()) {
+            return Err(ModelError::config(
+                "decoder.ln_eps",
+                format!("must be finite and > 0, got {}", self.ln_eps),
+            ));
         }
         Ok(())
     }

@@ -115,8 +115,34 @@ pub fn to_f32<const D: usize>(t: Tensor<D>) -> Tensor<D> {
     }
 }
 
+/// `x · weight (+ bias)` when an operand has no element (an empty batch, a zero width), made here
+/// without calling the backend: burn-flex 0.22 hands empty operands on to the `gemm` crate, whose
+/// micro-kernel then reads out of bounds (a segfault, issue 16). An empty batch gives an empty
+/// result; a zero inner width gives the bias (a sum over nothing is 0). `None` when both operands
+/// have elements.
+fn empty_product<const D: usize>(
+    x: &Tensor<D>,
+    weight: &Tensor<2>,
+    bias: Option<Tensor<1>>,
+) -> Option<Tensor<D>> {
+    let (x_dims, [_, out]) = (x.dims(), weight.dims());
+    if !x_dims.contains(&0) && !weight.dims().contains(&0) {
+        return None;
+    }
+    let mut dims = x_dims;
+    dims[D - 1] = out;
+    let zeros = Tensor::<D>::zeros(dims, &x.device());
+    Some(match bias {
+        Some(b) if !dims.contains(&0) => zeros + b.unsqueeze::<D>(),
+        _ => zeros,
+    })
+}
+
 /// `x · weight (+ bias)` in the compute dtype, the result left in it.
 fn product<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<D> {
+    if let Some(empty) = empty_product(&x, &weight, bias.clone()) {
+        return to_compute(empty);
+    }
     match current() {
         Precision::F32 => burn_linear(x, weight, bias),
         _ => burn_linear(to_compute(x), to_compute(weight), bias.map(to_compute)),
@@ -138,7 +164,7 @@ pub fn linear_weight<const D: usize>(
 /// A burn [`Linear`] under the current precision, the result in f32.
 pub fn linear<const D: usize>(x: Tensor<D>, lin: &Linear) -> Tensor<D> {
     match current() {
-        Precision::F32 => lin.forward(x),
+        Precision::F32 => f32_linear(x, lin),
         _ => linear_weight(x, lin.weight.val(), lin.bias.as_ref().map(|b| b.val())),
     }
 }
@@ -147,14 +173,26 @@ pub fn linear<const D: usize>(x: Tensor<D>, lin: &Linear) -> Tensor<D> {
 /// consumer that also runs in it, such as attention on the `qkv` projection).
 pub fn linear_compute<const D: usize>(x: Tensor<D>, lin: &Linear) -> Tensor<D> {
     match current() {
-        Precision::F32 => lin.forward(x),
+        Precision::F32 => f32_linear(x, lin),
         _ => product(x, lin.weight.val(), lin.bias.as_ref().map(|b| b.val())),
     }
+}
+
+/// burn's `Linear::forward`, with the empty case of [`empty_product`].
+fn f32_linear<const D: usize>(x: Tensor<D>, lin: &Linear) -> Tensor<D> {
+    let bias = lin.bias.as_ref().map(|b| b.val());
+    empty_product(&x, &lin.weight.val(), bias).unwrap_or_else(|| lin.forward(x))
 }
 
 /// `a · b` (batched over leading dimensions) with the product in the compute dtype and the result in
 /// f32.
 pub fn matmul<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> Tensor<D> {
+    if a.dims().contains(&0) || b.dims().contains(&0) {
+        // See `empty_product`: `[..., m, k] · [..., k, n]` without the backend.
+        let mut dims = a.dims();
+        dims[D - 1] = b.dims()[D - 1];
+        return Tensor::zeros(dims, &a.device());
+    }
     match current() {
         Precision::F32 => a.matmul(b),
         _ => to_f32(to_compute(a).matmul(to_compute(b))),
@@ -288,5 +326,32 @@ mod tests {
         for (m, e) in to_host(mixed).iter().zip(&exact) {
             assert!((m - e).abs() < 5e-2 * e.abs().max(1.0), "{m} vs {e}");
         }
+    }
+
+    /// Empty operands never reach the backend's GEMM (it reads out of bounds on them): an empty
+    /// batch gives an empty product, a zero inner width the bias, in either precision.
+    #[test]
+    fn empty_operands_give_the_empty_product() {
+        let device = Device::flex();
+        let lin = LinearConfig::new(5, 3).init(&device);
+        for p in [Precision::F32, Precision::Bf16] {
+            let _g = autocast(p);
+            let y = linear(Tensor::<3>::zeros([0, 4, 5], &device), &lin);
+            assert_eq!(y.dims(), [0, 4, 3]);
+            let y = linear_compute(Tensor::<2>::zeros([0, 5], &device), &lin);
+            assert_eq!(y.dims(), [0, 3]);
+            let m = matmul(
+                Tensor::<3>::zeros([2, 0, 7], &device),
+                Tensor::<3>::zeros([2, 7, 4], &device),
+            );
+            assert_eq!(m.dims(), [2, 0, 4]);
+        }
+        let bias = Tensor::<1>::from_data(TensorData::new(vec![1f32, 2.0, 3.0], [3]), &device);
+        let y = linear_weight(
+            Tensor::<2>::zeros([2, 0], &device),
+            Tensor::zeros([0, 3], &device),
+            Some(bias),
+        );
+        assert_eq!(to_host(y), [1.0, 2.0, 3.0, 1.0, 2.0, 3.0]);
     }
 }

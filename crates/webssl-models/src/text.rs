@@ -99,20 +99,30 @@ impl TextConfig {
         (self.width as f64 * self.mlp_ratio) as usize
     }
 
+    /// Every field against its range (the bounds of [`crate::config::limits`]); errors name the
+    /// field as `text.<field>`.
     pub fn validate(&self) -> Result<()> {
+        use crate::config::limits;
         let bad = |field: &str, reason: String| {
             Err(ModelError::Config {
                 field: format!("text.{field}"),
                 reason,
             })
         };
-        if self.vocab_size == 0 || self.context_length < 2 || self.layers == 0 {
-            return bad(
-                "vocab_size/context_length/layers",
-                "must be positive (context ≥ 2 for SOT + EOT)".into(),
-            );
+        for (field, v, lo, hi) in [
+            ("vocab_size", self.vocab_size, 1, 1 << 24),
+            // SOT + EOT at least.
+            ("context_length", self.context_length, 2, 1 << 16),
+            ("width", self.width, 1, limits::MAX_WIDTH),
+            ("heads", self.heads, 1, limits::MAX_WIDTH),
+            ("layers", self.layers, 1, limits::MAX_DEPTH),
+            ("embed_dim", self.embed_dim, 1, limits::MAX_WIDTH),
+        ] {
+            if !(lo..=hi).contains(&v) {
+                return bad(field, format!("must be in [{lo}, {hi}], got {v}"));
+            }
         }
-        if self.heads == 0 || !self.width.is_multiple_of(self.heads) {
+        if !self.width.is_multiple_of(self.heads) {
             return bad(
                 "heads",
                 format!(
@@ -121,8 +131,23 @@ impl TextConfig {
                 ),
             );
         }
-        if self.embed_dim == 0 || self.mlp_hidden() == 0 {
-            return bad("embed_dim/mlp_ratio", "must be positive".into());
+        if !(self.mlp_ratio > 0.0 && self.mlp_ratio <= limits::MAX_MLP_RATIO)
+            || self.mlp_hidden() == 0
+        {
+            return bad(
+                "mlp_ratio",
+                format!(
+                    "must be in (0, {}] with a non-empty MLP, got {}",
+                    limits::MAX_MLP_RATIO,
+                    self.mlp_ratio
+                ),
+            );
+        }
+        if !(self.ln_eps > 0.0 && self.ln_eps.is_finite()) {
+            return bad(
+                "ln_eps",
+                format!("must be finite and > 0, got {}", self.ln_eps),
+            );
         }
         Ok(())
     }

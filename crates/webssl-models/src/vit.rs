@@ -379,6 +379,9 @@ impl Vit {
         masks: Option<Tensor<2, Bool>>,
         keep: &mut dyn FnMut(usize) -> Option<(Tensor<1, Int>, Tensor<1, Int>)>,
     ) -> VitOutput {
+        if let Some(empty) = self.empty_batch(&x) {
+            return self.split(empty);
+        }
         let mut t = self.prepare_tokens(x, masks);
         for (i, block) in self.blocks.iter().enumerate() {
             t = match keep(i) {
@@ -389,10 +392,30 @@ impl Vit {
         self.split(t)
     }
 
+    /// For a batch of no image, the (empty) output tokens `[0, 1 + R + N, D]`, made without running
+    /// anything: burn's `expand` refuses a zero batch and the backend's GEMM reads out of bounds on
+    /// one (issue 16), so an empty batch never reaches a kernel. `None` for a non-empty batch.
+    fn empty_batch(&self, x: &Tensor<4>) -> Option<Tensor<3>> {
+        let [b, _, h, w] = x.dims();
+        let cfg = self.config();
+        let p = cfg.patch_size;
+        let tokens = 1 + cfg.num_register_tokens + (h / p) * (w / p);
+        (b == 0).then(|| Tensor::zeros([0, tokens, cfg.embed_dim], &x.device()))
+    }
+
     /// Splits the last block's output into normed CLS / registers / patches.
     fn split(&self, prenorm: Tensor<3>) -> VitOutput {
         let [b, n, d] = prenorm.dims();
         let r = self.config().num_register_tokens;
+        if b == 0 {
+            let zeros = |n| Tensor::zeros([0, n, d], &prenorm.device());
+            return VitOutput {
+                cls: Tensor::zeros([0, d], &prenorm.device()),
+                registers: zeros(r),
+                patches: zeros(n - 1 - r),
+                prenorm,
+            };
+        }
         let normed = self.norm.forward(prenorm.clone());
         VitOutput {
             cls: normed.clone().slice([0..b, 0..1, 0..d]).reshape([b, d]),
@@ -422,6 +445,10 @@ impl Vit {
         let (rows, cols) = (h / p, w / p);
         let (n, d) = (rows * cols, cfg.embed_dim);
         let [_, k] = ids_keep.dims();
+        if b == 0 {
+            // See `empty_batch`.
+            return Tensor::zeros([0, 1 + cfg.num_register_tokens + k, d], &x.device());
+        }
         let pos = self.pos_embed_for(rows, cols);
         let tokens = self.patch_embed.forward(x) + pos.clone().slice([0..1, 1..1 + n, 0..d]);
         let kept = tokens.gather(1, ids_keep.unsqueeze_dim::<3>(2).expand([b, k, d]));
@@ -449,6 +476,9 @@ impl Vit {
             n >= 1 && n <= depth,
             "asked for the last {n} layers of a {depth}-block model"
         );
+        if let Some(empty) = self.empty_batch(&x) {
+            return vec![empty; n];
+        }
         let mut t = self.prepare_tokens(x, None);
         let mut out = Vec::with_capacity(n);
         for (i, block) in self.blocks.iter().enumerate() {

@@ -338,3 +338,104 @@ fn preprocessing_matches_hf_processor() {
         }
     }
 }
+
+/// A copy of the fixture `name` in `dir` with `edit` applied to its `config.json`.
+fn copy_with_config(dir: &Path, name: &str, edit: impl FnOnce(&mut serde_json::Value)) {
+    let src = fixtures().join(name);
+    for f in ["model.safetensors", "preprocessor_config.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+}
+
+/// Hostile `config.json` values (issue 16, item 7) are refused on load, naming the file and the
+/// field, before anything is allocated: an `image_size` of 280000 once grew the process to 13 GB,
+/// and `layer_norm_eps = -1` gave all-NaN features with exit 0.
+#[test]
+fn hostile_config_values_are_refused_before_allocating() {
+    let cases: [(&str, serde_json::Value, &str); 8] = [
+        ("image_size", serde_json::json!(280_000), "must be ≤ 8192"),
+        ("image_size", serde_json::json!(0), "must be ≥ 1"),
+        ("patch_size", serde_json::json!(0), "must be ≥ 1"),
+        (
+            "layer_norm_eps",
+            serde_json::json!(-1.0),
+            "must be finite and > 0",
+        ),
+        (
+            "layer_norm_eps",
+            serde_json::json!(0.0),
+            "must be finite and > 0",
+        ),
+        ("num_attention_heads", serde_json::json!(5), "not divisible"),
+        (
+            "num_hidden_layers",
+            serde_json::json!(1_000_000),
+            "must be ≤ 1024",
+        ),
+        (
+            "hidden_size",
+            serde_json::json!(1u64 << 40),
+            "must be ≤ 65536",
+        ),
+    ];
+    for (key, value, reason) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        copy_with_config(dir.path(), "dinov2-gelu", |c| c[key] = value.clone());
+        let err = checkpoint::load(dir.path(), None, &device())
+            .err()
+            .unwrap_or_else(|| panic!("{key} = {value} loaded"))
+            .to_string();
+        assert!(
+            err.contains(&format!("config.json: {key}`")) && err.contains(reason),
+            "{key} = {value}: {err}"
+        );
+    }
+    // Within every bound but too large for any machine: the parameter estimate refuses it.
+    let dir = tempfile::tempdir().unwrap();
+    copy_with_config(dir.path(), "vit-p16", |c| {
+        c["hidden_size"] = serde_json::json!(65_536);
+        c["intermediate_size"] = serde_json::json!(65_536 * 64);
+        c["num_attention_heads"] = serde_json::json!(64);
+        c["num_hidden_layers"] = serde_json::json!(1024);
+    });
+    let err = checkpoint::load(dir.path(), None, &device())
+        .err()
+        .unwrap()
+        .to_string();
+    if webssl_models::config::physical_memory_bytes().is_some() {
+        assert!(err.contains("memory") && err.contains("GiB"), "{err}");
+    }
+}
+
+/// NaN or infinite weights (a corrupt or diverged checkpoint) are an error naming the tensor, not
+/// NaN features.
+#[test]
+fn non_finite_weights_are_refused_naming_the_tensor() {
+    let loaded = checkpoint::load(&fixtures().join("vit-p16"), None, &device()).unwrap();
+    let cfg = std::fs::read_to_string(fixtures().join("vit-p16/config.json")).unwrap();
+    for bad in [f32::NAN, f32::INFINITY] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), &cfg).unwrap();
+        let mut tensors = export::torch_tensors(&loaded.model, Layout::HfVit).unwrap();
+        let t = tensors
+            .iter_mut()
+            .find(|t| t.0 == "encoder.layer.0.attention.output.dense.weight")
+            .expect("the tensor exists");
+        t.2[3] = bad;
+        t.2[7] = bad;
+        export::write_safetensors(&dir.path().join("model.safetensors"), &tensors).unwrap();
+        let err = checkpoint::load(dir.path(), None, &device())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("encoder.layer.0.attention.output.dense.weight")
+                && err.contains("2 non-finite"),
+            "{err}"
+        );
+    }
+}

@@ -105,3 +105,29 @@ fn named_parameters_round_trip_exactly() {
     let grads = c.forward_features(x, None).cls.sum().backward();
     assert!(c.cls_token.val().grad(&grads).is_some());
 }
+
+/// An empty batch (issue 16: DINO with `crops.n_local = 0` once sent its empty local-crop batch
+/// through the patch embedding) never reaches the backend's GEMM, whose micro-kernel reads out of
+/// bounds on empty operands (and burn's `expand` refuses a zero batch): the forward gives empty
+/// outputs of the right shapes without running a kernel.
+#[test]
+fn an_empty_batch_gives_empty_outputs_without_reaching_the_gemm() {
+    let device = Device::flex();
+    let cfg = small();
+    let model = Vit::new(&cfg, &device);
+    let out = model.forward_features(Tensor::<4>::zeros([0, 3, 28, 28], &device), None);
+    assert_eq!(out.cls.dims(), [0, 32]);
+    assert_eq!(out.patches.dims(), [0, 4, 32]);
+    assert_eq!(out.prenorm.dims(), [0, 1 + 2 + 4, 32]);
+    // The same on the autodiff device, and the MAE encoder and `intermediate_layers` paths.
+    let ad = device.clone().autodiff();
+    let model = Vit::new(&cfg, &ad);
+    let out = model.forward_features(Tensor::<4>::zeros([0, 3, 14, 14], &ad), None);
+    assert_eq!(out.patches.dims(), [0, 1, 32]);
+    let ids = Tensor::<2, Int>::zeros([0, 3], &ad);
+    let visible = model.forward_visible(Tensor::<4>::zeros([0, 3, 28, 28], &ad), ids);
+    assert_eq!(visible.dims(), [0, 1 + 2 + 3, 32]);
+    let layers = model.intermediate_layers(Tensor::<4>::zeros([0, 3, 28, 28], &ad), 2);
+    assert_eq!(layers.len(), 2);
+    assert_eq!(layers[1].dims(), [0, 1 + 2 + 4, 32]);
+}

@@ -56,7 +56,7 @@ pub struct Args {
     pub threads: Option<usize>,
     /// Resize every image directly to RES×RES (the webssl demos) instead of the checkpoint's
     /// preprocessor; must be a multiple of the patch size.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cmd::image_side())]
     pub resolution: Option<u32>,
     /// Images with more pixels than this are skipped (decompression-bomb guard).
     #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]

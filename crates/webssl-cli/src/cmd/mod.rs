@@ -10,3 +10,9 @@ pub mod pretrain;
 pub mod report;
 pub mod shards;
 pub mod synth;
+
+/// Parser of a square input side in pixels (`--resolution`, `--size`): 1 to the backbone limit, so
+/// 0 is refused by name instead of reaching the model, and a huge side instead of a huge resize.
+pub fn image_side() -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(1..=webssl_models::config::limits::MAX_IMG_SIZE as i64)
+}

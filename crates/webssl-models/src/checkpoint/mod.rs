@@ -145,6 +145,7 @@ pub fn load_from_store(
     device: &Device,
 ) -> Result<(Vit, Vec<String>)> {
     cfg.validate()?;
+    cfg.check_fits_in_memory(1)?;
     // Native keys may be chunked or prefixed: resolve our names through the normalised spelling.
     let native_alias: std::collections::BTreeMap<String, String> = if layout == Layout::Native {
         store
@@ -236,6 +237,16 @@ impl Loader<'_> {
         let mut values = Vec::new();
         for key in keys {
             let (s, v) = self.store.read_f32(key)?;
+            // A NaN or ±inf weight makes every feature NaN; one pass over values just read from
+            // disk costs little next to the read.
+            let bad = v.iter().filter(|x| !x.is_finite()).count();
+            if bad > 0 {
+                return Err(ModelError::NonFinite {
+                    key: key.clone(),
+                    count: bad,
+                    total: v.len(),
+                });
+            }
             if shape.is_empty() {
                 shape = s;
             } else if s.len() != shape.len() || s[1..] != shape[1..] {

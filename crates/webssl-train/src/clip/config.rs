@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use webssl_models::text::{TextActivation, TextConfig};
 
 use crate::error::{Result, TrainError};
+use crate::run::config::check;
 pub use crate::run::sections::{DataConfig, EvalConfig, ModelConfig, RunConfig, SynthSpec};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -164,65 +165,56 @@ impl ClipConfig {
         Ok(cfg)
     }
 
-    /// Consistency checks that serde cannot express; each names the field.
+    /// Every field against its documented range, and the consistency checks serde cannot express;
+    /// each error names the field. Runs wherever a config is loaded (every command, `--dry-run`
+    /// included) and again when training starts.
     pub fn validate(&self) -> Result<()> {
+        self.data.validate(
+            2,
+            "InfoNCE needs at least 2 pairs per step (the other captions are the negatives)",
+        )?;
+        self.eval.validate()?;
         // Checked before building the ViT, whose own check would name its `img_size`.
         let p = self.model.patch_size()?;
-        if p == 0 || !(self.image.size as usize).is_multiple_of(p) {
-            return Err(TrainError::config(
-                "image.size",
-                format!(
-                    "{} is not a multiple of the patch size {p}",
-                    self.image.size
-                ),
-            ));
-        }
+        check::crop_side("image.size", self.image.size, p)?;
         self.vit()?;
-        let (lo, hi) = self.image.scale;
-        if !(0.0 < lo && lo <= hi && hi <= 1.0) {
-            return Err(TrainError::config(
-                "image.scale",
-                "expected 0 < min ≤ max ≤ 1",
-            ));
-        }
-        if self.data.batch_size < 2 {
-            return Err(TrainError::config(
-                "data.batch_size",
-                "InfoNCE needs at least 2 pairs per step (the other captions are the negatives)",
-            ));
-        }
-        if self.optim.warmup_steps > self.optim.total_steps {
-            return Err(TrainError::config(
-                "optim.warmup_steps",
-                "exceeds optim.total_steps",
-            ));
-        }
-        if self.optim.warmup_steps == 0 {
-            // MetaCLIP's warm-up divides by it.
-            return Err(TrainError::config("optim.warmup_steps", "must be ≥ 1"));
-        }
+        check::scale("image.scale", self.image.scale)?;
+        let o = &self.optim;
+        check::int("optim.total_steps", o.total_steps, 1, check::MAX_STEPS)?;
+        // MetaCLIP's warm-up divides by it.
+        check::int("optim.warmup_steps", o.warmup_steps, 1, check::MAX_STEPS)?;
+        check::warmup("optim.warmup_steps", o.warmup_steps, o.total_steps)?;
+        check::non_negative("optim.lr", o.lr)?;
+        check::non_negative("optim.weight_decay", o.weight_decay)?;
+        check::betas("optim.betas", o.betas)?;
+        check::positive("optim.eps", o.eps)?;
+        // 0 = no clipping (MetaCLIP's default).
+        check::non_negative("optim.clip_grad", o.clip_grad)?;
         if self.text.tokenizer.is_none() && self.text.vocab_size < 3 + 256 {
             return Err(TrainError::config(
                 "text.vocab_size",
                 "a byte-level BPE needs at least 259 tokens (256 bytes + SOT/EOT/PAD)",
             ));
         }
-        if self.text.tokenizer.is_none() && self.text.tokenizer_train_samples == 0 {
-            return Err(TrainError::config(
+        if self.text.tokenizer.is_none() {
+            check::int(
                 "text.tokenizer_train_samples",
-                "must be ≥ 1 to train a tokenizer",
-            ));
+                self.text.tokenizer_train_samples as u64,
+                1,
+                1 << 32,
+            )?;
         }
-        if self.clip.embed_dim == 0 {
-            return Err(TrainError::config("clip.embed_dim", "must be positive"));
-        }
-        let s = self.clip.logit_scale_init;
-        if !(0.0..=crate::objectives::clip::logit_scale_max()).contains(&s) {
-            return Err(TrainError::config(
-                "clip.logit_scale_init",
-                "must lie in the clamp range [0, ln 100]",
-            ));
-        }
+        check::int(
+            "clip.embed_dim",
+            self.clip.embed_dim as u64,
+            1,
+            webssl_models::config::limits::MAX_WIDTH as u64,
+        )?;
+        check::float(
+            "clip.logit_scale_init",
+            self.clip.logit_scale_init,
+            0.0..=crate::objectives::clip::logit_scale_max(),
+        )?;
         self.text_tower(self.text.vocab_size)?;
         Ok(())
     }

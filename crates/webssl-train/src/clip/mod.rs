@@ -62,7 +62,7 @@ use crate::optim::OptimizerSet;
 use crate::param_groups::{clip_rule, param_ranks};
 use crate::run::checkpoint::{CheckpointManager, Resume};
 use crate::run::driver::{self, LoopSpec, OPTIM_FILE, TrainState, value};
-use crate::run::memory::MemoryEstimate;
+use crate::run::memory::{MemoryEstimate, saturate};
 use crate::run::recipe::{Plan, Recipe};
 use crate::run::sections::EvalConfig;
 use crate::run::state::{TrainOutcome, read_all, tensors_bytes};
@@ -218,24 +218,25 @@ impl Recipe for ClipConfig {
         .into_iter()
         .max()
         .unwrap_or(0) as u64;
-        let b = cfg.data.batch_size as u64;
-        let tokens = (cfg.image.size as u64 / vit.patch_size as u64).pow(2) + 1;
-        let per_block = |tokens: u64, width: u64, hidden: u64, heads: u64| {
+        // u128: the attention term grows with tokens², beyond u64 for the largest valid configs.
+        let b = cfg.data.batch_size as u128;
+        let tokens = (cfg.image.size as u128 / vit.patch_size as u128).pow(2) + 1;
+        let per_block = |tokens: u128, width: u128, hidden: u128, heads: u128| {
             b * (tokens * (14 * width + 2 * hidden) + heads * tokens * tokens)
         };
-        let image_act = vit.depth as u64
+        let image_act = vit.depth as u128
             * per_block(
                 tokens,
-                vit.embed_dim as u64,
-                vit.ffn_hidden() as u64,
-                vit.num_heads as u64,
+                vit.embed_dim as u128,
+                vit.ffn_hidden() as u128,
+                vit.num_heads as u128,
             );
-        let text_act = text.layers as u64
+        let text_act = text.layers as u128
             * per_block(
-                text.context_length as u64,
-                text.width as u64,
-                text.mlp_hidden() as u64,
-                text.heads as u64,
+                text.context_length as u128,
+                text.width as u128,
+                text.mlp_hidden() as u128,
+                text.heads as u128,
             );
         let global_batch = cfg.data.batch_size * world_size;
         let total_steps = cfg.optim.total_steps;
@@ -257,7 +258,7 @@ impl Recipe for ClipConfig {
                 2,
                 largest,
                 0,
-                4 * (image_act + text_act),
+                saturate(4 * (image_act + text_act)),
                 &cfg.run,
                 world_size,
             ),
@@ -286,6 +287,11 @@ impl Recipe for ClipConfig {
     ) -> Result<TrainOutcome> {
         let cfg = self;
         cfg.validate()?;
+        // Before anything is allocated: a model that cannot fit would grow until the kernel kills it.
+        webssl_models::config::check_fits_in_memory(
+            "the weights and gradients",
+            cfg.plan(dist.world_size())?.memory.replicated,
+        )?;
         let vit = cfg.vit()?;
         let world_size = dist.world_size();
         let session = driver::start(&cfg.data, &cfg.run, resolved, resume, dist)?;

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
+use crate::run::config::check;
 pub use crate::run::sections::{DataConfig, EvalConfig, ModelConfig, RunConfig, SynthSpec};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -80,6 +81,34 @@ impl Default for HeadsConfig {
     }
 }
 
+impl CropsConfig {
+    /// Crop sizes (multiples of the patch size `p`), the number of local crops and the scale ranges.
+    /// No local crops is a valid recipe (dinov2 `local_crops_number: 0`: no local-crop loss terms).
+    pub fn validate(&self, p: u32) -> Result<()> {
+        check::crop_side("crops.global_size", self.global_size, p)?;
+        check::crop_side("crops.local_size", self.local_size, p)?;
+        check::int("crops.n_local", self.n_local as u64, 0, 64)?;
+        check::scale("crops.global_scale", self.global_scale)?;
+        check::scale("crops.local_scale", self.local_scale)
+    }
+}
+
+impl HeadsConfig {
+    /// Every width ≥ 1 (an empty head has nothing to normalise or to project onto).
+    pub fn validate(&self) -> Result<()> {
+        for (field, v) in [
+            ("heads.dino_prototypes", self.dino_prototypes),
+            ("heads.ibot_prototypes", self.ibot_prototypes),
+            ("heads.hidden_dim", self.hidden_dim),
+            ("heads.dino_bottleneck_dim", self.dino_bottleneck_dim),
+            ("heads.ibot_bottleneck_dim", self.ibot_bottleneck_dim),
+        ] {
+            check::int(field, v as u64, 1, check::MAX_WIDTH)?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Centering {
@@ -121,6 +150,33 @@ impl Default for LossConfig {
     }
 }
 
+impl LossConfig {
+    /// Temperatures > 0 (the logits are divided by them), weights ≥ 0, mask ratios and probability
+    /// in [0, 1].
+    pub fn validate(&self) -> Result<()> {
+        check::positive("loss.student_temp", self.student_temp)?;
+        check::positive("loss.warmup_teacher_temp", self.warmup_teacher_temp)?;
+        check::positive("loss.teacher_temp", self.teacher_temp)?;
+        check::int(
+            "loss.teacher_temp_warmup_steps",
+            self.teacher_temp_warmup_steps,
+            0,
+            check::MAX_STEPS,
+        )?;
+        check::non_negative("loss.dino_weight", self.dino_weight)?;
+        check::non_negative("loss.ibot_weight", self.ibot_weight)?;
+        check::non_negative("loss.koleo_weight", self.koleo_weight)?;
+        let (lo, hi) = self.mask_ratio;
+        if !(0.0 <= lo && lo <= hi && hi <= 1.0) {
+            return Err(TrainError::config(
+                "loss.mask_ratio",
+                format!("({lo}, {hi}) is not a range with 0 ≤ min ≤ max ≤ 1"),
+            ));
+        }
+        check::float("loss.mask_probability", self.mask_probability, 0.0..=1.0)
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OptimConfig {
@@ -149,6 +205,43 @@ pub struct OptimConfig {
     pub freeze_last_layer_steps: u64,
     #[serde(default = "default_betas")]
     pub betas: (f64, f64),
+}
+
+impl OptimConfig {
+    /// Steps ≥ 1 (no step would export an untrained model), rates and decays ≥ 0, EMA momenta and
+    /// LLRD in [0, 1].
+    pub fn validate(&self) -> Result<()> {
+        check::int("optim.total_steps", self.total_steps, 1, check::MAX_STEPS)?;
+        check::warmup("optim.warmup_steps", self.warmup_steps, self.total_steps)?;
+        check::int(
+            "optim.freeze_last_layer_steps",
+            self.freeze_last_layer_steps,
+            0,
+            check::MAX_STEPS,
+        )?;
+        check::non_negative("optim.lr_per_1024", self.lr_per_1024)?;
+        check::non_negative("optim.min_lr", self.min_lr)?;
+        check::non_negative("optim.weight_decay", self.weight_decay)?;
+        check::non_negative("optim.weight_decay_end", self.weight_decay_end)?;
+        check::float("optim.momentum_teacher", self.momentum_teacher, 0.0..=1.0)?;
+        check::float(
+            "optim.final_momentum_teacher",
+            self.final_momentum_teacher,
+            0.0..=1.0,
+        )?;
+        // 0 = no clipping (dinov2's `clip_grad: 0`).
+        check::non_negative("optim.clip_grad", self.clip_grad)?;
+        check::float(
+            "optim.layerwise_decay",
+            self.layerwise_decay,
+            (
+                std::ops::Bound::Excluded(0.0),
+                std::ops::Bound::Included(1.0),
+            ),
+        )?;
+        check::non_negative("optim.patch_embed_lr_mult", self.patch_embed_lr_mult)?;
+        check::betas("optim.betas", self.betas)
+    }
 }
 
 fn default_min_lr() -> f64 {
@@ -187,47 +280,21 @@ impl DinoConfig {
         self.model.drop_path_rate.unwrap_or(0.0)
     }
 
-    /// Consistency checks that serde cannot express; each names the field.
+    /// Every field against its documented range, and the consistency checks serde cannot express;
+    /// each error names the field. Runs wherever a config is loaded (every command, `--dry-run`
+    /// included) and again when training starts.
     pub fn validate(&self) -> Result<()> {
-        let p = self.model.patch_size()? as u32;
-        if self.crops.global_size % p != 0 {
-            return Err(TrainError::config(
-                "crops.global_size",
-                format!(
-                    "{} is not a multiple of the patch size {p}",
-                    self.crops.global_size
-                ),
-            ));
-        }
-        if self.crops.local_size % p != 0 {
-            return Err(TrainError::config(
-                "crops.local_size",
-                format!(
-                    "{} is not a multiple of the patch size {p}",
-                    self.crops.local_size
-                ),
-            ));
-        }
-        if self.data.batch_size < 2 {
-            return Err(TrainError::config(
-                "data.batch_size",
-                "KoLeo needs at least 2 images per step",
-            ));
-        }
-        if self.optim.warmup_steps > self.optim.total_steps {
-            return Err(TrainError::config(
-                "optim.warmup_steps",
-                "exceeds optim.total_steps",
-            ));
-        }
-        if !(0.0..1.0).contains(&self.drop_path_rate()) {
-            return Err(TrainError::config(
-                "model.drop_path_rate",
-                "must be in [0, 1)",
-            ));
-        }
+        self.data
+            .validate(2, "KoLeo needs a nearest neighbour in the batch")?;
+        self.eval.validate()?;
+        check::float("model.drop_path_rate", self.drop_path_rate(), 0.0..1.0)?;
+        // The crops before the backbone: its own check would name `img_size`.
+        let p = self.model.patch_size()?;
+        self.crops.validate(p)?;
         self.vit()?;
-        Ok(())
+        self.heads.validate()?;
+        self.loss.validate()?;
+        self.optim.validate()
     }
 
     /// The learning rate after sqrt scaling with the global batch.

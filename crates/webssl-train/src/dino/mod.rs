@@ -41,7 +41,7 @@ use crate::optim::OptimizerSet;
 use crate::param_groups::dinov2_rule;
 use crate::run::checkpoint::{CheckpointManager, Resume};
 use crate::run::driver::{self, LoopSpec, OPTIM_FILE, TrainState, value};
-use crate::run::memory::MemoryEstimate;
+use crate::run::memory::{MemoryEstimate, saturate};
 use crate::run::recipe::{Plan, Recipe};
 use crate::run::sections::EvalConfig;
 use crate::run::state::{TrainOutcome, read_all, tensors_bytes};
@@ -140,15 +140,18 @@ impl Recipe for DinoConfig {
         let p = vit.patch_size as u64;
         let tok = |side: u32| (side as u64 / p).pow(2) + 1 + vit.num_register_tokens as u64;
         let (tg, tl) = (tok(cfg.crops.global_size), tok(cfg.crops.local_size));
-        let b = cfg.data.batch_size as u64;
+        // u128: the attention term grows with tokens², beyond u64 for the largest valid configs.
+        let b = cfg.data.batch_size as u128;
         let per_block = |tokens: u64, crops: u64| {
-            crops
+            let tokens = tokens as u128;
+            crops as u128
                 * b
-                * (tokens * (14 * vit.embed_dim as u64 + 2 * vit.ffn_hidden() as u64)
-                    + vit.num_heads as u64 * tokens * tokens)
+                * (tokens * (14 * vit.embed_dim as u128 + 2 * vit.ffn_hidden() as u128)
+                    + vit.num_heads as u128 * tokens * tokens)
         };
-        let activations =
-            4 * vit.depth as u64 * (per_block(tg, 2) + per_block(tl, cfg.crops.n_local as u64));
+        let activations = saturate(
+            4 * vit.depth as u128 * (per_block(tg, 2) + per_block(tl, cfg.crops.n_local as u64)),
+        );
         let global_batch = cfg.data.batch_size * world_size;
         let total_steps = cfg.optim.total_steps;
         Ok(Plan {
@@ -190,6 +193,11 @@ impl Recipe for DinoConfig {
     ) -> Result<TrainOutcome> {
         let cfg = self;
         cfg.validate()?;
+        // Before anything is allocated: a model that cannot fit would grow until the kernel kills it.
+        webssl_models::config::check_fits_in_memory(
+            "the weights, gradients and EMA teacher",
+            cfg.plan(dist.world_size())?.memory.replicated,
+        )?;
         let vit = cfg.vit()?;
         let world_size = dist.world_size();
         let session = driver::start(&cfg.data, &cfg.run, resolved, resume, dist)?;

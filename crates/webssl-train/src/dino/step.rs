@@ -75,7 +75,9 @@ pub fn forward(
     let inner = device.clone().inner();
     let globals_t = tensor4(&batch.views[0], [2 * b, 3, g, g], &inner);
     let globals_s = tensor4(&batch.views[0], [2 * b, 3, g, g], device);
-    let locals_s = tensor4(&batch.views[1], [n_local * b, 3, l, l], device);
+    // No local crops (`crops.n_local = 0`) is a valid recipe: dinov2 then has no local-crop loss
+    // terms (`if n_local_crops > 0`), and an empty batch must not reach the ViT's kernels.
+    let locals_s = (n_local > 0).then(|| tensor4(&batch.views[1], [n_local * b, 3, l, l], device));
 
     let ibot = batch
         .ibot
@@ -151,17 +153,19 @@ pub fn forward(
     let depth = student.backbone.blocks.len();
     let mut drop = |n: usize| (rate > 0.0).then(|| keep_sets(rate, n, depth, drop_rng, device));
     let keep_g = drop(2 * b);
-    let keep_l = drop(n_local * b);
     let s_g = student
         .backbone
         .forward_features_drop(globals_s, Some(masks), &mut |i| {
             keep_g.as_ref().map(|k| k[i].clone())
         });
-    let s_l = student
-        .backbone
-        .forward_features_drop(locals_s, None, &mut |i| {
-            keep_l.as_ref().map(|k| k[i].clone())
-        });
+    let s_l = locals_s.map(|locals_s| {
+        let keep_l = drop(n_local * b);
+        student
+            .backbone
+            .forward_features_drop(locals_s, None, &mut |i| {
+                keep_l.as_ref().map(|k| k[i].clone())
+            })
+    });
     // The DINO head once over every row it sees — global and local cls tokens, and the masked patch
     // tokens when iBOT shares it — as dinov2 does: the weight-normalised 65,536-prototype layer is
     // formed (and back-propagated) once per step instead of three times. The head is row-wise, so this
@@ -174,22 +178,25 @@ pub fn forward(
     });
     let shared = student.ibot_head.is_none();
     let (n_g, n_l) = (2 * b, n_local * b);
-    let mut rows = vec![s_g.cls.clone(), s_l.cls];
+    let mut rows = vec![s_g.cls.clone()];
+    rows.extend(s_l.map(|s_l| s_l.cls));
     if let (true, Some(p)) = (shared, s_patch.as_ref()) {
         rows.push(p.clone());
     }
     let head_out = student.dino_head.forward(Tensor::cat(rows, 0));
     let n_rows = head_out.dims()[0];
     let s_g_logits = head_out.clone().slice(0..n_g);
-    let s_l_logits = head_out.clone().slice(n_g..n_g + n_l);
+    let s_l_logits = (n_l > 0).then(|| head_out.clone().slice(n_g..n_g + n_l));
     let s_patch_logits = match (shared, s_patch) {
         (true, Some(_)) => Some(head_out.slice(n_g + n_l..n_rows)),
         (false, Some(p)) => Some(student.patch_head().forward(p)),
         (_, None) => None,
     };
     let mut student_crops = vec![s_g_logits.clone().slice(0..b), s_g_logits.slice(b..2 * b)];
-    for v in 0..n_local {
-        student_crops.push(s_l_logits.clone().slice(v * b..(v + 1) * b));
+    if let Some(s_l_logits) = s_l_logits {
+        for v in 0..n_local {
+            student_crops.push(s_l_logits.clone().slice(v * b..(v + 1) * b));
+        }
     }
     let dino = objectives::dino_loss(&student_crops, &t_views, cfg.loss.student_temp);
 

@@ -11,6 +11,7 @@ use webssl_models::mae::MaeDecoderConfig;
 use webssl_models::{Ffn, Flavour, PosInterp, VitConfig};
 
 use crate::error::{Result, TrainError};
+use crate::run::config::check;
 pub use crate::run::sections::{DataConfig, EvalConfig, ModelConfig, RunConfig, SynthSpec};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -165,7 +166,7 @@ impl MaeConfig {
             mask_token: false,
             pos_interp: PosInterp::Size,
         };
-        v.validate()?;
+        v.validate().map_err(|e| check::in_section("model", e))?;
         if !v.embed_dim.is_multiple_of(4) {
             return Err(TrainError::config(
                 "model.embed_dim",
@@ -198,43 +199,28 @@ impl MaeConfig {
         Ok((n, webssl_data::masks::mae_len_keep(n, self.loss.mask_ratio)))
     }
 
-    /// Consistency checks that serde cannot express; each names the field.
+    /// Every field against its documented range, and the consistency checks serde cannot express;
+    /// each error names the field. Runs wherever a config is loaded (every command, `--dry-run`
+    /// included) and again when training starts.
     pub fn validate(&self) -> Result<()> {
-        let p = self.model.patch_size()? as u32;
-        if p == 0 || !self.crop.size.is_multiple_of(p) {
-            return Err(TrainError::config(
-                "crop.size",
-                format!("{} is not a multiple of the patch size {p}", self.crop.size),
-            ));
-        }
-        let (lo, hi) = self.crop.scale;
-        if !(0.0 < lo && lo <= hi && hi <= 1.0) {
-            return Err(TrainError::config(
-                "crop.scale",
-                format!("({lo}, {hi}) is not a range within (0, 1]"),
-            ));
-        }
-        if self.data.batch_size == 0 {
-            return Err(TrainError::config("data.batch_size", "must be > 0"));
-        }
-        if self.optim.warmup_steps > self.optim.total_steps {
-            return Err(TrainError::config(
-                "optim.warmup_steps",
-                "exceeds optim.total_steps",
-            ));
-        }
-        if !(self.optim.lr_per_256 >= 0.0 && self.optim.lr_per_256.is_finite()) {
-            return Err(TrainError::config(
-                "optim.lr_per_256",
-                "must be finite and ≥ 0",
-            ));
-        }
-        let (b1, b2) = self.optim.betas;
-        if !((0.0..1.0).contains(&b1) && (0.0..1.0).contains(&b2)) {
-            return Err(TrainError::config("optim.betas", "each must be in [0, 1)"));
-        }
+        self.data.validate(1, "one image per step at least")?;
+        self.eval.validate()?;
+        // The crop before the encoder: its own check would name `img_size`.
+        let p = self.model.patch_size()?;
+        check::crop_side("crop.size", self.crop.size, p)?;
+        check::scale("crop.scale", self.crop.scale)?;
+        let o = &self.optim;
+        check::int("optim.total_steps", o.total_steps, 1, check::MAX_STEPS)?;
+        check::warmup("optim.warmup_steps", o.warmup_steps, o.total_steps)?;
+        check::non_negative("optim.lr_per_256", o.lr_per_256)?;
+        check::non_negative("optim.min_lr", o.min_lr)?;
+        check::non_negative("optim.weight_decay", o.weight_decay)?;
+        // 0 = no clipping (MAE's default).
+        check::non_negative("optim.clip_grad", o.clip_grad)?;
+        check::betas("optim.betas", o.betas)?;
+        check::float("loss.mask_ratio", self.loss.mask_ratio, 0.0..1.0)?;
         let (n, keep) = self.tokens()?;
-        if !(0.0..1.0).contains(&self.loss.mask_ratio) || keep == 0 || keep == n {
+        if keep == 0 || keep == n {
             return Err(TrainError::config(
                 "loss.mask_ratio",
                 format!(

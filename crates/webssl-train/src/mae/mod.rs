@@ -53,7 +53,7 @@ use crate::optim::OptimizerSet;
 use crate::param_groups::{mae_rule, param_ranks};
 use crate::run::checkpoint::{CheckpointManager, Resume};
 use crate::run::driver::{self, LoopSpec, OPTIM_FILE, TrainState, value};
-use crate::run::memory::MemoryEstimate;
+use crate::run::memory::{MemoryEstimate, saturate};
 use crate::run::recipe::{Plan, Recipe};
 use crate::run::sections::EvalConfig;
 use crate::run::state::{TrainOutcome, read_all, tensors_bytes};
@@ -98,20 +98,24 @@ impl Recipe for MaeConfig {
         .max()
         .unwrap_or(0) as u64;
         let (n, keep) = cfg.tokens()?;
-        let b = cfg.data.batch_size as u64;
+        // u128: the attention term grows with tokens², beyond u64 for the largest valid configs.
+        let b = cfg.data.batch_size as u128;
         let per_block = |tokens: u64, width: usize, hidden: usize, heads: usize| {
-            b * (tokens * (14 * width as u64 + 2 * hidden as u64) + heads as u64 * tokens * tokens)
+            let tokens = tokens as u128;
+            b * (tokens * (14 * width as u128 + 2 * hidden as u128)
+                + heads as u128 * tokens * tokens)
         };
-        let activations = 4
-            * (vit.depth as u64
+        let activations = saturate(
+            4 * (vit.depth as u128
                 * per_block(
                     1 + keep as u64,
                     vit.embed_dim,
                     vit.ffn_hidden(),
                     vit.num_heads,
                 )
-                + dec.depth as u64
-                    * per_block(1 + n as u64, dec.embed_dim, dec.mlp_hidden(), dec.num_heads));
+                + dec.depth as u128
+                    * per_block(1 + n as u64, dec.embed_dim, dec.mlp_hidden(), dec.num_heads)),
+        );
         let global_batch = cfg.data.batch_size * world_size;
         let o = &cfg.optim;
         Ok(Plan {
@@ -164,6 +168,11 @@ impl Recipe for MaeConfig {
     ) -> Result<TrainOutcome> {
         let cfg = self;
         cfg.validate()?;
+        // Before anything is allocated: a model that cannot fit would grow until the kernel kills it.
+        webssl_models::config::check_fits_in_memory(
+            "the weights and gradients",
+            cfg.plan(dist.world_size())?.memory.replicated,
+        )?;
         let vit = cfg.vit()?;
         let dec = cfg.decoder()?;
         let world_size = dist.world_size();

@@ -501,6 +501,138 @@ fn suggest(name: &str, candidates: &[String]) -> Option<String> {
     })
 }
 
+/// Range checks for numeric config fields, shared by every config's `validate()`: each error names
+/// the dotted field, the range and the value given (`invalid config `heads.hidden_dim`: must be ≥ 1,
+/// got 0`), so a bad value is refused before any work instead of crashing a kernel later.
+pub mod check {
+    use std::ops::{Bound, RangeBounds};
+
+    use crate::error::{Result, TrainError};
+
+    /// Largest `optim.total_steps` and step counts (far beyond any recipe; keeps `steps · batch`
+    /// and the schedules' arithmetic in range).
+    pub const MAX_STEPS: u64 = 1_000_000_000;
+    /// Largest images per step on one process.
+    pub const MAX_BATCH: u64 = 1 << 16;
+    /// Largest head / projection width (prototypes, hidden and bottleneck widths, text width).
+    pub const MAX_WIDTH: u64 = 1 << 20;
+
+    /// An integer field in `lo..=hi`.
+    pub fn int(field: &str, v: u64, lo: u64, hi: u64) -> Result<()> {
+        if v < lo {
+            Err(TrainError::config(
+                field,
+                format!("must be ≥ {lo}, got {v}"),
+            ))
+        } else if v > hi {
+            Err(TrainError::config(
+                field,
+                format!("must be ≤ {hi}, got {v}"),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A finite float within `range` (`0.0..=1.0`, `0.0..1.0`, `0.0..`).
+    pub fn float(field: &str, v: f64, range: impl RangeBounds<f64>) -> Result<()> {
+        if v.is_finite() && range.contains(&v) {
+            return Ok(());
+        }
+        let lo = match range.start_bound() {
+            Bound::Included(x) => format!("[{x}"),
+            Bound::Excluded(x) => format!("({x}"),
+            Bound::Unbounded => "(-inf".into(),
+        };
+        let hi = match range.end_bound() {
+            Bound::Included(x) => format!("{x}]"),
+            Bound::Excluded(x) => format!("{x})"),
+            Bound::Unbounded => "inf)".into(),
+        };
+        Err(TrainError::config(
+            field,
+            format!("must be a finite number in {lo}, {hi}, got {v}"),
+        ))
+    }
+
+    /// A finite float > 0 (a temperature, an epsilon).
+    pub fn positive(field: &str, v: f64) -> Result<()> {
+        float(field, v, (Bound::Excluded(0.0), Bound::Unbounded))
+    }
+
+    /// A finite float ≥ 0 (a learning rate, a weight decay, a loss weight).
+    pub fn non_negative(field: &str, v: f64) -> Result<()> {
+        float(field, v, 0.0..)
+    }
+
+    /// An area range of RandomResizedCrop: `0 < min ≤ max ≤ 1`.
+    pub fn scale(field: &str, (lo, hi): (f64, f64)) -> Result<()> {
+        if 0.0 < lo && lo <= hi && hi <= 1.0 {
+            return Ok(());
+        }
+        Err(TrainError::config(
+            field,
+            format!("({lo}, {hi}) is not a range with 0 < min ≤ max ≤ 1"),
+        ))
+    }
+
+    /// AdamW's `(β1, β2)`, each in `[0, 1)`.
+    pub fn betas(field: &str, (b1, b2): (f64, f64)) -> Result<()> {
+        if (0.0..1.0).contains(&b1) && (0.0..1.0).contains(&b2) {
+            return Ok(());
+        }
+        Err(TrainError::config(
+            field,
+            format!("each must be in [0, 1), got ({b1}, {b2})"),
+        ))
+    }
+
+    /// `warmup` steps within `total` steps.
+    pub fn warmup(field: &str, warmup: u64, total: u64) -> Result<()> {
+        if warmup > total {
+            return Err(TrainError::config(
+                field,
+                format!("{warmup} exceeds optim.total_steps {total}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The backbone's patch size: `model.patch_size`, else the preset `arch`'s, in
+    /// `1..=MAX_IMG_SIZE`. Checked before the crop sizes that must be multiples of it.
+    pub fn patch_size(arch: &str, patch_size: Option<usize>) -> Result<u32> {
+        let preset = webssl_models::presets::preset(arch).map_err(|e| in_section("model", e))?;
+        let p = patch_size.unwrap_or(preset.patch_size) as u64;
+        int("model.patch_size", p, 1, MAX_IMG_SIZE)?;
+        Ok(p as u32)
+    }
+
+    /// A square crop side: a multiple of the patch size `p`, at most `MAX_IMG_SIZE`.
+    pub fn crop_side(field: &str, size: u32, p: u32) -> Result<()> {
+        int(field, size.into(), p.into(), MAX_IMG_SIZE)?;
+        if !size.is_multiple_of(p) {
+            return Err(TrainError::config(
+                field,
+                format!("{size} is not a multiple of the patch size {p} (model.patch_size)"),
+            ));
+        }
+        Ok(())
+    }
+
+    const MAX_IMG_SIZE: u64 = webssl_models::config::limits::MAX_IMG_SIZE as u64;
+
+    /// A model-crate error about one of the backbone's fields, renamed to the config key that
+    /// set it (`patch_size` → `model.patch_size`).
+    pub fn in_section(section: &str, e: webssl_models::ModelError) -> TrainError {
+        match e {
+            webssl_models::ModelError::Config { field, reason } => {
+                TrainError::config(format!("{section}.{field}"), reason)
+            }
+            other => other.into(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

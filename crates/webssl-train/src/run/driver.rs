@@ -115,7 +115,8 @@ pub fn start(
     )?;
     dist.check_same("the run dir", run_cfg.dir.as_bytes())?;
     let run = RunDir::start_ranked(Path::new(&run_cfg.dir), resolved, dist)?;
-    let (shards, data) = data.open_train_ranked(dist)?;
+    let (shards, data_id) = data.open_train_ranked(dist)?;
+    data.check_dataset_size(shards.index().total_samples(), dist.world_size())?;
     // Resident memory: at the start, and the peak of the training steps before any checkpoint or
     // export (whose serialisation buffers come on top), to set beside the plan's estimate.
     let rss_at_start = memory::rss_bytes();
@@ -131,7 +132,7 @@ pub fn start(
         ckpts,
         resume_from,
         shards,
-        data,
+        data: data_id,
         recipe,
         rss_at_start,
     })

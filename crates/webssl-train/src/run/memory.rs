@@ -58,10 +58,23 @@ impl MemoryEstimate {
         }
     }
 
-    /// The whole per-process estimate.
+    /// The whole per-process estimate (saturating, see [`saturate`]).
     pub fn total(&self) -> u64 {
-        self.replicated + self.moments + self.collective + self.transient + self.activations
+        [
+            self.moments,
+            self.collective,
+            self.transient,
+            self.activations,
+        ]
+        .into_iter()
+        .fold(self.replicated, u64::saturating_add)
     }
+}
+
+/// A `u128` byte estimate as `u64`, saturating: the attention term of the largest configs that
+/// validate exceeds `u64`, and a plan must print rather than overflow.
+pub fn saturate(bytes: u128) -> u64 {
+    u64::try_from(bytes).unwrap_or(u64::MAX)
 }
 
 /// The memory line of a `--dry-run` plan, in GiB.

@@ -13,6 +13,7 @@ use webssl_models::{Precision, VitConfig};
 
 use crate::dist::Dist;
 use crate::error::{Result, TrainError};
+use crate::run::config::check;
 use crate::run::state::DataIdentity;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -40,6 +41,52 @@ pub struct DataConfig {
 }
 
 impl DataConfig {
+    /// Range checks of every field; `min_batch` is the objective's smallest batch (`why`: the
+    /// reason, e.g. KoLeo's nearest neighbour).
+    pub fn validate(&self, min_batch: u64, why: &str) -> Result<()> {
+        if (self.batch_size as u64) < min_batch {
+            return Err(TrainError::config(
+                "data.batch_size",
+                format!("must be ≥ {min_batch} ({why}), got {}", self.batch_size),
+            ));
+        }
+        check::int(
+            "data.batch_size",
+            self.batch_size as u64,
+            1,
+            check::MAX_BATCH,
+        )?;
+        // Each logical worker is a reader thread, each decode thread a thread.
+        check::int("data.num_workers", self.num_workers as u64, 1, 1024)?;
+        check::int("data.decode_threads", self.decode_threads as u64, 0, 1024)?;
+        check::int(
+            "data.shuffle_buffer",
+            self.shuffle_buffer as u64,
+            0,
+            1 << 24,
+        )?;
+        if let Some(spec) = &self.synth {
+            spec.validate("data.synth")?;
+        }
+        Ok(())
+    }
+
+    /// dinov2 drops the last incomplete batch of an epoch (`drop_last=True`), so a data set smaller
+    /// than one global batch yields no step at all: refused, naming both numbers.
+    pub fn check_dataset_size(&self, samples: u64, world_size: usize) -> Result<()> {
+        let global = (self.batch_size * world_size) as u64;
+        if samples < global {
+            return Err(TrainError::config(
+                "data.batch_size",
+                format!(
+                    "a global batch of {global} ({} × {world_size} process(es)) is larger than the {samples} samples of {}",
+                    self.batch_size, self.train
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The sample order: a function of the run seed and these fields only, never of the objective,
     /// so DINO, MAE and CLIP runs with the same seed and `[data]` read the identical stream.
     pub fn sampler(&self, seed: u64, rank: usize, world_size: usize) -> SamplerConfig {
@@ -115,7 +162,8 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// The preset with the overrides of its shape (width, depth, heads, patch size).
     pub fn shape(&self) -> Result<VitConfig> {
-        let mut v = webssl_models::presets::preset(&self.arch)?;
+        let mut v = webssl_models::presets::preset(&self.arch)
+            .map_err(|e| check::in_section("model", e))?;
         if let Some(x) = self.embed_dim {
             v.embed_dim = x;
         }
@@ -141,17 +189,18 @@ impl ModelConfig {
                     format!("`{}` has no LayerScale", self.arch),
                 ));
             }
+            check::positive("model.layerscale_init", x)?;
             v.layerscale_init = Some(x);
         }
         v.img_size = self.img_size.unwrap_or(crop as usize);
-        v.validate()?;
+        v.validate().map_err(|e| check::in_section("model", e))?;
         Ok(v)
     }
 
-    /// The patch size (override or preset), to check crop sizes before building the backbone.
-    pub fn patch_size(&self) -> Result<usize> {
-        let preset = webssl_models::presets::preset(&self.arch)?;
-        Ok(self.patch_size.unwrap_or(preset.patch_size))
+    /// The patch size (override or preset, range-checked), to check crop sizes before building the
+    /// backbone, whose own check would name its `img_size`.
+    pub fn patch_size(&self) -> Result<u32> {
+        check::patch_size(&self.arch, self.patch_size)
     }
 
     /// Refuses each optional key in `keys` (`(key, why the objective does not take it)`) that is set.
@@ -180,6 +229,29 @@ pub struct SynthSpec {
     pub seed: u64,
     #[serde(default = "default_mix")]
     pub mix: String,
+}
+
+impl SynthSpec {
+    /// Range checks, the fields named under `section` (`data.synth.size`).
+    pub fn validate(&self, section: &str) -> Result<()> {
+        check::int(
+            &format!("{section}.samples"),
+            self.samples as u64,
+            1,
+            1 << 32,
+        )?;
+        let size = &format!("{section}.size");
+        let range = webssl_data::synth::SIZE_RANGE;
+        check::int(
+            size,
+            self.size as u64,
+            *range.start() as u64,
+            *range.end() as u64,
+        )?;
+        webssl_data::synth::Mix::parse(&self.mix)
+            .map_err(|e| TrainError::config(format!("{section}.mix"), e.to_string()))?;
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -228,6 +300,19 @@ pub struct EvalConfig {
     /// Synthetic data to create for these when missing.
     pub knn_train_synth: Option<SynthSpec>,
     pub knn_val_synth: Option<SynthSpec>,
+}
+
+impl EvalConfig {
+    /// Range checks of the synthetic kNN sets' specs.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(spec) = &self.knn_train_synth {
+            spec.validate("eval.knn_train_synth")?;
+        }
+        if let Some(spec) = &self.knn_val_synth {
+            spec.validate("eval.knn_val_synth")?;
+        }
+        Ok(())
+    }
 }
 
 fn default_workers() -> usize {

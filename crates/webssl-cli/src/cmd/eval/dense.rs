@@ -39,7 +39,7 @@ pub struct DenseArgs {
     pub task: Task,
     /// Input resolution (square, a multiple of the patch size); default: the first val image's
     /// size when square and a multiple of the patch size.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cmd::image_side())]
     pub size: Option<u32>,
     /// Passes over the training tokens.
     #[arg(long, default_value_t = 10)]

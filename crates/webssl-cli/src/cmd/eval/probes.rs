@@ -50,7 +50,7 @@ pub struct DataArgs {
     #[arg(long, num_args = 1..)]
     pub val: Vec<String>,
     /// With --model: resize to RES×RES instead of the checkpoint's preprocessor.
-    #[arg(long, requires = "model")]
+    #[arg(long, requires = "model", value_parser = crate::cmd::image_side())]
     pub resolution: Option<u32>,
     /// With --model: images per forward pass.
     #[arg(long, default_value_t = 32)]
