@@ -66,25 +66,29 @@ fn blend(in1: u8, in2: u8, alpha: f32) -> u8 {
     }
 }
 
+/// Runs the AVX2 kernel `simd::$kernel(head, args…)` on `head`, the whole `$block`-byte blocks at the
+/// start of `$data`, where the CPU has AVX2, and evaluates to `head`'s length (0 elsewhere): the
+/// caller runs the scalar code on the rest. Blocks: 8 values, 8 RGB pixels (24) or 32 values.
+macro_rules! avx2_head {
+    ($data:ident, $block:expr, $kernel:ident($($arg:expr),*)) => {{
+        #[allow(unused_mut)]
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if simd::has_avx2() {
+            done = $data.len() / $block * $block;
+            // SAFETY: the CPU supports AVX2 (checked just above), the kernels' only requirement.
+            unsafe { simd::$kernel(&mut $data[..done], $($arg),*) };
+        }
+        done
+    }};
+}
+
 /// `blend(in1, v, alpha)` for every byte (AVX2 on the whole 8-byte blocks when available).
 fn blend_bytes(data: &mut [u8], in1: u8, alpha: f32) {
-    #[allow(unused_mut)]
-    let mut done = 0;
-    #[cfg(target_arch = "x86_64")]
-    if simd::has_avx2() {
-        done = data.len() / 8 * 8;
-        // SAFETY: the CPU supports AVX2 (checked).
-        unsafe { simd::blend_const(&mut data[..done], in1, alpha) };
-    }
+    let done = avx2_head!(data, 8, blend_const(in1, alpha));
     for v in &mut data[done..] {
         *v = blend(in1, *v, alpha);
     }
-}
-
-/// Whole 8-pixel blocks of an RGB buffer (the AVX2 kernels' unit), in bytes.
-#[cfg(target_arch = "x86_64")]
-fn simd_prefix(data: &[u8]) -> usize {
-    data.len() / 24 * 24
 }
 
 /// torchvision `adjust_brightness` on PIL: blend with black.
@@ -103,7 +107,7 @@ pub fn adjust_contrast(img: &mut RgbImage, factor: f32) {
     let (mut sum, mut done) = (0u64, 0);
     #[cfg(target_arch = "x86_64")]
     if simd::has_avx2() {
-        done = simd_prefix(data);
+        done = data.len() / 24 * 24;
         // SAFETY: the CPU supports AVX2 (checked).
         sum = unsafe { simd::luma_sum(&data[..done]) };
     }
@@ -119,14 +123,7 @@ pub fn adjust_contrast(img: &mut RgbImage, factor: f32) {
 /// torchvision `adjust_saturation` on PIL: blend with the image's own gray version.
 pub fn adjust_saturation(img: &mut RgbImage, factor: f32) {
     let data: &mut [u8] = img;
-    #[allow(unused_mut)]
-    let mut done = 0;
-    #[cfg(target_arch = "x86_64")]
-    if simd::has_avx2() {
-        done = simd_prefix(data);
-        // SAFETY: the CPU supports AVX2 (checked).
-        unsafe { simd::saturation(&mut data[..done], factor) };
-    }
+    let done = avx2_head!(data, 24, saturation(factor));
     for p in data[done..].chunks_exact_mut(3) {
         let l = luma(p);
         for v in p.iter_mut() {
@@ -236,14 +233,7 @@ pub fn adjust_hue(img: &mut RgbImage, hue: f32) {
     // `np.int32(hue_factor * 255)` truncates toward zero; `.astype(np.uint8)` wraps.
     let shift = ((hue as f64 * 255.0) as i32) as u8;
     let data: &mut [u8] = img;
-    #[allow(unused_mut)]
-    let mut done = 0;
-    #[cfg(target_arch = "x86_64")]
-    if simd::has_avx2() {
-        done = simd_prefix(data);
-        // SAFETY: the CPU supports AVX2 (checked).
-        unsafe { simd::hue(&mut data[..done], shift) };
-    }
+    let done = avx2_head!(data, 24, hue(shift));
     let t = hsv_tables();
     for p in data[done..].chunks_exact_mut(3) {
         let (h, s, v) = rgb_to_hsv(p[0], p[1], p[2]);
@@ -282,14 +272,7 @@ pub fn color_jitter(img: &mut RgbImage, p: &JitterParams) {
 /// torchvision `rgb_to_grayscale(img, 3)` on PIL: `convert("L")` replicated to three channels.
 pub fn grayscale(img: &mut RgbImage) {
     let data: &mut [u8] = img;
-    #[allow(unused_mut)]
-    let mut done = 0;
-    #[cfg(target_arch = "x86_64")]
-    if simd::has_avx2() {
-        done = simd_prefix(data);
-        // SAFETY: the CPU supports AVX2 (checked).
-        unsafe { simd::grayscale(&mut data[..done]) };
-    }
+    let done = avx2_head!(data, 24, grayscale());
     for p in data[done..].chunks_exact_mut(3) {
         let l = luma(p);
         p.fill(l);
@@ -299,14 +282,7 @@ pub fn grayscale(img: &mut RgbImage) {
 /// `ImageOps.solarize(img, threshold)`: values `>= threshold` are inverted.
 pub fn solarize(img: &mut RgbImage, threshold: u8) {
     let data: &mut [u8] = img;
-    #[allow(unused_mut)]
-    let mut done = 0;
-    #[cfg(target_arch = "x86_64")]
-    if simd::has_avx2() {
-        done = data.len() / 32 * 32;
-        // SAFETY: the CPU supports AVX2 (checked).
-        unsafe { simd::solarize(&mut data[..done], threshold) };
-    }
+    let done = avx2_head!(data, 32, solarize(threshold));
     for v in &mut data[done..] {
         if *v >= threshold {
             *v = 255 - *v;
