@@ -8,6 +8,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod cmd;
 mod device;
 
+use std::io::IsTerminal;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -66,15 +68,24 @@ fn pin_threads() {
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    let purge = webssl_models::kernels::keep_freed_pages();
-    let cli = Cli::parse();
+/// Logs go to stderr, filtered by `RUST_LOG` or else `--log`. Colour only on a terminal (and not
+/// under `NO_COLOR`, tracing-subscriber's own default): redirected to a file, a SLURM log or a test's
+/// pipe, escape codes would only garble the text.
+fn init_logs(default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && !no_color)
         .init();
+}
+
+fn main() -> anyhow::Result<()> {
+    let purge = webssl_models::kernels::keep_freed_pages();
+    let cli = Cli::parse();
+    init_logs(&cli.log);
     tracing::debug!("mimalloc purge delay: {purge}");
     device::init(&cli.device);
     if matches!(cli.command, Command::Pretrain(_) | Command::Experiment(_))
