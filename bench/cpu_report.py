@@ -57,7 +57,7 @@ def main():
     )
     if a.failed:
         out.append(f"**No result** (the process died, e.g. killed for memory on this 23 GiB VM): {', '.join(a.failed.split(';'))}.")
-    out.append(f"Ours: mimalloc purge_delay {', '.join(purge)} (see `keep_freed_pages` in `cpu_bench.rs`).")
+    out.append(f"Ours: mimalloc purge_delay {', '.join(purge)} (see `keep_freed_pages` in `webssl-models/src/kernels/alloc.rs`).")
     codes = sorted({r["code"] for r in rows if r["impl"] == "torch" and "code" in r})
     if codes:
         out.append(f"PyTorch side: {'; '.join(codes)}.")

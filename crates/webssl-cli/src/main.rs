@@ -8,6 +8,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod cmd;
 mod device;
 
+use std::io::IsTerminal;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -54,27 +56,6 @@ enum Command {
     Report(cmd::report::Args),
 }
 
-/// Keeps freed memory committed for 10 s (mimalloc `purge_delay = 10000`, default 1 s) unless
-/// `MIMALLOC_PURGE_DELAY` is set. Training frees and reallocates tens of MiB per op; with mimalloc's
-/// default the pages go back to the OS and every op faults in fresh zeroed ones — 25–29 % of a ViT-S
-/// training step in `perf`, 1.4× faster with this (bench/RESULTS.md; `bash bench/cpu.sh` does the
-/// same). Why not never (`-1`, the setting before): memory freed for good was then never returned —
-/// a Web-DINO 300m batch-32 training step passed 24 GiB, 21 GiB with 10 s (17 GiB with 1 s, at
-/// ViT-S 1.4× slower).
-fn keep_freed_pages() {
-    unsafe extern "C" {
-        fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
-    }
-    /// `mi_option_purge_delay` in mimalloc v3's `mimalloc.h` (libmimalloc-sys =0.1.49, pinned through
-    /// `mimalloc =0.1.52`; re-check on upgrade).
-    const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: a plain option store into mimalloc (linked as the global allocator above), made
-        // before any other thread exists.
-        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 10_000) };
-    }
-}
-
 /// Pins the rayon pool (burn-flex's GEMM and the fused kernels run on it) to this rank's share of the
 /// cores (`webssl_models::kernels::pin_rayon_threads_for_rank`; `WEBSSL_PIN_THREADS=0` turns it off).
 /// A launcher environment that does not parse is left for the trainer to report.
@@ -87,15 +68,25 @@ fn pin_threads() {
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    keep_freed_pages();
-    let cli = Cli::parse();
+/// Logs go to stderr, filtered by `RUST_LOG` or else `--log`. Colour only on a terminal (and not
+/// under `NO_COLOR`, tracing-subscriber's own default): redirected to a file, a SLURM log or a test's
+/// pipe, escape codes would only garble the text.
+fn init_logs(default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && !no_color)
         .init();
+}
+
+fn main() -> anyhow::Result<()> {
+    let purge = webssl_models::kernels::keep_freed_pages();
+    let cli = Cli::parse();
+    init_logs(&cli.log);
+    tracing::debug!("mimalloc purge delay: {purge}");
     device::init(&cli.device);
     if matches!(cli.command, Command::Pretrain(_) | Command::Experiment(_))
         && device::selected_spec() == device::DeviceSpec::Cpu

@@ -208,3 +208,28 @@ fn build_from_tars_keeps_extra_members() {
         assert_eq!(s.files["seg.png"], gray_png(4, 4, 200 + i as u8));
     }
 }
+
+/// Logs and progress bars written to a pipe (a file, a SLURM log, CI) carry no ANSI escape codes:
+/// `shards build` logs its inputs at info and draws a progress bar. `NO_COLOR` and `RUST_LOG` are
+/// cleared so the check does not pass (or filter) by accident of the environment.
+#[test]
+fn logs_to_a_pipe_have_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.png"), gray_png(4, 4, 10)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_webssl"))
+        .env_remove("NO_COLOR")
+        .env_remove("RUST_LOG")
+        .args(["--log", "debug", "shards", "build", "--input", p(&src)])
+        .args(["--output", p(&dir.path().join("out"))])
+        .output()
+        .expect("run webssl");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("inputs: 1 folders"),
+        "no log line: {stderr}"
+    );
+    assert!(!stderr.contains('\x1b'), "escape codes in {stderr:?}");
+}

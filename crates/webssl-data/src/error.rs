@@ -46,4 +46,12 @@ impl DataError {
             source,
         }
     }
+
+    /// A [`DataError::Config`] naming `field`.
+    pub fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        DataError::Config {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
 }

@@ -38,10 +38,7 @@ use crate::shards::{INDEX_FILE, ShardIndex, ShardReader, list_shard_files};
 const MAX_EXPANSION: usize = 1_000_000;
 
 fn brace_err(pattern: &str, reason: impl Into<String>) -> DataError {
-    DataError::Config {
-        field: format!("input pattern `{pattern}`"),
-        reason: reason.into(),
-    }
+    DataError::config(format!("input pattern `{pattern}`"), reason)
 }
 
 /// Expands shell-style braces as webdataset's `braceexpand` does: comma alternatives `{a,b}`,

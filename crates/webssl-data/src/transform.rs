@@ -292,13 +292,6 @@ pub struct EvalTransform {
     pub normalize: Normalize,
 }
 
-fn cfg_err(field: &str, reason: impl Into<String>) -> DataError {
-    DataError::Config {
-        field: field.into(),
-        reason: reason.into(),
-    }
-}
-
 /// Class defaults of the HF processors we reproduce (used for keys a config omits).
 struct HfDefaults {
     default_to_square: bool,
@@ -361,21 +354,21 @@ impl EvalTransform {
     pub fn from_hf_preprocessor_config_with(json: &Value, hf: HfBackend) -> Result<Self> {
         let obj = json
             .as_object()
-            .ok_or_else(|| cfg_err("preprocessor_config", "expected a JSON object"))?;
+            .ok_or_else(|| DataError::config("preprocessor_config", "expected a JSON object"))?;
         let get = |k: &str| obj.get(k).filter(|v| !v.is_null());
         let bool_field = |k: &str, default: bool| -> Result<bool> {
             match get(k) {
                 None => Ok(default),
                 Some(v) => v
                     .as_bool()
-                    .ok_or_else(|| cfg_err(k, format!("expected a bool, got {v}"))),
+                    .ok_or_else(|| DataError::config(k, format!("expected a bool, got {v}"))),
             }
         };
 
         let ptype = get("image_processor_type")
             .map(|v| {
                 v.as_str()
-                    .ok_or_else(|| cfg_err("image_processor_type", "expected a string"))
+                    .ok_or_else(|| DataError::config("image_processor_type", "expected a string"))
             })
             .transpose()?;
         let base = ptype.map(|t| t.trim_end_matches("Fast").trim_end_matches("Pil"));
@@ -401,7 +394,7 @@ impl EvalTransform {
                 std: [0.5; 3],
             },
             Some(other) => {
-                return Err(cfg_err(
+                return Err(DataError::config(
                     "image_processor_type",
                     format!(
                         "`{other}` is not supported (BitImageProcessor, ViTImageProcessor, CLIPImageProcessor)"
@@ -422,20 +415,27 @@ impl EvalTransform {
 
         for k in ["do_pad", "do_reduce_labels"] {
             if bool_field(k, false)? {
-                return Err(cfg_err(
+                return Err(DataError::config(
                     k,
                     "not supported (only resize / center crop / rescale / normalize)",
                 ));
             }
         }
         if get("crop_pct").is_some() {
-            return Err(cfg_err("crop_pct", "crop_pct resizing is not supported"));
+            return Err(DataError::config(
+                "crop_pct",
+                "crop_pct resizing is not supported",
+            ));
         }
 
         let do_resize = bool_field("do_resize", true)?;
         let resize = if do_resize {
             match get("size") {
-                None => Some(defaults.size.ok_or_else(|| cfg_err("size", "missing"))?),
+                None => Some(
+                    defaults
+                        .size
+                        .ok_or_else(|| DataError::config("size", "missing"))?,
+                ),
                 Some(v) => Some(parse_size(v, "size", defaults.default_to_square)?),
             }
         } else {
@@ -446,13 +446,13 @@ impl EvalTransform {
                 Filter::from_pil_code(defaults.resample).expect("valid default")
             }
             None if resize.is_none() => Filter::Bicubic,
-            None => return Err(cfg_err("resample", "missing")),
+            None => return Err(DataError::config("resample", "missing")),
             Some(v) => {
-                let code = v
-                    .as_i64()
-                    .ok_or_else(|| cfg_err("resample", format!("expected a PIL code, got {v}")))?;
+                let code = v.as_i64().ok_or_else(|| {
+                    DataError::config("resample", format!("expected a PIL code, got {v}"))
+                })?;
                 Filter::from_pil_code(code).ok_or_else(|| {
-                    cfg_err("resample", format!("unknown PIL resample code {code}"))
+                    DataError::config("resample", format!("unknown PIL resample code {code}"))
                 })?
             }
         };
@@ -462,12 +462,15 @@ impl EvalTransform {
                 None => Some(
                     defaults
                         .crop
-                        .ok_or_else(|| cfg_err("crop_size", "missing"))?,
+                        .ok_or_else(|| DataError::config("crop_size", "missing"))?,
                 ),
                 Some(v) => match parse_size(v, "crop_size", true)? {
                     ResizeMode::Exact { w, h } => Some((w, h)),
                     ResizeMode::ShortestEdge(_) => {
-                        return Err(cfg_err("crop_size", "expected {height, width} or an int"));
+                        return Err(DataError::config(
+                            "crop_size",
+                            "expected {height, width} or an int",
+                        ));
                     }
                 },
             }
@@ -483,7 +486,7 @@ impl EvalTransform {
                         .as_f64()
                         .filter(|f| f.is_finite() && *f > 0.0)
                         .ok_or_else(|| {
-                            cfg_err(
+                            DataError::config(
                                 "rescale_factor",
                                 format!("expected a positive number, got {v}"),
                             )
@@ -499,7 +502,7 @@ impl EvalTransform {
             let mean = parse_triple(get("image_mean"), "image_mean", defaults.mean)?;
             let std = parse_triple(get("image_std"), "image_std", defaults.std)?;
             if std.contains(&0.0) {
-                return Err(cfg_err("image_std", "must be non-zero"));
+                return Err(DataError::config("image_std", "must be non-zero"));
             }
             (mean, std)
         } else {
@@ -513,7 +516,7 @@ impl EvalTransform {
             HfBackend::Pil => Normalize { rescale, mean, std },
             HfBackend::Torchvision => {
                 if resize.is_some() && !matches!(filter, Filter::Bilinear | Filter::Bicubic) {
-                    return Err(cfg_err(
+                    return Err(DataError::config(
                         "resample",
                         format!(
                             "the torchvision backend is reproduced for bilinear/bicubic only, not {filter:?}"
@@ -570,17 +573,20 @@ impl EvalTransform {
     pub fn validate(&self) -> Result<()> {
         match self.resize {
             Some(ResizeMode::ShortestEdge(0)) => {
-                return Err(cfg_err("size", "shortest_edge must be >= 1"));
+                return Err(DataError::config("size", "shortest_edge must be >= 1"));
             }
             Some(ResizeMode::Exact { w, h }) if w == 0 || h == 0 => {
-                return Err(cfg_err("size", "height and width must be >= 1"));
+                return Err(DataError::config("size", "height and width must be >= 1"));
             }
             _ => {}
         }
         if let Some((w, h)) = self.crop
             && (w == 0 || h == 0)
         {
-            return Err(cfg_err("crop_size", "height and width must be >= 1"));
+            return Err(DataError::config(
+                "crop_size",
+                "height and width must be >= 1",
+            ));
         }
         Ok(())
     }
@@ -611,7 +617,7 @@ impl EvalTransform {
     pub fn apply_u8(&self, img: &RgbImage) -> Result<RgbImage> {
         self.validate()?;
         if img.width() == 0 || img.height() == 0 {
-            return Err(cfg_err("image", "empty image"));
+            return Err(DataError::config("image", "empty image"));
         }
         let target = match self.resize {
             Some(ResizeMode::ShortestEdge(s)) => {
@@ -668,7 +674,7 @@ fn parse_u32(v: &Value, field: &str) -> Result<u32> {
     v.as_u64()
         .filter(|&n| n >= 1 && n <= u32::MAX as u64)
         .map(|n| n as u32)
-        .ok_or_else(|| cfg_err(field, format!("expected a positive integer, got {v}")))
+        .ok_or_else(|| DataError::config(field, format!("expected a positive integer, got {v}")))
 }
 
 /// HF `get_size_dict`: an int means square (`default_to_square`) or shortest edge; a dict has
@@ -682,9 +688,9 @@ fn parse_size(v: &Value, field: &str, default_to_square: bool) -> Result<ResizeM
             ResizeMode::ShortestEdge(s)
         });
     }
-    let o = v
-        .as_object()
-        .ok_or_else(|| cfg_err(field, format!("expected an int or an object, got {v}")))?;
+    let o = v.as_object().ok_or_else(|| {
+        DataError::config(field, format!("expected an int or an object, got {v}"))
+    })?;
     let keys: Vec<&str> = o
         .iter()
         .filter(|(_, v)| !v.is_null())
@@ -701,7 +707,7 @@ fn parse_size(v: &Value, field: &str, default_to_square: bool) -> Result<ResizeM
             w: parse_u32(&o["width"], &format!("{field}.width"))?,
             h: parse_u32(&o["height"], &format!("{field}.height"))?,
         }),
-        _ => Err(cfg_err(
+        _ => Err(DataError::config(
             field,
             format!("unsupported keys {keys:?} (supported: shortest_edge, or height + width)"),
         )),
@@ -713,22 +719,29 @@ fn parse_triple(v: Option<&Value>, field: &str, default: [f64; 3]) -> Result<[f3
     let vals: [f64; 3] = match v {
         None => default,
         Some(Value::Number(n)) => {
-            let x = n.as_f64().ok_or_else(|| cfg_err(field, "not a number"))?;
+            let x = n
+                .as_f64()
+                .ok_or_else(|| DataError::config(field, "not a number"))?;
             [x; 3]
         }
         Some(Value::Array(a)) if a.len() == 3 => {
             let mut out = [0f64; 3];
             for (o, x) in out.iter_mut().zip(a) {
-                *o = x
-                    .as_f64()
-                    .ok_or_else(|| cfg_err(field, format!("expected numbers, got {x}")))?;
+                *o = x.as_f64().ok_or_else(|| {
+                    DataError::config(field, format!("expected numbers, got {x}"))
+                })?;
             }
             out
         }
-        Some(other) => return Err(cfg_err(field, format!("expected 3 numbers, got {other}"))),
+        Some(other) => {
+            return Err(DataError::config(
+                field,
+                format!("expected 3 numbers, got {other}"),
+            ));
+        }
     };
     if vals.iter().any(|x| !x.is_finite()) {
-        return Err(cfg_err(field, "values must be finite"));
+        return Err(DataError::config(field, "values must be finite"));
     }
     Ok(vals.map(|x| x as f32))
 }

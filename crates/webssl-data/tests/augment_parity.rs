@@ -28,15 +28,16 @@ struct Fixtures {
     tensors: HashMap<String, Tensor>,
 }
 
+mod support;
+
 fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/augment")
+    support::fixture("augment")
 }
 
 /// Minimal safetensors reader (8-byte LE header length, JSON header, raw little-endian data): the
 /// format is three lines of code, not worth a dependency in this crate.
 fn load() -> Fixtures {
-    let meta: Value =
-        serde_json::from_slice(&std::fs::read(dir().join("cases.json")).unwrap()).unwrap();
+    let meta = support::read_json(&dir().join("cases.json"));
     let bytes = std::fs::read(dir().join("augment.safetensors")).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();

@@ -11,22 +11,16 @@ use webssl_data::import::{
 use webssl_data::shards::{Sample, ShardIndex, ShardLimits, ShardReader, ShardWriter};
 use webssl_data::source::{SourceOptions, iter_items_with, resolve_inputs};
 
+mod support;
+use support::{per_shard, touch, write_shards};
+
 fn png(seed: u8) -> Vec<u8> {
     encode_gray_png(&[seed; 6], 3, 2).unwrap()
 }
 
 fn jpeg() -> Vec<u8> {
     let img = image::RgbImage::from_fn(16, 16, |x, y| image::Rgb([x as u8 * 10, y as u8 * 10, 99]));
-    let mut out = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
-        .encode_image(&img)
-        .unwrap();
-    out
-}
-
-fn touch(path: &Path, bytes: &[u8]) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, bytes).unwrap();
+    support::jpeg(&img, 90)
 }
 
 fn read_samples(dir: &Path) -> Vec<Sample> {
@@ -66,15 +60,7 @@ fn build_skips_and_counts_bad_images() {
         },
     );
     let out = dir.path().join("out");
-    let writer = ShardWriter::create(
-        &out,
-        "shard",
-        ShardLimits {
-            max_samples: Some(2),
-            max_bytes: None,
-        },
-    )
-    .unwrap();
+    let writer = ShardWriter::create(&out, "shard", per_shard(2)).unwrap();
     let mut calls = 0;
     let report = write_items(items, writer, &BuildOptions::default(), &mut |_, _| {
         calls += 1
@@ -149,26 +135,19 @@ fn build_skips_and_counts_bad_images() {
 fn build_from_damaged_shard_keeps_what_is_before_the_damage() {
     let dir = tempfile::tempdir().unwrap();
     let shards = dir.path().join("in");
-    let mut w = ShardWriter::create(&shards, "in", ShardLimits::default()).unwrap();
-    for i in 0..4 {
-        w.write(
-            &Sample::new(format!("k{i}"))
-                .with("png", png(i))
-                .with("cls", format!("{i}")),
-        )
-        .unwrap();
+    let samples = (0..4).flat_map(|i| {
+        let good = Sample::new(format!("k{i}"))
+            .with("png", png(i))
+            .with("cls", format!("{i}"));
         // Corrupt and zero-byte image members between the good samples.
-        match i {
-            0 => w
-                .write(&Sample::new("bad0").with("png", &b"\x89PNG garbage"[..]))
-                .unwrap(),
-            1 => w
-                .write(&Sample::new("bad1").with("jpg", Vec::new()))
-                .unwrap(),
-            _ => {}
-        }
-    }
-    w.finish().unwrap();
+        let bad = match i {
+            0 => Some(Sample::new("bad0").with("png", &b"\x89PNG garbage"[..])),
+            1 => Some(Sample::new("bad1").with("jpg", Vec::new())),
+            _ => None,
+        };
+        std::iter::once(good).chain(bad)
+    });
+    write_shards(&shards, "in", ShardLimits::default(), samples);
     let tar = shards.join("in-000000.tar");
     let bytes = std::fs::read(&tar).unwrap();
     std::fs::write(&tar, &bytes[..bytes.len() - 1024 - 200]).unwrap(); // cut inside the last sample

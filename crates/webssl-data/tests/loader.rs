@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use image::{ImageEncoder, RgbImage};
+use image::RgbImage;
 use rand_chacha::ChaCha8Rng;
 use rand_core::Rng;
 use webssl_data::loader::{
@@ -16,16 +16,14 @@ use webssl_data::masks::{IbotMaskConfig, MaskingGenerator};
 use webssl_data::sampler::{SampleAddr, SamplerConfig};
 use webssl_data::{DataError, Result};
 
+mod support;
+
 /// A 6×6 PNG whose pixel (0, 0) encodes `id` (so a view can say which image it came from).
 fn png(id: u8) -> Vec<u8> {
     let img = RgbImage::from_fn(6, 6, |x, y| {
         image::Rgb([id, (x * 10) as u8, (y * 10) as u8])
     });
-    let mut out = Vec::new();
-    image::codecs::png::PngEncoder::new(&mut out)
-        .write_image(img.as_raw(), 6, 6, image::ExtendedColorType::Rgb8)
-        .unwrap();
-    out
+    support::png(&img)
 }
 
 fn sample(id: u8) -> RawSample {
@@ -468,28 +466,20 @@ fn cursor_for_another_layout_is_rejected() {
 fn real_tar_shards_with_the_dino_and_mae_augmentations() {
     use webssl_data::augment::{DinoAugConfig, DinoAugment, SingleViewTransform};
     use webssl_data::loader::{DinoViews, SingleView, TarShards};
-    use webssl_data::shards::{Sample, ShardLimits, ShardWriter};
+    use webssl_data::shards::Sample;
 
     let dir = tempfile::tempdir().unwrap();
-    let limits = ShardLimits {
-        max_samples: Some(5),
-        max_bytes: None,
-    };
-    let mut w = ShardWriter::create(dir.path(), "train", limits).unwrap();
-    for id in 0..23u8 {
+    let samples = (0..23u8).flat_map(|id| {
         let s = Sample::new(format!("s{id:03}"))
             .with("png", png(id))
             .with("txt", format!("caption {id}"))
             .with("cls", format!("{}", id % 3));
-        w.write(&s).unwrap();
-        if id == 11 {
-            w.write(
-                &Sample::new("corrupt").with("jpg", b"\xff\xd8\xff\xe0 not really a jpeg".to_vec()),
-            )
-            .unwrap();
-        }
-    }
-    w.finish().unwrap();
+        let corrupt = (id == 11).then(|| {
+            Sample::new("corrupt").with("jpg", b"\xff\xd8\xff\xe0 not really a jpeg".to_vec())
+        });
+        std::iter::once(s).chain(corrupt)
+    });
+    support::write_shards(dir.path(), "train", support::per_shard(5), samples);
     let src = Arc::new(TarShards::open(dir.path()).unwrap());
     assert_eq!(src.index().total_samples(), 24);
 
@@ -583,19 +573,11 @@ fn the_loader_can_move_to_a_training_thread() {
 #[test]
 fn resume_over_real_tar_shards_rereads_only_what_the_buffer_held() {
     use webssl_data::loader::TarShards;
-    use webssl_data::shards::{Sample, ShardLimits, ShardWriter};
+    use webssl_data::shards::Sample;
 
     let dir = tempfile::tempdir().unwrap();
-    let limits = ShardLimits {
-        max_samples: Some(6),
-        max_bytes: None,
-    };
-    let mut w = ShardWriter::create(dir.path(), "train", limits).unwrap();
-    for id in 0..40u8 {
-        w.write(&Sample::new(format!("s{id:03}")).with("png", png(id)))
-            .unwrap();
-    }
-    w.finish().unwrap();
+    let samples = (0..40u8).map(|id| Sample::new(format!("s{id:03}")).with("png", png(id)));
+    support::write_shards(dir.path(), "train", support::per_shard(6), samples);
     let src: Arc<TarShards> = Arc::new(TarShards::open(dir.path()).unwrap());
     let scfg = sampler_cfg(0, 1, 2, 7);
     let run = |resume: Option<&LoaderCursor>, n: usize| {

@@ -9,13 +9,10 @@ use webssl_data::masks::{
 };
 use webssl_data::sampler::rng_stream;
 
+mod support;
+
 fn fixture() -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../fixtures/masks/masks.json"
-    );
-    serde_json::from_str(&std::fs::read_to_string(path).expect("read masks.json"))
-        .expect("parse masks.json")
+    support::read_json(&support::fixture("masks/masks.json"))
 }
 
 /// Replays the draws the Python reference made, checking each is the kind (and range) we ask for.

@@ -8,6 +8,8 @@ use webssl_data::shards::{
     Sample, ShardIndex, ShardIter, ShardLimits, ShardReader, ShardWriter, list_shard_files,
 };
 
+mod support;
+
 fn sample(i: usize) -> Sample {
     Sample::new(format!("s{i:04}"))
         .with("jpg", vec![(i % 251) as u8; 100 + 37 * i])
@@ -331,9 +333,8 @@ fn sample_accessors_reject_bad_members() {
 /// tarfile in PAX format with tricky names must group into exactly the samples webdataset yields.
 #[test]
 fn grouping_matches_webdataset_fixture() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/shards");
-    let expected: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("webdataset_names.json")).unwrap()).unwrap();
+    let dir = support::fixture("shards");
+    let expected = support::read_json(&dir.join("webdataset_names.json"));
     let got: Vec<Sample> = read_all(&dir.join("webdataset_names.tar"))
         .into_iter()
         .map(|r| r.unwrap())

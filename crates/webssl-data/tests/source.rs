@@ -3,13 +3,11 @@
 use std::path::Path;
 
 use webssl_data::DataError;
-use webssl_data::shards::{Sample, ShardLimits, ShardWriter};
+use webssl_data::shards::Sample;
 use webssl_data::source::{InputSpec, SourceOptions, iter_items, iter_items_with, resolve_inputs};
 
-fn touch(path: &Path, bytes: &[u8]) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, bytes).unwrap();
-}
+mod support;
+use support::{per_shard, touch, write_shards};
 
 fn s(p: &Path) -> String {
     p.to_string_lossy().into_owned()
@@ -102,27 +100,14 @@ fn file_lists_resolve_relative_to_the_list_and_keep_line_order() {
 fn shard_dirs_and_brace_patterns_resolve_to_tars() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("shards");
-    let mut w = ShardWriter::create(
-        &out,
-        "s",
-        ShardLimits {
-            max_samples: Some(2),
-            max_bytes: None,
-        },
-    )
-    .unwrap();
-    for i in 0..5 {
-        w.write(
-            &Sample::new(format!("k{i}"))
-                .with("png", vec![i as u8])
-                .with("txt", format!("c{i}"))
-                .with("cls", "3"),
-        )
-        .unwrap();
-    }
-    w.write(&Sample::new("noimg").with("txt", "caption only"))
-        .unwrap();
-    w.finish().unwrap();
+    let samples = (0..5).map(|i| {
+        Sample::new(format!("k{i}"))
+            .with("png", vec![i as u8])
+            .with("txt", format!("c{i}"))
+            .with("cls", "3")
+    });
+    let noimg = Sample::new("noimg").with("txt", "caption only");
+    write_shards(&out, "s", per_shard(2), samples.chain([noimg]));
     let by_index = resolve_inputs(&[s(&out)]).unwrap();
     assert_eq!(by_index.len(), 3);
     assert_eq!(by_index[0], InputSpec::Tar(out.join("s-000000.tar")));

@@ -12,8 +12,8 @@
 //! - `gemm`: a 1024³ f32 matmul (burn-flex's GEMM), the reference for "% of GEMM peak".
 //!
 //! The fused CPU kernels (`webssl_models::kernels`) are used unless `WEBSSL_FUSED_KERNELS=0`.
-//! mimalloc keeps freed pages (see `keep_freed_pages`) unless `WEBSSL_MI_PURGE=default`; the rayon
-//! pool is pinned to the cores (`kernels::pin_rayon_threads`) unless `WEBSSL_PIN_THREADS=0`.
+//! mimalloc keeps freed pages (`kernels::keep_freed_pages`) unless `WEBSSL_MI_PURGE=default`; the
+//! rayon pool is pinned to the cores (`kernels::pin_rayon_threads`) unless `WEBSSL_PIN_THREADS=0`.
 //! Prints one JSON line: per-iteration seconds, the median, img/s and the FLOPs of one iteration
 //! (forward = 2·MACs of every GEMM incl. attention; a training step counts 3× the forward).
 
@@ -26,30 +26,6 @@ use webssl_models::{Ffn, Vit, VitConfig, presets};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// mimalloc returns freed pages to the OS after `purge_delay` (1 s in v3, 10 ms before); a training
-/// step frees and reallocates tens of MiB per op, so every op then page-faults fresh zeroed pages
-/// (`clear_page_erms` was 25–29% of a ViT-S training step in `perf`). 10 s keeps them committed
-/// across the steps of a ViT-S (as fast as never purging); never purging (`-1`) also kept what
-/// large steps free for good: Web-DINO 300m batch 32 training went past 24 GiB, 21 GiB with 10 s.
-/// An explicit `MIMALLOC_PURGE_DELAY` in the environment wins; `WEBSSL_MI_PURGE=default` leaves
-/// mimalloc's default (to measure the difference). Returns the setting used.
-fn keep_freed_pages() -> &'static str {
-    unsafe extern "C" {
-        fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
-    }
-    /// `mi_option_purge_delay` in mimalloc v3's `include/mimalloc.h` (libmimalloc-sys 0.1.49).
-    const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-        return "env";
-    }
-    if std::env::var("WEBSSL_MI_PURGE").as_deref() == Ok("default") {
-        return "default";
-    }
-    // SAFETY: a plain option store, called before any other thread exists.
-    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 10_000) };
-    "10s"
-}
 
 struct Args {
     arch: String,
@@ -109,7 +85,7 @@ fn median(v: &[f64]) -> f64 {
 }
 
 fn main() -> Result<(), String> {
-    let purge = keep_freed_pages();
+    let purge = webssl_models::kernels::keep_freed_pages();
     let pinned = webssl_models::kernels::pin_rayon_threads();
     let a = parse()?;
     let cfg = presets::preset(&a.arch).map_err(|e| e.to_string())?;

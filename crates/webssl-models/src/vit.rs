@@ -296,6 +296,18 @@ impl Vit {
         &self.config
     }
 
+    /// `(B, rows, cols)` of the patch grid of `x` (`[B, C, H, W]`); panics unless `H` and `W` are
+    /// multiples of the patch size.
+    fn patch_grid(&self, x: &Tensor<4>) -> (usize, usize, usize) {
+        let [b, _, h, w] = x.dims();
+        let p = self.config().patch_size;
+        assert!(
+            h % p == 0 && w % p == 0,
+            "image {h}x{w} is not a multiple of the patch size {p}"
+        );
+        (b, h / p, w / p)
+    }
+
     /// Patch embedding + (masking) + CLS + position embeddings (+ registers).
     ///
     /// # Shapes
@@ -304,13 +316,7 @@ impl Vit {
     /// - returns: `[B, 1 + R + N, D]`
     pub fn prepare_tokens(&self, x: Tensor<4>, masks: Option<Tensor<2, Bool>>) -> Tensor<3> {
         let cfg = self.config();
-        let [b, _, h, w] = x.dims();
-        let p = cfg.patch_size;
-        assert!(
-            h % p == 0 && w % p == 0,
-            "image {h}x{w} is not a multiple of the patch size {p}"
-        );
-        let (rows, cols) = (h / p, w / p);
+        let (b, rows, cols) = self.patch_grid(&x);
         let mut tokens = self.patch_embed.forward(x);
         let d = cfg.embed_dim;
         if let Some(masks) = masks {
@@ -436,13 +442,7 @@ impl Vit {
     /// - returns: `[B, 1 + R + K, D]`, after the final norm
     pub fn forward_visible(&self, x: Tensor<4>, ids_keep: Tensor<2, Int>) -> Tensor<3> {
         let cfg = self.config();
-        let [b, _, h, w] = x.dims();
-        let p = cfg.patch_size;
-        assert!(
-            h % p == 0 && w % p == 0,
-            "image {h}x{w} is not a multiple of the patch size {p}"
-        );
-        let (rows, cols) = (h / p, w / p);
+        let (b, rows, cols) = self.patch_grid(&x);
         let (n, d) = (rows * cols, cfg.embed_dim);
         let [_, k] = ids_keep.dims();
         if b == 0 {

@@ -10,10 +10,11 @@ use burn::tensor::{Device, Tensor, TensorData};
 use webssl_models::checkpoint::{self, export, keymap::Layout, store::TensorStore};
 use webssl_models::{Precision, Vit, autocast, presets};
 
-const TOL: f32 = 1e-4;
+mod support;
+use support::{TOL, rel_err, values};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/backbones")
+    support::fixture("backbones")
 }
 
 fn device() -> Device {
@@ -30,23 +31,6 @@ fn tensor4(store: &TensorStore, key: &str) -> Tensor<4> {
         TensorData::new(values, [shape[0], shape[1], shape[2], shape[3]]),
         &device(),
     )
-}
-
-fn values(t: Tensor<3>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .unwrap()
-}
-
-fn rel_err(ours: &[f32], reference: &[f32]) -> f32 {
-    assert_eq!(ours.len(), reference.len(), "length");
-    let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let diff = ours
-        .iter()
-        .zip(reference)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    diff / scale
 }
 
 /// The whole normed sequence `[CLS, registers, patches]`, as HF's `last_hidden_state`.

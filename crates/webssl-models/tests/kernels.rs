@@ -8,7 +8,8 @@ use webssl_models::config::{Ffn, VitConfig};
 use webssl_models::kernels::{self, AttnShape, fused, raw, reference};
 use webssl_models::{Flavour, PosInterp, Vit};
 
-const TOL: f32 = 1e-4;
+mod support;
+use support::{TOL, rel_err, values};
 
 fn ad() -> Device {
     Device::flex().autodiff()
@@ -18,21 +19,8 @@ fn rand<const D: usize>(shape: [usize; D], std: f64, device: &Device) -> Tensor<
     Tensor::random(shape, Distribution::Normal(0.0, std), device)
 }
 
-fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().try_to_vec::<f32>().expect("f32 tensor")
-}
-
-/// ‖a − b‖∞ / ‖b‖∞
-fn rel(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "length mismatch");
-    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-20);
-    let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-    assert!(diff.is_finite(), "non-finite values");
-    diff / scale
-}
-
 fn check(what: &str, a: Vec<f32>, b: Vec<f32>) {
-    let r = rel(&a, &b);
+    let r = rel_err(&a, &b);
     eprintln!("{what}: {r:.2e}");
     assert!(r <= TOL, "{what}: relative error {r:.3e} > {TOL:e}");
 }
@@ -58,9 +46,9 @@ fn grad_check<const D: usize, const E: usize>(
         let grads = (y.clone() * w.clone()).sum().backward();
         let gs: Vec<Vec<f32>> = leaves
             .iter()
-            .map(|l| vals(l.grad(&grads).expect("every input gets a gradient")))
+            .map(|l| values(l.grad(&grads).expect("every input gets a gradient")))
             .collect();
-        (vals(y), gs)
+        (values(y), gs)
     };
     let (yf, gf) = run(&f);
     let (yr, gr) = run(&g);
@@ -201,32 +189,32 @@ fn inference_path_matches_burn() {
     let bias = rand([2 * 24], 1.0, &dev);
     check(
         "swiglu (flex)",
-        vals(fused::bias_swiglu(x.clone(), bias.clone())),
-        vals(reference::bias_swiglu(x.clone(), bias.clone())),
+        values(fused::bias_swiglu(x.clone(), bias.clone())),
+        values(reference::bias_swiglu(x.clone(), bias.clone())),
     );
     check(
         "gelu (flex)",
-        vals(fused::bias_gelu(x.clone(), bias.clone())),
-        vals(reference::bias_gelu(x.clone(), bias.clone())),
+        values(fused::bias_gelu(x.clone(), bias.clone())),
+        values(reference::bias_gelu(x.clone(), bias.clone())),
     );
     let g = rand([48], 1.0, &dev);
     check(
         "layer_norm (flex)",
-        vals(fused::layer_norm(x.clone(), g.clone(), bias.clone(), 1e-6)),
-        vals(reference::layer_norm(x.clone(), g, bias, 1e-6)),
+        values(fused::layer_norm(x.clone(), g.clone(), bias.clone(), 1e-6)),
+        values(reference::layer_norm(x.clone(), g, bias, 1e-6)),
     );
     let qkv = rand([2, 30, 3 * 4 * 6], 1.0, &dev);
     check(
         "attention (flex)",
-        vals(fused::qkv_attention(qkv.clone(), 4)),
-        vals(reference::qkv_attention(qkv, 4)),
+        values(fused::qkv_attention(qkv.clone(), 4)),
+        values(reference::qkv_attention(qkv, 4)),
     );
     // a strided (non-contiguous) input is made contiguous, not misread
     let xt = rand([48, 5], 1.0, &dev).swap_dims(0, 1);
     check(
         "softmax of a transposed view",
-        vals(fused::softmax(xt.clone())),
-        vals(reference::softmax(xt)),
+        values(fused::softmax(xt.clone())),
+        values(reference::softmax(xt)),
     );
 }
 
@@ -266,14 +254,14 @@ fn vit_forward_and_gradients_match_the_unfused_model() {
             let grads = loss.backward();
             let b0 = &vit.blocks[0];
             let b1 = &vit.blocks[1];
-            let p1 = |p: &Param<Tensor<1>>| vals(p.val().grad(&grads).expect("grad"));
-            let p2 = |p: &Param<Tensor<2>>| vals(p.val().grad(&grads).expect("grad"));
+            let p1 = |p: &Param<Tensor<1>>| values(p.val().grad(&grads).expect("grad"));
+            let p2 = |p: &Param<Tensor<2>>| values(p.val().grad(&grads).expect("grad"));
             let ffn_in = b1.mlp.fc1.as_ref().or(b1.mlp.w12.as_ref()).expect("ffn");
             let named = vec![
                 ("patch_embed.proj.weight", p2(&vit.patch_embed.proj.weight)),
                 (
                     "cls_token",
-                    vals(vit.cls_token.val().grad(&grads).expect("grad")),
+                    values(vit.cls_token.val().grad(&grads).expect("grad")),
                 ),
                 ("blocks.0.norm1.weight", p1(&b0.norm1.weight)),
                 ("blocks.0.attn.qkv.weight", p2(&b0.attn.qkv.weight)),
@@ -289,7 +277,7 @@ fn vit_forward_and_gradients_match_the_unfused_model() {
                 ),
                 ("norm.weight", p1(&vit.norm.weight)),
             ];
-            (vals(y), named)
+            (values(y), named)
         };
         let (yr, gr) = run(false);
         let (yf, gf) = run(true);
@@ -352,7 +340,7 @@ fn soft_cross_entropy_matches_burn() {
             assert_eq!(y.dims(), [rows]);
             let grads = (y.clone() * w.clone()).sum().backward();
             assert!(tl.grad(&grads).is_none(), "the target got a gradient");
-            (vals(y), vals(sl.grad(&grads).expect("logit gradient")))
+            (values(y), values(sl.grad(&grads).expect("logit gradient")))
         };
         let (yf, gf) = run(&|s, t| fused::soft_cross_entropy(s, t, 0.1));
         let (yr, gr) = run(&|s, t| reference::soft_cross_entropy(s, t, 0.1));
@@ -364,15 +352,15 @@ fn soft_cross_entropy_matches_burn() {
     // plain Flex device (forward-only impl) and the switch-gated entry point
     let fdev = Device::flex();
     let [s, t] = ce_inputs(4, 1500, true, 1.0, &fdev);
-    let want = vals(reference::soft_cross_entropy(s.clone(), t.clone(), 0.07));
+    let want = values(reference::soft_cross_entropy(s.clone(), t.clone(), 0.07));
     check(
         "soft CE (flex)",
-        vals(fused::soft_cross_entropy(s.clone(), t.clone(), 0.07)),
+        values(fused::soft_cross_entropy(s.clone(), t.clone(), 0.07)),
         want.clone(),
     );
     check(
         "soft CE (gated)",
-        vals(kernels::soft_cross_entropy(s, t, 0.07)),
+        values(kernels::soft_cross_entropy(s, t, 0.07)),
         want,
     );
 }
@@ -384,7 +372,7 @@ fn soft_cross_entropy_of_uniform_logits_is_ln_k() {
     let (rows, k) = (3, 3000);
     let s = Tensor::<2>::zeros([rows, k], &dev) + 5.0;
     let t = burn::tensor::activation::softmax(rand([rows, k], 1.0, &dev), 1);
-    for v in vals(fused::soft_cross_entropy(s, t, 0.1)) {
+    for v in values(fused::soft_cross_entropy(s, t, 0.1)) {
         assert!((v - (k as f32).ln()).abs() < 1e-4, "{v} vs ln K");
     }
 }

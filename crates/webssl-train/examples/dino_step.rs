@@ -21,8 +21,9 @@
 //! masked, crop `i` at ratio ∈ `linspace(0.1, 0.5, B + 1)[i..i+2]` (here the midpoint, so both
 //! sides mask the same number of tokens), at random positions (the cost does not depend on where).
 //!
-//! mimalloc keeps freed pages, the rayon pool is pinned to the cores (`kernels::pin_rayon_threads`;
-//! `WEBSSL_PIN_THREADS=0` switches it off), as in `webssl-models/examples/cpu_bench.rs`.
+//! mimalloc keeps freed pages (`kernels::keep_freed_pages`), the rayon pool is pinned to the cores
+//! (`kernels::pin_rayon_threads`; `WEBSSL_PIN_THREADS=0` switches it off), as in
+//! `webssl-models/examples/cpu_bench.rs`.
 //!
 //! `gemm` mode: a 1024³ f32 matmul, the "% of GEMM peak" reference. Prints one JSON line with the
 //! per-iteration seconds, their median, img/s, and the FLOPs of one step: 2 per multiply-add of every
@@ -41,25 +42,6 @@ use webssl_train::dist::Dist;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// As `webssl-models/examples/cpu_bench.rs` and the `webssl` binary: mimalloc keeps freed pages
-/// committed for 10 s (`purge_delay = 10000`) unless `MIMALLOC_PURGE_DELAY` is set or `WEBSSL_MI_PURGE=default`.
-fn keep_freed_pages() -> &'static str {
-    unsafe extern "C" {
-        fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
-    }
-    /// `mi_option_purge_delay` in mimalloc v3's `include/mimalloc.h` (libmimalloc-sys 0.1.49).
-    const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-        return "env";
-    }
-    if std::env::var("WEBSSL_MI_PURGE").as_deref() == Ok("default") {
-        return "default";
-    }
-    // SAFETY: a plain option store, called before any other thread exists.
-    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 10_000) };
-    "10s"
-}
 
 struct Args {
     config: String,
@@ -178,7 +160,7 @@ fn minor_faults() -> i64 {
 }
 
 fn main() -> Result<(), String> {
-    let purge = keep_freed_pages();
+    let purge = webssl_models::kernels::keep_freed_pages();
     let pinned = webssl_models::kernels::pin_rayon_threads();
     let a = parse()?;
     let dev = Device::flex();

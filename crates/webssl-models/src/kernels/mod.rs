@@ -40,10 +40,12 @@ pub fn set_enabled(on: bool) {
     ENABLED.store(if on { 2 } else { 1 }, Ordering::Relaxed);
 }
 
+mod alloc;
 mod cpu;
 mod ext;
 mod threads;
 
+pub use alloc::keep_freed_pages;
 pub use cpu::{ATTN_BLOCK_KV, ATTN_BLOCK_Q, AttnShape};
 pub use ext::FusedOps;
 pub use threads::{pin_rayon_threads, pin_rayon_threads_for_rank, rank_plan};
