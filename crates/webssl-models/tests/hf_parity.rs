@@ -11,7 +11,9 @@ use webssl_models::checkpoint::{self, export, keymap::Layout, store::TensorStore
 use webssl_models::{Precision, Vit, autocast, presets};
 
 mod support;
-use support::{TOL, rel_err, values};
+
+use support::{TOL, rel_err};
+use webssl_models::params::to_host;
 
 fn fixtures() -> PathBuf {
     support::fixture("backbones")
@@ -41,7 +43,7 @@ fn hidden(model: &Vit, pixels: Tensor<4>) -> Vec<f32> {
         vec![out.cls.reshape([b, 1, d]), out.registers, out.patches],
         1,
     );
-    values(seq)
+    to_host(seq)
 }
 
 fn check_model(name: &str, model: &Vit, key_suffix: &str) {
@@ -85,12 +87,12 @@ fn intermediate_layers_are_normed_block_outputs() {
         let (_, want) = reference
             .read_f32(&format!("chelsea.{res}.layer-2"))
             .unwrap();
-        let err = rel_err(&values(layers[0].clone()), &want);
+        let err = rel_err(&to_host(layers[0].clone()), &want);
         assert!(err <= TOL, "layer -2 at {res}: {err:e}");
         let (_, last) = reference
             .read_f32(&format!("chelsea.{res}.hidden"))
             .unwrap();
-        assert!(rel_err(&values(layers[1].clone()), &last) <= TOL);
+        assert!(rel_err(&to_host(layers[1].clone()), &last) <= TOL);
     }
 }
 

@@ -9,7 +9,9 @@ use webssl_models::kernels::{self, AttnShape, fused, raw, reference};
 use webssl_models::{Flavour, PosInterp, Vit};
 
 mod support;
-use support::{TOL, rel_err, values};
+
+use support::{TOL, rel_err};
+use webssl_models::params::to_host;
 
 fn ad() -> Device {
     Device::flex().autodiff()
@@ -46,9 +48,9 @@ fn grad_check<const D: usize, const E: usize>(
         let grads = (y.clone() * w.clone()).sum().backward();
         let gs: Vec<Vec<f32>> = leaves
             .iter()
-            .map(|l| values(l.grad(&grads).expect("every input gets a gradient")))
+            .map(|l| to_host(l.grad(&grads).expect("every input gets a gradient")))
             .collect();
-        (values(y), gs)
+        (to_host(y), gs)
     };
     let (yf, gf) = run(&f);
     let (yr, gr) = run(&g);
@@ -189,32 +191,32 @@ fn inference_path_matches_burn() {
     let bias = rand([2 * 24], 1.0, &dev);
     check(
         "swiglu (flex)",
-        values(fused::bias_swiglu(x.clone(), bias.clone())),
-        values(reference::bias_swiglu(x.clone(), bias.clone())),
+        to_host(fused::bias_swiglu(x.clone(), bias.clone())),
+        to_host(reference::bias_swiglu(x.clone(), bias.clone())),
     );
     check(
         "gelu (flex)",
-        values(fused::bias_gelu(x.clone(), bias.clone())),
-        values(reference::bias_gelu(x.clone(), bias.clone())),
+        to_host(fused::bias_gelu(x.clone(), bias.clone())),
+        to_host(reference::bias_gelu(x.clone(), bias.clone())),
     );
     let g = rand([48], 1.0, &dev);
     check(
         "layer_norm (flex)",
-        values(fused::layer_norm(x.clone(), g.clone(), bias.clone(), 1e-6)),
-        values(reference::layer_norm(x.clone(), g, bias, 1e-6)),
+        to_host(fused::layer_norm(x.clone(), g.clone(), bias.clone(), 1e-6)),
+        to_host(reference::layer_norm(x.clone(), g, bias, 1e-6)),
     );
     let qkv = rand([2, 30, 3 * 4 * 6], 1.0, &dev);
     check(
         "attention (flex)",
-        values(fused::qkv_attention(qkv.clone(), 4)),
-        values(reference::qkv_attention(qkv, 4)),
+        to_host(fused::qkv_attention(qkv.clone(), 4)),
+        to_host(reference::qkv_attention(qkv, 4)),
     );
     // a strided (non-contiguous) input is made contiguous, not misread
     let xt = rand([48, 5], 1.0, &dev).swap_dims(0, 1);
     check(
         "softmax of a transposed view",
-        values(fused::softmax(xt.clone())),
-        values(reference::softmax(xt)),
+        to_host(fused::softmax(xt.clone())),
+        to_host(reference::softmax(xt)),
     );
 }
 
@@ -254,14 +256,14 @@ fn vit_forward_and_gradients_match_the_unfused_model() {
             let grads = loss.backward();
             let b0 = &vit.blocks[0];
             let b1 = &vit.blocks[1];
-            let p1 = |p: &Param<Tensor<1>>| values(p.val().grad(&grads).expect("grad"));
-            let p2 = |p: &Param<Tensor<2>>| values(p.val().grad(&grads).expect("grad"));
+            let p1 = |p: &Param<Tensor<1>>| to_host(p.val().grad(&grads).expect("grad"));
+            let p2 = |p: &Param<Tensor<2>>| to_host(p.val().grad(&grads).expect("grad"));
             let ffn_in = b1.mlp.fc1.as_ref().or(b1.mlp.w12.as_ref()).expect("ffn");
             let named = vec![
                 ("patch_embed.proj.weight", p2(&vit.patch_embed.proj.weight)),
                 (
                     "cls_token",
-                    values(vit.cls_token.val().grad(&grads).expect("grad")),
+                    to_host(vit.cls_token.val().grad(&grads).expect("grad")),
                 ),
                 ("blocks.0.norm1.weight", p1(&b0.norm1.weight)),
                 ("blocks.0.attn.qkv.weight", p2(&b0.attn.qkv.weight)),
@@ -277,7 +279,7 @@ fn vit_forward_and_gradients_match_the_unfused_model() {
                 ),
                 ("norm.weight", p1(&vit.norm.weight)),
             ];
-            (values(y), named)
+            (to_host(y), named)
         };
         let (yr, gr) = run(false);
         let (yf, gf) = run(true);
@@ -340,7 +342,10 @@ fn soft_cross_entropy_matches_burn() {
             assert_eq!(y.dims(), [rows]);
             let grads = (y.clone() * w.clone()).sum().backward();
             assert!(tl.grad(&grads).is_none(), "the target got a gradient");
-            (values(y), values(sl.grad(&grads).expect("logit gradient")))
+            (
+                to_host(y),
+                to_host(sl.grad(&grads).expect("logit gradient")),
+            )
         };
         let (yf, gf) = run(&|s, t| fused::soft_cross_entropy(s, t, 0.1));
         let (yr, gr) = run(&|s, t| reference::soft_cross_entropy(s, t, 0.1));
@@ -352,15 +357,15 @@ fn soft_cross_entropy_matches_burn() {
     // plain Flex device (forward-only impl) and the switch-gated entry point
     let fdev = Device::flex();
     let [s, t] = ce_inputs(4, 1500, true, 1.0, &fdev);
-    let want = values(reference::soft_cross_entropy(s.clone(), t.clone(), 0.07));
+    let want = to_host(reference::soft_cross_entropy(s.clone(), t.clone(), 0.07));
     check(
         "soft CE (flex)",
-        values(fused::soft_cross_entropy(s.clone(), t.clone(), 0.07)),
+        to_host(fused::soft_cross_entropy(s.clone(), t.clone(), 0.07)),
         want.clone(),
     );
     check(
         "soft CE (gated)",
-        values(kernels::soft_cross_entropy(s, t, 0.07)),
+        to_host(kernels::soft_cross_entropy(s, t, 0.07)),
         want,
     );
 }
@@ -372,7 +377,7 @@ fn soft_cross_entropy_of_uniform_logits_is_ln_k() {
     let (rows, k) = (3, 3000);
     let s = Tensor::<2>::zeros([rows, k], &dev) + 5.0;
     let t = burn::tensor::activation::softmax(rand([rows, k], 1.0, &dev), 1);
-    for v in values(fused::soft_cross_entropy(s, t, 0.1)) {
+    for v in to_host(fused::soft_cross_entropy(s, t, 0.1)) {
         assert!((v - (k as f32).ln()).abs() < 1e-4, "{v} vs ln K");
     }
 }

@@ -4,8 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::Tensor;
-
 /// The relative error every comparison here allows (f32).
 pub const TOL: f32 = 1e-4;
 
@@ -14,14 +12,6 @@ pub fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../fixtures")
         .join(rel)
-}
-
-/// The values of a tensor as `f32` (converted from its storage type), row-major.
-pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .unwrap()
 }
 
 /// ‖a − b‖∞ / ‖b‖∞, with `b` the reference; panics on a length mismatch or a non-finite difference.
