@@ -158,7 +158,7 @@ impl VitConfig {
         let nominal = (self.embed_dim as f64 * self.mlp_ratio) as usize;
         match self.ffn {
             Ffn::Gelu => nominal,
-            Ffn::Swiglu => (nominal * 2 / 3 + 7) / 8 * 8,
+            Ffn::Swiglu => (nominal * 2 / 3).div_ceil(8) * 8,
         }
     }
 
@@ -202,7 +202,7 @@ impl VitConfig {
                 ));
             }
         }
-        if self.embed_dim % self.num_heads != 0 {
+        if !self.embed_dim.is_multiple_of(self.num_heads) {
             return Err(ModelError::config(
                 "num_heads",
                 format!(
@@ -211,7 +211,7 @@ impl VitConfig {
                 ),
             ));
         }
-        if self.img_size % self.patch_size != 0 {
+        if !self.img_size.is_multiple_of(self.patch_size) {
             return Err(ModelError::config(
                 "img_size",
                 format!(
