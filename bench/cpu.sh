@@ -7,7 +7,7 @@
 # Knobs (environment): THREADS (2), ARCHS ("vit-small web-dino-300m"), BATCHES (for every arch;
 # default per arch: BATCHES_SMALL "8 32" for vit-small, BATCHES_LARGE "8" for the others), MODES
 # ("infer train"), RUNS (paired runs per cell for vit-small; 3), RUNS_LARGE (for the other archs; 1),
-# ITERS (timed iterations per process for vit-small; 4), ITERS_LARGE (2), PY (/work/pyenv/bin/python),
+# ITERS (timed iterations per process for vit-small; 4), ITERS_LARGE (2), PY (python3),
 # SKIP_BUILD=1 (use the example binary already built), NO_RECORD=1 (leave RESULTS.md alone).
 #
 # Per cell (arch x batch x mode) and run r: three fresh processes back to back, in rotating order —
@@ -19,7 +19,7 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-PY=${PY:-/work/pyenv/bin/python}
+PY=${PY:-python3}
 THREADS=${THREADS:-2}
 ARCHS=${ARCHS:-"vit-small web-dino-300m"}
 BATCHES=${BATCHES:-}

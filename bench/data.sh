@@ -14,12 +14,12 @@
 #
 # Knobs (environment): N (images, 256), B (batch, 32), BATCHES (timed batches, 8), WARMUP (2),
 # RUNS (3), DINOV2 (a dinov2 checkout to import the PyTorch pipeline from; default: the transcription
-# in data_torch.py), PY (/work/pyenv/bin/python), SKIP_BUILD=1 (use target/release/webssl as it is),
+# in data_torch.py), PY (python3), SKIP_BUILD=1 (use target/release/webssl as it is),
 # NO_RECORD=1 (print the table, leave RESULTS.md alone). Caches: bench/.cache/data/ (gitignored).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-PY=${PY:-/work/pyenv/bin/python}
+PY=${PY:-python3}
 N=${N:-256}
 B=${B:-32}
 BATCHES=${BATCHES:-8}

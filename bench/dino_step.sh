@@ -11,7 +11,7 @@
 # Knobs (environment): THREADS (2), ARCHS ("vit-small"; also "web-dino-300m"), BATCHES ("8"), RUNS
 # (paired runs per cell for vit-small; 3), RUNS_LARGE (other archs; 1), ITERS (timed iterations per
 # process for vit-small; 3), ITERS_LARGE (2), UNFUSED (1: also run ours with WEBSSL_FUSED_KERNELS=0),
-# DINOV2 (a dinov2 checkout at b8931f7b; default: the transcription), PY (/work/pyenv/bin/python),
+# DINOV2 (a dinov2 checkout at b8931f7b; default: the transcription), PY (python3),
 # SKIP_BUILD=1 (use the example binary already built), NO_RECORD=1 (leave RESULTS.md alone).
 #
 # Protocol as bench/cpu.sh: per cell (arch x batch) and run r, fresh processes back to back in
@@ -23,7 +23,7 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-PY=${PY:-/work/pyenv/bin/python}
+PY=${PY:-python3}
 THREADS=${THREADS:-2}
 ARCHS=${ARCHS:-"vit-small"}
 BATCHES=${BATCHES:-"8"}

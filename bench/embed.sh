@@ -5,7 +5,7 @@
 #
 # Knobs (environment): THREADS (2), RUNS (timed runs per cell, median reported; 3), MODELS
 # ("vit-small web-dino-300m"), BATCHES ("8 32"), N_SMALL (images for vit-small; 64), N_LARGE (images
-# for the other models, at least one batch; 16), PY (/work/pyenv/bin/python), SKIP_BUILD=1 (use the
+# for the other models, at least one batch; 16), PY (python3), SKIP_BUILD=1 (use the
 # binary already in target/release), NO_RECORD=1 (print the table, leave RESULTS.md alone).
 #
 # What is measured (see bench/README.md): for each model x batch, RUNS pairs of fresh processes, ours
@@ -17,7 +17,7 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-PY=${PY:-/work/pyenv/bin/python}
+PY=${PY:-python3}
 THREADS=${THREADS:-2}
 RUNS=${RUNS:-3}
 MODELS=${MODELS:-"vit-small web-dino-300m"}

@@ -1,8 +1,8 @@
 //! Image classifiers behind the Light ("contains readable text") and Heavy ("charts, tables or
 //! documents") filters, and the filter that turns a score into a keep/drop decision.
 //!
-//! Web-SSL (webssl-paper.md §5) filtered MC-2B with SmolVLM2 answering *"Does this image contain any
-//! readable text? Answer only yes or no."* (Light, keeps 50.3%) and *"... charts, tables, or
+//! Web-SSL (docs/reference/webssl-paper.md §5) filtered MC-2B with SmolVLM2 answering *"Does this image
+//! contain any readable text? Answer only yes or no."* (Light, keeps 50.3%) and *"... charts, tables, or
 //! documents with readable text?"* (Heavy, 1.3%). Its decision is the binary answer; ours is a
 //! score in [0, 1] against a threshold, which covers that case (score 1 = yes) and graded scorers.
 //!

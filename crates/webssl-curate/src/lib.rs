@@ -1,6 +1,6 @@
 //! webssl-curate: data curation for language-free visual pretraining — the Light and Heavy text
-//! filters of Web-SSL (webssl-paper.md §5), decode/size checks, exact and near-duplicate removal,
-//! and resumable, streaming manifests over WebDataset shards.
+//! filters of Web-SSL (docs/reference/webssl-paper.md §5), decode/size checks, exact and near-duplicate
+//! removal, and resumable, streaming manifests over WebDataset shards.
 //!
 //! - [`config`]: the filter chain as a TOML file (`configs/curate/*.toml`);
 //! - [`filters`]: the chain and the image / exact-dedup / near-dup filters;

@@ -19,8 +19,8 @@
 //! model path, preprocessing, pooling, threshold, label) + `probe.safetensors` (`weight` `[D]`,
 //! `bias` `[1]`, `mean` `[D]`, `std` `[D]`) + `report.json`.
 //!
-//! Deviation from the paper (webssl-paper.md §5): Web-SSL asked an MLLM (SmolVLM2) yes/no; a probe
-//! on a small self-supervised encoder is far cheaper but only as good as its features and labels —
+//! Deviation from the paper (docs/reference/webssl-paper.md §5): Web-SSL asked an MLLM (SmolVLM2) yes/no; a
+//! probe on a small self-supervised encoder is far cheaper but only as good as its features and labels —
 //! see the measured precision/recall in `fixtures/curate/README.md`.
 
 use std::path::{Path, PathBuf};

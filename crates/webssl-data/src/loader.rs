@@ -62,7 +62,7 @@
 //! into its buffers.
 //!
 //! Reference: dinov2 `dinov2/data/{collate,loaders}.py`, webdataset's pipeline;
-//! reference/ecosystem-and-style.md P3 (resume), P5 (splitting), P6 (loader wait fraction).
+//! docs/reference/ecosystem-and-style.md P3 (resume), P5 (splitting), P6 (loader wait fraction).
 
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};

@@ -44,8 +44,8 @@
 //!
 //! No global RNG: every stream is derived from `(seed, purpose, ids…)` by [`rng_stream`], a fixed hash.
 //!
-//! References: reference/ecosystem-and-style.md P3–P5 (webdataset#71, #271, PR #73, PR #299);
-//! dinov2 `ShardedInfiniteSampler` (reference/training-algorithms.md §2) for the infinite stream.
+//! References: docs/reference/ecosystem-and-style.md P3–P5 (webdataset#71, #271, PR #73, PR #299);
+//! dinov2 `ShardedInfiniteSampler` (docs/reference/training-algorithms.md §2) for the infinite stream.
 
 use std::sync::Arc;
 

@@ -1,7 +1,7 @@
 //! Weighted k-NN classification of frozen features: the dinov2 protocol.
 //!
 //! Reference: `facebookresearch/dinov2` `dinov2/eval/knn.py` (`KnnModule`, `eval_knn`) and
-//! `dinov2/eval/utils.py` (`ModelWithNormalize`); training-algorithms.md §6.1.
+//! `dinov2/eval/utils.py` (`ModelWithNormalize`); docs/reference/training-algorithms.md §6.1.
 //!
 //! 1. Train and val features are L2-normalised per row (`F.normalize`: `x / max(‖x‖, 1e-12)`).
 //! 2. Similarity = dot product (cosine). For each val row the `max_k = max(ks)` most similar train

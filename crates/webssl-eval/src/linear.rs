@@ -1,7 +1,7 @@
 //! Linear probes on frozen, cached features: the dinov2 classifier grid and logistic regression.
 //!
 //! **Grid** ([`train_grid`], [`evaluate_grid`]) — `facebookresearch/dinov2` `dinov2/eval/linear.py`
-//! (training-algorithms.md §6.2, evaluation.md §A.5):
+//! (docs/reference/training-algorithms.md §6.2, docs/reference/evaluation.md §A.5):
 //! - one `Linear(in, C)` per (n_last_blocks ∈ {1, 4}) × (avgpool ∈ {false, true}) × (lr ∈ the 13
 //!   dinov2 learning rates × batch / 256), weights N(0, 0.01²), bias 0, all trained together on the
 //!   same batches;

@@ -1,6 +1,6 @@
 //! Paper check: the aggregator reproduces the published Web-SSL group and overall averages
-//! (fixtures/vqa/paper_tables.json, transcribed from webssl-paper.md §7) to the paper's rounding, and
-//! flags the one row the reference marks as inconsistent (I-JEPA, Table 14).
+//! (fixtures/vqa/paper_tables.json, transcribed from docs/reference/webssl-paper.md §7) to the paper's
+//! rounding, and flags the one row the reference marks as inconsistent (I-JEPA, Table 14).
 //!
 //! Scope, honestly: the reference gives per-benchmark numbers only for the OCR & Chart group, so the
 //! per-benchmark → group step is checked on those rows, and the group → overall step on every row.

@@ -2,7 +2,7 @@
 //! separate copy, for the iBOT masked-patch objective.
 //!
 //! Reference: `facebookresearch/dinov2` (commit b8931f7b) `dinov2/layers/dino_head.py`;
-//! `reference/training-algorithms.md` §3.
+//! `docs/reference/training-algorithms.md` §3.
 //!
 //! ```text
 //! h      = Linear(in, hidden) → GELU → [Linear(hidden, hidden) → GELU]×(nlayers−2) → Linear(hidden, bottleneck)

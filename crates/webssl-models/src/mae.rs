@@ -3,7 +3,7 @@
 //!
 //! Reference: `facebookresearch/mae` `models_mae.py` (`MaskedAutoencoderViT`: `forward_decoder`,
 //! `patchify`, `initialize_weights`, `_init_weights`) and `util/pos_embed.py`
-//! (`get_2d_sincos_pos_embed`); `reference/training-algorithms.md` §7.1–7.3. The decoder is
+//! (`get_2d_sincos_pos_embed`); `docs/reference/training-algorithms.md` §7.1–7.3. The decoder is
 //! `decoder_embed` Linear(D → D_dec) → mask tokens appended after the visible tokens → unshuffle with
 //! `ids_restore` → CLS back in front → + fixed sin-cos position embeddings → pre-norm blocks (timm
 //! `Block`: qkv bias, exact GELU MLP, LayerNorm eps 1e-6) → `decoder_norm` → `decoder_pred`

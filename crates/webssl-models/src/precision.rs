@@ -1,8 +1,8 @@
 //! Mixed precision: the matrix products in bf16, everything else in f32 — burn 0.22 has dtypes but no
 //! autocast, so the model casts at its own matmul sites.
 //!
-//! The policy (reference/rust-foundation.md "Mixed precision policy"; dinov2's FSDP `MixedPrecision`
-//! in training-algorithms.md §5.4, with bf16 where dinov2 uses fp16, so no loss scaling):
+//! The policy (docs/reference/rust-foundation.md "Mixed precision policy"; dinov2's FSDP `MixedPrecision`
+//! in docs/reference/training-algorithms.md §5.4, with bf16 where dinov2 uses fp16, so no loss scaling):
 //! - **bf16**: every Linear of the backbones, heads, MAE decoder and CLIP text tower (inputs and
 //!   weights cast, the product accumulated by the backend's bf16 GEMM), the patch embedding, and
 //!   self-attention (Q·Kᵀ, softmax, ·V on the bf16 `qkv` projection, as PyTorch's autocast runs SDPA).

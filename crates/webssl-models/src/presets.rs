@@ -1,5 +1,5 @@
-//! Named architectures: every released Web-DINO and Web-MAE backbone (webssl-paper.md §2.1) plus small
-//! ViTs for experiments. Names are what `--arch` and the TOML configs accept.
+//! Named architectures: every released Web-DINO and Web-MAE backbone (docs/reference/webssl-paper.md §2.1)
+//! plus small ViTs for experiments. Names are what `--arch` and the TOML configs accept.
 
 use crate::config::{Ffn, Flavour, PosInterp, VitConfig};
 use crate::error::{ModelError, Result};
@@ -135,7 +135,8 @@ pub fn param_count(cfg: &VitConfig) -> u64 {
 mod tests {
     use super::*;
 
-    /// Parameter counts of webssl-paper.md §2.1 ("Params (computed)", in billions, 3 decimals).
+    /// Parameter counts of docs/reference/webssl-paper.md §2.1 ("Params (computed)", in billions, 3
+    /// decimals).
     #[test]
     fn released_presets_match_the_paper_table() {
         let table = [

@@ -2,7 +2,7 @@
 //! output at the end-of-text token, projected without bias.
 //!
 //! Reference: OpenAI CLIP `clip/model.py::CLIP.encode_text` and open_clip / MetaCLIP
-//! `TextTransformer` (`src/mini_clip/model.py`, training-algorithms.md §8):
+//! `TextTransformer` (`src/mini_clip/model.py`, docs/reference/training-algorithms.md §8):
 //!
 //! ```text
 //! x = token_embedding[ids] + positional_embedding[:L]          [B, L, W]

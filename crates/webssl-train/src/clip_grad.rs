@@ -2,8 +2,8 @@
 //!
 //! DINOv2 clips **separately per student sub-module** (backbone, dino_head, ibot_head):
 //! `facebookresearch/dinov2` @ b8931f7b `dinov2/train/train.py` calls `v.clip_grad_norm_(3.0)` for
-//! each `model.student.values()` (reference `training-algorithms.md` §5.4 step 3, §9 item 8). The
-//! trainer therefore builds one [`ParamGrads`] per sub-module.
+//! each `model.student.values()` (reference `docs/reference/training-algorithms.md` §5.4 step 3, §9 item 8).
+//! The trainer therefore builds one [`ParamGrads`] per sub-module.
 //!
 //! `clip` follows `torch.nn.utils.clip_grad_norm_` (norm_type 2): `total = ‖(‖g_1‖, …, ‖g_n‖)‖₂`,
 //! `coef = max_norm / (total + 1e-6)`, and every gradient is multiplied by `coef` when `coef < 1`

@@ -5,13 +5,13 @@
 //! without touching the tensors, so a one-process run does exactly what it did before this module
 //! existed. With N > 1 the collectives go through **MPI** (Open MPI or MPICH through the `mpi` crate,
 //! cargo feature `mpi`): burn 0.22's own distributed ops only orchestrate several devices inside one
-//! process, and it has no multi-process CPU collective (ARCHITECTURE.md, issue #9). No network protocol
+//! process, and it has no multi-process CPU collective (docs/design.md, issue #9). No network protocol
 //! is home-made here.
 //!
 //! **Who am I** comes from the environment, in the conventions launchers already use
-//! (ecosystem-and-style.md P2), checked against each other at start-up ([`LaunchEnv::from_env`]):
-//! Open MPI's `mpirun` (`OMPI_COMM_WORLD_{RANK,SIZE,LOCAL_RANK}`), MPICH/Intel MPI's Hydra
-//! (`PMI_RANK`/`PMI_SIZE`, `MPI_LOCALRANKID`), Slurm's `srun` (`SLURM_PROCID`/`SLURM_NTASKS`/
+//! (docs/reference/ecosystem-and-style.md P2), checked against each other at start-up
+//! ([`LaunchEnv::from_env`]): Open MPI's `mpirun` (`OMPI_COMM_WORLD_{RANK,SIZE,LOCAL_RANK}`), MPICH/Intel
+//! MPI's Hydra (`PMI_RANK`/`PMI_SIZE`, `MPI_LOCALRANKID`), Slurm's `srun` (`SLURM_PROCID`/`SLURM_NTASKS`/
 //! `SLURM_LOCALID`) and torchrun (`RANK`/`WORLD_SIZE`/`LOCAL_RANK`). The MPI runtime wires the ranks
 //! together itself (`mpirun`, `srun --mpi=pmix`, or `webssl launch`), so `MASTER_ADDR`/`MASTER_PORT` are
 //! read only to say so: processes started by torchrun alone cannot form an MPI world, and that case is a

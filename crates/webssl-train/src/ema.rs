@@ -2,8 +2,8 @@
 //!
 //! Reference: `facebookresearch/dinov2` @ b8931f7b `dinov2/train/ssl_meta_arch.py::update_teacher`
 //! (`torch._foreach_mul_(teacher, m)` then `torch._foreach_add_(teacher, student, alpha=1 − m)`, over
-//! every parameter of backbone and heads; reference `training-algorithms.md` §5.4 step 5). The same
-//! operation order is kept — `θ_t·m` then `+ θ_s·(1−m)` — with `m` and `1 − m` computed in f64 and
+//! every parameter of backbone and heads; reference `docs/reference/training-algorithms.md` §5.4 step 5). The
+//! same operation order is kept — `θ_t·m` then `+ θ_s·(1−m)` — with `m` and `1 − m` computed in f64 and
 //! rounded once to f32, as PyTorch does with Python-float scalars on f32 tensors.
 //!
 //! The teacher lives on the inner (non-autodiff) device and keeps its own parameter ids; the

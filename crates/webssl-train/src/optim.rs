@@ -18,9 +18,9 @@
 //! is not expected).
 //!
 //! Per-parameter lr / wd follow dinov2's `apply_optim_scheduler` (`dinov2/train/train.py`, reference
-//! `training-algorithms.md` §5.3): `lr = (last_layer_lr if rule.is_last_layer else lr)·rule.lr_mult`,
-//! `wd = wd·rule.wd_mult`, with the [`ParamRule`] from a closure over the parameter path (see
-//! [`crate::param_groups`]). As in PyTorch, a parameter without a gradient is not touched (its step
+//! `docs/reference/training-algorithms.md` §5.3): `lr = (last_layer_lr if rule.is_last_layer else
+//! lr)·rule.lr_mult`, `wd = wd·rule.wd_mult`, with the [`ParamRule`] from a closure over the parameter path
+//! (see [`crate::param_groups`]). As in PyTorch, a parameter without a gradient is not touched (its step
 //! count does not advance); one with a gradient advances even at lr 0 (dinov2's last-layer freeze).
 //!
 //! Why not burn's `AdamW`: it keys state by `ParamId` (not stable across a checkpoint reload of

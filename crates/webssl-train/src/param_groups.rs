@@ -3,7 +3,7 @@
 //!
 //! - [`dinov2_rule`]: `facebookresearch/dinov2` @ b8931f7b `dinov2/utils/param_groups.py`
 //!   (`get_params_groups_with_decay` + `get_vit_lr_decay_rate`), see
-//!   `reference/training-algorithms.md` §5.3. Layer id 0 for `pos_embed`, `patch_embed.*`,
+//!   `docs/reference/training-algorithms.md` §5.3. Layer id 0 for `pos_embed`, `patch_embed.*`,
 //!   `mask_token`, `cls_token`, `register_tokens`; block `i` → `i+1`; everything else → `L+1`;
 //!   `lr_mult = decay^(L+1−layer_id)`, × `patch_embed_lr_mult` for `patch_embed`; `wd_mult = 0` for
 //!   `*.bias`, `*norm*`, `*gamma*`; `is_last_layer` for `*last_layer*`.

@@ -1,5 +1,5 @@
-//! Data-parallel CLIP across processes (issue #9, training-algorithms.md §8): 2 MPI ranks × batch B
-//! reproduce 1 process × batch 2B over a few optimizer steps, to float tolerance.
+//! Data-parallel CLIP across processes (issue #9, docs/reference/training-algorithms.md §8): 2 MPI ranks ×
+//! batch B reproduce 1 process × batch 2B over a few optimizer steps, to float tolerance.
 //!
 //! Same harness as `dist_dino.rs`: the parent test starts `mpirun -np 2` on this very test binary,
 //! running only the ignored [`rank_of_two`] (which does nothing unless `WEBSSL_DIST_TEST_OUT` is set);

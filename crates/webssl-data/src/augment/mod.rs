@@ -2,7 +2,7 @@
 //! reproducing torchvision-on-PIL pixel for pixel.
 //!
 //! References: `facebookresearch/dinov2` `dinov2/data/augmentations.py`, `dinov2/data/transforms.py`
-//! (reference/training-algorithms.md §2), `facebookresearch/mae` `main_pretrain.py` (§7.5),
+//! (docs/reference/training-algorithms.md §2), `facebookresearch/mae` `main_pretrain.py` (§7.5),
 //! `facebookresearch/MetaCLIP` `src/mini_clip/transform.py` (§8), torchvision 0.2x v1 transforms on PIL
 //! images (`RandomResizedCrop`, `RandomHorizontalFlip`, `ColorJitter`, `RandomGrayscale`,
 //! `GaussianBlur`, `RandomSolarize`, `ToTensor`, `Normalize`) and Pillow's C code they end in.
@@ -41,7 +41,7 @@
 //! tries with log-uniform ratio and centre-crop fallback, `RandomApply` as `u < p`, a uniformly random
 //! permutation of the four jitter ops, factors uniform in `[max(0, 1 − b), 1 + b]`, hue uniform in
 //! `[−h, h]`, σ uniform in `[0.1, 2.0]`), drawn from ChaCha instead of torch's generator: the
-//! distributions match, the individual draws do not (reference/training-algorithms.md §9).
+//! distributions match, the individual draws do not (docs/reference/training-algorithms.md §9).
 //!
 //! **Blur probabilities.** dinov2's `GaussianBlur(p)` passes `1 − p` to `RandomApply`, so the
 //! released models were trained with global-1 blur 0.0, global-2 0.9, local 0.5 instead of the

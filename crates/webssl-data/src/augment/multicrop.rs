@@ -10,7 +10,7 @@ use crate::resize::PassOrder;
 use crate::transform::{IMAGENET_MEAN, IMAGENET_STD, Normalize};
 use crate::{DataError, Result};
 
-/// Which Gaussian-blur probabilities to use (reference/training-algorithms.md §2, pitfall 4).
+/// Which Gaussian-blur probabilities to use (docs/reference/training-algorithms.md §2, pitfall 4).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BlurProbabilities {

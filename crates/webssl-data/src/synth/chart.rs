@@ -1,5 +1,6 @@
 //! `chart`: bar charts, line charts and tables of numbers on a light page — the "charts, tables" of the
-//! paper's Heavy filter (§5) and the ChartQA-style content of the OCR & Chart VQA group.
+//! paper's Heavy filter (docs/reference/webssl-paper.md §5) and the ChartQA-style content of the OCR & Chart
+//! VQA group.
 //!
 //! Labels are chosen to be readable from pixels: a bar chart's largest bar is at least 15% longer than the
 //! runner-up, and a line chart's first series ends at least 25% of the plot height above or below its start.

@@ -1,6 +1,6 @@
 //! `document`: a page of text — a bold title of one or two vocabulary words over paragraphs, two columns or a
 //! bulleted list of serif running text — either filling the frame or as a sheet lying on a desk. These are
-//! the "documents with readable text" the paper's Heavy filter keeps (§5).
+//! the "documents with readable text" the paper's Heavy filter keeps (docs/reference/webssl-paper.md §5).
 //!
 //! At 64–112 px the body text is 4–8 px tall: a texture of text lines rather than readable words, as in a
 //! downscaled scan; the title (cap height 7–12% of the side) stays readable and is `labels.word`.

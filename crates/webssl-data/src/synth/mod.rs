@@ -13,10 +13,11 @@
 //! | `document` | a page (full frame or a sheet on a desk): title + paragraphs, two columns or a list | yes | `word` (first title word), `layout` |
 //! | `chart` | bar chart, line chart or table of numbers | yes | `chart_type`, `largest_bar` + `n_bars` (bar), `trend` (line), `n_rows` + `n_cols` (table), `word` (title, if any) |
 //!
-//! Text is drawn with real fonts (DejaVu Sans Bold / Serif, embedded, see `synth/font.rs`). Paper §5 describes the
-//! Light filter (keeps 50.3% of MC-2B, "mostly images with some text") and the Heavy filter (1.3%: charts,
-//! tables, documents). The presets reproduce those distributions: [`Mix::full`] has 50% text-bearing images,
-//! [`Mix::light`] only text-bearing ones, [`Mix::heavy`] only documents and charts.
+//! Text is drawn with real fonts (DejaVu Sans Bold / Serif, embedded, see `synth/font.rs`). The paper's
+//! Light filter keeps 50.3% of MC-2B, "mostly images with some text", and its Heavy filter 1.3%: charts,
+//! tables, documents (docs/reference/webssl-paper.md §5). The presets reproduce those distributions:
+//! [`Mix::full`] has 50% text-bearing images, [`Mix::light`] only text-bearing ones, [`Mix::heavy`] only
+//! documents and charts.
 //!
 //! # Per-sample members (shard extensions)
 //!
@@ -174,7 +175,7 @@ pub struct Mix {
 
 impl Mix {
     /// Web-like: 50% scenes, 50% with text (20% signs, 15% documents, 15% charts), matching the 50.3% of
-    /// MC-2B that the Light filter keeps (paper §5).
+    /// MC-2B that the Light filter keeps (docs/reference/webssl-paper.md §5).
     pub fn full() -> Self {
         Mix {
             weights: [0.5, 0.2, 0.15, 0.15],

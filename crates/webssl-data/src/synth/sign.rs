@@ -1,6 +1,6 @@
 //! `sign`: one or two words from the closed vocabulary ([`super::words::VOCAB`]) on a board, label, poster or
 //! banner over a scene-like background — the "images with some readable text" that dominate the paper's
-//! Light-filtered set (§5).
+//! Light-filtered set (docs/reference/webssl-paper.md §5).
 //!
 //! The text is sized so the words span about half to four-fifths of the image width (at 112 px capitals are
 //! 9–20 px tall), because the "which word is written" probe must be learnable from pixels at low resolution.

@@ -1,4 +1,5 @@
-//! Group averages and the overall "Average VQA" (evaluation.md A.3, webssl-paper.md §6.1).
+//! Group averages and the overall "Average VQA" (docs/reference/evaluation.md A.3,
+//! docs/reference/webssl-paper.md §6.1).
 //!
 //! Every benchmark goes to a 0–100 scale ([`super::Benchmark::to_percent`]: MME-P / 20, OCRBench
 //! already a % of its 1000 questions), each group is the arithmetic mean of its 4 benchmarks, and the

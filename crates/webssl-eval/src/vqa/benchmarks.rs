@@ -1,5 +1,6 @@
 //! The 16 Web-SSL / Cambrian-1 VQA benchmarks: which rule scores each, what its annotations hold,
-//! and the per-benchmark special cases (evaluation.md A.1, A.2; webssl-paper.md §6.1).
+//! and the per-benchmark special cases (docs/reference/evaluation.md A.1, A.2; docs/reference/webssl-paper.md
+//! §6.1).
 //!
 //! Scoring follows the **Cambrian-local** protocol (cambrian-mllm/cambrian @ 539ffc3,
 //! `eval/eval/<bench>/<bench>_test.py`) by default, which the Web-SSL numbers are based on.

@@ -1,4 +1,5 @@
-//! Answer extraction: multiple-choice letters, short answers, yes/no (evaluation.md A.2 (6), (7)).
+//! Answer extraction: multiple-choice letters, short answers, yes/no (docs/reference/evaluation.md A.2 (6),
+//! (7)).
 //!
 //! The Cambrian extractors (`extract_mcq_answer` and friends in `eval/eval/<bench>/<bench>_test.py`)
 //! all start the same way — lowercase, strip, then for each keyword in `["answer is", "answer is:",

@@ -1,4 +1,4 @@
-//! Per-question scoring rules (evaluation.md A.2 (2)–(5), (9), (12)).
+//! Per-question scoring rules (docs/reference/evaluation.md A.2 (2)–(5), (9), (12)).
 //!
 //! Each function scores **one** prediction against its ground truth and returns what the reference
 //! code adds to its running total (a bool for 0/1 rules, a value in [0, 1] for soft rules). Sources:

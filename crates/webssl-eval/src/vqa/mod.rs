@@ -5,7 +5,7 @@
 //! such answers: given a predictions JSONL (`question_id`, `prediction`) and an annotation file per
 //! benchmark it reproduces the Cambrian-1 eval code's numbers (the protocol behind the paper's
 //! tables), then builds the group table (General, Knowledge, OCR & Chart, Vision-Centric, Average).
-//! Reference: `shared/reference/evaluation.md` Part A; code: cambrian-mllm/cambrian @ 539ffc3
+//! Reference: `docs/reference/evaluation.md` Part A; code: cambrian-mllm/cambrian @ 539ffc3
 //! `eval/eval/*/*_test.py`, EvolvingLMMs-Lab/lmms-eval @ 75571cf.
 //!
 //! Layout:

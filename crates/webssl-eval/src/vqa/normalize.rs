@@ -2,7 +2,7 @@
 //!
 //! Port of `EvalAIAnswerProcessor` (MMF `pythia/tasks/processors.py`, copied verbatim into Cambrian
 //! `eval/eval/textvqa/m4c_evaluator.py` and lmms-eval `tasks/_task_utils/vqa_eval_metric.py`;
-//! evaluation.md A.2 (1)). Kept quirks, each pinned by the golden test:
+//! docs/reference/evaluation.md A.2 (1)). Kept quirks, each pinned by the golden test:
 //!
 //! * `process_punctuation` decides "delete or replace by a space" per punctuation mark by looking at the
 //!   **input** string (`p + " "` or `" " + p` anywhere, or a comma between digits anywhere), not at the

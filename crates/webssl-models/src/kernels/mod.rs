@@ -3,7 +3,7 @@
 //!
 //! Why: on burn-flex every elementwise/normalisation op is a separate pass over memory with its own
 //! output allocation, and under autodiff each keeps its own saved tensors; on a 2-core VM these
-//! memory-bound passes, not the GEMMs, are the gap to PyTorch (reference/rust-foundation.md §2b).
+//! memory-bound passes, not the GEMMs, are the gap to PyTorch (docs/reference/rust-foundation.md §2b).
 //!
 //! The switch: fused kernels are used on the Flex device (with or without autodiff) unless the
 //! environment variable `WEBSSL_FUSED_KERNELS` is `0`/`off`/`false` when first consulted, or

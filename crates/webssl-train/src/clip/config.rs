@@ -1,8 +1,8 @@
 //! The `webssl pretrain clip` configuration: one TOML file (presets `configs/clip-*.toml`), unknown
-//! fields rejected. Defaults are the MetaCLIP recipe (training-algorithms.md §8; webssl-paper.md §4.3:
-//! batch 32,768, lr 4e-4, 2k warm-up, AdamW (0.9, 0.98) eps 1e-6 wd 0.2, RandomResizedCrop scale
-//! (0.9, 1), 77-token context, QuickGELU text tower, logit scale ln(1/0.07) clamped to ln 100).
-//! `[data]`, `[run]` and `[eval]` are the sections every objective shares, so a CLIP run with the
+//! fields rejected. Defaults are the MetaCLIP recipe (docs/reference/training-algorithms.md §8;
+//! docs/reference/webssl-paper.md §4.3: batch 32,768, lr 4e-4, 2k warm-up, AdamW (0.9, 0.98) eps 1e-6 wd 0.2,
+//! RandomResizedCrop scale (0.9, 1), 77-token context, QuickGELU text tower, logit scale ln(1/0.07) clamped
+//! to ln 100). `[data]`, `[run]` and `[eval]` are the sections every objective shares, so a CLIP run with the
 //! seed and `[data]` of a DINO or MAE run reads the identical image stream.
 
 use serde::{Deserialize, Serialize};

@@ -1,7 +1,7 @@
 //! CLIP across ranks: the features of every rank's pairs all-gathered, each rank's loss local to its
 //! own pairs, and the gradient routed back to the towers through the host collectives — what open_clip
-//! does with `gather_with_grad=True, local_loss=True` and DDP (training-algorithms.md §8), built on
-//! [`Dist::all_gather_f32`] and [`Dist::all_reduce_f32`] because the features must cross processes.
+//! does with `gather_with_grad=True, local_loss=True` and DDP (docs/reference/training-algorithms.md §8),
+//! built on [`Dist::all_gather_f32`] and [`Dist::all_reduce_f32`] because the features must cross processes.
 //!
 //! One step on rank `r` of `W`, with `n_r` captioned pairs and `N = Σ n_s`:
 //!

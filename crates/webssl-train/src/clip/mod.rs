@@ -1,6 +1,6 @@
 //! The CLIP control on the same data: `webssl pretrain clip`.
 //!
-//! One step, as MetaCLIP's `train_one_epoch` (training-algorithms.md §8): schedule
+//! One step, as MetaCLIP's `train_one_epoch` (docs/reference/training-algorithms.md §8): schedule
 //! (`cosine_lr`: linear warm-up `lr·(step+1)/warmup`, cosine to 0) → image tower on one
 //! RandomResizedCrop(scale 0.9–1) view with CLIP normalisation, text tower on the tokenised captions
 //! → symmetric InfoNCE with the learnable logit scale → backward → optional global grad-norm clip
@@ -271,8 +271,8 @@ impl Recipe for ClipConfig {
     /// [`Dist::single`]). `stop_after` ends this process after that many steps of the schedule have
     /// completed (a checkpoint is written there); the next run resumes.
     ///
-    /// Data-parallel (training-algorithms.md §8): each rank reads its own split of the sample stream,
-    /// features are all-gathered and each rank's loss is local to its pairs ([`gather`]), so the
+    /// Data-parallel (docs/reference/training-algorithms.md §8): each rank reads its own split of the sample
+    /// stream, features are all-gathered and each rank's loss is local to its pairs ([`gather`]), so the
     /// averaged gradient is that of the loss over the global batch; the logged loss and accuracies are
     /// the global batch's; rank 0 alone writes metrics, checkpoints (with every rank's loader cursor),
     /// the tokenizer and the exports. `optim.lr` is the lr of the global batch `batch_size · world_size`

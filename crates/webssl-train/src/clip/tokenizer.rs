@@ -2,9 +2,9 @@
 //! `tokenizer.json` given by path.
 //!
 //! OpenAI CLIP ships a fixed 49,408-token BPE; the Web-SSL CLIP baseline trains on MetaCLIP data with
-//! that vocabulary (training-algorithms.md §8). Here the vocabulary is learned from the training shards
-//! so that any caption language works offline: normalise (NFC, collapse whitespace, strip, lowercase —
-//! CLIP's `whitespace_clean(basic_clean(text)).lower()` without ftfy), GPT-2 byte-level
+//! that vocabulary (docs/reference/training-algorithms.md §8). Here the vocabulary is learned from the
+//! training shards so that any caption language works offline: normalise (NFC, collapse whitespace, strip,
+//! lowercase — CLIP's `whitespace_clean(basic_clean(text)).lower()` without ftfy), GPT-2 byte-level
 //! pre-tokenisation, BPE over the first `tokenizer_train_samples` captions in shard-index order (a
 //! bounded, deterministic pass: the same shards give the same vocabulary), then
 //! `<|startoftext|> … <|endoftext|>` around every caption, truncated to the context length with the

@@ -1,6 +1,7 @@
 //! The `webssl pretrain dino` configuration: one TOML file (presets in `configs/`), every field
 //! named and unit-suffixed, unknown fields rejected. Defaults are the DINOv2 ViT-g / Web-DINO recipe
-//! (training-algorithms.md §5.1, webssl-paper.md §4.1); presets override what they change.
+//! (docs/reference/training-algorithms.md §5.1, docs/reference/webssl-paper.md §4.1); presets override what
+//! they change.
 
 use serde::{Deserialize, Serialize};
 

@@ -1,8 +1,8 @@
 //! The DINOv2 / Web-DINO trainer: `webssl pretrain dino`.
 //!
-//! One step, as dinov2's `train.py` + `SSLMetaArch` (training-algorithms.md §0, §5.4): schedules →
-//! teacher targets (Sinkhorn-Knopp or centering) → student forward on masked global and local crops →
-//! DINO + iBOT + KoLeo → backward → per-module gradient clipping (backbone, DINO head, iBOT head) →
+//! One step, as dinov2's `train.py` + `SSLMetaArch` (docs/reference/training-algorithms.md §0, §5.4):
+//! schedules → teacher targets (Sinkhorn-Knopp or centering) → student forward on masked global and local
+//! crops → DINO + iBOT + KoLeo → backward → per-module gradient clipping (backbone, DINO head, iBOT head) →
 //! decoupled AdamW with per-parameter lr/wd (layer decay, patch-embed ×0.2, last-layer freeze, no decay
 //! on biases/norms/LayerScale) → EMA teacher update. Everything random derives from the run seed, the
 //! loader cursor is part of the checkpoint, and schedules are functions of the step, so a resumed run

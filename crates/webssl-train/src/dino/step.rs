@@ -1,6 +1,6 @@
-//! One DINOv2 forward: teacher targets, student logits and the three losses (training-algorithms.md §0,
-//! §4). Separate forwards for global and local crops replace dinov2's packed sequence (§1.5:
-//! mathematically identical).
+//! One DINOv2 forward: teacher targets, student logits and the three losses
+//! (docs/reference/training-algorithms.md §0, §4). Separate forwards for global and local crops replace
+//! dinov2's packed sequence (§1.5: mathematically identical).
 
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use rand_core::Rng;

@@ -1,10 +1,10 @@
 //! The `webssl pretrain mae` configuration: one TOML file (presets in `configs/`), every field named
 //! and unit-suffixed, unknown fields rejected. Defaults are MAE's released recipe
-//! (`facebookresearch/mae` `main_pretrain.py` / `PRETRAIN.md`, training-algorithms.md §7.5): mask
-//! ratio 0.75, normalised-pixel loss, decoder 512 × 8 with 16 heads, AdamW (0.9, 0.95), weight decay
+//! (`facebookresearch/mae` `main_pretrain.py` / `PRETRAIN.md`, docs/reference/training-algorithms.md §7.5):
+//! mask ratio 0.75, normalised-pixel loss, decoder 512 × 8 with 16 heads, AdamW (0.9, 0.95), weight decay
 //! 0.05, lr = 1.5e-4 · batch / 256, warm-up then half-cosine to 0, no gradient clipping. The Web-MAE
-//! presets change lr to 1.6e-3 at batch 4096 (1e-4 per 256) with 80k warm-up steps (webssl-paper.md
-//! §4.2).
+//! presets change lr to 1.6e-3 at batch 4096 (1e-4 per 256) with 80k warm-up steps
+//! (docs/reference/webssl-paper.md §4.2).
 
 use serde::{Deserialize, Serialize};
 use webssl_models::mae::MaeDecoderConfig;

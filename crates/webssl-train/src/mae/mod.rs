@@ -1,9 +1,9 @@
 //! The MAE / Web-MAE trainer: `webssl pretrain mae`.
 //!
 //! One step, as `facebookresearch/mae` `main_pretrain.py` + `engine_pretrain.py`
-//! (training-algorithms.md §7, webssl-paper.md §4.2): per-step lr (linear warm-up from 0, then
-//! half-cosine to `min_lr`) → one RandomResizedCrop(scale 0.2–1) + flip view per image → the loader's
-//! per-sample random masks (noise → argsort, `len_keep = int(N · (1 − ratio))`) → encoder on the
+//! (docs/reference/training-algorithms.md §7, docs/reference/webssl-paper.md §4.2): per-step lr (linear
+//! warm-up from 0, then half-cosine to `min_lr`) → one RandomResizedCrop(scale 0.2–1) + flip view per image →
+//! the loader's per-sample random masks (noise → argsort, `len_keep = int(N · (1 − ratio))`) → encoder on the
 //! visible patches → decoder with mask tokens → normalised-pixel MSE on the removed patches →
 //! backward → (optional global gradient clipping) → AdamW (0.9, 0.95) with weight decay 0.05 except on
 //! 1-D parameters and biases (timm `add_weight_decay`; the fixed sin-cos position tables are not
@@ -151,10 +151,10 @@ impl Recipe for MaeConfig {
     /// [`Dist::single`]). `stop_after` ends this process after that many steps of the schedule have
     /// completed (a checkpoint is written there); the next run resumes.
     ///
-    /// Data-parallel (training-algorithms.md §7, MAE's DDP `main_pretrain.py`): each rank reads its own
-    /// split of the sample stream (the sampler's rank split), gradients are averaged over ranks before the
-    /// optional clipping, the logged loss is the mean over ranks, rank 0 alone writes metrics, checkpoints
-    /// (holding every rank's loader cursor) and exports, and the lr scales with the global batch
+    /// Data-parallel (docs/reference/training-algorithms.md §7, MAE's DDP `main_pretrain.py`): each rank
+    /// reads its own split of the sample stream (the sampler's rank split), gradients are averaged over ranks
+    /// before the optional clipping, the logged loss is the mean over ranks, rank 0 alone writes metrics,
+    /// checkpoints (holding every rank's loader cursor) and exports, and the lr scales with the global batch
     /// `batch_size · world_size`. The masks need no per-rank stream: each sample's mask is drawn from
     /// `(seed, "mae", epoch, shard, index)`, so ranks, which read different samples, draw different masks,
     /// and a sample is masked the same whatever the world size.

@@ -3,7 +3,7 @@
 //!
 //! Reference: open_clip `src/open_clip/loss.py::ClipLoss` (as MetaCLIP `src/mini_clip/loss.py` uses it)
 //! and `src/training/train.py` (`logit_scale.clamp_(0, math.log(100))` after `optimizer.step()`);
-//! `reference/training-algorithms.md` §8. Golden values: `fixtures/clip/make_clip.py`.
+//! `docs/reference/training-algorithms.md` §8. Golden values: `fixtures/clip/make_clip.py`.
 //!
 //! ```text
 //! Î = I / max(‖I‖, 1e-12),  T̂ = T / max(‖T‖, 1e-12)          (F.normalize)

@@ -3,7 +3,7 @@
 //!
 //! Reference: `dinov2/loss/dino_clstoken_loss.py` (`DINOLoss.forward`) and its two calls in
 //! `dinov2/train/ssl_meta_arch.py` (`dino_local_crops_loss`, `dino_global_crops_loss`);
-//! `reference/training-algorithms.md` §4.2.
+//! `docs/reference/training-algorithms.md` §4.2.
 //!
 //! ```text
 //! CE(t, s) = −mean_batch Σ_k t[k] · log_softmax(s/τs)[k]

@@ -2,7 +2,7 @@
 //! student saw masked and the student's predictions there, averaged per crop over its masked tokens.
 //!
 //! Reference: `dinov2/loss/ibot_patch_loss.py` (`iBOTPatchLoss.forward_masked`, plain-PyTorch
-//! `lossfunc`) and its call in `dinov2/train/ssl_meta_arch.py`; `reference/training-algorithms.md` §4.3.
+//! `lossfunc`) and its call in `dinov2/train/ssl_meta_arch.py`; `docs/reference/training-algorithms.md` §4.3.
 //!
 //! ```text
 //! ℓ_j   = Σ_k t_j[k] · log_softmax(s_j/τs)[k]        for each masked token j (fp32)

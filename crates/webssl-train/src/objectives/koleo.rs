@@ -1,7 +1,7 @@
 //! The KoLeo regulariser (Kozachenko–Leonenko differential-entropy estimator, Sablayrolles et al. 2018),
 //! which spreads the student's cls features within a batch.
 //!
-//! Reference: `dinov2/loss/koleo_loss.py` (`KoLeoLoss`); `reference/training-algorithms.md` §4.4.
+//! Reference: `dinov2/loss/koleo_loss.py` (`KoLeoLoss`); `docs/reference/training-algorithms.md` §4.4.
 //!
 //! ```text
 //! x_i ← x_i / max(‖x_i‖, 1e-8)

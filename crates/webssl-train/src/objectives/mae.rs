@@ -1,5 +1,5 @@
 //! MAE's reconstruction loss and the per-batch mask tensors (`models_mae.py` `forward_loss`,
-//! training-algorithms.md §7.4).
+//! docs/reference/training-algorithms.md §7.4).
 //!
 //! Target = the patchified input (normalised pixels, as the model sees them); with `norm_pix_loss`
 //! each patch's `p²·C` values are standardised by their own mean and **unbiased** variance

@@ -5,8 +5,9 @@
 //!
 //! Reference: `facebookresearch/dinov2` commit b8931f7b, `dinov2/loss/{dino_clstoken_loss,
 //! ibot_patch_loss,koleo_loss}.py` and the loss assembly in `dinov2/train/ssl_meta_arch.py`;
-//! `reference/training-algorithms.md` §4. Golden values come from `fixtures/objectives/make_objectives.py`,
-//! which runs a transcription of those files (checked against the real ones) in PyTorch.
+//! `docs/reference/training-algorithms.md` §4. Golden values come from
+//! `fixtures/objectives/make_objectives.py`, which runs a transcription of those files (checked against the
+//! real ones) in PyTorch.
 //!
 //! Conventions for every function here:
 //! - all arithmetic is f32: inputs in another float dtype (bf16/f16 activations) are cast first, as §9

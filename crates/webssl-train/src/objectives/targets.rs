@@ -4,7 +4,7 @@
 //!
 //! Reference: `dinov2/loss/dino_clstoken_loss.py` (`softmax_center_teacher`, `update_center`,
 //! `sinkhorn_knopp_teacher`) and `dinov2/loss/ibot_patch_loss.py` (same functions for masked patches);
-//! `reference/training-algorithms.md` §4.1.
+//! `docs/reference/training-algorithms.md` §4.1.
 //!
 //! Deviations, all deliberate:
 //! - Sinkhorn-Knopp subtracts, before `exp`, the maximum logit of each prototype over the batch. A
@@ -204,10 +204,10 @@ impl Centering {
         }
     }
 
-    /// The iBOT centre over ranks (dinov2's `iBOTPatchLoss.update_center`, training-algorithms.md
-    /// §4.1): each rank's mean over its masked tokens, averaged over the ranks. A rank without masked
-    /// tokens (`None`) takes part with no vote (dinov2 would divide by zero there); no tokens anywhere
-    /// leaves the centre unchanged. At world size 1 this is [`Centering::update`].
+    /// The iBOT centre over ranks (dinov2's `iBOTPatchLoss.update_center`,
+    /// docs/reference/training-algorithms.md §4.1): each rank's mean over its masked tokens, averaged over
+    /// the ranks. A rank without masked tokens (`None`) takes part with no vote (dinov2 would divide by zero
+    /// there); no tokens anywhere leaves the centre unchanged. At world size 1 this is [`Centering::update`].
     pub fn update_mean_of_ranks(&mut self, logits: Option<Tensor<2>>, dist: &Dist) {
         if dist.world_size() == 1 {
             if let Some(t) = logits {

@@ -19,9 +19,9 @@
 //! "latest" is derived by listing complete directories instead of a separate pointer file: a
 //! pointer is a second source of truth that can disagree with the directories after a crash.
 //!
-//! Reference: ARCHITECTURE.md "Checkpoints"; open_clip `--resume latest`, solo-learn
-//! `auto_resume`, dinov2's default resume (ecosystem-and-style.md §2.10.8). Deviation from "keep
-//! last N + best": the best-by-metric rule is left to the caller (it needs eval results); instead
+//! Reference: docs/design.md "Checkpoints"; open_clip `--resume latest`, solo-learn
+//! `auto_resume`, dinov2's default resume (docs/reference/ecosystem-and-style.md §2.10.8). Deviation from
+//! "keep last N + best": the best-by-metric rule is left to the caller (it needs eval results); instead
 //! [`CheckpointManager::with_keep_every`] keeps milestone checkpoints (every N steps) forever, which
 //! is what scaling-curve evaluations over training need.
 

@@ -22,7 +22,7 @@
 //! checkpoint. Non-finite values are written as `null` (JSON has no NaN) and read back as NaN;
 //! [`check_finite`] is the guard that stops a run at the first one.
 //!
-//! Reference: dinov2 `training_metrics.json` (one JSON object per logged iteration); ARCHITECTURE.md
+//! Reference: dinov2 `training_metrics.json` (one JSON object per logged iteration); docs/design.md
 //! "Logs and progress".
 
 use std::collections::BTreeMap;

@@ -10,7 +10,7 @@
 //!   checkpoints/step-000001000/{...,COMPLETE}   atomic, last-N kept                       [checkpoint]
 //! ```
 //!
-//! Reference: ARCHITECTURE.md "Conventions" (Config, Logs, Checkpoints); the layout follows dinov2's
+//! Reference: docs/design.md "Conventions" (Config, Logs, Checkpoints); the layout follows dinov2's
 //! `output_dir` (config.yaml, training_metrics.json, model_*.rank_*.pth) and open_clip's `latest`
 //! resume, with the crash-safety made explicit: every file that a resumed run reads is written
 //! with [`atomic_write`] (temp file in the same directory, fsync, rename, fsync of the directory).

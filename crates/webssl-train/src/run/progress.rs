@@ -10,7 +10,7 @@
 //! step's one-off costs (allocation, kernel selection) are excluded: the ETA appears from the
 //! second update on.
 //!
-//! Reference: ARCHITECTURE.md "Logs and progress"; ecosystem-and-style.md §2.10.7.
+//! Reference: docs/design.md "Logs and progress"; docs/reference/ecosystem-and-style.md §2.10.7.
 
 use std::io::IsTerminal;
 use std::sync::Mutex;
