@@ -202,7 +202,7 @@ impl VitConfig {
                 ));
             }
         }
-        if self.embed_dim % self.num_heads != 0 {
+        if !self.embed_dim.is_multiple_of(self.num_heads) {
             return Err(ModelError::config(
                 "num_heads",
                 format!(
@@ -211,7 +211,7 @@ impl VitConfig {
                 ),
             ));
         }
-        if self.img_size % self.patch_size != 0 {
+        if !self.img_size.is_multiple_of(self.patch_size) {
             return Err(ModelError::config(
                 "img_size",
                 format!(
