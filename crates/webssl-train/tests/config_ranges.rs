@@ -288,7 +288,9 @@ fn dino_batch(cfg: &DinoConfig) -> Batch {
     );
     let p = cfg.vit().unwrap().patch_size;
     let n_tokens = (g / p) * (g / p);
-    let masks = (0..2 * b * n_tokens).map(|i| i % 3 == 0).collect();
+    let masks = (0..2 * b * n_tokens)
+        .map(|i: usize| i.is_multiple_of(3))
+        .collect();
     Batch {
         index: 0,
         batch_size: b,
