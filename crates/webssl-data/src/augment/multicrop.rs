@@ -99,7 +99,7 @@ impl DinoAugment {
         for (i, p) in cfg.blur_nominal.iter().enumerate() {
             if !(0.0..=1.0).contains(p) {
                 return Err(DataError::config(
-                    &format!("blur_nominal[{i}]"),
+                    format!("blur_nominal[{i}]"),
                     format!("probability must be in [0, 1], got {p}"),
                 ));
             }

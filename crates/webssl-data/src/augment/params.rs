@@ -136,7 +136,7 @@ impl ColorJitter {
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(DataError::config(
-                    &format!("color_jitter.{name}"),
+                    format!("color_jitter.{name}"),
                     format!("must be >= 0, got {v}"),
                 ));
             }
@@ -222,21 +222,21 @@ impl ViewSpec {
         let (s0, s1) = self.scale;
         if !(s0 > 0.0 && s0 <= s1 && s1.is_finite()) {
             return Err(DataError::config(
-                &format!("{field}.scale"),
+                format!("{field}.scale"),
                 format!("need 0 < lo <= hi, got ({s0}, {s1})"),
             ));
         }
         let (r0, r1) = self.ratio;
         if !(r0 > 0.0 && r0 <= r1 && r1.is_finite()) {
             return Err(DataError::config(
-                &format!("{field}.ratio"),
+                format!("{field}.ratio"),
                 format!("need 0 < lo <= hi, got ({r0}, {r1})"),
             ));
         }
         let (b0, b1) = self.blur_sigma;
         if !(b0 > 0.0 && b0 <= b1 && b1.is_finite()) {
             return Err(DataError::config(
-                &format!("{field}.blur_sigma"),
+                format!("{field}.blur_sigma"),
                 format!("need 0 < lo <= hi, got ({b0}, {b1})"),
             ));
         }
@@ -253,7 +253,7 @@ impl ViewSpec {
         for (name, p) in probs {
             if !(0.0..=1.0).contains(&p) {
                 return Err(DataError::config(
-                    &format!("{field}.{name}"),
+                    format!("{field}.{name}"),
                     format!("probability must be in [0, 1], got {p}"),
                 ));
             }
