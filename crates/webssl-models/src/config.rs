@@ -96,7 +96,7 @@ impl VitConfig {
         let nominal = (self.embed_dim as f64 * self.mlp_ratio) as usize;
         match self.ffn {
             Ffn::Gelu => nominal,
-            Ffn::Swiglu => (nominal * 2 / 3 + 7) / 8 * 8,
+            Ffn::Swiglu => (nominal * 2 / 3).div_ceil(8) * 8,
         }
     }
 
@@ -124,7 +124,7 @@ impl VitConfig {
                 return Err(ModelError::config(field, "must be > 0"));
             }
         }
-        if self.embed_dim % self.num_heads != 0 {
+        if !self.embed_dim.is_multiple_of(self.num_heads) {
             return Err(ModelError::config(
                 "num_heads",
                 format!(
@@ -133,7 +133,7 @@ impl VitConfig {
                 ),
             ));
         }
-        if self.img_size % self.patch_size != 0 {
+        if !self.img_size.is_multiple_of(self.patch_size) {
             return Err(ModelError::config(
                 "img_size",
                 format!(
@@ -142,7 +142,7 @@ impl VitConfig {
                 ),
             ));
         }
-        if !(self.mlp_ratio > 0.0) {
+        if self.mlp_ratio.is_nan() || self.mlp_ratio <= 0.0 {
             return Err(ModelError::config("mlp_ratio", "must be > 0"));
         }
         Ok(())

@@ -290,7 +290,7 @@ impl DinoHead {
 
     /// The head's tensors under PyTorch `DINOHead` names and layouts (`mlp.{2i}.weight` as `[out, in]`,
     /// `last_layer.weight_g` `[K, 1]`, `last_layer.weight_v` `[K, bottleneck]`), each prefixed.
-    pub fn torch_tensors(&self, prefix: &str) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    pub fn torch_tensors(&self, prefix: &str) -> Vec<crate::checkpoint::NamedTensor> {
         let mut out = Vec::new();
         let one = self.mlp.len() == 1;
         for (i, l) in self.mlp.iter().enumerate() {

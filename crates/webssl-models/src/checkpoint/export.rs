@@ -16,7 +16,7 @@ use crate::error::{ModelError, Result};
 use crate::vit::Vit;
 
 /// Tensors of `model` in PyTorch layout under the key names of `layout`.
-pub fn torch_tensors(model: &Vit, layout: Layout) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+pub fn torch_tensors(model: &Vit, layout: Layout) -> Result<Vec<super::NamedTensor>> {
     let cfg = model.config();
     let mut out = Vec::new();
     for (name, shape, values) in named_parameters(model) {

@@ -148,10 +148,11 @@ pub fn normalize_native_key(key: &str) -> String {
     }
     if let Some(rest) = k.strip_prefix("blocks.") {
         let mut parts = rest.splitn(3, '.');
-        if let (Some(a), Some(b), Some(tail)) = (parts.next(), parts.next(), parts.next()) {
-            if a.parse::<usize>().is_ok() && b.parse::<usize>().is_ok() {
-                return format!("blocks.{b}.{tail}");
-            }
+        if let (Some(a), Some(b), Some(tail)) = (parts.next(), parts.next(), parts.next())
+            && a.parse::<usize>().is_ok()
+            && b.parse::<usize>().is_ok()
+        {
+            return format!("blocks.{b}.{tail}");
         }
     }
     k.to_owned()

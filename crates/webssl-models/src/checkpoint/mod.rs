@@ -342,11 +342,14 @@ impl ModuleMapper for Loader<'_> {
     }
 }
 
+/// A parameter by name: `(dotted path, shape, f32 values)`.
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
 /// Every float parameter of a module with its dotted path, in declaration order.
-pub fn named_parameters<M: Module>(module: &M) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+pub fn named_parameters<M: Module>(module: &M) -> Vec<NamedTensor> {
     struct Collect {
         path: PathStack,
-        out: Vec<(String, Vec<usize>, Vec<f32>)>,
+        out: Vec<NamedTensor>,
     }
     impl burn::module::ModuleVisitor for Collect {
         fn enter_module(&mut self, name: &str, container_type: &str) {
