@@ -192,12 +192,7 @@ impl Recipe for DinoConfig {
         dist: &Dist,
     ) -> Result<TrainOutcome> {
         let cfg = self;
-        cfg.validate()?;
-        // Before anything is allocated: a model that cannot fit would grow until the kernel kills it.
-        webssl_models::config::check_fits_in_memory(
-            "the weights, gradients and EMA teacher",
-            cfg.plan(dist.world_size())?.memory.replicated,
-        )?;
+        cfg.preflight(dist.world_size())?;
         let vit = cfg.vit()?;
         let world_size = dist.world_size();
         let session = driver::start(&cfg.data, &cfg.run, resolved, resume, dist)?;

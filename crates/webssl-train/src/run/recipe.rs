@@ -26,6 +26,19 @@ pub trait Recipe {
     /// Length of the run in optimizer steps.
     fn total_steps(&self) -> u64;
 
+    /// What every `train` does first, before anything is allocated: [`Recipe::validate`], then the
+    /// planned replicated state (weights, gradients, a teacher) against physical memory — a model that
+    /// cannot fit would otherwise grow until the kernel kills the process.
+    fn preflight(&self, world_size: usize) -> Result<()> {
+        self.validate()?;
+        let memory = self.plan(world_size)?.memory;
+        webssl_models::config::check_fits_in_memory(
+            &format!("the {}", memory.replicated_what),
+            memory.replicated,
+        )?;
+        Ok(())
+    }
+
     /// Runs (or resumes) the training as this process's rank of `dist` (one process:
     /// [`Dist::single`]); `resolved` is the resolved config (its hash guards resumes). `stop_after`
     /// ends this process after that many steps of the schedule (with a checkpoint), to resume later.
