@@ -174,7 +174,7 @@ impl MaeDecoderConfig {
             return Err(ModelError::config(
                 "decoder.num_heads",
                 format!(
-                    "decoder width {} is not divisible by {} heads",
+                    "decoder embed_dim {} is not divisible by num_heads {}",
                     self.embed_dim, self.num_heads
                 ),
             ));

@@ -10,6 +10,7 @@ use std::path::Path;
 
 use burn::tensor::Device;
 use proptest::prelude::*;
+use proptest::test_runner::RngSeed;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use webssl_data::loader::{Batch, ViewGroup};
@@ -313,7 +314,16 @@ fn picks() -> impl Strategy<Value = Vec<(usize, usize, usize)>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    // A fixed seed: CI explores the same 64 cases every run (a failure is reproducible, not a
+    // flake); PROPTEST_RNG_SEED=<u64> explores others.
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        rng_seed: RngSeed::Fixed(
+            std::env::var("PROPTEST_RNG_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed),
+        ),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     /// DINO: a valid config plans (`--dry-run`) and takes an optimizer step (which may stop with
     /// a non-finite-loss error for, say, a learning rate of 1e308 — an error, not a crash).
