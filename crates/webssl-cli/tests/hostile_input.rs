@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use webssl_data::shards::{Sample, ShardLimits, ShardWriter};
 
-fn webssl() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_webssl"))
-}
+mod support;
+
+use support::webssl;
 
 /// Runs `cmd` to completion, failing the test (and killing it) past `secs`: a hang is a failure,
 /// not a stuck CI job.
