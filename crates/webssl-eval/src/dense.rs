@@ -359,7 +359,7 @@ pub fn train_head(
             let lse = se.log().add(zmax);
             let zy = z.mul(y.clone()).sum_dim(1);
             // Summed on the device and read once per epoch: a per-step readback is a sync point.
-            let batch_loss = lse.sub(zy).sum();
+            let batch_loss = webssl_models::kernels::sum(lse.sub(zy));
             epoch_loss = Some(match epoch_loss {
                 Some(l) => batch_loss.add(l),
                 None => batch_loss,

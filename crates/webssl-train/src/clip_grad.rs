@@ -20,6 +20,7 @@ use std::collections::HashMap;
 
 use burn::module::Module;
 use burn::tensor::{Device, Gradients, Tensor, TensorData};
+use webssl_models::kernels;
 use webssl_models::params::{self, NamedTensor, to_host, trainable_params};
 
 /// One gradient: the parameter's shape and its values flattened (row-major) to 1-D.
@@ -181,7 +182,7 @@ impl ParamGrads {
         let parts: Vec<Tensor<1>> = self
             .entries
             .iter()
-            .map(|e| (e.grad.clone() * e.grad.clone()).sum())
+            .map(|e| kernels::sum(e.grad.clone() * e.grad.clone()))
             .collect();
         to_host(Tensor::cat(parts, 0))
     }
@@ -226,7 +227,7 @@ impl ParamGrads {
         let parts: Vec<Tensor<1>> = self
             .entries
             .iter()
-            .map(|e| e.grad.clone().is_finite().bool_not().float().sum())
+            .map(|e| kernels::sum(e.grad.clone().is_finite().bool_not().float()))
             .collect();
         to_host(Tensor::cat(parts, 0)).iter().all(|&bad| bad == 0.0)
     }

@@ -4,8 +4,12 @@
 //! in `ext.rs`.
 //!
 //! Parallelism: rayon over independent rows / (batch, head) pairs, with one scratch buffer per rayon
-//! job (`for_each_init`); the inner loops are written over `chunks_exact(LANES)` with independent
-//! accumulators so that LLVM vectorises them; the workspace builds for generic x86-64 (SSE2), so the
+//! job (`for_each_init`). Every reduction has a fixed order, so each kernel gives the same bits at
+//! any thread count (issue #20): a row's sums stay inside one job, and the sums over rows (bias and
+//! LayerNorm gradients) are taken per fixed chunk of rows and added in chunk order
+//! ([`ordered_column_sums`]); attention's products run single-threaded per (batch, head). The inner
+//! loops are written over `chunks_exact(LANES)` with independent accumulators so that LLVM
+//! vectorises them; the workspace builds for generic x86-64 (SSE2), so the
 //! row bodies are compiled per ISA and picked at run time (`multiversion!`: AVX-512, AVX2+FMA,
 //! baseline), as burn-flex's own elementwise kernels are. The attention kernel's elementwise parts
 //! (exp of a score tile) are not multiversioned: its time is in the `gemm` calls. Attention's small matrix
@@ -140,7 +144,7 @@ pub fn layer_norm_fwd(
 
 /// The LayerNorm backward: with `x̂ = (x − mean)·rstd` and `g = dy·gamma`,
 /// `dx = rstd · (g − mean(g) − x̂ · mean(g·x̂))`, `dgamma = Σ_rows dy·x̂`, `dbeta = Σ_rows dy`.
-/// The column sums are reduced per rayon job, then across jobs.
+/// The column sums are taken per chunk of rows, then added in chunk order ([`ordered_column_sums`]).
 pub fn layer_norm_bwd(
     x: &[f32],
     gamma: &[f32],
@@ -151,23 +155,46 @@ pub fn layer_norm_bwd(
 ) -> (Vec<f32>, Vec<f32>) {
     let d = gamma.len();
     assert!(d > 0 && x.len().is_multiple_of(d) && dy.len() == x.len() && dx.len() == x.len());
-    let zero = || (vec![0f32; d], vec![0f32; d]);
-    dx.par_chunks_mut(ROWS_PER_JOB * d)
+    let chunks = dx
+        .par_chunks_mut(ROWS_PER_JOB * d)
         .zip(x.par_chunks(ROWS_PER_JOB * d))
         .zip(dy.par_chunks(ROWS_PER_JOB * d))
         .zip(mean.par_chunks(ROWS_PER_JOB))
-        .zip(rstd.par_chunks(ROWS_PER_JOB))
-        .fold(zero, |(mut dg, mut db), ((((dx, x), dy), mean), rstd)| {
-            ln_bwd_rows(&mut dg, &mut db, dx, x, dy, mean, rstd, gamma, d);
-            (dg, db)
+        .zip(rstd.par_chunks(ROWS_PER_JOB));
+    let mut sums = ordered_column_sums(chunks, 2 * d, |acc, ((((dx, x), dy), mean), rstd)| {
+        let (dg, db) = acc.split_at_mut(d);
+        ln_bwd_rows(dg, db, dx, x, dy, mean, rstd, gamma, d);
+    });
+    let db = sums.split_off(d);
+    (sums, db)
+}
+
+/// Column sums (`width` wide) over fixed chunks of rows, in a fixed order: `rows(acc, chunk)` adds
+/// one chunk's contribution to a zeroed `acc`; the chunks run in parallel and their partial sums
+/// are added in chunk order. So the result has the same bits at any thread count. (Rayon's
+/// `fold` + `reduce` made one accumulator per piece of work its scheduler happened to split off:
+/// the last bits of bias and LayerNorm gradients followed the thread count and work stealing, and
+/// runs at 2 threads drifted apart from step 1 — issue #20.) Costs one `width` add per chunk of
+/// `ROWS_PER_JOB` rows, 1/64 of the kernel's own adds.
+fn ordered_column_sums<I: IndexedParallelIterator>(
+    chunks: I,
+    width: usize,
+    rows: impl Fn(&mut [f32], I::Item) + Sync + Send,
+) -> Vec<f32> {
+    let partials: Vec<Vec<f32>> = chunks
+        .map(|chunk| {
+            let mut acc = vec![0f32; width];
+            rows(&mut acc, chunk);
+            acc
         })
-        .reduce(zero, |(mut g1, mut b1), (g2, b2)| {
-            for j in 0..d {
-                g1[j] += g2[j];
-                b1[j] += b2[j];
-            }
-            (g1, b1)
-        })
+        .collect();
+    let mut total = vec![0f32; width];
+    for p in &partials {
+        for (t, v) in total.iter_mut().zip(p) {
+            *t += v;
+        }
+    }
+    total
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -238,24 +265,13 @@ pub fn bias_gelu_fwd(x: &[f32], bias: &[f32], y: &mut [f32]) {
 pub fn bias_gelu_bwd(x: &[f32], bias: &[f32], dy: &[f32], dx: &mut [f32]) -> Vec<f32> {
     let d = bias.len();
     assert!(d > 0 && x.len().is_multiple_of(d) && dy.len() == x.len() && dx.len() == x.len());
-    dx.par_chunks_mut(ROWS_PER_JOB * d)
+    let chunks = dx
+        .par_chunks_mut(ROWS_PER_JOB * d)
         .zip(x.par_chunks(ROWS_PER_JOB * d))
-        .zip(dy.par_chunks(ROWS_PER_JOB * d))
-        .fold(
-            || vec![0f32; d],
-            |mut db, ((dx, x), dy)| {
-                gelu_bwd_rows(&mut db, dx, x, dy, bias, d);
-                db
-            },
-        )
-        .reduce(|| vec![0f32; d], add_vec)
-}
-
-fn add_vec(mut a: Vec<f32>, b: Vec<f32>) -> Vec<f32> {
-    for (x, y) in a.iter_mut().zip(&b) {
-        *x += y;
-    }
-    a
+        .zip(dy.par_chunks(ROWS_PER_JOB * d));
+    ordered_column_sums(chunks, d, |db, ((dx, x), dy)| {
+        gelu_bwd_rows(db, dx, x, dy, bias, d);
+    })
 }
 
 #[inline(always)]
@@ -282,17 +298,13 @@ pub fn bias_swiglu_bwd(x: &[f32], bias: &[f32], dy: &[f32], dx: &mut [f32]) -> V
     let h2 = bias.len();
     let h = h2 / 2;
     assert!(h2 > 0 && x.len().is_multiple_of(h2) && dx.len() == x.len() && dy.len() == x.len() / 2);
-    dx.par_chunks_mut(ROWS_PER_JOB * h2)
+    let chunks = dx
+        .par_chunks_mut(ROWS_PER_JOB * h2)
         .zip(x.par_chunks(ROWS_PER_JOB * h2))
-        .zip(dy.par_chunks(ROWS_PER_JOB * h))
-        .fold(
-            || vec![0f32; h2],
-            |mut db, ((dx, x), dy)| {
-                swiglu_bwd_rows(&mut db, dx, x, dy, bias, h, h2);
-                db
-            },
-        )
-        .reduce(|| vec![0f32; h2], add_vec)
+        .zip(dy.par_chunks(ROWS_PER_JOB * h));
+    ordered_column_sums(chunks, h2, |db, ((dx, x), dy)| {
+        swiglu_bwd_rows(db, dx, x, dy, bias, h, h2);
+    })
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -12,7 +12,15 @@
 //!
 //! Ops: LayerNorm, bias + GELU(erf), bias + SwiGLU, softmax, multi-head attention from the fused
 //! `qkv` projection, and the DINO/iBOT soft cross-entropy over K prototypes
-//! ([`soft_cross_entropy`], used by `webssl-train`'s `dino_loss` and `ibot_loss`).
+//! ([`soft_cross_entropy`], used by `webssl-train`'s `dino_loss` and `ibot_loss`); and [`sum`] /
+//! [`mean`], the full reductions in a fixed order.
+//!
+//! Determinism: every kernel here, and every burn op the model and the objectives use, gives the
+//! same bits at any thread count (issue #20; tests/determinism.rs checks 1, 2, 3 and 8 threads).
+//! Our kernels fix their reduction order (`cpu.rs`); burn-flex's GEMM (the `gemm` crate) splits
+//! only the output tiles over threads, each tile's dot products keep their order; burn-flex's
+//! `sum_dim` / `mean_dim`, softmax and LayerNorm reduce rows sequentially; only its full `sum` /
+//! `mean` of large tensors do not, hence [`sum`] / [`mean`].
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -163,6 +171,44 @@ pub fn soft_cross_entropy(
         fused::soft_cross_entropy(student_logits, target, student_temp)
     } else {
         reference::soft_cross_entropy(student_logits, target, student_temp)
+    }
+}
+
+/// Elements from which burn-flex's full `sum` / `mean` of an f32 tensor split the work over rayon
+/// (`burn-flex-0.22.1/src/ops/reduce.rs`, `sum_f32_contiguous`: `data.len() >= 4 * 1024 * 1024`).
+/// Below it they are one sequential SIMD pass.
+const FLEX_THREADED_SUM: usize = 4 * 1024 * 1024;
+
+/// The sum of all elements, in an order that does not depend on the thread count or on scheduling.
+/// Use it instead of `Tensor::sum` on the training and inference path. burn-flex sums a tensor of
+/// 4 Mi elements or more as 64 Ki-element rayon jobs whose partial sums are combined in the order
+/// its work stealing happened to take (`.sum()` of a parallel iterator), so a loss or a gradient
+/// norm over a large tensor (iBOT / Sinkhorn targets, ViT-L weights) changed in its last bits from
+/// run to run (issue #20). Below that size this is `Tensor::sum` (the same bits as before); at
+/// and above it, `sum_dim` over the flattened tensor, which burn-flex reduces in one sequential
+/// pass — memory-bound either way (4 Mi f32 are ~1 ms). Differentiable like `sum`.
+///
+/// # Shapes
+/// `x`: any → `[1]`
+pub fn sum<const D: usize>(x: Tensor<D>) -> Tensor<1> {
+    let n = x.shape().num_elements();
+    if n < FLEX_THREADED_SUM {
+        x.sum()
+    } else {
+        x.reshape([n]).sum_dim(0)
+    }
+}
+
+/// The mean of all elements, in a fixed order (see [`sum`]; below 4 Mi elements `Tensor::mean`).
+///
+/// # Shapes
+/// `x`: any → `[1]`
+pub fn mean<const D: usize>(x: Tensor<D>) -> Tensor<1> {
+    let n = x.shape().num_elements();
+    if n < FLEX_THREADED_SUM {
+        x.mean()
+    } else {
+        sum(x).div_scalar(n as f64)
     }
 }
 

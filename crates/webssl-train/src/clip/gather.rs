@@ -22,6 +22,7 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 
+use webssl_models::kernels;
 use webssl_models::params::{scalar, to_host};
 
 use crate::dist::{Dist, ReduceOp};
@@ -188,8 +189,8 @@ pub fn surrogate(
     let dims = image.dims();
     let device = image.device();
     let constant = |v: &[f32]| Tensor::<2>::from_data(TensorData::new(v.to_vec(), dims), &device);
-    (image * constant(d_image)).sum()
-        + (text * constant(d_text)).sum()
+    kernels::sum(image * constant(d_image))
+        + kernels::sum(text * constant(d_text))
         + logit_scale.mul_scalar(d_logit_scale)
 }
 

@@ -5,6 +5,7 @@
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use rand_core::Rng;
 use webssl_data::loader::Batch;
+use webssl_models::kernels;
 use webssl_models::params::scalar;
 
 use super::config::{Centering, DinoConfig};
@@ -240,9 +241,6 @@ pub fn forward(
 /// Mean row entropy of a `[B, K]` probability matrix.
 fn entropy(p: &Tensor<2>) -> f64 {
     let p = p.clone();
-    let h = (p.clone() * p.clamp_min(1e-12).log())
-        .sum_dim(1)
-        .neg()
-        .mean();
+    let h = kernels::mean((p.clone() * p.clamp_min(1e-12).log()).sum_dim(1).neg());
     scalar(h)
 }

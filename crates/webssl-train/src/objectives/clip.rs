@@ -20,6 +20,7 @@
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Tensor, TensorData};
 
+use webssl_models::kernels;
 use webssl_models::params::to_host;
 
 use super::f32_of;
@@ -74,7 +75,7 @@ pub fn clip_loss_terms(image: Tensor<2>, text: Tensor<2>, logit_scale: Tensor<1>
     // logits_per_text = logits_per_imageᵀ, so its row-wise CE is the column-wise CE of one matrix.
     let logits = i.matmul(t.transpose()) * scale;
     let eye = Tensor::<2>::eye(b, &device);
-    let diag_mean = |lsm: Tensor<2>| (lsm * eye.clone()).sum().div_scalar(b as f64);
+    let diag_mean = |lsm: Tensor<2>| kernels::sum(lsm * eye.clone()).div_scalar(b as f64);
     let i2t = diag_mean(log_softmax(logits.clone(), 1));
     let t2i = diag_mean(log_softmax(logits.clone(), 0));
     let loss = -(i2t + t2i).div_scalar(2.0);
@@ -136,7 +137,7 @@ pub fn clip_loss_rows(
         onehot[i * n_all + rows.start + i] = 1.0;
     }
     let onehot = Tensor::<2>::from_data(TensorData::new(onehot, [n, n_all]), &device);
-    let picked = |logits: Tensor<2>| (log_softmax(logits, 1) * onehot.clone()).sum();
+    let picked = |logits: Tensor<2>| kernels::sum(log_softmax(logits, 1) * onehot.clone());
     let loss =
         -(picked(per_image.clone()) + picked(per_text.clone())).div_scalar(2.0 * n_all as f64);
     let correct = |logits: Tensor<2>| {

@@ -21,7 +21,7 @@
 //! `log_softmax` elsewhere or with `WEBSSL_FUSED_KERNELS=0`.
 
 use burn::tensor::Tensor;
-use webssl_models::kernels::soft_cross_entropy;
+use webssl_models::kernels::{self, soft_cross_entropy};
 
 use super::f32_of;
 
@@ -88,7 +88,7 @@ pub fn dino_loss_terms(
         } else {
             local_target.clone().expect("locals present")
         };
-        let ce = soft_cross_entropy(f32_of(s.clone()), target, student_temp).mean();
+        let ce = kernels::mean(soft_cross_entropy(f32_of(s.clone()), target, student_temp));
         if i < n_g {
             global = global + ce;
         } else {

@@ -15,7 +15,7 @@
 //! `log_softmax` elsewhere or with `WEBSSL_FUSED_KERNELS=0`.
 
 use burn::tensor::Tensor;
-use webssl_models::kernels::soft_cross_entropy;
+use webssl_models::kernels::{self, soft_cross_entropy};
 
 use super::f32_of;
 
@@ -56,7 +56,7 @@ pub fn ibot_loss(
     let w = f32_of(masks_weight.detach());
     // per-token cross-entropy −ℓ_j
     let per_token = soft_cross_entropy(f32_of(student_patch_logits), t, student_temp);
-    (per_token * w).sum() / n_global_crops as f64
+    kernels::sum(per_token * w) / n_global_crops as f64
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@
 
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
+use webssl_models::kernels;
 use webssl_models::params::to_host;
 
 use super::f32_of;
@@ -54,7 +55,7 @@ pub fn koleo_loss(x: Tensor<2>) -> Tensor<1> {
     let idx = Tensor::<1, Int>::from_data(TensorData::new(nn, [b]), &device);
     let neighbours = xn.clone().select(0, idx);
     let d = (xn - neighbours + EPS).square().sum_dim(1).sqrt();
-    -(d + EPS).log().mean()
+    -kernels::mean((d + EPS).log())
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use webssl_data::masks::MaeMasks;
+use webssl_models::kernels;
 use webssl_models::mae::patchify;
 
 /// The per-patch normalised target.
@@ -43,7 +44,7 @@ pub fn mae_loss(
     };
     let [b, n, _] = pred.dims();
     let per_patch = (pred - target).powi_scalar(2).mean_dim(2).reshape([b, n]);
-    (per_patch * mask.clone()).sum() / mask.sum()
+    kernels::sum(per_patch * mask.clone()) / kernels::sum(mask)
 }
 
 /// A batch's MAE masks as tensors.

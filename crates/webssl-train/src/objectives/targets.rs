@@ -24,6 +24,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use webssl_models::checkpoint::store::TensorStore;
+use webssl_models::kernels;
 use webssl_models::params::to_host;
 
 use super::{on_kind_of, untracked_f32};
@@ -101,7 +102,7 @@ pub fn sinkhorn_knopp_dist(
     let mut q = ((t - shift) / temp).exp();
     let total = dist.all_reduce_tensor(
         "sinkhorn mass",
-        q.clone().sum().reshape([1, 1]),
+        kernels::sum(q.clone()).reshape([1, 1]),
         ReduceOp::Sum,
     );
     q = q / total;
