@@ -37,9 +37,11 @@ loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 T_START=$(date +%s)
 
 # --- binary: build, then snapshot it so a concurrent rebuild cannot swap it mid-benchmark ---------
+# With nasm installed, libjpeg-turbo's SIMD decoder (same pixels, ~3x the C-only decode rate).
+FEATURES=$(command -v nasm > /dev/null && echo jpeg-simd || true)
 if [[ -z ${SKIP_BUILD:-} ]]; then
-    log "cargo build --release -p webssl-cli"
-    cargo build --release -p webssl-cli
+    log "cargo build --release -p webssl-cli ${FEATURES:+--features $FEATURES}"
+    cargo build --release -p webssl-cli ${FEATURES:+--features "$FEATURES"}
 fi
 cp -p "$TARGET/release/webssl" "$CACHE/webssl.new" && mv "$CACHE/webssl.new" "$CACHE/webssl"
 BIN=$CACHE/webssl

@@ -1,7 +1,9 @@
 //! End to end: `webssl embed` on a folder of real photos with an HF checkpoint made by
 //! fixtures/backbones/make_backbones.py gives the same CLS features as `transformers` (preprocessing
 //! included) — and within bf16's error with `--precision bf16` — skips and lists bad files, and fails
-//! clearly on bad arguments.
+//! clearly on bad arguments. On the JPEG corpus of fixtures/decode (every chroma layout, progressive,
+//! restart markers, grayscale, CMYK/YCCK) `embed` matches transformers with both of its image-processor
+//! backends (`--preprocess pil|torchvision`), which needs Pillow's decoded pixels exactly.
 
 mod support;
 
@@ -87,6 +89,59 @@ fn embeds_a_folder_like_transformers() {
                 "{model} {precision} {name}: relative error {}",
                 err / scale
             );
+        }
+    }
+}
+
+/// `webssl embed` on the folder of JPEG photos vs `fixtures/backbones/make_jpeg_embed.py`
+/// (transformers' `*ImageProcessorPil` and torchvision-backend `*ImageProcessor` on
+/// `Image.open(f).convert("RGB")`): CLS and mean patch token within 1e-4 of the largest value.
+#[test]
+fn embeds_jpeg_photos_like_transformers_with_both_backends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = support::fixtures("decode").join("jpeg");
+    let reference = TensorStore::open_file(&fixtures().join("jpeg_reference.safetensors")).unwrap();
+    let out = tmp.path().join("feats.safetensors");
+    for model in ["dinov2-swiglu", "dinov2-gelu", "vit-p16"] {
+        for backend in ["pil", "torchvision"] {
+            let run = webssl()
+                .args(["embed", "--model"])
+                .arg(fixtures().join(model))
+                .arg("--input")
+                .arg(&corpus)
+                .arg("--output")
+                .arg(&out)
+                .args(["--preprocess", backend, "--batch-size", "8"])
+                .output()
+                .unwrap();
+            assert!(
+                run.status.success(),
+                "{}",
+                String::from_utf8_lossy(&run.stderr)
+            );
+            let feats = webssl_eval::features::FeatureFile::load(&out).unwrap();
+            assert!(feats.keys.len() >= 18, "{:?}", feats.keys);
+            let mut worst = 0f32;
+            for (i, key) in feats.keys.iter().enumerate() {
+                for feature in ["cls", "patch_mean"] {
+                    let (_, want) = reference
+                        .read_f32(&format!("{model}.{backend}.{key}.{feature}"))
+                        .unwrap();
+                    let got = feats.tensors[feature].row(i);
+                    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let err = got
+                        .iter()
+                        .zip(&want)
+                        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                    worst = worst.max(err / scale);
+                    assert!(
+                        err / scale <= 1e-4,
+                        "{model} --preprocess {backend} {key} {feature}: relative error {}",
+                        err / scale
+                    );
+                }
+            }
+            eprintln!("{model} {backend}: worst relative error {worst:.2e}");
         }
     }
 }

@@ -33,6 +33,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use webssl_data::decode::decode_rgb;
 use webssl_data::source::{InputSpec, iter_items};
+use webssl_data::transform::HfBackend;
 use webssl_eval::features::{Encoder, Feature, Matrix};
 use webssl_eval::linear::fit_logreg;
 use webssl_models::checkpoint::export;
@@ -73,7 +74,9 @@ impl FeatureExtractor {
         resolution: Option<u32>,
         pooling: Pooling,
     ) -> Result<Self> {
-        let encoder = Encoder::load(model, arch, resolution, &Device::flex())?;
+        // Curation's classifier is trained and applied with one preprocessing; the PIL one is the
+        // reference pipelines'.
+        let encoder = Encoder::load(model, arch, resolution, HfBackend::Pil, &Device::flex())?;
         Ok(FeatureExtractor { encoder, pooling })
     }
 

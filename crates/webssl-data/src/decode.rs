@@ -4,16 +4,15 @@
 //! `convert("RGB")` (`torchvision.datasets.folder.pil_loader`, webdataset's `"pil"`/`"rgb8"` decoders).
 //! Features trained in Rust must see the same pixels, so this module reproduces that call:
 //!
-//! - **Formats**: JPEG (zune-jpeg through `image`), PNG, WebP, GIF (first frame only, as PIL's
-//!   `open` without `seek`). The format is sniffed from the magic bytes, never from a file name.
+//! - **Formats**: JPEG (libjpeg-turbo, configured as Pillow: [`jpeg`]), PNG, WebP, GIF (first frame
+//!   only, as PIL's `open` without `seek`) through `image`. The format is sniffed from the magic
+//!   bytes, never from a file name.
 //! - **Alpha is dropped, not composited** (PIL `RGBA -> RGB` and `LA -> RGB` discard the alpha band):
 //!   a fully transparent pixel keeps whatever colour it stores.
 //! - **Grayscale** is replicated into the three bands (PIL `L -> RGB`).
 //! - **Palette** images are expanded through their palette (PIL `P -> RGB`, transparency ignored).
-//! - **CMYK JPEG** (Adobe, transform 0): zune-jpeg applies `R = (255-C)(255-K)/255` with the same
-//!   `MULDIV255` rounding as Pillow's `cmyk2rgb` (Pillow >= 9.x), after the Adobe inversion that
-//!   Pillow undoes with rawmode `CMYK;I`. Both therefore give the same result up to JPEG IDCT
-//!   differences (zune-jpeg vs libjpeg-turbo differ by a few levels on some pixels; see tests).
+//! - **JPEG** is bit-identical to Pillow's libjpeg-turbo for every chroma subsampling, progressive
+//!   and restart-marker files, grayscale and CMYK/YCCK ([`jpeg`] says how).
 //! - **16-bit** PNGs follow Pillow's modes: `RGB;16B`/`RGBA;16B`/`LA;16B` keep the most significant
 //!   byte; 16-bit grayscale opens as `I;16` and `I;16 -> RGB` *clips* to 255 (it does not rescale).
 //!   That Pillow behaviour whitens most 16-bit gray images; we keep it deliberately for parity.
@@ -26,14 +25,15 @@
 //! Deviations: for a GIF whose first frame is smaller than the logical screen, `image` composes it
 //! on a transparent-black canvas, while Pillow fills the canvas from the frame's transparency (or
 //! background) index; a PNG missing its final `IEND` bytes is an error here but loads in Pillow.
-//! A JPEG without an end-of-image marker after its last scan is rejected as truncated: zune-jpeg
-//! would pad it with grey and succeed, where Pillow raises `image file is truncated`.
+//! A truncated JPEG is an error, as in Pillow by default (`LOAD_TRUNCATED_IMAGES = False`).
 
 use std::io::Cursor;
 
 use image::{DynamicImage, ImageFormat, ImageReader, Limits, RgbImage};
 
 use crate::error::{DataError, Result};
+
+mod jpeg;
 
 /// Pillow's `DecompressionBombError` threshold: `Image.MAX_IMAGE_PIXELS * 2` = `2 * 89_478_485`.
 pub const DEFAULT_MAX_PIXELS: u64 = 178_956_970;
@@ -83,9 +83,11 @@ fn reader<'a>(bytes: &'a [u8], what: &str) -> Result<ImageReader<Cursor<&'a [u8]
 
 /// Reads only the header and returns `(width, height)`; no pixel data is decoded.
 pub fn image_dimensions(bytes: &[u8], what: &str) -> Result<(u32, u32)> {
-    reader(bytes, what)?
-        .into_dimensions()
-        .map_err(|e| decode_err(what, e))
+    let reader = reader(bytes, what)?;
+    if reader.format() == Some(ImageFormat::Jpeg) {
+        return jpeg::dimensions(bytes, what);
+    }
+    reader.into_dimensions().map_err(|e| decode_err(what, e))
 }
 
 /// Checks `width * height` against the cap (and rejects empty images).
@@ -110,17 +112,12 @@ pub fn check_pixels(width: u32, height: u32, what: &str, max_pixels: u64) -> Res
 /// The header is parsed first and an image over `max_pixels` pixels fails with
 /// [`DataError::TooLarge`] before the decoder allocates its pixel buffer.
 pub fn decode_rgb(bytes: &[u8], what: &str, max_pixels: u64) -> Result<RgbImage> {
+    let mut reader = reader(bytes, what)?;
+    if reader.format() == Some(ImageFormat::Jpeg) {
+        return jpeg::decode(bytes, what, max_pixels);
+    }
     let (width, height) = image_dimensions(bytes, what)?;
     check_pixels(width, height, what, max_pixels)?;
-    let mut reader = reader(bytes, what)?;
-    if reader.format() == Some(ImageFormat::Jpeg) && !jpeg_has_eoi_after_last_scan(bytes) {
-        // zune-jpeg pads a truncated scan with grey and succeeds; Pillow (libjpeg) raises
-        // "image file is truncated". Skipping is the safe choice for training data.
-        return Err(decode_err(
-            what,
-            "truncated JPEG (no end-of-image marker after the last scan)",
-        ));
-    }
     // The header was trusted for the cap; the limits make the decoder enforce the same dimensions
     // while it runs. `image`'s default 512 MiB allocation cap would reject legitimate images under
     // Pillow's cap (a 178 Mpx RGBA16 buffer is 1.4 GB), so we allow what the checked size needs.
@@ -135,17 +132,6 @@ pub fn decode_rgb(bytes: &[u8], what: &str, max_pixels: u64) -> Result<RgbImage>
     reader.limits(limits);
     let img = reader.decode().map_err(|e| decode_err(what, e))?;
     Ok(to_rgb_like_pil(img))
-}
-
-/// True when an `FF D9` (EOI) marker follows the last `FF DA` (start of scan). Entropy-coded data
-/// cannot contain either (0xFF is stuffed as `FF 00`), so the last SOS belongs to the main image
-/// even when an EXIF thumbnail (a complete JPEG with its own SOS/EOI) comes first.
-fn jpeg_has_eoi_after_last_scan(bytes: &[u8]) -> bool {
-    let last_sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
-    match last_sos {
-        Some(i) => bytes[i..].windows(2).any(|w| w == [0xFF, 0xD9]),
-        None => false,
-    }
 }
 
 /// Converts any decoded image to RGB8 with Pillow's `convert("RGB")` rules (module docs).
@@ -339,14 +325,17 @@ mod tests {
         assert!(is_image_ext("JPEG") && !is_image_ext("txt"));
     }
 
-    /// Parity with Pillow 13 `convert("RGB")` on the fixtures from `fixtures/decode/make_decode.py`.
-    /// Lossless formats must match bit for bit; JPEG may differ by the IDCT/upsampling rounding
-    /// of zune-jpeg versus libjpeg-turbo, bounded here.
+    fn fixture_index(name: &str) -> (std::path::PathBuf, serde_json::Value) {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/decode");
+        let index = serde_json::from_slice(&std::fs::read(dir.join(name)).unwrap()).unwrap();
+        (dir, index)
+    }
+
+    /// Parity with Pillow 13 `convert("RGB")` on the fixtures from `fixtures/decode/make_decode.py`:
+    /// every format, JPEG included, bit for bit.
     #[test]
     fn parity_with_pillow_fixtures() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/decode");
-        let index: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.join("decode.json")).unwrap()).unwrap();
+        let (dir, index) = fixture_index("decode.json");
         let cases = index["cases"].as_object().unwrap();
         assert!(cases.len() >= 10);
         for (name, case) in cases {
@@ -358,34 +347,95 @@ mod tests {
                 case["height"].as_u64().unwrap() as u32,
             );
             assert_eq!(got.dimensions(), (w, h), "{name}");
-            let diffs: Vec<i32> = got
+            let differing = got
                 .as_raw()
                 .iter()
                 .zip(&want)
-                .map(|(&a, &b)| (i32::from(a) - i32::from(b)).abs())
+                .filter(|(a, b)| a != b)
+                .count();
+            assert_eq!(differing, 0, "{name}: {differing} bytes differ from Pillow");
+        }
+    }
+
+    /// The JPEG corpus of `fixtures/decode/make_jpeg_corpus.py` (real photos as baseline and
+    /// progressive, 4:4:4 / 4:2:2 / 4:2:0, restart markers, Adobe RGB, grayscale, CMYK, YCCK, EXIF
+    /// rotation, partial MCUs): the SHA-256 of the decoded RGB equals that of Pillow's.
+    #[test]
+    fn jpeg_corpus_is_bit_identical_to_pillow() {
+        use sha2::{Digest, Sha256};
+        let (dir, index) = fixture_index("jpeg.json");
+        let cases = index["cases"].as_object().unwrap();
+        assert!(cases.len() >= 18, "{} cases", cases.len());
+        for (name, case) in cases {
+            let bytes = std::fs::read(dir.join(case["file"].as_str().unwrap())).unwrap();
+            assert_eq!(sniff_ext(&bytes), Some("jpg"), "{name}");
+            let (w, h) = (
+                case["width"].as_u64().unwrap() as u32,
+                case["height"].as_u64().unwrap() as u32,
+            );
+            assert_eq!(image_dimensions(&bytes, name).unwrap(), (w, h), "{name}");
+            let got = decode_rgb(&bytes, name, DEFAULT_MAX_PIXELS).unwrap();
+            assert_eq!(got.dimensions(), (w, h), "{name}");
+            let hash: String = Sha256::digest(got.as_raw())
+                .iter()
+                .map(|b| format!("{b:02x}"))
                 .collect();
-            let max = diffs.iter().copied().max().unwrap();
-            let mean = diffs.iter().map(|&d| f64::from(d)).sum::<f64>() / diffs.len() as f64;
-            eprintln!("{name}: max {max} mean {mean:.4}");
-            if case["file"].as_str().unwrap().ends_with(".jpg") {
+            assert_eq!(
+                hash,
+                case["sha256"].as_str().unwrap(),
+                "{name} ({}) differs from Pillow",
+                case["exercises"]
+            );
+            // Pillow refuses these cuts (checked by the script): so must we.
+            for cut in [bytes.len() / 2, bytes.len() - 2] {
+                let r = decode_rgb(&bytes[..cut], name, DEFAULT_MAX_PIXELS);
                 assert!(
-                    max <= JPEG_MAX_DIFF && mean <= JPEG_MEAN_DIFF,
-                    "{name}: max {max} mean {mean}"
+                    matches!(&r, Err(DataError::Decode { reason, .. }) if reason.contains("JPEG")),
+                    "{name} cut to {cut} bytes: {r:?}"
                 );
-            } else {
-                assert_eq!(max, 0, "{name} must match Pillow exactly");
             }
         }
     }
-    // Measured against Pillow 13 (libjpeg-turbo): max 3, mean 0.35 (4:2:0 colour), 1 / 0.02 (gray, CMYK).
+
+    /// Pillow's `CMYK;I` + `cmyk2rgb`, checked on values worked out by hand from Convert.c.
+    #[test]
+    fn cmyk_conversion_matches_pillow_formula() {
+        // Stored (inverted) 255 everywhere = C=M=Y=K=0 → white; stored K 0 = K 255 → black.
+        assert_eq!(jpeg::cmyk_to_rgb(&[255, 255, 255, 255]), [255, 255, 255]);
+        assert_eq!(jpeg::cmyk_to_rgb(&[255, 0, 128, 0]), [0, 0, 0]);
+        // nk = 200, C = 255 - 55 = 200: 200 - MULDIV255(200, 200) = 200 - 157 = 43.
+        assert_eq!(jpeg::cmyk_to_rgb(&[55, 255, 0, 200])[0], 43);
+    }
+
+    #[test]
+    fn jpeg_errors_name_the_image_and_the_cause() {
+        let (dir, _) = fixture_index("jpeg.json");
+        let bytes = std::fs::read(dir.join("jpeg/astronaut_420.jpg")).unwrap();
+        // Header fine, dimensions over the cap: rejected before decoding.
+        assert!(matches!(
+            decode_rgb(&bytes, "a", 100 * 98),
+            Err(DataError::TooLarge {
+                width: 101,
+                height: 99,
+                ..
+            })
+        ));
+        // A corrupt SOF (precision 12 is not in this 8-bit build, nor in Pillow's JPEG plugin).
+        let mut bad = bytes.clone();
+        let sof = bad.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        bad[sof + 4] = 12;
+        let e = decode_rgb(&bad, "shard.tar:k", DEFAULT_MAX_PIXELS).unwrap_err();
+        assert!(e.to_string().contains("shard.tar:k"), "{e}");
+        // Only the SOI marker.
+        assert!(decode_rgb(&[0xFF, 0xD8, 0xFF], "s", DEFAULT_MAX_PIXELS).is_err());
+    }
+
     /// Every fixture cut in half must fail to decode, as in Pillow. Cut by 2 bytes, Pillow still
     /// fails on JPEG (EOI gone) and WebP, but accepts GIF (trailer gone) and PNG (IEND cut); `png`
     /// is stricter there, which only matters for already-damaged files.
     #[test]
     fn truncated_files_are_errors() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/decode");
-        let index: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.join("decode.json")).unwrap()).unwrap();
+        let (dir, index) = fixture_index("decode.json");
         for (name, case) in index["cases"].as_object().unwrap() {
             let file = case["file"].as_str().unwrap();
             let bytes = std::fs::read(dir.join(file)).unwrap();
@@ -397,7 +447,4 @@ mod tests {
             }
         }
     }
-
-    const JPEG_MAX_DIFF: i32 = 4;
-    const JPEG_MEAN_DIFF: f64 = 0.5;
 }

@@ -271,6 +271,31 @@ pub enum HfBackend {
     Torchvision,
 }
 
+impl HfBackend {
+    /// The CLI spelling (`pil`, `torchvision`).
+    pub fn name(self) -> &'static str {
+        match self {
+            HfBackend::Pil => "pil",
+            HfBackend::Torchvision => "torchvision",
+        }
+    }
+}
+
+impl std::str::FromStr for HfBackend {
+    type Err = DataError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "pil" => Ok(HfBackend::Pil),
+            "torchvision" => Ok(HfBackend::Torchvision),
+            other => Err(DataError::config(
+                "preprocess",
+                format!("`{other}` is not a backend (pil, torchvision)"),
+            )),
+        }
+    }
+}
+
 /// Resize step of an [`EvalTransform`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ResizeMode {
@@ -337,6 +362,27 @@ impl EvalTransform {
             crop: None,
             crop_rounding: CropRounding::Torchvision,
             normalize: Normalize::torchvision(IMAGENET_MEAN, IMAGENET_STD),
+        }
+    }
+
+    /// [`Self::square`] as `hf` computes it: for [`HfBackend::Pil`] exactly [`Self::square`] (the
+    /// webssl demos, and `BitImageProcessorPil` with `size = {height: s, width: s}`, no crop, which
+    /// gives the same bits); for [`HfBackend::Torchvision`] that `BitImageProcessor` configuration
+    /// on transformers' torchvision backend.
+    pub fn square_with(size: u32, hf: HfBackend) -> Result<Self> {
+        match hf {
+            HfBackend::Pil => Ok(Self::square(size)),
+            HfBackend::Torchvision => Self::from_hf_preprocessor_config_with(
+                &serde_json::json!({
+                    "image_processor_type": "BitImageProcessor",
+                    "size": {"height": size, "width": size},
+                    "resample": 3,
+                    "do_center_crop": false,
+                    "image_mean": [0.485, 0.456, 0.406],
+                    "image_std": [0.229, 0.224, 0.225],
+                }),
+                hf,
+            ),
         }
     }
 

@@ -6,7 +6,8 @@
 //! (resize, crops, flips, brightness/contrast/saturation/hue, grayscale, solarize, the HF/torchvision
 //! eval `u8` stages, torch's uint8 antialiased resize and the HF torchvision-backend processors).
 //! `f32` outputs (ToTensor + Normalize, HF rescale + normalize, HF fused normalize) are bit-exact too
-//! (max abs diff 0). The Gaussian blur goes through a torch `f32` conv2d whose summation order we do
+//! (max abs diff 0). JPEG inputs (`make_augment_jpeg.py`) are decoded by the loader's decoder and
+//! must give the same views bit for bit. The Gaussian blur goes through a torch `f32` conv2d whose summation order we do
 //! not reproduce: there a rounding flip of 1 `u8` level is allowed on ≤ 1% of values (see the blur test).
 
 use std::collections::HashMap;
@@ -15,6 +16,7 @@ use std::path::PathBuf;
 use image::RgbImage;
 use serde_json::Value;
 use webssl_data::augment::{self, CropParams, JitterParams, ViewParams};
+use webssl_data::decode::{DEFAULT_MAX_PIXELS, decode_rgb};
 use webssl_data::resize::{Filter, PassOrder, crop_resize, resize_box_with, torch_resize_u8};
 use webssl_data::transform::{EvalTransform, HfBackend, Normalize};
 
@@ -37,8 +39,12 @@ fn dir() -> PathBuf {
 /// Minimal safetensors reader (8-byte LE header length, JSON header, raw little-endian data): the
 /// format is three lines of code, not worth a dependency in this crate.
 fn load() -> Fixtures {
-    let meta = support::read_json(&dir().join("cases.json"));
-    let bytes = std::fs::read(dir().join("augment.safetensors")).unwrap();
+    load_from("cases.json", "augment.safetensors")
+}
+
+fn load_from(cases: &str, tensors: &str) -> Fixtures {
+    let meta = support::read_json(&dir().join(cases));
+    let bytes = std::fs::read(dir().join(tensors)).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
     let data = &bytes[8 + n..];
@@ -372,55 +378,76 @@ fn gaussian_blur_matches_torchvision_within_rounding() {
 fn full_dino_views_match() {
     let fx = load();
     for c in fx.of_kind("dino_view") {
-        let cr = &c["crop"];
-        let crop = CropParams {
-            top: cr[0].as_u64().unwrap() as u32,
-            left: cr[1].as_u64().unwrap() as u32,
-            height: cr[2].as_u64().unwrap() as u32,
-            width: cr[3].as_u64().unwrap() as u32,
-        };
-        let jitter = c["jitter"].as_object().map(|j| {
-            let f = &j["factors"];
-            jitter_of(
-                &j["order"],
-                [0, 1, 2, 3].map(|i| f[i].as_f64().unwrap() as f32),
-            )
-        });
-        let p = ViewParams {
-            crop,
-            flip: c["flip"].as_bool().unwrap(),
-            jitter,
-            grayscale: c["gray"].as_bool().unwrap(),
-            blur_sigma: c["sigma"].as_f64().map(|s| s as f32),
-            solarize: c["solarize"].as_bool().unwrap(),
-        };
-        let triple = |k: &str| [0, 1, 2].map(|i| c[k][i].as_f64().unwrap() as f32);
-        let norm = Normalize::torchvision(triple("mean"), triple("std"));
-        let size = u32_of(c, "size");
-        let mut got = vec![0f32; (3 * size * size) as usize];
-        augment::render_view(&fx.src(c), &p, size, &norm, PassOrder::Pillow13, &mut got).unwrap();
-        let (_, want) = fx.f32(c["out_f32"].as_str().unwrap());
-        if p.blur_sigma.is_none() {
-            assert_same_f32(&got, want, &format!("{c}"));
-        } else {
-            // One u8 level after normalisation is 1/255/std; allow the blur's rounding flips.
-            let step = 1.0 / 255.0 / norm.std.iter().cloned().fold(f32::INFINITY, f32::min) + 1e-5;
-            let bad = got
-                .iter()
-                .zip(want)
-                .filter(|(a, b)| (*a - *b).abs() > 0.0)
-                .count();
-            let max = got
-                .iter()
-                .zip(want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
-            assert!(max <= step, "{c}: max {max}");
-            assert!(
-                (bad as f64) <= BLUR_MAX_FRACTION * got.len() as f64,
-                "{c}: {bad} differ"
-            );
+        check_view(&fx, c, &fx.src(c));
+    }
+}
+
+/// DINOv2, MAE and CLIP views from JPEG files (`make_augment_jpeg.py`): the bytes go through the
+/// loader's decoder, then the view; torchvision's views of Pillow's decode must come out bit for bit.
+#[test]
+fn views_of_jpeg_files_match_end_to_end() {
+    let fx = load_from("jpeg_cases.json", "jpeg.safetensors");
+    let fixtures = dir().join("..");
+    for kind in ["dino_view", "mae_view", "clip_view"] {
+        for c in fx.of_kind(kind) {
+            let file = c["jpeg"].as_str().unwrap();
+            let bytes = std::fs::read(fixtures.join(file)).unwrap();
+            let img = decode_rgb(&bytes, file, DEFAULT_MAX_PIXELS).unwrap();
+            check_view(&fx, c, &img);
         }
+    }
+}
+
+/// Renders the view a `dino_view`-style case describes from `src` and compares it with the reference.
+fn check_view(fx: &Fixtures, c: &Value, src: &RgbImage) {
+    let cr = &c["crop"];
+    let crop = CropParams {
+        top: cr[0].as_u64().unwrap() as u32,
+        left: cr[1].as_u64().unwrap() as u32,
+        height: cr[2].as_u64().unwrap() as u32,
+        width: cr[3].as_u64().unwrap() as u32,
+    };
+    let jitter = c["jitter"].as_object().map(|j| {
+        let f = &j["factors"];
+        jitter_of(
+            &j["order"],
+            [0, 1, 2, 3].map(|i| f[i].as_f64().unwrap() as f32),
+        )
+    });
+    let p = ViewParams {
+        crop,
+        flip: c["flip"].as_bool().unwrap(),
+        jitter,
+        grayscale: c["gray"].as_bool().unwrap(),
+        blur_sigma: c["sigma"].as_f64().map(|s| s as f32),
+        solarize: c["solarize"].as_bool().unwrap(),
+    };
+    let triple = |k: &str| [0, 1, 2].map(|i| c[k][i].as_f64().unwrap() as f32);
+    let norm = Normalize::torchvision(triple("mean"), triple("std"));
+    let size = u32_of(c, "size");
+    let mut got = vec![0f32; (3 * size * size) as usize];
+    augment::render_view(src, &p, size, &norm, PassOrder::Pillow13, &mut got).unwrap();
+    let (_, want) = fx.f32(c["out_f32"].as_str().unwrap());
+    if p.blur_sigma.is_none() {
+        assert_same_f32(&got, want, &format!("{c}"));
+    } else {
+        // One u8 level after normalisation is 1/255/std; allow the blur's rounding flips.
+        let step = 1.0 / 255.0 / norm.std.iter().cloned().fold(f32::INFINITY, f32::min) + 1e-5;
+        let bad = got
+            .iter()
+            .zip(want)
+            .filter(|(a, b)| (*a - *b).abs() > 0.0)
+            .count();
+        let max = got
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(max <= step, "{c}: max {max}");
+        assert!(
+            (bad as f64) <= BLUR_MAX_FRACTION * got.len() as f64,
+            "{c}: {bad} differ"
+        );
     }
 }
 

@@ -15,6 +15,7 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use rayon::prelude::*;
 use webssl_data::decode::{DEFAULT_MAX_PIXELS, decode_rgb};
 use webssl_data::source::{Item, iter_items, resolve_inputs};
+use webssl_data::transform::HfBackend;
 use webssl_eval::features::{Encoder, Extracted, Feature, Preprocess};
 use webssl_models::checkpoint::export::write_atomic;
 use webssl_models::{Precision, autocast};
@@ -58,6 +59,12 @@ pub struct Args {
     /// preprocessor; must be a multiple of the patch size.
     #[arg(long, value_parser = crate::cmd::image_side())]
     pub resolution: Option<u32>,
+    /// Preprocessing as transformers computes it with its `pil` image processors
+    /// (`BitImageProcessorPil`, `use_fast=False`; the webssl demos) or its `torchvision` ones
+    /// (transformers 5's default `BitImageProcessor`: torch's antialiased uint8 resize). Applies
+    /// to the checkpoint's preprocessor_config.json and to --resolution.
+    #[arg(long, default_value = "pil", value_parser = crate::cmd::preprocess_backend())]
+    pub preprocess: HfBackend,
     /// Images with more pixels than this are skipped (decompression-bomb guard).
     #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
     pub max_pixels: u64,
@@ -92,8 +99,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     check_writable(&args.output)?;
     let device = crate::device::selected()?;
-    let encoder = Encoder::load(&args.model, args.arch.as_deref(), args.resolution, &device)
-        .with_context(|| format!("loading model {}", args.model.display()))?;
+    let encoder = Encoder::load(
+        &args.model,
+        args.arch.as_deref(),
+        args.resolution,
+        args.preprocess,
+        &device,
+    )
+    .with_context(|| format!("loading model {}", args.model.display()))?;
     let cfg = encoder.model().config().clone();
     let (w, h) = encoder.preprocess().size;
     if args.last_layers > cfg.depth {

@@ -5,8 +5,11 @@
 //!
 //! Preprocessing ([`Encoder::load`]): a square `resolution` resize when given (the webssl demos),
 //! else the checkpoint's HF `preprocessor_config.json`, else dinov2's ImageNet eval transform
-//! (`Resize(img·256/224) + CenterCrop(img)`). Every image must come out the same size, a multiple
-//! of the patch size, so that images batch.
+//! (`Resize(img·256/224) + CenterCrop(img)`). The first two follow either of transformers' image
+//! processor backends ([`HfBackend`]): `Pil` (`BitImageProcessorPil`, `use_fast=False`, what the
+//! webssl demos run; the default) or `Torchvision` (transformers 5's default `BitImageProcessor`:
+//! torch's antialiased `uint8` resize). dinov2's transform is defined on PIL images only. Every
+//! image must come out the same size, a multiple of the patch size, so that images batch.
 //!
 //! Features ([`Encoder::extract`]) are read after the final norm: the CLS token, the mean of the
 //! patch tokens, all patch tokens, the register tokens, and per block of the last few the CLS and
@@ -17,7 +20,7 @@ use std::path::Path;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use image::RgbImage;
-use webssl_data::transform::EvalTransform;
+use webssl_data::transform::{EvalTransform, HfBackend};
 use webssl_models::{Vit, checkpoint, presets};
 
 use crate::error::{EvalError, Result};
@@ -100,26 +103,37 @@ impl Extracted {
 
 impl Encoder {
     /// Loads `model` (any checkpoint [`checkpoint::load`] reads; an `arch` preset name is needed for
-    /// native checkpoints) and picks the preprocessing (see the module docs).
+    /// native checkpoints) and picks the preprocessing, as transformers' `hf` backend computes it
+    /// (see the module docs).
     pub fn load(
         model: &Path,
         arch: Option<&str>,
         resolution: Option<u32>,
+        hf: HfBackend,
         device: &Device,
     ) -> Result<Self> {
         let arch = arch.map(presets::preset).transpose()?;
         let loaded = checkpoint::load(model, arch.as_ref(), device)?;
         let cfg = loaded.model.config();
-        let transform = match (resolution, &loaded.preprocessor) {
-            (Some(res), _) => EvalTransform::square(res),
-            (None, Some(pre)) => EvalTransform::from_hf_preprocessor_config(pre).map_err(|e| {
-                EvalError::Preprocess {
-                    model: model.display().to_string(),
-                    message: format!("preprocessor_config.json: {e}"),
-                }
-            })?,
-            (None, None) => {
+        let bad = |message: String| EvalError::Preprocess {
+            model: model.display().to_string(),
+            message,
+        };
+        let transform = match (resolution, &loaded.preprocessor, hf) {
+            (Some(res), _, _) => EvalTransform::square_with(res, hf)
+                .map_err(|e| bad(format!("--resolution {res}: {e}")))?,
+            (None, Some(pre), _) => EvalTransform::from_hf_preprocessor_config_with(pre, hf)
+                .map_err(|e| bad(format!("preprocessor_config.json: {e}")))?,
+            (None, None, HfBackend::Pil) => {
                 EvalTransform::imagenet((cfg.img_size * 256 / 224) as u32, cfg.img_size as u32)
+            }
+            (None, None, HfBackend::Torchvision) => {
+                return Err(bad(
+                    "the torchvision preprocessing reproduces transformers' image processors, and \
+                     this checkpoint has no preprocessor_config.json: give --resolution, or use \
+                     the pil preprocessing (dinov2's eval transform)"
+                        .into(),
+                ));
             }
         };
         Self::new(

@@ -41,6 +41,9 @@ pub struct DenseArgs {
     /// size when square and a multiple of the patch size.
     #[arg(long, value_parser = crate::cmd::image_side())]
     pub size: Option<u32>,
+    /// `pil` or `torchvision` resize to --size (as `webssl embed --preprocess --resolution`).
+    #[arg(long, default_value = "pil", value_parser = crate::cmd::preprocess_backend())]
+    pub preprocess: webssl_data::transform::HfBackend,
     /// Passes over the training tokens.
     #[arg(long, default_value_t = 10)]
     pub epochs: usize,
@@ -114,7 +117,7 @@ pub fn run_dense(args: DenseArgs) -> anyhow::Result<()> {
     }
     let encoder = Encoder::new(
         model,
-        EvalTransform::square(size),
+        EvalTransform::square_with(size, args.preprocess)?,
         &device,
         &args.model.display().to_string(),
     )?;

@@ -52,6 +52,9 @@ pub struct DataArgs {
     /// With --model: resize to RES×RES instead of the checkpoint's preprocessor.
     #[arg(long, requires = "model", value_parser = crate::cmd::image_side())]
     pub resolution: Option<u32>,
+    /// With --model: `pil` or `torchvision` preprocessing (as `webssl embed --preprocess`).
+    #[arg(long, requires = "model", default_value = "pil", value_parser = crate::cmd::preprocess_backend())]
+    pub preprocess: webssl_data::transform::HfBackend,
     /// With --model: images per forward pass.
     #[arg(long, default_value_t = 32)]
     pub embed_batch_size: usize,
@@ -234,6 +237,7 @@ pub fn load(
                     batch_size: args.embed_batch_size,
                     threads: None,
                     resolution: args.resolution,
+                    preprocess: args.preprocess,
                     max_pixels: webssl_data::decode::DEFAULT_MAX_PIXELS,
                     // The probes compare encoders: their features in full precision.
                     precision: webssl_models::Precision::F32,
