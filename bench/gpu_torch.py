@@ -8,8 +8,9 @@ Standard library only (the GPU machine may have a bare python3):
   - `compare --a X --b Y [--key K ...] --rtol R --min-cos C`: max abs diff, max abs value and min
     row cosine of the features two `webssl embed` runs wrote (safetensors), one JSON line; exit 1 if
     outside the tolerance.
-  - `dino-metrics --run DIR --warmup N`: loss finiteness and img/s (median over the steps after the
-    first N) from a `webssl pretrain` run's metrics.jsonl / timing.jsonl, one JSON line.
+  - `dino-metrics --run DIR --warmup N --arch A [shape]`: loss finiteness and img/s (median over the
+    steps after the first N) from a `webssl pretrain` run's metrics.jsonl / timing.jsonl, with the
+    model FLOPs per image of that step (`dino_flops_per_image`, for the MFU), one JSON line.
   - `report --results FILE [--record bench/RESULTS.md]`: the Markdown section of a gpu.sh run.
 
 Need torch (+ transformers for the backbone), skipped by gpu.sh when missing:
@@ -133,6 +134,70 @@ def _jsonl(path):
     return rows
 
 
+# ------------------------------------------------------------------------------------------------
+# model FLOPs (MFU): one formula for both sides, so the MFU ratio is the img/s ratio
+
+# (width, depth, heads) of the presets both sides build (webssl_models::presets, dinov2 ViTs).
+ARCHS = {"vit-tiny": (192, 12, 3), "vit-small": (384, 12, 6), "vit-base": (768, 12, 12), "vit-large": (1024, 24, 16)}
+
+
+def vit_forward_flops(dim, depth, size, patch=14):
+    """Matmul FLOPs (2·m·n·k) of one image through a ViT at `size` px: patch embedding, per block
+    qkv + projection + MLP (ratio 4) = 24·T·D² and attention scores + weighted values = 4·T²·D, with
+    T = patches + 1 (CLS; these presets have no registers). Norms, softmax and GELU are left out, as
+    MFU conventions do."""
+    p = (size // patch) ** 2
+    t = p + 1
+    return 2 * p * (3 * patch * patch) * dim + depth * (24 * t * dim * dim + 4 * t * t * dim)
+
+
+def dino_flops_per_image(arch, depth, global_size, local_size, n_local, hidden, bottleneck, prototypes):
+    """Model FLOPs of one DINOv2 training step per image: the student's forward + backward (3× the
+    forward) over 2 global and `n_local` local views, the teacher's forward over the 2 global views,
+    and the head (MLP dim→hidden→hidden→bottleneck, then the prototypes) on each CLS token and on the
+    masked patch tokens of iBOT — expected count: half the images masked at a mean ratio of 0.3
+    (webssl's defaults 0.1–0.5), for student and teacher alike."""
+    dim, preset_depth, _ = ARCHS[arch]
+    depth = depth or preset_depth
+    head = 2 * (dim * hidden + hidden * hidden + hidden * bottleneck + bottleneck * prototypes)
+    masked = 2 * 0.5 * 0.3 * (global_size // 14) ** 2
+    student = 2 * vit_forward_flops(dim, depth, global_size) + n_local * vit_forward_flops(dim, depth, local_size)
+    student += head * (2 + n_local + masked)
+    teacher = 2 * vit_forward_flops(dim, depth, global_size) + head * (2 + masked)
+    return 3 * student + teacher
+
+
+# Dense peak FLOP/s by GPU (NVIDIA datasheets): bf16 tensor cores; f32 without tensor cores (torch's
+# default for f32 matmuls, TF32 off). Matched on the nvidia-smi name.
+PEAKS = [
+    ("H100 PCIe", {"bf16": 756e12, "f32": 51.2e12}),
+    ("H100", {"bf16": 989.4e12, "f32": 66.9e12}),
+    ("H200", {"bf16": 989.4e12, "f32": 66.9e12}),
+    ("A100", {"bf16": 312e12, "f32": 19.5e12}),
+]
+
+
+def peak_flops(gpu_name, dtype):
+    for key, peaks in PEAKS:
+        if key in (gpu_name or ""):
+            return peaks[dtype]
+    return None
+
+
+def mfu(row, gpu_name, dtype):
+    if not row or not row.get("img_s") or not row.get("flops_per_img"):
+        return None
+    peak = peak_flops(gpu_name, dtype)
+    return row["img_s"] * row["flops_per_img"] / peak if peak else None
+
+
+def _shape_flops(args):
+    return dino_flops_per_image(
+        args.arch, args.depth, args.global_size, args.local_size, args.n_local, args.hidden, args.bottleneck,
+        args.prototypes,
+    )
+
+
 def cmd_dino_metrics(args):
     metrics = _jsonl(os.path.join(args.run, "metrics.jsonl"))
     timing = _jsonl(os.path.join(args.run, "timing.jsonl"))
@@ -153,6 +218,9 @@ def cmd_dino_metrics(args):
                 "loader_wait": statistics.median(waits) if waits else None,
                 "warmup_step_s": [round(1.0 / t["img_per_s"] * args.batch, 3) for t in first if t.get("img_per_s")],
                 "peak_mem_mib": max((t["peak_mem_mib"] for t in timing if t.get("peak_mem_mib")), default=None),
+                "gpu_peak_mib": json.loads(args.gpu_peak_mib),
+                "arch": args.arch,
+                "flops_per_img": _shape_flops(args),
             }
         )
     )
@@ -243,6 +311,7 @@ def cmd_embed(args):
             {
                 "impl": "torch",
                 "what": "embed",
+                "peak_reserved_mib": torch.cuda.max_memory_reserved() / 2**20 if dev == "cuda" else None,
                 "dtype": args.dtype,
                 "batch": args.batch,
                 "size": size,
@@ -266,7 +335,7 @@ def _dino_parts(torch, args):
 
     nn = torch.nn
     F = torch.nn.functional
-    dim, depth, heads = {"vit-tiny": (192, 12, 3), "vit-small": (384, 12, 6), "vit-base": (768, 12, 12)}[args.arch]
+    dim, depth, heads = ARCHS[args.arch]
     depth = args.depth or depth
     cfg = Dinov2Config(
         hidden_size=dim,
@@ -397,11 +466,15 @@ def cmd_dino(args):
             times.append(time.perf_counter() - t)
     med = statistics.median(times)
     peak = torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None
+    reserved = torch.cuda.max_memory_reserved() / 2**20 if args.device == "cuda" else None
     print(
         json.dumps(
             {
                 "impl": "torch",
                 "what": "dino_step",
+                "arch": args.arch,
+                "flops_per_img": _shape_flops(args),
+                "peak_reserved_mib": reserved,
                 "dtype": args.dtype,
                 "tf32": args.tf32,
                 "batch": args.batch,
@@ -427,6 +500,10 @@ def _fmt(v, nd=1):
     if isinstance(v, float):
         return f"{v:.{nd}f}"
     return str(v)
+
+
+def _pct(v):
+    return "–" if v is None else f"{100 * v:.1f}%"
 
 
 def cmd_report(args):
@@ -462,8 +539,11 @@ def cmd_report(args):
         lines.append("")
     lines.append("**(b, c) Throughput** (img/s; ratio = ours / PyTorch in the same precision, > 1 means webssl is faster):")
     lines.append("")
-    lines.append("| what | ours | img/s | PyTorch | img/s | ratio | notes |")
-    lines.append("|---|---|---|---|---|---|---|")
+    gpu = meta.get("gpu_name")
+    lines.append(
+        "| what | ours | img/s | MFU | peak GPU MiB | PyTorch | img/s | MFU | peak GPU MiB | ratio | notes |"
+    )
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for dt in ("f32", "bf16"):
         ours_e, t = by.get(f"ours_embed_{dt}"), by.get(f"torch_embed_{dt}")
         if not ours_e:
@@ -471,25 +551,39 @@ def cmd_report(args):
         ratio = ours_e["img_s"] / t["img_s"] if t and t.get("img_s") and ours_e.get("img_s") else None
         lines.append(
             f"| embed {meta.get('embed_arch', '')} b{meta.get('embed_batch', '')} | `webssl embed` {dt}, end to end, "
-            f"marginal | {_fmt(ours_e.get('img_s'))} | Dinov2Model sdpa {dt}{' autocast' if dt == 'bf16' else ''}, "
-            f"model only | {_fmt(t and t.get('img_s'))} "
+            f"marginal | {_fmt(ours_e.get('img_s'))} | – | {_fmt(ours_e.get('gpu_peak_mib'), 0)} "
+            f"| Dinov2Model sdpa {dt} weights, "
+            f"model only | {_fmt(t and t.get('img_s'))} | – | {_fmt(t and t.get('peak_reserved_mib'), 0)} "
             f"| {_fmt(ratio, 2)} | ours: decode + preprocess + forward, steady state between {ours_e['small'][0]} and "
             f"{ours_e['images']} images ({_fmt(ours_e.get('img_s_plain'))} img/s over the {ours_e['images']} incl. "
             f"kernel compilation) |"
         )
     for dt in ("bf16", "f32"):
-        ours_d, t = by.get(f"ours_dino_{dt}"), by.get(f"torch_dino_{dt}")
-        if not ours_d:
-            continue
-        ratio = ours_d["img_s"] / t["img_s"] if t and t.get("img_s") and ours_d.get("img_s") else None
-        lines.append(
-            f"| DINO step {meta.get('dino_shape', '')} | `webssl pretrain dino` {dt}"
-            f"{' (f32 master weights)' if dt == 'bf16' else ''} "
-            f"| {_fmt(ours_d.get('img_s'))} | DINO-like step {dt}{' autocast' if dt == 'bf16' else ''} "
-            f"| {_fmt(t and t.get('img_s'))} | {_fmt(ratio, 2)} | ours: median of {ours_d.get('timed_steps')} steps "
-            f"incl. loader (wait {_fmt(ours_d.get('loader_wait'), 2)}), loss {_fmt(ours_d.get('loss_first'), 3)} → "
-            f"{_fmt(ours_d.get('loss_last'), 3)}, finite: {ours_d.get('loss_finite')} |"
-        )
+        for arch in meta.get("dino_archs", "").split():
+            ours_d, t = by.get(f"ours_dino_{arch}_{dt}"), by.get(f"torch_dino_{arch}_{dt}")
+            if not ours_d:
+                continue
+            ratio = ours_d["img_s"] / t["img_s"] if t and t.get("img_s") and ours_d.get("img_s") else None
+            m_ours, m_torch = mfu(ours_d, gpu, dt), mfu(t, gpu, dt)
+            lines.append(
+                f"| DINO step {arch} {meta.get('dino_shape', '')} | `webssl pretrain dino` {dt}"
+                f"{' (f32 master weights)' if dt == 'bf16' else ''} "
+                f"| {_fmt(ours_d.get('img_s'))} | {_pct(m_ours)} | {_fmt(ours_d.get('gpu_peak_mib'), 0)} "
+                f"| DINO-like step {dt}{' autocast' if dt == 'bf16' else ''} "
+                f"| {_fmt(t and t.get('img_s'))} | {_pct(m_torch)} "
+                f"| {_fmt(t and t.get('peak_reserved_mib'), 0)} | {_fmt(ratio, 2)} "
+                f"| ours: median of {ours_d.get('timed_steps')} steps "
+                f"incl. loader (wait {_fmt(ours_d.get('loader_wait'), 2)}), loss {_fmt(ours_d.get('loss_first'), 3)} → "
+                f"{_fmt(ours_d.get('loss_last'), 3)}, finite: {ours_d.get('loss_finite')}; "
+                f"{_fmt(ours_d.get('flops_per_img', 0) / 1e9, 0)} GFLOP/img |"
+            )
+    lines.append("")
+    lines.append(
+        "MFU: model FLOPs per image (gpu_torch.py `dino_flops_per_image`, the same formula for both sides) × "
+        "img/s ÷ the GPU's dense peak in that precision (bf16 tensor cores; f32 without tensor cores, so an "
+        "f32 run on TF32 can exceed what the column suggests). Peak GPU memory: ours = nvidia-smi's "
+        "memory.used sampled during the run (whole process); PyTorch = torch.cuda.max_memory_reserved."
+    )
     notes = meta.get("notes")
     if notes:
         lines.append("")
@@ -500,6 +594,19 @@ def cmd_report(args):
         with open(args.record, "a") as f:
             f.write("\n" + text)
         print(f"appended to {args.record}", file=sys.stderr)
+
+
+def _add_shape(p):
+    """The DINO step's shapes, shared by `dino` and `dino-metrics` (gpu.sh passes the same to both)."""
+    p.add_argument("--arch", default="vit-small", choices=sorted(ARCHS))
+    p.add_argument("--depth", type=int, default=0, help="0 = the preset's depth")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--global-size", type=int, default=224)
+    p.add_argument("--local-size", type=int, default=98)
+    p.add_argument("--n-local", type=int, default=8)
+    p.add_argument("--prototypes", type=int, default=65536)
+    p.add_argument("--hidden", type=int, default=2048)
+    p.add_argument("--bottleneck", type=int, default=256)
 
 
 def main():
@@ -517,7 +624,8 @@ def main():
     p = sub.add_parser("dino-metrics")
     p.add_argument("--run", required=True)
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--batch", type=int, required=True)
+    p.add_argument("--gpu-peak-mib", default="null", help="peak GPU memory gpu.sh sampled (MiB, or null)")
+    _add_shape(p)
     p = sub.add_parser("probe")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p = sub.add_parser("embed")
@@ -529,16 +637,8 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p = sub.add_parser("dino")
-    p.add_argument("--arch", default="vit-small")
-    p.add_argument("--depth", type=int, default=0, help="0 = the preset's depth")
+    _add_shape(p)
     p.add_argument("--layerscale", type=float, default=1e-5)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--global-size", type=int, default=224)
-    p.add_argument("--local-size", type=int, default=98)
-    p.add_argument("--n-local", type=int, default=8)
-    p.add_argument("--prototypes", type=int, default=65536)
-    p.add_argument("--hidden", type=int, default=2048)
-    p.add_argument("--bottleneck", type=int, default=256)
     p.add_argument("--dtype", default="f32", choices=["f32", "bf16"])
     p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls in the f32 run (torch default: off)")
     p.add_argument("--steps", type=int, default=10)

@@ -5,13 +5,13 @@
 //! feature `cuda` (`cargo build --release -p webssl-cli --features cuda`); a binary built without it
 //! refuses `--device cuda` with a message naming the feature instead of failing later.
 //!
-//! What the CUDA build needs (burn 0.22.1 → cubecl-cuda 0.11.3): no CUDA toolkit. Kernels are
-//! compiled at run time through LLVM's NVPTX target to PTX and loaded by the driver (cubecl-cuda's
-//! default `CudaBackend::Llvm`; NVRTC only with cubecl's `cuda-cpp` feature), so running needs only
-//! the NVIDIA driver. Building links tracel's prebuilt LLVM, which `cubecl-llvm`'s build script
-//! (via `tracel-llvm-bundler`) downloads from GitHub into `~/.local/share/tracel/` — a machine
-//! without that network access can type-check the feature (`DOCS_RS=1` makes those two build
-//! scripts skip the download) but cannot link the binary.
+//! What the CUDA build needs (burn 0.22.1 → cubecl-cuda 0.11.3, vendored without its LLVM backend,
+//! vendor/README.md): nothing beyond the package registries — no CUDA toolkit, no network at build
+//! time. At run time kernels are compiled as CUDA C++ through NVRTC, so a GPU machine needs the NVIDIA
+//! driver, NVRTC with the CUDA headers and, for several GPU ranks, NCCL: from a system CUDA or NVIDIA's
+//! pip wheels, found as `webssl_train::cuda_libs` documents (`WEBSSL_CUDA_LIBS` overrides). Each is
+//! checked before burn first touches the GPU, so a missing one is an error naming it and its install
+//! command, never a panic in CubeCL's device thread.
 //!
 //! `cuda` without an index drives the GPU of this process's local rank, read from the launcher's
 //! environment by the same rules as the data-parallel trainer (`webssl_train::dist::LaunchEnv`:
@@ -90,17 +90,24 @@ pub fn init(flag: &DeviceFlag) {
 
 /// The device the command should compute on (the `--device` flag; CPU when never set).
 pub fn selected() -> anyhow::Result<Device> {
+    let (spec, local_rank, visible) = selected_inputs()?;
+    resolve(spec, local_rank, visible.as_deref())
+}
+
+/// The CUDA ordinal of [`selected`] (`None`: the CPU), for the data-parallel engine.
+pub fn selected_cuda_index() -> anyhow::Result<Option<usize>> {
+    let (spec, local_rank, visible) = selected_inputs()?;
+    cuda_index(spec, local_rank, visible.as_deref())
+}
+
+/// The flag, the launcher's local rank (read only for `cuda` without an index) and `CUDA_VISIBLE_DEVICES`.
+fn selected_inputs() -> anyhow::Result<(DeviceSpec, Option<usize>, Option<String>)> {
     let spec = selected_spec();
-    // The launch environment matters only for `cuda` without an index; a CPU run never reads it here.
     let local_rank = match spec {
         DeviceSpec::Cuda(None) => launcher_local_rank(|k| std::env::var(k).ok())?,
         _ => None,
     };
-    resolve(
-        spec,
-        local_rank,
-        std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref(),
-    )
+    Ok((spec, local_rank, std::env::var("CUDA_VISIBLE_DEVICES").ok()))
 }
 
 /// This process's local rank as the launcher set it (`None`: a single process). `get` is the
@@ -173,8 +180,10 @@ pub fn resolve(
 }
 
 #[cfg(feature = "cuda")]
-fn cuda(index: usize, _spec: DeviceSpec) -> anyhow::Result<Device> {
-    tracing::info!(index, "compute device: CUDA GPU {index}");
+fn cuda(index: usize, spec: DeviceSpec) -> anyhow::Result<Device> {
+    let name = webssl_train::cuda_libs::check_device(index)
+        .map_err(|e| anyhow::anyhow!("--device {spec}: {e}"))?;
+    tracing::info!(index, "compute device: CUDA GPU {index} ({name})");
     Ok(Device::cuda(index))
 }
 
@@ -182,8 +191,8 @@ fn cuda(index: usize, _spec: DeviceSpec) -> anyhow::Result<Device> {
 fn cuda(_index: usize, spec: DeviceSpec) -> anyhow::Result<Device> {
     bail!(
         "--device {spec}: this webssl binary was built without CUDA support; rebuild it with the \
-         `cuda` feature: `cargo build --release -p webssl-cli --features cuda` (no CUDA toolkit is needed: the build fetches \
-         CubeCL's LLVM bundle, running needs the NVIDIA driver)"
+         `cuda` feature: `cargo build --release -p webssl-cli --features cuda` (no CUDA toolkit is needed \
+         to build; running needs the NVIDIA driver and NVRTC, see docs/usage.md)"
     )
 }
 

@@ -5,17 +5,18 @@
 //! without touching the tensors, so a one-process run does exactly what it did before this module
 //! existed. With N > 1 the collectives go through **MPI** (Open MPI or MPICH through the `mpi` crate,
 //! cargo feature `mpi`): burn 0.22's own distributed ops only orchestrate several devices inside one
-//! process, and it has no multi-process CPU collective (docs/design.md, issue #9). No network protocol
-//! is home-made here.
+//! process, and it has no multi-process CPU collective (docs/design.md, issue #9). GPU ranks use
+//! **NCCL** instead (`dist::nccl`, cargo feature `cuda`; which engine when: [`select`]), its id handed out
+//! by MPI or by the small TCP rendezvous of [`rendezvous`] (torchrun's `MASTER_ADDR`/`MASTER_PORT`).
 //!
 //! **Who am I** comes from the environment, in the conventions launchers already use
 //! (docs/reference/ecosystem-and-style.md P2), checked against each other at start-up
 //! ([`LaunchEnv::from_env`]): Open MPI's `mpirun` (`OMPI_COMM_WORLD_{RANK,SIZE,LOCAL_RANK}`), MPICH/Intel
 //! MPI's Hydra (`PMI_RANK`/`PMI_SIZE`, `MPI_LOCALRANKID`), Slurm's `srun` (`SLURM_PROCID`/`SLURM_NTASKS`/
 //! `SLURM_LOCALID`) and torchrun (`RANK`/`WORLD_SIZE`/`LOCAL_RANK`). The MPI runtime wires the ranks
-//! together itself (`mpirun`, `srun --mpi=pmix`, or `webssl launch`), so `MASTER_ADDR`/`MASTER_PORT` are
-//! read only to say so: processes started by torchrun alone cannot form an MPI world, and that case is a
-//! clear error instead of N runs that silently train alone.
+//! together itself (`mpirun`, `srun --mpi=pmix`, or `webssl launch`); CPU processes started by torchrun
+//! alone cannot form an MPI world, and that case is a clear error instead of N runs that silently train
+//! alone. GPU ranks started by torchrun meet at `MASTER_ADDR` ([`rendezvous`]).
 //!
 //! **A rank that dies or hangs.** When a rank dies, `mpirun`/`srun` end the whole job. A hang (a rank
 //! stuck outside a collective) would leave the others blocked for ever inside one; a watchdog thread
@@ -30,6 +31,11 @@ use std::time::{Duration, Instant};
 use burn::tensor::{Tensor, TensorData};
 
 use crate::{Result, TrainError};
+
+#[cfg(feature = "cuda")]
+mod nccl;
+pub mod rendezvous;
+pub mod select;
 
 /// Reduction of an all-reduce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,7 +149,7 @@ impl LaunchEnv {
 
 /// What the watchdog watches: the collective in flight and when it started.
 #[derive(Default)]
-#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "mpi", feature = "cuda")), allow(dead_code))]
 struct InFlight {
     what: Option<(&'static str, Instant)>,
 }
@@ -154,7 +160,7 @@ pub struct Dist {
     world_size: usize,
     local_rank: usize,
     timeout: Duration,
-    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "mpi", feature = "cuda")), allow(dead_code))]
     in_flight: Arc<Mutex<InFlight>>,
     engine: Engine,
 }
@@ -164,7 +170,19 @@ enum Engine {
     Single,
     #[cfg(feature = "mpi")]
     Mpi(mpi_engine::MpiWorld),
+    /// GPU ranks. The MPI world that handed out the NCCL id, if one did, lives as long as NCCL.
+    #[cfg(feature = "cuda")]
+    Nccl {
+        world: nccl::NcclWorld,
+        _id_world: Option<IdWorld>,
+    },
 }
+
+/// The MPI world kept alive beside NCCL (a unit type without the `mpi` feature).
+#[cfg(all(feature = "cuda", feature = "mpi"))]
+type IdWorld = mpi_engine::MpiWorld;
+#[cfg(all(feature = "cuda", not(feature = "mpi")))]
+type IdWorld = ();
 
 impl std::fmt::Debug for Dist {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -192,11 +210,20 @@ impl Dist {
         }
     }
 
-    /// Joins the job the environment describes: [`Dist::single`] when it describes one process, the
-    /// MPI world otherwise (which must match the environment's rank and size).
+    /// Joins the job the environment describes for CPU ranks: [`Dist::single`] when it describes one
+    /// process, the MPI world otherwise (which must match the environment's rank and size).
     pub fn from_env() -> Result<Self> {
+        Self::from_env_on(None)
+    }
+
+    /// [`Dist::from_env`] for ranks computing on CUDA device `gpu` (`None`: the CPU): GPU ranks get the
+    /// NCCL engine unless `WEBSSL_DIST_ENGINE` says otherwise ([`select`]).
+    pub fn from_env_on(gpu: Option<usize>) -> Result<Self> {
         let env = LaunchEnv::from_env()?;
-        if env.world_size == 1 {
+        let choice = select::choose(&env, gpu.is_some(), select::Built::THIS, |k| {
+            std::env::var(k).ok()
+        })?;
+        if choice == select::Choice::Single {
             return Ok(Self::single());
         }
         let timeout = match std::env::var("WEBSSL_COLLECTIVE_TIMEOUT") {
@@ -213,7 +240,73 @@ impl Dist {
                     )
                 })?,
         };
-        Self::join(env, Duration::from_secs_f64(timeout))
+        let timeout = Duration::from_secs_f64(timeout);
+        match (choice, gpu) {
+            #[cfg(feature = "cuda")]
+            (select::Choice::Nccl(via), Some(ordinal)) => {
+                Self::join_nccl(env, timeout, ordinal, via)
+            }
+            _ => Self::join(env, timeout),
+        }
+    }
+
+    /// GPU ranks: rank 0 mints the NCCL id, the launcher's means carry it to the others, all join.
+    #[cfg(feature = "cuda")]
+    fn join_nccl(
+        env: LaunchEnv,
+        timeout: Duration,
+        ordinal: usize,
+        via: select::IdVia,
+    ) -> Result<Self> {
+        let mint = || {
+            if env.rank == 0 {
+                nccl::NcclWorld::new_id()
+            } else {
+                Ok(Vec::new())
+            }
+        };
+        let (id, id_world): (Vec<u8>, Option<IdWorld>) = match via {
+            select::IdVia::Tcp(rdzv) => (
+                rendezvous::exchange(&rdzv, env.rank, env.world_size, timeout, mint)?,
+                None,
+            ),
+            #[cfg(feature = "mpi")]
+            select::IdVia::Mpi => {
+                let world = Self::mpi_world(&env)?;
+                // Rank 0's id, or its error, reaches every rank: an empty id is the failure signal.
+                let minted = mint();
+                let mut id = minted.as_ref().map_or_else(|_| Vec::new(), Clone::clone);
+                world.broadcast_bytes(&mut id, 0);
+                if id.is_empty() {
+                    return Err(minted.err().unwrap_or_else(|| {
+                        TrainError::Distributed(
+                            "rank 0 could not mint the NCCL id (see its error)".into(),
+                        )
+                    }));
+                }
+                (id, Some(world))
+            }
+            #[cfg(not(feature = "mpi"))]
+            select::IdVia::Mpi => unreachable!("select::choose picks MPI only in an mpi build"),
+        };
+        let world = nccl::NcclWorld::join(ordinal, env.rank, env.world_size, &id)?;
+        tracing::info!(
+            "rank {} of {}: NCCL on CUDA device {ordinal} ({})",
+            env.rank,
+            env.world_size,
+            env.source
+        );
+        Ok(Self::started(Dist {
+            rank: env.rank,
+            world_size: env.world_size,
+            local_rank: env.local_rank,
+            timeout,
+            in_flight: Arc::default(),
+            engine: Engine::Nccl {
+                world,
+                _id_world: id_world,
+            },
+        }))
     }
 
     #[cfg(not(feature = "mpi"))]
@@ -228,6 +321,20 @@ impl Dist {
 
     #[cfg(feature = "mpi")]
     fn join(env: LaunchEnv, timeout: Duration) -> Result<Self> {
+        let world = Self::mpi_world(&env)?;
+        Ok(Self::started(Dist {
+            rank: world.rank(),
+            world_size: world.size(),
+            local_rank: env.local_rank,
+            timeout,
+            in_flight: Arc::default(),
+            engine: Engine::Mpi(world),
+        }))
+    }
+
+    /// The MPI world, which must be the one the environment describes.
+    #[cfg(feature = "mpi")]
+    fn mpi_world(env: &LaunchEnv) -> Result<mpi_engine::MpiWorld> {
         let world = mpi_engine::MpiWorld::init()?;
         let (rank, size) = (world.rank(), world.size());
         if size != env.world_size || rank != env.rank {
@@ -241,14 +348,13 @@ impl Dist {
                 env.source, env.rank, env.world_size, env.world_size, env.world_size
             )));
         }
-        let dist = Dist {
-            rank,
-            world_size: size,
-            local_rank: env.local_rank,
-            timeout,
-            in_flight: Arc::default(),
-            engine: Engine::Mpi(world),
-        };
+        Ok(world)
+    }
+
+    /// A joined multi-process `dist`, with its watchdog and its panic policy.
+    #[cfg(any(feature = "mpi", feature = "cuda"))]
+    fn started(dist: Dist) -> Dist {
+        let (rank, size) = (dist.rank, dist.world_size);
         dist.spawn_watchdog();
         // A panic must end this rank at once: unwinding would run MPI_Finalize, which waits for the
         // other ranks while they wait for this one in a collective.
@@ -261,7 +367,7 @@ impl Dist {
             // SAFETY: ends the process without running destructors or atexit handlers.
             unsafe { libc::_exit(101) };
         }));
-        Ok(dist)
+        dist
     }
 
     pub fn rank(&self) -> usize {
@@ -303,7 +409,7 @@ impl Dist {
         self.timeout
     }
 
-    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "mpi", feature = "cuda")), allow(dead_code))]
     fn spawn_watchdog(&self) {
         let in_flight = Arc::clone(&self.in_flight);
         let (rank, timeout) = (self.rank, self.timeout);
@@ -334,7 +440,7 @@ impl Dist {
     }
 
     /// Runs `f` (a blocking collective) under the watchdog.
-    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "mpi", feature = "cuda")), allow(dead_code))]
     fn watched<T>(&self, what: &'static str, f: impl FnOnce() -> T) -> T {
         if let Ok(mut g) = self.in_flight.lock() {
             g.what = Some((what, Instant::now()));
@@ -352,6 +458,8 @@ impl Dist {
             Engine::Single => {}
             #[cfg(feature = "mpi")]
             Engine::Mpi(w) => self.watched(what, || w.all_reduce_f32(buf, op)),
+            #[cfg(feature = "cuda")]
+            Engine::Nccl { world: w, .. } => self.watched(what, || w.all_reduce_f32(buf, op)),
         }
         let _ = (what, buf, op);
     }
@@ -362,6 +470,8 @@ impl Dist {
             Engine::Single => {}
             #[cfg(feature = "mpi")]
             Engine::Mpi(w) => self.watched(what, || w.all_reduce_f64(buf, op)),
+            #[cfg(feature = "cuda")]
+            Engine::Nccl { world: w, .. } => self.watched(what, || w.all_reduce_f64(buf, op)),
         }
         let _ = (what, buf, op);
     }
@@ -372,6 +482,8 @@ impl Dist {
             Engine::Single => {}
             #[cfg(feature = "mpi")]
             Engine::Mpi(w) => self.watched(what, || w.broadcast_f32(buf, root)),
+            #[cfg(feature = "cuda")]
+            Engine::Nccl { world: w, .. } => self.watched(what, || w.broadcast_f32(buf, root)),
         }
         let _ = (what, buf, root);
     }
@@ -382,6 +494,8 @@ impl Dist {
             Engine::Single => {}
             #[cfg(feature = "mpi")]
             Engine::Mpi(w) => self.watched(what, || w.broadcast_bytes(buf, root)),
+            #[cfg(feature = "cuda")]
+            Engine::Nccl { world: w, .. } => self.watched(what, || w.broadcast_bytes(buf, root)),
         }
         let _ = (what, buf, root);
     }
@@ -410,6 +524,8 @@ impl Dist {
             Engine::Single => Some(vec![local.to_vec()]),
             #[cfg(feature = "mpi")]
             Engine::Mpi(w) => self.watched(what, || w.gather_bytes_to_root(local)),
+            #[cfg(feature = "cuda")]
+            Engine::Nccl { world: w, .. } => self.watched(what, || w.gather_bytes_to_root(local)),
         }
     }
 
@@ -420,6 +536,8 @@ impl Dist {
             Engine::Single => local.to_vec(),
             #[cfg(feature = "mpi")]
             Engine::Mpi(w) => self.watched(what, || w.all_gather_f32(local)),
+            #[cfg(feature = "cuda")]
+            Engine::Nccl { world: w, .. } => self.watched(what, || w.all_gather_f32(local)),
         }
     }
 
@@ -429,6 +547,8 @@ impl Dist {
             Engine::Single => {}
             #[cfg(feature = "mpi")]
             Engine::Mpi(w) => self.watched(what, || w.reduce_sum_to_root_f32(buf)),
+            #[cfg(feature = "cuda")]
+            Engine::Nccl { world: w, .. } => self.watched(what, || w.reduce_sum_to_root_f32(buf)),
         }
         let _ = (what, buf);
     }
@@ -439,6 +559,8 @@ impl Dist {
             Engine::Single => {}
             #[cfg(feature = "mpi")]
             Engine::Mpi(w) => self.watched(what, || w.barrier()),
+            #[cfg(feature = "cuda")]
+            Engine::Nccl { world: w, .. } => self.watched(what, || w.barrier()),
         }
         let _ = what;
     }
@@ -450,6 +572,8 @@ impl Dist {
             Engine::Single => {}
             #[cfg(feature = "mpi")]
             Engine::Mpi(w) => w.barrier(),
+            #[cfg(feature = "cuda")]
+            Engine::Nccl { world: w, .. } => w.barrier(),
         }
     }
 
@@ -654,18 +778,20 @@ mod mpi_engine {
     }
 }
 
+/// An environment lookup over `pairs`, for the tests of the launch, rendezvous and library rules.
+#[cfg(test)]
+pub(crate) fn test_env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + Clone + use<> {
+    let m: std::collections::HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |k| m.get(k).cloned()
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_env as env;
     use super::*;
-    use std::collections::HashMap;
-
-    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let m: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        move |k| m.get(k).cloned()
-    }
 
     #[test]
     fn no_launcher_is_one_process() {

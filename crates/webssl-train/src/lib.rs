@@ -7,6 +7,7 @@ pub mod error;
 pub mod objectives;
 
 pub mod clip_grad;
+pub mod cuda_libs;
 pub mod dist;
 pub mod ema;
 pub mod optim;

@@ -123,7 +123,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
     }
     let resume: Resume = args.resume.parse()?;
     let device = crate::device::selected()?;
-    let dist = Dist::from_env()?;
+    let dist = Dist::from_env_on(crate::device::selected_cuda_index()?)?;
     let outcome = match cfg.train(&resolved, resume, &device, args.stop_after, &dist) {
         Ok(o) => o,
         Err(e) => dist.fail(e)?,
