@@ -60,6 +60,42 @@ fn dry_run_prints_the_plan_and_bad_configs_name_the_field() {
         .unwrap());
     assert!(stdout.contains("parameters: backbone 6450"), "{stdout}");
     assert!(stdout.contains("memory per process"), "{stdout}");
+    // The recipe's global batch at any world size (issue #17): 256 processes take one forward of
+    // 12 each, 64 processes four; a memory budget picks the largest forward that fits.
+    let plan = |extra: &[&str]| {
+        let mut args = vec!["pretrain", "dino", "--preset", "web-dino-7b", "--dry-run"];
+        args.extend_from_slice(extra);
+        ok(&webssl()
+            .args(&args)
+            .arg("--configs-dir")
+            .arg(configs())
+            .output()
+            .unwrap())
+    };
+    for (world, split) in [
+        ("256", "256 process(es) × 1 forward(s) × 12"),
+        ("64", "64 process(es) × 4 forward(s) × 12"),
+    ] {
+        let stdout = plan(&["--world-size", world]);
+        assert!(
+            stdout.contains(&format!("global batch 3072 = {split} · 2604167 steps")),
+            "{stdout}"
+        );
+    }
+    let stdout = plan(&["--world-size", "64", "--gpu-memory", "1TiB"]);
+    assert!(
+        stdout.contains("micro-batch 48 (data.batch_size = 48) is the largest that fits")
+            && stdout.contains("64 process(es) × 1 forward(s) × 48"),
+        "{stdout}"
+    );
+    // Replicated f32 state alone (weights, gradients, teacher: 73 GiB) exceeds an 80 GB GPU: the
+    // plan says so rather than pretend (sharded parameters are not implemented yet); the smallest
+    // forward DINO accepts is 2 images (KoLeo).
+    let stdout = plan(&["--world-size", "256", "--gpu-memory", "80GiB"]);
+    assert!(
+        stdout.contains("does not fit, even at micro-batch 2"),
+        "{stdout}"
+    );
 
     let cfg = dino_config(tmp.path(), "bad", 4, &[]);
     let with = |set: &str| {

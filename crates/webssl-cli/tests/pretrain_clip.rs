@@ -42,7 +42,7 @@ fn dry_run_prints_the_plan_and_bad_configs_name_the_field() {
     assert!(stdout.contains("parameters: image tower 6450"), "{stdout}");
     assert!(stdout.contains("vocab ≤ 49408"), "{stdout}");
     assert!(
-        stdout.contains("global batch 128 · 61035 steps"),
+        stdout.contains("global batch 32768 = 1 process(es) × 256 forward(s) × 128 · 61035 steps"),
         "{stdout}"
     );
 

@@ -74,10 +74,12 @@ fn dry_run_prints_the_web_mae_plan_and_bad_values_name_the_field() {
     let stdout = dry_run_preset("mae", "web-mae-2b");
     // The paper's Web-MAE recipe: global batch 4096, lr 1.6e-3, 80k warm-up, 2B samples seen.
     assert!(
-        stdout.contains("global batch 64 · 488282 steps (80000 warm-up)"),
+        stdout.contains(
+            "global batch 4096 = 1 process(es) × 64 forward(s) × 64 · 488282 steps (80000 warm-up)"
+        ),
         "{stdout}"
     );
-    assert!(stdout.contains("lr 2.500e-5"), "{stdout}");
+    assert!(stdout.contains("lr 1.600e-3"), "{stdout}");
     assert!(stdout.contains("64 of 256 patches visible"), "{stdout}");
     assert!(stdout.contains("arch = \"web-mae-2b\""), "{stdout}");
 

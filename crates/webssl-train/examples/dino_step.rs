@@ -254,7 +254,7 @@ fn main() -> Result<(), String> {
         let f0 = minor_faults();
         let values;
         (trainer, values) = trainer
-            .step(it as u64, &batch, &dist)
+            .step(it as u64, std::slice::from_ref(&batch), &dist)
             .map_err(|e| format!("iteration {it}: {e}"))?;
         // flex is eager, but make sure the update happened before the clock stops
         let _ = trainer.teacher.backbone.norm.weight.val().into_data();

@@ -102,6 +102,30 @@ impl ParamGrads {
         }
     }
 
+    /// Adds `other` into these gradients (gradient accumulation over a step's forwards): a path in
+    /// both is summed, a path only in `other` is taken as it is.
+    pub fn accumulate(&mut self, other: ParamGrads) {
+        for e in other.entries {
+            match self.index.get(&e.path) {
+                Some(&i) => {
+                    let sum = self.entries[i].grad.clone() + e.grad;
+                    self.entries[i].grad = sum;
+                }
+                None => self.push(e.path, e.shape, e.grad),
+            }
+        }
+    }
+
+    /// The sum of a step's accumulated gradients turned into their mean over its `forwards`
+    /// (identity for one forward, so a step without accumulation is unchanged bit for bit).
+    pub fn mean_over(&mut self, forwards: usize) {
+        if forwards > 1 {
+            for e in &mut self.entries {
+                e.grad = e.grad.clone().div_scalar(forwards as f32);
+            }
+        }
+    }
+
     /// Gradients given on the host, e.g. from a reference implementation or a test.
     /// Panics if a value count does not match its shape (a programming error).
     pub fn from_host(items: Vec<NamedTensor>, device: &Device) -> Self {
@@ -282,6 +306,21 @@ mod tests {
         assert!(!inf.all_finite());
         assert!(ParamGrads::default().all_finite());
         assert_eq!(ParamGrads::default().global_norm(), 0.0);
+    }
+
+    #[test]
+    fn accumulate_then_mean() {
+        let mut g = grads(&[("a", vec![2], vec![1.0, 2.0])]);
+        g.accumulate(grads(&[
+            ("a", vec![2], vec![3.0, 5.0]),
+            ("b", vec![1], vec![4.0]),
+        ]));
+        g.mean_over(2);
+        let h = g.to_host();
+        assert_eq!(h[0].2, vec![2.0, 3.5]);
+        assert_eq!((h[1].0.as_str(), h[1].2.clone()), ("b", vec![2.0]));
+        g.mean_over(1);
+        assert_eq!(g.to_host()[0].2, vec![2.0, 3.5]);
     }
 
     #[test]

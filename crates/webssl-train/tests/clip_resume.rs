@@ -8,10 +8,7 @@ use std::path::Path;
 
 use burn::tensor::Device;
 use webssl_data::shards::{ShardLimits, ShardReader, ShardWriter};
-use webssl_train::Recipe;
 use webssl_train::clip::{self, ClipConfig};
-use webssl_train::dist::Dist;
-use webssl_train::run::checkpoint::Resume;
 use webssl_train::run::metrics::read_jsonl;
 
 fn config(dir: &Path, data: &Path, run: &str, extra: &[&str]) -> (ClipConfig, toml::Table) {
@@ -123,15 +120,7 @@ fn samples_without_captions_are_dropped_from_their_batch_and_counted() {
 
     let (mut cfg, resolved) = config(tmp.path(), &holes, "holes", &["optim.total_steps=4"]);
     cfg.data.synth = None;
-    let out = cfg
-        .train(
-            &resolved,
-            Resume::Never,
-            &Device::flex(),
-            None,
-            &Dist::single(),
-        )
-        .unwrap();
+    let out = support::train_fresh(&cfg, &resolved);
     let rows = read_jsonl(&out.run_dir.join("metrics.jsonl")).unwrap();
     let missing: f64 = rows.iter().map(|(_, m)| m["captions_missing"]).sum();
     assert!(missing > 0.0, "no caption-less sample was seen in 16 draws");

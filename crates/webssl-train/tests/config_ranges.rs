@@ -335,7 +335,7 @@ proptest! {
             cfg.plan(1).unwrap().to_string();
             let dist = Dist::single();
             let trainer = DinoTrainer::new(&cfg, &dist, &Device::flex()).unwrap();
-            let _ = trainer.step(0, &dino_batch(&cfg), &dist);
+            let _ = trainer.step(0, &[dino_batch(&cfg)], &dist);
         }
     }
 

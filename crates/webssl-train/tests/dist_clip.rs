@@ -173,7 +173,7 @@ fn train(cfg: &ClipConfig, dist: &Dist) -> (Vec<f32>, Vec<f64>, usize) {
     for step in 0..STEPS {
         let part = (dist.world_size() > 1).then(|| dist.rank());
         let values;
-        (trainer, values) = trainer.step(step, &batch(step, part), dist).unwrap();
+        (trainer, values) = trainer.step(step, &[batch(step, part)], dist).unwrap();
         for k in LOGGED {
             logged.push(values.iter().find(|(n, _)| *n == k).unwrap().1);
         }

@@ -47,7 +47,7 @@ fn train(cfg: &DinoConfig, dist: &Dist) -> (Vec<f32>, Vec<f64>, usize) {
         let part = (dist.world_size() > 1).then(|| dist.rank());
         let b = dino_batch(cfg, B, step, part);
         let values;
-        (trainer, values) = trainer.step(step, &b, dist).unwrap();
+        (trainer, values) = trainer.step(step, std::slice::from_ref(&b), dist).unwrap();
         for name in LOGGED {
             losses.push(values.iter().find(|(k, _)| *k == name).unwrap().1);
         }

@@ -141,7 +141,7 @@ fn train(cfg: &MaeConfig, dist: &Dist) -> (Vec<f32>, Vec<f64>, Vec<f64>, usize) 
     for step in 0..STEPS {
         let part = (dist.world_size() > 1).then(|| dist.rank());
         let values;
-        (trainer, values) = trainer.step(step, &batch(cfg, step, part), dist).unwrap();
+        (trainer, values) = trainer.step(step, &[batch(cfg, step, part)], dist).unwrap();
         losses.push(get(&values, "loss"));
         norms.push(get(&values, "grad_norm"));
     }

@@ -131,3 +131,70 @@ fn config_errors_name_the_field() {
         .to_string();
     assert!(plan.contains("4 of 16 patches visible"), "{plan}");
 }
+
+/// Gradient accumulation through the shared loop (`data.global_batch_size`): a global batch of 4 in
+/// two forwards of 2 takes the steps of one forward of 4 — the same images and masks, since the
+/// loader's per-sample streams do not depend on the batch, and MAE's loss is a mean over images
+/// with the same number of removed patches each — to float tolerance; and it resumes bit for bit.
+#[test]
+fn two_forwards_of_two_take_the_steps_of_one_forward_of_four() {
+    use webssl_train::run::state::read_all;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let config = |run: &str, extra: &[&str]| config(tmp.path(), &data, run, extra);
+    let accumulating =
+        support::with_overrides(config, &["data.global_batch_size=4", "data.batch_size=2"]);
+    let plan = accumulating("p", &[]).0.plan(1).unwrap();
+    assert_eq!((plan.batch.micro, plan.batch.accumulation), (2, 2));
+    assert!(
+        plan.to_string()
+            .contains("global batch 4 = 1 process(es) × 2 forward(s) × 2"),
+        "{plan}"
+    );
+    let (accumulated, _) = support::straight_and_resumed(accumulating);
+
+    let (cfg, resolved) = config("one-forward", &[]);
+    let one = support::train_fresh(&cfg, &resolved);
+    let rows_a = read_jsonl(&accumulated.run_dir.join("metrics.jsonl")).unwrap();
+    let rows_b = read_jsonl(&one.run_dir.join("metrics.jsonl")).unwrap();
+    assert_eq!(rows_a.len(), rows_b.len());
+    let (mut loss_diff, mut norm_diff) = (0f64, 0f64);
+    for ((_, a), (_, b)) in rows_a.iter().zip(&rows_b) {
+        // The same global batch, so the same lr; the same images, so the same visible patches.
+        assert_eq!(
+            (a["lr"], a["visible_patches"]),
+            (b["lr"], b["visible_patches"])
+        );
+        loss_diff = loss_diff.max((a["loss"] - b["loss"]).abs() / b["loss"].abs());
+        norm_diff = norm_diff.max((a["grad_norm"] - b["grad_norm"]).abs() / b["grad_norm"].abs());
+    }
+    // The exported encoders, but for the attention key biases: softmax over the keys is invariant
+    // to a shift every key shares, so their gradient is zero up to rounding noise that AdamW's
+    // normalisation turns into lr-sized steps of either sign (see tests/dist_mae.rs).
+    let export = |o: &webssl_train::run::TrainOutcome| {
+        read_all(&TensorStore::open_file(&o.export_dir.join("model.safetensors")).unwrap()).unwrap()
+    };
+    let (ea, eb) = (export(&accumulated), export(&one));
+    assert_eq!(ea.len(), eb.len());
+    let mut param_diff = 0f32;
+    for ((name, _, a), (name_b, _, b)) in ea.iter().zip(&eb) {
+        assert_eq!(name, name_b);
+        if !name.ends_with("key.bias") {
+            param_diff = param_diff.max(support::max_abs_diff(a, b));
+        }
+    }
+    eprintln!(
+        "MAE, 2 forwards of 2 vs 1 of 4 over {} steps: loss {loss_diff:.2e}, grad norm {norm_diff:.2e} \
+         (relative), exported parameters {param_diff:.2e} (absolute)",
+        rows_a.len()
+    );
+    assert!(
+        loss_diff < 1e-5 && norm_diff < 1e-4,
+        "{loss_diff} {norm_diff}"
+    );
+    assert!(
+        param_diff < 1e-5,
+        "exported encoders differ by {param_diff}"
+    );
+}

@@ -34,7 +34,7 @@ fn train(cfg: &DinoConfig, precision: Precision) -> (Vec<f32>, Vec<f64>) {
         (trainer, values) = {
             let _mixed = autocast(precision);
             trainer
-                .step(step, &dino_batch(cfg, B, step, None), &dist)
+                .step(step, &[dino_batch(cfg, B, step, None)], &dist)
                 .unwrap()
         };
         for name in LOGGED {

@@ -92,6 +92,36 @@ pub struct RunArgs {
     /// With --dry-run: plan for this many processes (default: the launch environment's world size).
     #[arg(long, requires = "dry_run")]
     pub world_size: Option<usize>,
+    /// With --dry-run: a per-process memory budget (`80GiB`, `75GiB`, `40000MiB`); the plan takes
+    /// the largest micro-batch (`data.batch_size`, a divisor of the per-process batch of
+    /// `data.global_batch_size`) whose estimate fits it.
+    #[arg(long, requires = "dry_run", value_parser = parse_bytes)]
+    pub gpu_memory: Option<u64>,
+}
+
+/// `80GiB`, `75GB`, `512MiB` (binary or decimal units, case-insensitive) in bytes.
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}`: expected a size such as 80GiB"))?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "gib" | "g" => (1u64 << 30) as f64,
+        "gb" => 1e9,
+        "mib" | "m" => (1u64 << 20) as f64,
+        "mb" => 1e6,
+        "tib" => (1u64 << 40) as f64,
+        other => {
+            return Err(format!(
+                "`{text}`: unknown unit `{other}` (GiB, GB, MiB, MB, TiB)"
+            ));
+        }
+    };
+    Ok((number * scale) as u64)
 }
 
 pub fn run(command: Command) -> anyhow::Result<()> {
@@ -102,21 +132,61 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             list_presets(&args.configs_dir)
         );
     }
-    let (cfg, resolved) = objective.load(
-        args.config.as_deref(),
-        &args.configs_dir,
-        args.preset.as_deref(),
-        &args.overrides,
-    )?;
+    let load = |overrides: &[String]| {
+        objective.load(
+            args.config.as_deref(),
+            &args.configs_dir,
+            args.preset.as_deref(),
+            overrides,
+        )
+    };
+    let (mut cfg, mut resolved) = load(&args.overrides)?;
     // Who this process is (torchrun / Slurm / MPI conventions); only rank 0 prints and reports.
     let launch = LaunchEnv::from_env()?;
+    let world_size = args.world_size.unwrap_or(launch.world_size).max(1);
+    let mut plan = cfg.plan(world_size)?;
+    let mut budget_line = None;
+    if let Some(budget) = args.gpu_memory {
+        // The largest micro-batch whose estimate fits, else the smallest the objective accepts
+        // (DINO's KoLeo refuses forwards of one image).
+        let mut chosen = None;
+        for m in plan.batch.micro_batches() {
+            let mut overrides = args.overrides.clone();
+            overrides.push(format!("data.batch_size={m}"));
+            let Ok((c, r)) = load(&overrides) else {
+                continue;
+            };
+            let p = c.plan(world_size)?;
+            let fits = p.memory.total() <= budget;
+            chosen = Some((c, r, p, m, fits));
+            if fits {
+                break;
+            }
+        }
+        if let Some((c, r, p, m, fits)) = chosen {
+            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+            budget_line = Some(if fits {
+                format!(
+                    "memory budget {:.2} GiB per process: micro-batch {m} (data.batch_size = {m}) is the largest that fits",
+                    gib(budget)
+                )
+            } else {
+                format!(
+                    "memory budget {:.2} GiB per process: does not fit, even at micro-batch {m} ({:.2} GiB)",
+                    gib(budget),
+                    gib(p.memory.total())
+                )
+            });
+            (cfg, resolved, plan) = (c, r, p);
+        }
+    }
     if launch.rank == 0 {
         let text = toml::to_string(&resolved).context("printing the resolved config")?;
         println!("# resolved config\n{text}");
-        println!(
-            "{}",
-            cfg.plan(args.world_size.unwrap_or(launch.world_size).max(1))?
-        );
+        println!("{plan}");
+        if let Some(line) = budget_line {
+            println!("{line}");
+        }
     }
     if args.dry_run {
         return Ok(());

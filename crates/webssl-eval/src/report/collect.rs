@@ -300,6 +300,10 @@ fn samples_seen(cfg: &toml::Table) -> Option<u64> {
         return Some(s);
     }
     let steps = get_u64(cfg, "optim.total_steps")?;
+    // A fixed global batch (gradient accumulation) is the same at any world size.
+    if let Some(global) = get_u64(cfg, "data.global_batch_size") {
+        return Some(steps * global);
+    }
     let batch = get_u64(cfg, "data.batch_size")?;
     let world = get_u64(cfg, "run.world_size")
         .or(get_u64(cfg, "distributed.world_size"))

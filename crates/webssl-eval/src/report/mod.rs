@@ -26,8 +26,9 @@
 //! - **parameters**: `model.params`, else `webssl_models::presets::param_count` of `model.arch` with the
 //!   `embed_dim` / `depth` / `num_heads` / `patch_size` / `img_size` overrides (position grid = `crops.global_size`
 //!   by default, as the trainer does);
-//! - **samples seen**: `optim.total_samples`, else `optim.total_steps × data.batch_size × world size`
-//!   (`run.world_size` / `distributed.world_size`, default 1): the planned length, not a stopped run's;
+//! - **samples seen**: `optim.total_samples`, else `optim.total_steps × data.global_batch_size`, else
+//!   `optim.total_steps × data.batch_size × world size` (`run.world_size` / `distributed.world_size`,
+//!   default 1): the planned length, not a stopped run's;
 //! - **data**: `data.name`, else `data.mix`, else `data.synth.mix`, else the file name of `data.train`.
 //!
 //! # What is written ([`write_report`])

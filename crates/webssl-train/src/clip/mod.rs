@@ -219,7 +219,9 @@ impl Recipe for ClipConfig {
         .max()
         .unwrap_or(0) as u64;
         // u128: the attention term grows with tokens², beyond u64 for the largest valid configs.
-        let b = cfg.data.batch_size as u128;
+        let layout = cfg.data.layout(world_size)?;
+        // Activations are one forward's: its backward frees them before the next.
+        let b = layout.micro as u128;
         let tokens = (cfg.image.size as u128 / vit.patch_size as u128).pow(2) + 1;
         let per_block = |tokens: u128, width: u128, hidden: u128, heads: u128| {
             b * (tokens * (14 * width + 2 * hidden) + heads * tokens * tokens)
@@ -238,7 +240,6 @@ impl Recipe for ClipConfig {
                 text.mlp_hidden() as u128,
                 text.heads as u128,
             );
-        let global_batch = cfg.data.batch_size * world_size;
         let total_steps = cfg.optim.total_steps;
         Ok(Plan {
             lines: vec![
@@ -247,11 +248,12 @@ impl Recipe for ClipConfig {
                     if vocab_is_cap { "≤ " } else { "" },
                 ),
                 format!(
-                    "global batch {global_batch} · {total_steps} steps = {} samples seen; lr {:.3e} (warm-up + cosine to 0)",
-                    total_steps * global_batch as u64,
+                    "global batch {layout} · {total_steps} steps = {} samples seen; lr {:.3e} (warm-up + cosine to 0)",
+                    total_steps * layout.global as u64,
                     cfg.optim.lr
                 ),
             ],
+            batch: layout,
             memory: MemoryEstimate::adamw(
                 params,
                 "weights+grads",
@@ -261,7 +263,9 @@ impl Recipe for ClipConfig {
                 saturate(4 * (image_act + text_act)),
                 &cfg.run,
                 world_size,
-            ),
+            )
+            .accumulating(layout.accumulation, params)
+            .with_loader(layout.micro, 3 * (cfg.image.size as u64).pow(2)),
         })
     }
     fn total_steps(&self) -> u64 {
@@ -327,7 +331,7 @@ impl Recipe for ClipConfig {
             text_cfg.width,
             text_cfg.num_params(),
             text_cfg.vocab_size,
-            cfg.data.batch_size,
+            cfg.data.layout(world_size)?.per_process_text(),
             cfg.optim.lr,
             total
         );
@@ -434,20 +438,25 @@ impl<'c> ClipTrainer<'c> {
         Ok(self)
     }
 
-    /// One optimizer step at schedule position `it` on this rank's `batch` (one CLIP view per image
+    /// One optimizer step at schedule position `it` on this rank's `batches` (one CLIP view per image
     /// and the captions): pairs = images with a non-empty caption; towers → symmetric InfoNCE over the
     /// global batch (one process: [`clip_loss_terms`]; several: [`gather`]) → gradients averaged over
     /// ranks → optional clipping → AdamW → logit-scale clamp. Fewer than two pairs in the global
     /// batch: no update. Returns the logged values, the same on every rank (loss and accuracies of
     /// the global batch, pair counts summed over ranks).
+    ///
+    /// Each of `batches` is one forward (several: gradient accumulation), one InfoNCE over its own
+    /// pairs on all ranks — the negatives are those of one forward, as in a run whose global batch
+    /// is that forward's — and the update follows on the mean gradient of the forwards with at
+    /// least two pairs; the logged loss and accuracies are their mean, the pair counts the step's
+    /// sums.
     pub fn step(
         mut self,
         it: u64,
-        batch: &Batch,
+        batches: &[Batch],
         dist: &Dist,
     ) -> Result<(Self, Vec<(&'static str, f64)>)> {
         let cfg = self.cfg;
-        let b = batch.batch_size;
         let lr = clip_lr(
             cfg.optim.lr,
             it,
@@ -455,79 +464,29 @@ impl<'c> ClipTrainer<'c> {
             cfg.optim.total_steps,
         );
         let wd = cfg.optim.weight_decay;
-
-        // Pairs: images with a non-empty caption.
-        let keep: Vec<usize> = (0..b)
-            .filter(|&i| {
-                batch
-                    .captions
-                    .get(i)
-                    .and_then(|c| c.as_deref())
-                    .is_some_and(|c| !c.trim().is_empty())
-            })
-            .collect();
-        let counts = if dist.world_size() > 1 {
-            gather::pair_counts(dist, keep.len())
-        } else {
-            vec![keep.len()]
-        };
-        let (pairs, images_all) = (counts.iter().sum::<usize>(), b * dist.world_size());
+        let (mut pairs, mut images_all, mut used) = (0, 0, 0);
+        let mut sums: Option<[f64; 3]> = None;
+        let mut acc: Option<ParamGrads> = None;
+        for batch in batches {
+            let (forward, n_pairs, n_images) = self.forward_grads(it, batch, dist)?;
+            pairs += n_pairs;
+            images_all += n_images;
+            let Some((g, terms)) = forward else { continue };
+            used += 1;
+            sums = Some(match sums {
+                None => terms,
+                Some(s) => std::array::from_fn(|i| s[i] + terms[i]),
+            });
+            match acc.as_mut() {
+                None => acc = Some(g),
+                Some(a) => a.accumulate(g),
+            }
+        }
         let missing = images_all - pairs;
         let (mut loss_v, mut i2t, mut t2i, mut grad_norm) = (0.0, 0.0, 0.0, 0.0);
-        if pairs >= 2 {
-            let features = if keep.is_empty() {
-                None
-            } else {
-                let view = batch
-                    .views
-                    .first()
-                    .ok_or_else(|| TrainError::config("data", "the batch holds no image view"))?;
-                let size = self.size;
-                let ad = &self.ad;
-                let images =
-                    Tensor::<4>::from_data(TensorData::new(view.clone(), [b, 3, size, size]), ad);
-                let images = if keep.len() < b {
-                    let idx: Vec<i64> = keep.iter().map(|&i| i as i64).collect();
-                    images.select(
-                        0,
-                        Tensor::<1, Int>::from_data(TensorData::new(idx, [keep.len()]), ad),
-                    )
-                } else {
-                    images
-                };
-                let captions: Vec<&str> = keep
-                    .iter()
-                    .filter_map(|&i| batch.captions[i].as_deref())
-                    .collect();
-                let tokens = self.tok.encode_batch(&captions)?;
-                let ids = Tensor::<2, Int>::from_data(
-                    TensorData::new(tokens.ids.clone(), [tokens.batch, tokens.len]),
-                    ad,
-                );
-                Some((
-                    self.model.encode_image(images),
-                    self.model.encode_text(ids, &tokens.eot),
-                ))
-            };
-            let mut g = if dist.world_size() == 1 {
-                let (img_f, txt_f) = features.expect("one process with pairs has features");
-                let terms = clip_loss_terms(img_f, txt_f, self.model.logit_scale.val());
-                loss_v = scalar(terms.loss.clone());
-                if !loss_v.is_finite() {
-                    return Err(TrainError::NonFinite {
-                        step: it,
-                        what: "loss".into(),
-                        value: loss_v,
-                    });
-                }
-                (i2t, t2i) = (terms.i2t_acc, terms.t2i_acc);
-                let grads = terms.loss.backward();
-                ParamGrads::from_module(&self.model, &grads)
-            } else {
-                let (g, terms) = self.gathered_grads(it, features, &counts, dist)?;
-                (loss_v, i2t, t2i) = terms;
-                g
-            };
+        if let (Some(sums), Some(mut g)) = (sums, acc) {
+            [loss_v, i2t, t2i] = sums.map(|s| s / used as f64);
+            g.mean_over(used);
             grad_norm = if cfg.optim.clip_grad > 0.0 {
                 g.clip(cfg.optim.clip_grad)
             } else {
@@ -558,6 +517,14 @@ impl<'c> ClipTrainer<'c> {
                 it + 1,
             );
         }
+        if used > 0 && used < batches.len() && dist.is_main() {
+            tracing::warn!(
+                "step {}: {} of {} forwards had fewer than two captioned images and were left out",
+                it + 1,
+                batches.len() - used,
+                batches.len()
+            );
+        }
         let t_now = self.model.logit_scale_value();
         let values = vec![
             ("loss", loss_v),
@@ -572,6 +539,93 @@ impl<'c> ClipTrainer<'c> {
             ("captions_missing", missing as f64),
         ];
         Ok((self, values))
+    }
+
+    /// One forward and backward of a step on this rank's `batch`: the gradient averaged over ranks
+    /// and the loss and accuracies of the forward's pairs on all ranks, `None` when they are fewer
+    /// than two; with the pairs and images of the forward on all ranks.
+    #[allow(clippy::type_complexity)]
+    fn forward_grads(
+        &self,
+        it: u64,
+        batch: &Batch,
+        dist: &Dist,
+    ) -> Result<(Option<(ParamGrads, [f64; 3])>, usize, usize)> {
+        let b = batch.batch_size;
+        // Pairs: images with a non-empty caption.
+        let keep: Vec<usize> = (0..b)
+            .filter(|&i| {
+                batch
+                    .captions
+                    .get(i)
+                    .and_then(|c| c.as_deref())
+                    .is_some_and(|c| !c.trim().is_empty())
+            })
+            .collect();
+        let counts = if dist.world_size() > 1 {
+            gather::pair_counts(dist, keep.len())
+        } else {
+            vec![keep.len()]
+        };
+        let (pairs, images_all) = (counts.iter().sum::<usize>(), b * dist.world_size());
+        if pairs < 2 {
+            return Ok((None, pairs, images_all));
+        }
+        let features = if keep.is_empty() {
+            None
+        } else {
+            let view = batch
+                .views
+                .first()
+                .ok_or_else(|| TrainError::config("data", "the batch holds no image view"))?;
+            let size = self.size;
+            let ad = &self.ad;
+            let images =
+                Tensor::<4>::from_data(TensorData::new(view.clone(), [b, 3, size, size]), ad);
+            let images = if keep.len() < b {
+                let idx: Vec<i64> = keep.iter().map(|&i| i as i64).collect();
+                images.select(
+                    0,
+                    Tensor::<1, Int>::from_data(TensorData::new(idx, [keep.len()]), ad),
+                )
+            } else {
+                images
+            };
+            let captions: Vec<&str> = keep
+                .iter()
+                .filter_map(|&i| batch.captions[i].as_deref())
+                .collect();
+            let tokens = self.tok.encode_batch(&captions)?;
+            let ids = Tensor::<2, Int>::from_data(
+                TensorData::new(tokens.ids.clone(), [tokens.batch, tokens.len]),
+                ad,
+            );
+            Some((
+                self.model.encode_image(images),
+                self.model.encode_text(ids, &tokens.eot),
+            ))
+        };
+        let (g, terms) = if dist.world_size() == 1 {
+            let (img_f, txt_f) = features.expect("one process with pairs has features");
+            let terms = clip_loss_terms(img_f, txt_f, self.model.logit_scale.val());
+            let loss_v = scalar(terms.loss.clone());
+            if !loss_v.is_finite() {
+                return Err(TrainError::NonFinite {
+                    step: it,
+                    what: "loss".into(),
+                    value: loss_v,
+                });
+            }
+            let (i2t, t2i) = (terms.i2t_acc, terms.t2i_acc);
+            let grads = terms.loss.backward();
+            (
+                ParamGrads::from_module(&self.model, &grads),
+                (loss_v, i2t, t2i),
+            )
+        } else {
+            self.gathered_grads(it, features, &counts, dist)?
+        };
+        Ok((Some((g, [terms.0, terms.1, terms.2])), pairs, images_all))
     }
 
     /// The parameter gradient of the global-batch loss across ranks, averaged over them ([`gather`]),
@@ -634,8 +688,13 @@ impl<'c> ClipTrainer<'c> {
 }
 
 impl TrainState for ClipTrainer<'_> {
-    fn step(self, it: u64, batch: &Batch, dist: &Dist) -> Result<(Self, Vec<(&'static str, f64)>)> {
-        ClipTrainer::step(self, it, batch, dist)
+    fn step(
+        self,
+        it: u64,
+        batches: &[Batch],
+        dist: &Dist,
+    ) -> Result<(Self, Vec<(&'static str, f64)>)> {
+        ClipTrainer::step(self, it, batches, dist)
     }
 
     fn load(self, dir: &Path) -> Result<Self> {

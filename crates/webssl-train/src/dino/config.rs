@@ -300,6 +300,6 @@ impl DinoConfig {
 
     /// The learning rate after sqrt scaling with the global batch.
     pub fn scaled_lr(&self, world_size: usize) -> f64 {
-        self.optim.lr_per_1024 * ((self.data.batch_size * world_size) as f64 / 1024.0).sqrt()
+        self.optim.lr_per_1024 * (self.data.global_batch(world_size) as f64 / 1024.0).sqrt()
     }
 }

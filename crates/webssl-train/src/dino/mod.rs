@@ -141,7 +141,9 @@ impl Recipe for DinoConfig {
         let tok = |side: u32| (side as u64 / p).pow(2) + 1 + vit.num_register_tokens as u64;
         let (tg, tl) = (tok(cfg.crops.global_size), tok(cfg.crops.local_size));
         // u128: the attention term grows with tokens², beyond u64 for the largest valid configs.
-        let b = cfg.data.batch_size as u128;
+        let layout = cfg.data.layout(world_size)?;
+        // Activations are one forward's: its backward frees them before the next.
+        let b = layout.micro as u128;
         let per_block = |tokens: u64, crops: u64| {
             let tokens = tokens as u128;
             crops as u128
@@ -152,17 +154,17 @@ impl Recipe for DinoConfig {
         let activations = saturate(
             4 * vit.depth as u128 * (per_block(tg, 2) + per_block(tl, cfg.crops.n_local as u64)),
         );
-        let global_batch = cfg.data.batch_size * world_size;
         let total_steps = cfg.optim.total_steps;
         Ok(Plan {
             lines: vec![
                 format!("parameters: backbone {backbone} + heads {heads} = {params}"),
                 format!(
-                    "global batch {global_batch} · {total_steps} steps = {} samples seen; lr {:.3e} (sqrt-scaled)",
-                    total_steps * global_batch as u64,
+                    "global batch {layout} · {total_steps} steps = {} samples seen; lr {:.3e} (sqrt-scaled)",
+                    total_steps * layout.global as u64,
                     cfg.scaled_lr(world_size)
                 ),
             ],
+            batch: layout,
             memory: MemoryEstimate::adamw(
                 params,
                 "weights+grads+teacher",
@@ -172,6 +174,12 @@ impl Recipe for DinoConfig {
                 activations,
                 &cfg.run,
                 world_size,
+            )
+            .accumulating(layout.accumulation, params)
+            .with_loader(
+                layout.micro,
+                3 * (2 * (cfg.crops.global_size as u64).pow(2)
+                    + cfg.crops.n_local as u64 * (cfg.crops.local_size as u64).pow(2)),
             ),
         })
     }
@@ -221,7 +229,7 @@ impl Recipe for DinoConfig {
             "DINOv2: {} ({} params), batch {} × {world_size} process(es), lr {:.3e} (scaled), {} steps, {} global {}px + {} local {}px",
             cfg.model.arch,
             webssl_models::presets::param_count(&vit),
-            cfg.data.batch_size,
+            cfg.data.layout(world_size)?.per_process_text(),
             cfg.scaled_lr(world_size),
             total,
             2,
@@ -356,43 +364,90 @@ impl<'c> DinoTrainer<'c> {
         Ok(self)
     }
 
-    /// One optimizer step at schedule position `it` on this rank's `batch` (§5.4): forward, losses,
+    /// One optimizer step at schedule position `it` on this rank's `batches` (§5.4): forward, losses,
     /// backward, gradients averaged over ranks, per-module clipping, AdamW, EMA. Returns the logged
     /// values, averaged over ranks (every rank gets the same, so a NaN stops all of them at once).
+    ///
+    /// Each of `batches` is one forward and backward (several: gradient accumulation), as dinov2
+    /// does it for a per-GPU batch of that size — Sinkhorn-Knopp over that forward's teacher outputs
+    /// on all ranks, the centres (centering mode) updated after each forward, KoLeo within it,
+    /// iBOT's masks and masked-patch count per forward — and the update follows on the mean of
+    /// their gradients.
     pub fn step(
         mut self,
         it: u64,
-        batch: &Batch,
+        batches: &[Batch],
         dist: &Dist,
     ) -> Result<(Self, Vec<(&'static str, f64)>)> {
         let cfg = self.cfg;
         let sched = &self.sched;
         let (lr, last_lr, wd) = (sched.lr.at(it), sched.last_layer_lr.at(it), sched.wd.at(it));
         let (mom, tt) = (sched.momentum.at(it), sched.teacher_temp.at(it));
+        // One stream for the step's forwards, drawn in order.
         let mut drop_rng = rng_stream(cfg.seed, "drop_path", &[it, dist.rank() as u64]);
-        let loss = step::forward(
-            cfg,
-            &self.student,
-            &self.teacher,
-            batch,
-            tt,
-            &mut self.centres,
-            &mut drop_rng,
-            dist,
-            &self.ad,
-        );
-        let local_total = scalar(loss.total.clone());
-        // Logged values and the NaN check are over all ranks (every rank stops together).
-        let mut terms = [
-            local_total,
-            loss.dino,
-            loss.ibot,
-            loss.koleo,
-            loss.teacher_entropy,
-            loss.n_masked as f64,
-        ];
+        let mut sums: Option<[f64; 6]> = None;
+        let mut acc: Option<(ParamGrads, ParamGrads, Option<ParamGrads>)> = None;
+        for batch in batches {
+            let loss = step::forward(
+                cfg,
+                &self.student,
+                &self.teacher,
+                batch,
+                tt,
+                &mut self.centres,
+                &mut drop_rng,
+                dist,
+                &self.ad,
+            );
+            let local = [
+                scalar(loss.total.clone()),
+                loss.dino,
+                loss.ibot,
+                loss.koleo,
+                loss.teacher_entropy,
+                loss.n_masked as f64,
+            ];
+            sums = Some(match sums {
+                None => local,
+                Some(s) => std::array::from_fn(|i| s[i] + local[i]),
+            });
+            let mut grads = loss.total.backward();
+            let student = &self.student;
+            // Taken out of `grads`, so the clipped (and rank-averaged) copies replace the raw
+            // gradients instead of living beside them.
+            let g_backbone = ParamGrads::take_from_module(&student.backbone, &mut grads);
+            let g_dino = ParamGrads::take_from_module(&student.dino_head, &mut grads);
+            let g_ibot = student
+                .ibot_head
+                .as_ref()
+                .map(|h| ParamGrads::take_from_module(h, &mut grads));
+            drop(grads);
+            acc = Some(match acc {
+                None => (g_backbone, g_dino, g_ibot),
+                Some((mut b, mut d, i)) => {
+                    b.accumulate(g_backbone);
+                    d.accumulate(g_dino);
+                    let i = match (i, g_ibot) {
+                        (Some(mut i), Some(g)) => {
+                            i.accumulate(g);
+                            Some(i)
+                        }
+                        (i, g) => i.or(g),
+                    };
+                    (b, d, i)
+                }
+            });
+        }
+        let (Some(mut terms), Some((mut g_backbone, mut g_dino, mut g_ibot))) = (sums, acc) else {
+            return Err(TrainError::config(
+                "data.batch_size",
+                "an optimizer step got no batch",
+            ));
+        };
+        // Logged values and the NaN check are over all ranks and forwards (every rank stops
+        // together).
         dist.all_reduce_f64("loss values", &mut terms, ReduceOp::Sum);
-        let w = dist.world_size() as f64;
+        let w = dist.world_size() as f64 * batches.len() as f64;
         let [total_loss, dino_l, ibot_l, koleo_l, entropy] = [0, 1, 2, 3, 4].map(|i| terms[i] / w);
         let n_masked = terms[5];
         if !total_loss.is_finite() {
@@ -402,17 +457,12 @@ impl<'c> DinoTrainer<'c> {
                 value: total_loss,
             });
         }
-        let mut grads = loss.total.backward();
         let student = &self.student;
-        // Taken out of `grads`, so the clipped (and rank-averaged) copies replace the raw gradients
-        // instead of living beside them.
-        let mut g_backbone = ParamGrads::take_from_module(&student.backbone, &mut grads);
-        let mut g_dino = ParamGrads::take_from_module(&student.dino_head, &mut grads);
-        let mut g_ibot = student
-            .ibot_head
-            .as_ref()
-            .map(|h| ParamGrads::take_from_module(h, &mut grads));
-        drop(grads);
+        g_backbone.mean_over(batches.len());
+        g_dino.mean_over(batches.len());
+        if let Some(g) = g_ibot.as_mut() {
+            g.mean_over(batches.len());
+        }
         // Average over ranks before clipping (FSDP reduces gradients, then dinov2 clips).
         g_backbone.all_reduce_mean(&student.backbone, dist);
         g_dino.all_reduce_mean(&student.dino_head, dist);
@@ -514,8 +564,13 @@ impl<'c> DinoTrainer<'c> {
 }
 
 impl TrainState for DinoTrainer<'_> {
-    fn step(self, it: u64, batch: &Batch, dist: &Dist) -> Result<(Self, Vec<(&'static str, f64)>)> {
-        DinoTrainer::step(self, it, batch, dist)
+    fn step(
+        self,
+        it: u64,
+        batches: &[Batch],
+        dist: &Dist,
+    ) -> Result<(Self, Vec<(&'static str, f64)>)> {
+        DinoTrainer::step(self, it, batches, dist)
     }
 
     fn load(self, dir: &Path) -> Result<Self> {

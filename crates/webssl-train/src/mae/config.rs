@@ -235,6 +235,6 @@ impl MaeConfig {
 
     /// The learning rate after linear scaling with the global batch (`blr · batch / 256`).
     pub fn scaled_lr(&self, world_size: usize) -> f64 {
-        crate::schedule::scaled_lr_linear(self.optim.lr_per_256, self.data.batch_size * world_size)
+        crate::schedule::scaled_lr_linear(self.optim.lr_per_256, self.data.global_batch(world_size))
     }
 }

@@ -24,8 +24,9 @@
 //! and CLIP.
 //!
 //! Deliberate deviations from the reference: fp32 throughout (MAE trains with AMP fp16 and dynamic
-//! loss scaling); no gradient accumulation (`accum_iter`); the masking noise comes from the loader's
-//! explicit ChaCha stream per sample instead of `torch.rand` on the GPU.
+//! loss scaling); the masking noise comes from the loader's explicit ChaCha stream per sample
+//! instead of `torch.rand` on the GPU. Gradient accumulation (`accum_iter`) is
+//! `data.global_batch_size` ([`MaeTrainer::step`]).
 
 pub mod config;
 pub mod model;
@@ -99,7 +100,9 @@ impl Recipe for MaeConfig {
         .unwrap_or(0) as u64;
         let (n, keep) = cfg.tokens()?;
         // u128: the attention term grows with tokens², beyond u64 for the largest valid configs.
-        let b = cfg.data.batch_size as u128;
+        let layout = cfg.data.layout(world_size)?;
+        // Activations are one forward's: its backward frees them before the next.
+        let b = layout.micro as u128;
         let per_block = |tokens: u64, width: usize, hidden: usize, heads: usize| {
             let tokens = tokens as u128;
             b * (tokens * (14 * width as u128 + 2 * hidden as u128)
@@ -116,7 +119,6 @@ impl Recipe for MaeConfig {
                 + dec.depth as u128
                     * per_block(1 + n as u64, dec.embed_dim, dec.mlp_hidden(), dec.num_heads)),
         );
-        let global_batch = cfg.data.batch_size * world_size;
         let o = &cfg.optim;
         Ok(Plan {
             lines: vec![
@@ -124,14 +126,15 @@ impl Recipe for MaeConfig {
                     "trainable parameters: encoder {encoder_params} + decoder {decoder_params} = {params}"
                 ),
                 format!(
-                    "global batch {global_batch} · {} steps ({} warm-up) = {} samples seen; lr {:.3e} (linear-scaled)",
+                    "global batch {layout} · {} steps ({} warm-up) = {} samples seen; lr {:.3e} (linear-scaled)",
                     o.total_steps,
                     o.warmup_steps,
-                    o.total_steps * global_batch as u64,
+                    o.total_steps * layout.global as u64,
                     cfg.scaled_lr(world_size)
                 ),
                 format!("{keep} of {n} patches visible per image"),
             ],
+            batch: layout,
             memory: MemoryEstimate::adamw(
                 params,
                 "weights+grads",
@@ -141,7 +144,9 @@ impl Recipe for MaeConfig {
                 activations,
                 &cfg.run,
                 world_size,
-            ),
+            )
+            .accumulating(layout.accumulation, params)
+            .with_loader(layout.micro, 3 * (cfg.crop.size as u64).pow(2)),
         })
     }
     fn total_steps(&self) -> u64 {
@@ -185,7 +190,7 @@ impl Recipe for MaeConfig {
             dec.embed_dim,
             dec.depth,
             dec.param_count(),
-            cfg.data.batch_size,
+            cfg.data.layout(world_size)?.per_process_text(),
             cfg.scaled_lr(world_size),
             total,
             cfg.crop.size,
@@ -290,38 +295,62 @@ impl<'c> MaeTrainer<'c> {
         Ok(self)
     }
 
-    /// One optimizer step at schedule position `it` on this rank's `batch` (one view + MAE masks):
+    /// One optimizer step at schedule position `it` on this rank's `batches` (one view + MAE masks):
     /// forward, loss, backward, gradients averaged over ranks, optional clipping, AdamW. Returns the
     /// logged values; the loss is averaged over ranks (every rank gets the same, so a NaN stops all of
     /// them at once). With equal batches per rank and a fixed number of removed patches per image,
     /// the mean of the ranks' losses is the loss of the global batch, and so are the averaged
     /// gradients.
+    ///
+    /// Each of `batches` is one forward and backward (several: gradient accumulation, MAE's
+    /// `accum_iter`), and the update follows on the mean of their gradients. The loss is a mean over
+    /// images with the same number of removed patches each, so `k` forwards of `B/k` images take
+    /// the step of one forward of `B` (up to summation order; `tests/mae_resume.rs`).
     pub fn step(
         mut self,
         it: u64,
-        batch: &Batch,
+        batches: &[Batch],
         dist: &Dist,
     ) -> Result<(Self, Vec<(&'static str, f64)>)> {
         let o = &self.cfg.optim;
         let lr = mae_lr(self.lr_peak, o.min_lr, it, o.warmup_steps, o.total_steps);
-        let b = batch.batch_size;
-        let masks = batch
-            .mae
-            .as_ref()
-            .ok_or_else(|| TrainError::config("loss.mask_ratio", "the loader drew no MAE masks"))?;
-        let ad = &self.ad;
-        let m = MaskTensors::new(masks, ad);
-        let view = batch
-            .views
-            .first()
-            .ok_or_else(|| TrainError::config("data", "the batch holds no image view"))?;
-        let size = self.size;
-        let imgs = Tensor::<4>::from_data(TensorData::new(view.clone(), [b, 3, size, size]), ad);
-        let pred = self.model.forward(imgs.clone(), m.ids_keep, m.ids_restore);
-        let loss = mae_loss(imgs, pred, m.mask, self.patch, self.cfg.loss.norm_pix_loss);
-        let mut loss_value = [scalar(loss.clone())];
+        let mut loss_sum = None;
+        let mut acc: Option<ParamGrads> = None;
+        for batch in batches {
+            let b = batch.batch_size;
+            let masks = batch.mae.as_ref().ok_or_else(|| {
+                TrainError::config("loss.mask_ratio", "the loader drew no MAE masks")
+            })?;
+            let ad = &self.ad;
+            let m = MaskTensors::new(masks, ad);
+            let view = batch
+                .views
+                .first()
+                .ok_or_else(|| TrainError::config("data", "the batch holds no image view"))?;
+            let size = self.size;
+            let imgs =
+                Tensor::<4>::from_data(TensorData::new(view.clone(), [b, 3, size, size]), ad);
+            let pred = self.model.forward(imgs.clone(), m.ids_keep, m.ids_restore);
+            let loss = mae_loss(imgs, pred, m.mask, self.patch, self.cfg.loss.norm_pix_loss);
+            let value = scalar(loss.clone());
+            loss_sum = Some(loss_sum.map_or(value, |s: f64| s + value));
+            let mut grads = loss.backward();
+            let g = ParamGrads::take_from_module(&self.model, &mut grads);
+            drop(grads);
+            match acc.as_mut() {
+                None => acc = Some(g),
+                Some(a) => a.accumulate(g),
+            }
+        }
+        let (Some(loss_sum), Some(mut g)) = (loss_sum, acc) else {
+            return Err(TrainError::config(
+                "data.batch_size",
+                "an optimizer step got no batch",
+            ));
+        };
+        let mut loss_value = [loss_sum];
         dist.all_reduce_f64("loss value", &mut loss_value, ReduceOp::Sum);
-        let loss_value = loss_value[0] / dist.world_size() as f64;
+        let loss_value = loss_value[0] / (dist.world_size() as f64 * batches.len() as f64);
         if !loss_value.is_finite() {
             return Err(TrainError::NonFinite {
                 step: it,
@@ -329,9 +358,7 @@ impl<'c> MaeTrainer<'c> {
                 value: loss_value,
             });
         }
-        let mut grads = loss.backward();
-        let mut g = ParamGrads::take_from_module(&self.model, &mut grads);
-        drop(grads);
+        g.mean_over(batches.len());
         // DDP: the mean over ranks, then (main_pretrain's optional) clipping of the global gradient.
         g.all_reduce_mean(&self.model, dist);
         let grad_norm = g.clip(o.clip_grad);
@@ -367,8 +394,13 @@ impl<'c> MaeTrainer<'c> {
 }
 
 impl TrainState for MaeTrainer<'_> {
-    fn step(self, it: u64, batch: &Batch, dist: &Dist) -> Result<(Self, Vec<(&'static str, f64)>)> {
-        MaeTrainer::step(self, it, batch, dist)
+    fn step(
+        self,
+        it: u64,
+        batches: &[Batch],
+        dist: &Dist,
+    ) -> Result<(Self, Vec<(&'static str, f64)>)> {
+        MaeTrainer::step(self, it, batches, dist)
     }
 
     fn load(self, dir: &Path) -> Result<Self> {

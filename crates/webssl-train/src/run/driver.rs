@@ -45,9 +45,15 @@ pub const STATE_FILE: &str = "state.json";
 
 /// What an objective's trainer state offers the shared loop.
 pub trait TrainState: Sized {
-    /// One optimizer step at schedule position `it` on this rank's `batch`; the logged values, the
-    /// same on every rank.
-    fn step(self, it: u64, batch: &Batch, dist: &Dist) -> Result<(Self, Vec<(&'static str, f64)>)>;
+    /// One optimizer step at schedule position `it` on this rank's `batches` (one per forward: more
+    /// than one under gradient accumulation, [`crate::run::sections::BatchLayout`]); the logged
+    /// values, the same on every rank.
+    fn step(
+        self,
+        it: u64,
+        batches: &[Batch],
+        dist: &Dist,
+    ) -> Result<(Self, Vec<(&'static str, f64)>)>;
 
     /// Restores the state from a checkpoint directory (the whole optimizer state: [`run`] then drops
     /// the shares other ranks own).
@@ -172,7 +178,8 @@ pub fn run<T: TrainState>(
         rss_at_start,
     } = session;
     let (rank, world_size, main) = (dist.rank(), dist.world_size(), dist.is_main());
-    let batch_size = spec.data.batch_size;
+    // The loader yields micro-batches; a step takes `accumulation` of them.
+    let layout = spec.data.layout(world_size)?;
 
     // ---- resume ----
     let mut start_step = 0;
@@ -224,17 +231,21 @@ pub fn run<T: TrainState>(
     let end = stop_after.map_or(total, |s| s.clamp(start_step, total));
     for it in start_step..end {
         let step_start = Instant::now();
-        let batch = loader.next_batch()?;
-        let b = batch.batch_size;
+        let batches = (0..layout.accumulation)
+            .map(|_| loader.next_batch())
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let b: usize = batches.iter().map(|batch| batch.batch_size).sum();
         let values;
         (trainer, values) = {
             // Recorded in the autodiff graph during the forward; the scope ends with the step.
             let _precision = autocast(spec.run.precision);
-            trainer.step(it, &batch, dist)?
+            trainer.step(it, &batches, dist)?
         };
         // The views are in tensors now: hand the buffers back so the next batch is collated into
         // them instead of freshly faulted, zeroed pages.
-        loader.recycle(batch);
+        for batch in batches {
+            loader.recycle(batch);
+        }
         images_done += (b * world_size) as u64;
 
         let step_no = it + 1;
@@ -284,7 +295,7 @@ pub fn run<T: TrainState>(
                 world_size,
                 recipe: recipe.clone(),
                 data: Some(data.clone()),
-                samples_seen: step_no * (batch_size * world_size) as u64,
+                samples_seen: step_no * layout.global as u64,
                 rank_loaders: Vec::new(),
             };
             checkpointed = true;

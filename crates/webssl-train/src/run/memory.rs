@@ -22,8 +22,17 @@ pub struct MemoryEstimate {
     /// Temporaries of clipping, AdamW (and the EMA update): about one more copy of the parameters,
     /// plus what the objective adds.
     pub transient: u64,
-    /// Activations kept for backward (the objective's estimate).
+    /// Activations kept for backward (the objective's estimate) of one forward: the micro-batch's,
+    /// freed by its backward before the next forward of the step.
     pub activations: u64,
+    /// The loader's decoded input views: its pool of per-sample buffers (`prefetch_samples` = 4
+    /// batches, plus the batch being collated) and the collated batch with its recycled spare — about
+    /// 7 micro-batches of input (`webssl_data::loader`, "Memory"). The readers' shuffle buffers of
+    /// encoded samples are not counted: their size depends on the data.
+    pub loader: u64,
+    /// Gradient accumulation's running sum of the step's gradients beside a forward's fresh ones:
+    /// one more f32 copy of the parameters when a step takes several forwards, else 0.
+    pub accumulation: u64,
 }
 
 impl MemoryEstimate {
@@ -55,7 +64,23 @@ impl MemoryEstimate {
             collective: if world_size > 1 { largest * 4 * 3 } else { 0 },
             transient: params * 4 + extra_transient,
             activations,
+            loader: 0,
+            accumulation: 0,
         }
+    }
+
+    /// The estimate with the loader's buffers for forwards of `micro` images of `input_floats`
+    /// f32 each (all views of one sample) ([`MemoryEstimate::loader`]).
+    pub fn with_loader(mut self, micro: usize, input_floats: u64) -> Self {
+        self.loader = 7 * micro as u64 * input_floats * 4;
+        self
+    }
+
+    /// The estimate with the running gradient sum of `forwards` forwards per step over `params`
+    /// parameters ([`MemoryEstimate::accumulation`]).
+    pub fn accumulating(mut self, forwards: usize, params: u64) -> Self {
+        self.accumulation = if forwards > 1 { params * 4 } else { 0 };
+        self
     }
 
     /// The whole per-process estimate (saturating, see [`saturate`]).
@@ -65,6 +90,8 @@ impl MemoryEstimate {
             self.collective,
             self.transient,
             self.activations,
+            self.loader,
+            self.accumulation,
         ]
         .into_iter()
         .fold(self.replicated, u64::saturating_add)
@@ -94,11 +121,19 @@ impl std::fmt::Display for MemoryEstimate {
         if self.collective > 0 {
             write!(f, ", collective buffers {:.2} GiB", gib(self.collective))?;
         }
+        if self.accumulation > 0 {
+            write!(
+                f,
+                ", accumulated gradients {:.2} GiB",
+                gib(self.accumulation)
+            )?;
+        }
         write!(
             f,
-            ", update temporaries {:.2} GiB, activations {:.2} GiB, total {:.2} GiB",
+            ", update temporaries {:.2} GiB, activations {:.2} GiB, loader {:.2} GiB, total {:.2} GiB",
             gib(self.transient),
             gib(self.activations),
+            gib(self.loader),
             gib(self.total())
         )
     }
@@ -146,7 +181,7 @@ mod tests {
         assert_eq!(
             one.to_string(),
             "memory per process (f32, estimate): weights+grads 2.00 GiB, AdamW moments 2.00 GiB, \
-             collective buffers 0.75 GiB, update temporaries 2.00 GiB, activations 3.00 GiB, total 9.75 GiB"
+             collective buffers 0.75 GiB, update temporaries 2.00 GiB, activations 3.00 GiB, loader 0.00 GiB, total 9.75 GiB"
         );
         run.shard_optimizer_state = true;
         let sharded = MemoryEstimate::adamw(1 << 28, "weights", 1, 1 << 26, 0, 0, &run, 4);
@@ -156,9 +191,23 @@ mod tests {
                 .to_string()
                 .contains("AdamW moments 0.50 GiB (ZeRO-1: 1/4 of them), collective")
         );
+        let accumulating = sharded.clone().accumulating(4, 1 << 28);
+        assert_eq!(accumulating.total(), sharded.total() + gib);
+        assert!(
+            accumulating
+                .to_string()
+                .contains("accumulated gradients 1.00 GiB, update")
+        );
+        assert_eq!(sharded.clone().accumulating(1, 1 << 28), sharded);
+        // 7 micro-batches of 2^20 images of 32 floats: 7 × 2^27 bytes.
+        assert_eq!(single_loader(&run).loader, 7 * (1 << 27));
         let single = MemoryEstimate::adamw(1 << 28, "weights", 1, 1 << 26, 0, 0, &run, 1);
         assert_eq!((single.moment_shards, single.collective), (1, 0));
         assert!(!single.to_string().contains("collective") && !single.to_string().contains("ZeRO"));
+    }
+
+    fn single_loader(run: &RunConfig) -> MemoryEstimate {
+        MemoryEstimate::adamw(1, "weights", 1, 1, 0, 0, run, 1).with_loader(1 << 20, 32)
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::dist::Dist;
 use crate::error::Result;
 use crate::run::checkpoint::Resume;
 use crate::run::memory::MemoryEstimate;
-use crate::run::sections::EvalConfig;
+use crate::run::sections::{BatchLayout, EvalConfig};
 use crate::run::state::TrainOutcome;
 
 /// An objective's config (`DinoConfig`, `MaeConfig`, `ClipConfig`): one run of that objective.
@@ -68,6 +68,8 @@ pub struct Plan {
     /// The objective's lines: parameter counts, global batch and lr, anything else it plans
     /// (`4 of 16 patches visible per image`).
     pub lines: Vec<String>,
+    /// How the global batch splits over processes and forwards.
+    pub batch: BatchLayout,
     pub memory: MemoryEstimate,
 }
 

@@ -22,8 +22,16 @@ pub struct DataConfig {
     /// Shard directory: tar shards with an `index.json`, or tar shards alone (read by scanning them)
     /// (relative paths are relative to the working directory).
     pub train: String,
-    /// Images per optimizer step on this process.
+    /// Images per optimizer step on this process — or, with `global_batch_size`, the most images
+    /// per forward (the memory bound of one forward).
     pub batch_size: usize,
+    /// The recipe's batch per optimizer step over all processes (3072 for Web-DINO). When set, it is
+    /// kept whatever the world size: each process takes `global_batch_size / world_size` images per
+    /// step, in forwards of the largest divisor of that which is at most `batch_size`, summing their
+    /// gradients (gradient accumulation, [`BatchLayout`]); unset, the global batch is `batch_size ×
+    /// world_size` in one forward per process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_batch_size: Option<usize>,
     #[serde(default = "default_workers")]
     pub num_workers: usize,
     #[serde(default = "default_shuffle")]
@@ -56,6 +64,10 @@ impl DataConfig {
             1,
             check::MAX_BATCH,
         )?;
+        if let Some(global) = self.global_batch_size {
+            // Its split over the processes is checked where the world size is known (`layout`).
+            check::int("data.global_batch_size", global as u64, 1, 1 << 24)?;
+        }
         // Each logical worker is a reader thread, each decode thread a thread.
         check::int("data.num_workers", self.num_workers as u64, 1, 1024)?;
         check::int("data.decode_threads", self.decode_threads as u64, 0, 1024)?;
@@ -74,17 +86,31 @@ impl DataConfig {
     /// dinov2 drops the last incomplete batch of an epoch (`drop_last=True`), so a data set smaller
     /// than one global batch yields no step at all: refused, naming both numbers.
     pub fn check_dataset_size(&self, samples: u64, world_size: usize) -> Result<()> {
-        let global = (self.batch_size * world_size) as u64;
+        let layout = self.layout(world_size)?;
+        let global = layout.global as u64;
         if samples < global {
             return Err(TrainError::config(
-                "data.batch_size",
+                layout.field(),
                 format!(
-                    "a global batch of {global} ({} × {world_size} process(es)) is larger than the {samples} samples of {}",
-                    self.batch_size, self.train
+                    "a global batch of {global} ({layout}) is larger than the {samples} samples of {}",
+                    self.train
                 ),
             ));
         }
         Ok(())
+    }
+
+    /// The batch per optimizer step over all processes: `global_batch_size`, or `batch_size ×
+    /// world_size` without it (unchecked; [`DataConfig::layout`] checks).
+    pub fn global_batch(&self, world_size: usize) -> usize {
+        self.global_batch_size
+            .unwrap_or(self.batch_size * world_size.max(1))
+    }
+
+    /// How a step's global batch splits over `world_size` processes and forwards; a global batch
+    /// that does not divide evenly is refused, naming the fields.
+    pub fn layout(&self, world_size: usize) -> Result<BatchLayout> {
+        BatchLayout::new(self.global_batch_size, self.batch_size, world_size)
     }
 
     /// The sample order: a function of the run seed and these fields only, never of the objective,
@@ -132,6 +158,103 @@ impl DataConfig {
         let data = DataIdentity::of(shards.index());
         dist.check_same("the training shard list", data.shards_hash.as_bytes())?;
         Ok((shards, data))
+    }
+}
+
+/// One optimizer step's batch: `global` images = `world_size` processes × `accumulation` forwards
+/// × `micro` images per forward. Objectives whose loss is a mean of per-image terms (MAE) take the
+/// same step whatever the split; where a forward normalises over its own batch (DINO's
+/// Sinkhorn-Knopp, centring, KoLeo; CLIP's negatives) the forward's batch is what the recipe's
+/// per-GPU batch means (docs/distributed.md, "Global batch and gradient accumulation").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchLayout {
+    pub global: usize,
+    pub world_size: usize,
+    /// Images per forward on one process (`data.batch_size`).
+    pub micro: usize,
+    /// Forwards per optimizer step on one process (1: no accumulation).
+    pub accumulation: usize,
+    /// Whether the global batch is fixed by `data.global_batch_size`.
+    fixed: bool,
+}
+
+impl BatchLayout {
+    /// The layout of `global` (None: `max_micro × world_size`, one forward) over `world_size`
+    /// processes in forwards of at most `max_micro` images: the largest divisor of the per-process
+    /// batch that is at most `max_micro`.
+    pub fn new(global: Option<usize>, max_micro: usize, world_size: usize) -> Result<Self> {
+        let world_size = world_size.max(1);
+        let Some(global) = global else {
+            return Ok(BatchLayout {
+                global: max_micro * world_size,
+                world_size,
+                micro: max_micro,
+                accumulation: 1,
+                fixed: false,
+            });
+        };
+        if global == 0 || !global.is_multiple_of(world_size) {
+            return Err(TrainError::config(
+                "data.global_batch_size",
+                format!("{global} does not divide over {world_size} process(es)"),
+            ));
+        }
+        let per_process = global / world_size;
+        let micro = (1..=max_micro.min(per_process))
+            .rev()
+            .find(|m| per_process.is_multiple_of(*m))
+            .ok_or_else(|| TrainError::config("data.batch_size", "must be at least 1"))?;
+        Ok(BatchLayout {
+            global,
+            world_size,
+            micro,
+            accumulation: per_process / micro,
+            fixed: true,
+        })
+    }
+
+    /// Images per optimizer step on one process.
+    pub fn per_process(&self) -> usize {
+        self.micro * self.accumulation
+    }
+
+    /// The per-process batch for start-up lines: `32`, or `48 (4 forwards of 12)`.
+    pub fn per_process_text(&self) -> String {
+        match self.accumulation {
+            1 => self.micro.to_string(),
+            k => format!("{} ({k} forwards of {})", self.per_process(), self.micro),
+        }
+    }
+
+    /// The config field that sets the global batch (for errors about it).
+    pub fn field(&self) -> &'static str {
+        if self.fixed {
+            "data.global_batch_size"
+        } else {
+            "data.batch_size"
+        }
+    }
+
+    /// The divisors of the per-process batch, largest first: the micro-batches this layout allows
+    /// (for `--dry-run --gpu-memory`); only this one when the global batch is not fixed (another
+    /// micro-batch would change it).
+    pub fn micro_batches(&self) -> Vec<usize> {
+        if !self.fixed {
+            return vec![self.micro];
+        }
+        let p = self.per_process();
+        (1..=p).rev().filter(|m| p.is_multiple_of(*m)).collect()
+    }
+}
+
+/// `3072 = 64 process(es) × 4 forward(s) × 12`.
+impl std::fmt::Display for BatchLayout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} = {} process(es) × {} forward(s) × {}",
+            self.global, self.world_size, self.accumulation, self.micro
+        )
     }
 }
 
@@ -401,6 +524,36 @@ pub fn ensure_synth(path: &Path, spec: Option<&SynthSpec>, split: &str) -> Resul
 mod tests {
     use super::*;
     use webssl_data::shards::{INDEX_FILE, Sample, ShardLimits, ShardWriter};
+
+    /// Issue #17: the global batch stays the recipe's at any world size dividing it; forwards of at
+    /// most `batch_size` images; a world size that does not divide it is refused, naming the field.
+    #[test]
+    fn a_fixed_global_batch_splits_over_processes_and_forwards() {
+        let layout = |g, m, w| BatchLayout::new(g, m, w).unwrap();
+        let web_dino_64 = layout(Some(3072), 12, 64);
+        assert_eq!((web_dino_64.micro, web_dino_64.accumulation), (12, 4));
+        assert_eq!(
+            web_dino_64.to_string(),
+            "3072 = 64 process(es) × 4 forward(s) × 12"
+        );
+        assert_eq!(layout(Some(3072), 12, 256).accumulation, 1);
+        // 6 per process: one forward of 6; 4096 / 256 = 16 per process at most 64 per forward.
+        assert_eq!(layout(Some(3072), 12, 512).micro, 6);
+        assert_eq!(layout(Some(4096), 64, 256).per_process(), 16);
+        // 50 per process in forwards of at most 32: two of 25.
+        let odd = layout(Some(100), 32, 2);
+        assert_eq!((odd.micro, odd.accumulation), (25, 2));
+        assert_eq!(odd.micro_batches(), vec![50, 25, 10, 5, 2, 1]);
+        // Without a fixed global batch nothing changes: one forward of batch_size per process.
+        let free = layout(None, 32, 2);
+        assert_eq!((free.global, free.micro, free.accumulation), (64, 32, 1));
+        assert_eq!(free.micro_batches(), vec![32]);
+        let err = BatchLayout::new(Some(3072), 12, 7).unwrap_err().to_string();
+        assert!(
+            err.contains("data.global_batch_size") && err.contains("7 process"),
+            "{err}"
+        );
+    }
 
     /// Issue #16 item 9: a directory of real tar shards without `index.json` is read as it is,
     /// never generated into; synthetic data goes only into a missing or empty directory.

@@ -313,6 +313,29 @@ tensorboard = {tensorboard}
     load_recipe(dir, "tiny", &recipe, &overrides)
 }
 
+/// Trains `cfg` (resolved as `resolved`) from scratch on one process.
+pub fn train_fresh<C: Recipe>(cfg: &C, resolved: &toml::Table) -> TrainOutcome {
+    cfg.train(
+        resolved,
+        Resume::Never,
+        &Device::flex(),
+        None,
+        &Dist::single(),
+    )
+    .unwrap()
+}
+
+/// `config` with `extra` overrides before each call's own (e.g. gradient accumulation).
+pub fn with_overrides<'a, C>(
+    config: impl Fn(&str, &[&str]) -> (C, toml::Table) + 'a,
+    extra: &'a [&'a str],
+) -> impl Fn(&str, &[&str]) -> (C, toml::Table) + 'a {
+    move |run, own| {
+        let all: Vec<&str> = extra.iter().chain(own).copied().collect();
+        config(run, &all)
+    }
+}
+
 /// Trains the run of `config(run, overrides)` (the recipe of run dir `run`) on one process.
 fn train_tiny<C: Recipe>(
     config: &impl Fn(&str, &[&str]) -> (C, toml::Table),
