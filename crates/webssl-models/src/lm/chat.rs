@@ -94,13 +94,17 @@ impl ChatTemplate {
             });
         }
         if jinja.contains("<|im_start|>") {
-            // `{{ '<|im_start|>system\n<default><|im_end|>\n' }}` inside the `!= 'system'` branch.
-            const OPEN: &str = "<|im_start|>system\\n";
-            let default_system = jinja.find(OPEN).and_then(|i| {
-                let rest = &jinja[i + OPEN.len()..];
-                let end = rest.find("<|im_end|>")?;
-                Some(rest[..end].replace("\\n", "\n"))
-            });
+            // `{{ '<|im_start|>system\n<default><|im_end|>\n' }}` inside the `!= 'system'` branch;
+            // the newline is a Jinja escape in most templates, a real one in some.
+            let default_system = ["<|im_start|>system\\n", "<|im_start|>system\n"]
+                .iter()
+                .find_map(|open| {
+                    let rest = &jinja[jinja.find(open)? + open.len()..];
+                    let end = rest.find("<|im_end|>")?;
+                    Some(rest[..end].replace("\\n", "\n"))
+                })
+                // `'<|im_start|>system\n' + message['content']` is the system turn, not a default.
+                .filter(|s| !s.contains('\'') && !s.contains("{{"));
             return Some(ChatTemplate::ChatMl { default_system });
         }
         None
@@ -111,7 +115,9 @@ impl ChatTemplate {
         let mut s = String::new();
         match self {
             ChatTemplate::Llama3 { bos_token } => {
-                s.push_str(bos_token);
+                if !messages.is_empty() {
+                    s.push_str(bos_token);
+                }
                 for m in messages {
                     s.push_str(&format!(
                         "<|start_header_id|>{}<|end_header_id|>\n\n{}<|eot_id|>",
@@ -146,7 +152,7 @@ impl ChatTemplate {
             }
             ChatTemplate::ChatMl { default_system } => {
                 if let Some(system) = default_system
-                    && messages.first().is_none_or(|m| m.role != "system")
+                    && messages.first().is_some_and(|m| m.role != "system")
                 {
                     s.push_str(&format!("<|im_start|>system\n{system}<|im_end|>\n"));
                 }

@@ -106,3 +106,43 @@ pub fn greedy_generate_embeds(
         hidden = lm.hidden_states(lm.embed_tokens(ids), None, Some(&mut cache));
     }
 }
+
+/// One prompt's greedy completion, as `webssl lm generate --json` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Completion {
+    pub prompt_ids: Vec<u32>,
+    pub generated_ids: Vec<u32>,
+    /// The generated ids decoded without special tokens.
+    pub text: String,
+}
+
+/// Tokenizes `prompt` — as the user turn of `chat` with the assistant's opener when given
+/// (special tokens are then part of the rendered text), else as plain text with the tokenizer's own
+/// special tokens (e.g. BOS) — and continues it greedily until an end-of-sequence id of the model.
+pub fn complete(
+    lm: &super::LoadedLm,
+    prompt: &str,
+    chat: Option<&super::ChatTemplate>,
+    max_new_tokens: usize,
+) -> Result<Completion> {
+    let prompt_ids = match chat {
+        Some(t) => {
+            let text = t.render(&[super::Message::new("user", prompt)], true);
+            lm.tokenizer.encode(&text, false)?
+        }
+        None => lm.tokenizer.encode(prompt, true)?,
+    };
+    let generated_ids = greedy_generate(
+        &lm.model,
+        std::slice::from_ref(&prompt_ids),
+        max_new_tokens,
+        &lm.tokenizer.eos_ids,
+    )?
+    .remove(0);
+    let text = lm.tokenizer.decode(&generated_ids, true)?;
+    Ok(Completion {
+        prompt_ids,
+        generated_ids,
+        text,
+    })
+}

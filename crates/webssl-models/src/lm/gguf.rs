@@ -589,3 +589,158 @@ fn unpermute_rows(values: &[f32], shape: &[usize], n_head: usize) -> Option<Vec<
     }
     Some(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal GGUF v3 writer: metadata strings/u32 and tensors given as raw bytes.
+    fn gguf(kv: &[(&str, &str)], tensors: &[(&str, &[u64], u32, Vec<u8>)]) -> Vec<u8> {
+        let s = |out: &mut Vec<u8>, v: &str| {
+            out.extend((v.len() as u64).to_le_bytes());
+            out.extend(v.as_bytes());
+        };
+        let mut out = b"GGUF".to_vec();
+        out.extend(3u32.to_le_bytes());
+        out.extend((tensors.len() as u64).to_le_bytes());
+        out.extend((kv.len() as u64).to_le_bytes());
+        for (k, v) in kv {
+            s(&mut out, k);
+            out.extend(8u32.to_le_bytes());
+            s(&mut out, v);
+        }
+        let mut offset = 0u64;
+        for (name, ne, ty, data) in tensors {
+            s(&mut out, name);
+            out.extend((ne.len() as u32).to_le_bytes());
+            for d in *ne {
+                out.extend(d.to_le_bytes());
+            }
+            out.extend(ty.to_le_bytes());
+            out.extend(offset.to_le_bytes());
+            offset += (data.len() as u64).div_ceil(32) * 32;
+        }
+        while out.len() % 32 != 0 {
+            out.push(0);
+        }
+        for (_, _, _, data) in tensors {
+            let mut d = data.clone();
+            d.resize(d.len().div_ceil(32) * 32, 0);
+            out.extend(d);
+        }
+        out
+    }
+
+    fn open(bytes: &[u8]) -> Result<GgufFile> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.gguf");
+        std::fs::write(&path, bytes).unwrap();
+        GgufFile::open(&path)
+    }
+
+    fn f16(x: f32) -> [u8; 2] {
+        half::f16::from_f32(x).to_le_bytes()
+    }
+
+    #[test]
+    fn quantized_blocks_dequantize_as_ggml() {
+        // Q8_0: d = 0.5, q = -16..16.
+        let mut q8 = f16(0.5).to_vec();
+        q8.extend((0..32).map(|i| (i as i8 - 16) as u8));
+        // Q4_0: d = 2, byte j = (j % 16) | (15 - j % 16) << 4.
+        let mut q4 = f16(2.0).to_vec();
+        q4.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
+        // Q4_1: d = 0.25, m = -1, same nibbles.
+        let mut q41 = f16(0.25).to_vec();
+        q41.extend(f16(-1.0));
+        q41.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
+        let bytes = gguf(
+            &[("general.architecture", "llama")],
+            &[
+                ("a", &[32], 8, q8),
+                ("b", &[32], 2, q4),
+                ("c", &[32], 3, q41),
+                (
+                    "d",
+                    &[2, 1],
+                    0,
+                    [1.5f32, -2.0]
+                        .iter()
+                        .flat_map(|x| x.to_le_bytes())
+                        .collect(),
+                ),
+            ],
+        );
+        let f = open(&bytes).unwrap();
+        let (shape, a) = f.read_f32("a").unwrap();
+        assert_eq!(shape, vec![32]);
+        assert_eq!(
+            a,
+            (0..32).map(|i| (i - 16) as f32 * 0.5).collect::<Vec<_>>()
+        );
+        let nib = |j: usize| if j < 16 { j } else { 15 - (j - 16) };
+        let (_, b) = f.read_f32("b").unwrap();
+        assert_eq!(
+            b,
+            (0..32)
+                .map(|j| (nib(j) as f32 - 8.0) * 2.0)
+                .collect::<Vec<_>>()
+        );
+        let (_, c) = f.read_f32("c").unwrap();
+        assert_eq!(
+            c,
+            (0..32)
+                .map(|j| nib(j) as f32 * 0.25 - 1.0)
+                .collect::<Vec<_>>()
+        );
+        let (shape, d) = f.read_f32("d").unwrap();
+        assert_eq!((shape, d), (vec![1, 2], vec![1.5, -2.0]));
+        assert_eq!(f.get_str("general.architecture").unwrap(), "llama");
+    }
+
+    #[test]
+    fn bad_files_are_clear_errors() {
+        let good = gguf(&[("k", "v")], &[("t", &[4], 0, vec![0; 16])]);
+        assert!(open(&good).is_ok());
+        let msg = |b: &[u8]| open(b).err().unwrap().to_string();
+        let mut bad = good.clone();
+        bad[..4].copy_from_slice(b"GGML");
+        assert!(msg(&bad).contains("not a GGUF file"), "{}", msg(&bad));
+        let e = msg(&good[..good.len() - 20]);
+        assert!(e.contains("truncated") && e.contains("`t`"), "{e}");
+        let e = msg(&good[..30]);
+        assert!(e.contains("truncated"), "{e}");
+        let unknown = gguf(&[], &[("t", &[32], 12, vec![0; 144])]);
+        let e = msg(&unknown);
+        assert!(e.contains("ggml type 12") && e.contains("`t`"), "{e}");
+        let mut version = good.clone();
+        version[4] = 9;
+        assert!(msg(&version).contains("version 9"));
+        // A huge count cannot allocate: it is checked against the bytes left.
+        let mut count = good.clone();
+        count[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(msg(&count).contains("truncated"));
+    }
+
+    #[test]
+    fn llama_cpp_q_k_permutation_is_undone() {
+        // llama.cpp permute: rows viewed as [n_head, 2, dim] → [n_head, dim, 2].
+        let (n_head, dim, cols) = (2, 3, 2);
+        let rows = n_head * 2 * dim;
+        let hf: Vec<f32> = (0..rows * cols).map(|x| x as f32).collect();
+        let mut gguf = vec![0f32; hf.len()];
+        for h in 0..n_head {
+            for b in 0..2 {
+                for a in 0..dim {
+                    let src = h * 2 * dim + b * dim + a;
+                    let dst = h * 2 * dim + a * 2 + b;
+                    gguf[dst * cols..(dst + 1) * cols]
+                        .copy_from_slice(&hf[src * cols..(src + 1) * cols]);
+                }
+            }
+        }
+        assert_ne!(gguf, hf);
+        assert_eq!(unpermute_rows(&gguf, &[rows, cols], n_head).unwrap(), hf);
+        assert!(unpermute_rows(&gguf, &[rows, cols], 5).is_none());
+    }
+}

@@ -417,3 +417,132 @@ impl CausalLm {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::to_host;
+
+    fn tiny(flavour: LmFlavour) -> LmConfig {
+        LmConfig {
+            flavour,
+            vocab_size: 40,
+            hidden_size: 16,
+            intermediate_size: 24,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: 4,
+            rms_norm_eps: 1e-6,
+            rope_theta: 10_000.0,
+            rope_scaling: None,
+            max_position_embeddings: 64,
+            tie_word_embeddings: flavour == LmFlavour::Llama,
+            attention_bias: flavour == LmFlavour::Qwen2,
+            bos_token_id: Some(1),
+            eos_token_id: vec![2],
+        }
+    }
+
+    fn ids(v: &[i64], dev: &Device) -> Tensor<2, Int> {
+        Tensor::from_data(TensorData::new(v.to_vec(), [1, v.len()]), dev)
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn param_count_matches_the_module() {
+        for f in [LmFlavour::Llama, LmFlavour::Qwen2] {
+            let cfg = tiny(f);
+            let m = CausalLm::new(&cfg, 0, &Device::flex()).unwrap();
+            assert_eq!(m.num_params() as u64, cfg.num_params(), "{f:?}");
+        }
+    }
+
+    #[test]
+    fn the_cache_gives_the_logits_of_the_full_sequence() {
+        let dev = Device::flex();
+        for f in [LmFlavour::Llama, LmFlavour::Qwen2] {
+            let m = CausalLm::new(&tiny(f), 3, &dev).unwrap();
+            let seq = [1, 7, 9, 3, 22, 5, 31];
+            let full = to_host(m.forward_embeds(m.embed_tokens(ids(&seq, &dev)), None, None));
+            let mut cache = KvCache::new();
+            let mut stepped = to_host(m.forward_embeds(
+                m.embed_tokens(ids(&seq[..4], &dev)),
+                None,
+                Some(&mut cache),
+            ));
+            for &t in &seq[4..] {
+                stepped.extend(to_host(m.forward_embeds(
+                    m.embed_tokens(ids(&[t], &dev)),
+                    None,
+                    Some(&mut cache),
+                )));
+            }
+            assert_eq!(cache.len(), seq.len());
+            assert!(max_diff(&full, &stepped) < 1e-5, "{f:?}");
+        }
+    }
+
+    #[test]
+    fn padding_left_or_right_leaves_real_tokens_unchanged() {
+        let dev = Device::flex();
+        let m = CausalLm::new(&tiny(LmFlavour::Llama), 5, &dev).unwrap();
+        let v = 40;
+        let alone = to_host(m.forward_embeds(m.embed_tokens(ids(&[1, 4, 8], &dev)), None, None));
+        let batch = |toks: Vec<i64>, mask: Vec<i64>| {
+            let x = Tensor::<2, Int>::from_data(TensorData::new(toks, [2, 5]), &dev);
+            let mask = Tensor::<2, Int>::from_data(TensorData::new(mask, [2, 5]), &dev);
+            to_host(m.forward_embeds(m.embed_tokens(x), Some(mask), None))
+        };
+        // Row 0 left-padded by 2, row 1 a full sequence.
+        let left = batch(
+            vec![0, 0, 1, 4, 8, 1, 2, 3, 4, 5],
+            vec![0, 0, 1, 1, 1, 1, 1, 1, 1, 1],
+        );
+        assert!(
+            left.iter().all(|x| x.is_finite()),
+            "padding rows stay finite"
+        );
+        assert!(max_diff(&alone, &left[2 * v..5 * v]) < 1e-5);
+        let right = batch(
+            vec![1, 4, 8, 0, 0, 1, 2, 3, 4, 5],
+            vec![1, 1, 1, 0, 0, 1, 1, 1, 1, 1],
+        );
+        assert!(max_diff(&alone, &right[..3 * v]) < 1e-5);
+        let full =
+            to_host(m.forward_embeds(m.embed_tokens(ids(&[1, 2, 3, 4, 5], &dev)), None, None));
+        assert!(
+            max_diff(&full, &left[5 * v..]) < 1e-5,
+            "row 1 is unaffected by row 0"
+        );
+        // And a token before the last one matters (the test can see a broken mask).
+        let other = to_host(m.forward_embeds(m.embed_tokens(ids(&[1, 5, 8], &dev)), None, None));
+        assert!(max_diff(&alone[2 * v..], &other[2 * v..]) > 1e-4);
+    }
+
+    #[test]
+    fn batched_greedy_equals_one_prompt_at_a_time() {
+        let dev = Device::flex();
+        let m = CausalLm::new(&tiny(LmFlavour::Qwen2), 9, &dev).unwrap();
+        let prompts = vec![vec![1, 4, 8, 9, 10], vec![1, 30]];
+        let batched = super::super::greedy_generate(&m, &prompts, 6, &[]).unwrap();
+        for (p, b) in prompts.iter().zip(&batched) {
+            let one = super::super::greedy_generate(&m, std::slice::from_ref(p), 6, &[]).unwrap();
+            assert_eq!(&one[0], b);
+            assert_eq!(b.len(), 6);
+        }
+        // An end-of-sequence id stops its row and is kept.
+        let first = batched[0][0];
+        let stopped = super::super::greedy_generate(&m, &prompts[..1], 6, &[first]).unwrap();
+        assert_eq!(stopped[0], vec![first]);
+        assert!(super::super::greedy_generate(&m, &[vec![]], 3, &[]).is_err());
+        assert!(super::super::greedy_generate(&m, &[vec![40]], 3, &[]).is_err());
+    }
+}

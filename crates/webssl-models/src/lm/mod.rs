@@ -17,18 +17,16 @@ pub mod tokenizer;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use burn::module::{Module, ModuleMapper, Param};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::Device;
 
 pub use chat::{ChatTemplate, Message};
 pub use config::{LmConfig, LmFlavour, RopeScaling};
-pub use generate::{greedy_generate, greedy_generate_embeds};
+pub use generate::{Completion, complete, greedy_generate, greedy_generate_embeds};
 pub use llama::{CausalLm, KvCache};
 pub use tokenizer::Tokenizer;
 
-use crate::checkpoint::store::TensorStore;
+use crate::checkpoint::{self, store::TensorStore};
 use crate::error::{ModelError, Result};
-use crate::params::PathStack;
 
 /// A model with what it needs to talk: its tokenizer and (when the checkpoint has a recognised
 /// one) its chat template.
@@ -194,92 +192,46 @@ fn load_gguf(path: &Path, device: &Device) -> Result<LoadedLm> {
 }
 
 /// Replaces every parameter of `model` by `fetch(hf_name)` (PyTorch layout: `nn.Linear` weights
-/// `[out, in]`, transposed here to burn's `[in, out]`), checking shapes and finiteness; every
-/// problem is reported, the first returned.
+/// `[out, in]`, transposed here to burn's `[in, out]`), checking shapes and finiteness.
 fn fill(
     model: CausalLm,
     device: &Device,
-    fetch: impl FnMut(&str) -> Result<(Vec<usize>, Vec<f32>)>,
+    mut fetch: impl FnMut(&str) -> Result<(Vec<usize>, Vec<f32>)>,
 ) -> Result<CausalLm> {
-    struct Filler<F> {
-        fetch: F,
-        path: PathStack,
-        errors: Vec<ModelError>,
-        device: Device,
-    }
-    impl<F: FnMut(&str) -> Result<(Vec<usize>, Vec<f32>)>> Filler<F> {
-        fn read(&mut self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
-            let (shape, values) = (self.fetch)(name)?;
-            let bad = values.iter().filter(|x| !x.is_finite()).count();
-            if bad > 0 {
-                return Err(ModelError::NonFinite {
-                    key: name.to_owned(),
-                    count: bad,
-                    total: values.len(),
-                });
-            }
-            let linear = expected.len() == 2 && name != "model.embed_tokens.weight";
-            let torch_shape: Vec<usize> = if linear {
-                vec![expected[1], expected[0]]
-            } else {
-                expected.to_vec()
-            };
-            if shape != torch_shape {
-                return Err(ModelError::Shape {
-                    name: name.to_owned(),
-                    key: name.to_owned(),
-                    expected: torch_shape,
-                    found: shape,
-                });
-            }
-            if !linear {
-                return Ok(values);
-            }
-            let (out, inp) = (shape[0], shape[1]);
-            let mut t = vec![0f32; values.len()];
-            for o in 0..out {
-                for i in 0..inp {
-                    t[i * out + o] = values[o * inp + i];
-                }
-            }
-            Ok(t)
+    checkpoint::replace_params(model, device, |name, expected| {
+        let (shape, values) = fetch(name)?;
+        let bad = values.iter().filter(|x| !x.is_finite()).count();
+        if bad > 0 {
+            return Err(ModelError::NonFinite {
+                key: name.to_owned(),
+                count: bad,
+                total: values.len(),
+            });
         }
-    }
-    impl<F: FnMut(&str) -> Result<(Vec<usize>, Vec<f32>)>> ModuleMapper for Filler<F> {
-        fn enter_module(&mut self, name: &str, container_type: &str) {
-            self.path.enter(name, container_type);
+        let linear = expected.len() == 2 && name != "model.embed_tokens.weight";
+        let torch_shape: Vec<usize> = if linear {
+            vec![expected[1], expected[0]]
+        } else {
+            expected.to_vec()
+        };
+        if shape != torch_shape {
+            return Err(ModelError::Shape {
+                name: name.to_owned(),
+                key: name.to_owned(),
+                expected: torch_shape,
+                found: shape,
+            });
         }
-        fn exit_module(&mut self, _name: &str, container_type: &str) {
-            self.path.exit(container_type);
+        if !linear {
+            return Ok(values);
         }
-        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-            let name = self.path.path();
-            let (id, tensor, mapper) = param.consume();
-            let expected = tensor.dims().to_vec();
-            match self.read(&name, &expected) {
-                Ok(values) => {
-                    let t = Tensor::<D>::from_data(
-                        TensorData::new(values, tensor.shape()),
-                        &self.device,
-                    );
-                    Param::from_mapped_value(id, t, mapper)
-                }
-                Err(e) => {
-                    self.errors.push(e);
-                    Param::from_mapped_value(id, tensor, mapper)
-                }
+        let (out, inp) = (shape[0], shape[1]);
+        let mut t = vec![0f32; values.len()];
+        for o in 0..out {
+            for i in 0..inp {
+                t[i * out + o] = values[o * inp + i];
             }
         }
-    }
-    let mut filler = Filler {
-        fetch,
-        path: PathStack::default(),
-        errors: Vec::new(),
-        device: device.clone(),
-    };
-    let model = model.map(&mut filler);
-    match filler.errors.into_iter().next() {
-        Some(e) => Err(e),
-        None => Ok(model),
-    }
+        Ok(t)
+    })
 }
