@@ -306,32 +306,30 @@ impl LmConfig {
                 low_freq_factor,
                 high_freq_factor,
                 original_max_position_embeddings,
-            }) => {
-                if !(*factor > 0.0
-                    && *low_freq_factor > 0.0
-                    && high_freq_factor > low_freq_factor
-                    && *original_max_position_embeddings > 0.0)
-                {
-                    return Err(ModelError::config(
-                        "rope_scaling",
-                        "llama3 needs factor > 0, 0 < low_freq_factor < high_freq_factor and \
-                         original_max_position_embeddings > 0",
-                    ));
-                }
+            }) if !(*factor > 0.0
+                && *low_freq_factor > 0.0
+                && high_freq_factor > low_freq_factor
+                && *original_max_position_embeddings > 0.0) =>
+            {
+                return Err(ModelError::config(
+                    "rope_scaling",
+                    "llama3 needs factor > 0, 0 < low_freq_factor < high_freq_factor and \
+                     original_max_position_embeddings > 0",
+                ));
             }
-            Some(RopeScaling::FreqFactors { factors }) => {
-                if factors.len() != self.head_dim / 2 || factors.iter().any(|f| !(*f > 0.0)) {
-                    return Err(ModelError::config(
-                        "rope_freqs",
-                        format!(
-                            "expected {} positive factors (head_dim / 2), got {}",
-                            self.head_dim / 2,
-                            factors.len()
-                        ),
-                    ));
-                }
+            Some(RopeScaling::FreqFactors { factors })
+                if factors.len() != self.head_dim / 2 || !factors.iter().all(|f| *f > 0.0) =>
+            {
+                return Err(ModelError::config(
+                    "rope_freqs",
+                    format!(
+                        "expected {} positive factors (head_dim / 2), got {}",
+                        self.head_dim / 2,
+                        factors.len()
+                    ),
+                ));
             }
-            None => {}
+            _ => {}
         }
         Ok(())
     }
@@ -371,8 +369,7 @@ impl LmConfig {
                         } else {
                             f
                         };
-                        let medium =
-                            !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
+                        let medium = wavelen >= high_freq_wavelen && wavelen <= low_freq_wavelen;
                         if medium {
                             let smooth = (old / wavelen - lo) / (hi - lo);
                             (1.0 - smooth) * scaled / factor + smooth * scaled
