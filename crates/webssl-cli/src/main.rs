@@ -50,6 +50,9 @@ enum Command {
     Eval(cmd::eval::Command),
     /// Train and evaluate a grid of methods × model sizes × data on the same images, then report.
     Experiment(cmd::experiment::Args),
+    /// Decoder language models: greedy generation (Llama family, Qwen2; HF directory or GGUF).
+    #[command(subcommand)]
+    Lm(cmd::lm::Command),
     /// Run a webssl command as N data-parallel ranks on this machine (through mpirun).
     Launch(cmd::launch::Args),
     /// Collect results JSON of run directories into a Markdown table and scaling plots (PNG/SVG/CSV).
@@ -104,5 +107,6 @@ fn main() -> anyhow::Result<()> {
         Command::Report(args) => cmd::report::run(args),
         Command::Experiment(args) => cmd::experiment::run(args),
         Command::Launch(args) => cmd::launch::run(args),
+        Command::Lm(c) => cmd::lm::run(c),
     }
 }

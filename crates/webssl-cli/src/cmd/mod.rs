@@ -5,6 +5,7 @@ pub mod embed;
 pub mod eval;
 pub mod experiment;
 pub mod launch;
+pub mod lm;
 pub mod model;
 pub mod pretrain;
 pub mod report;

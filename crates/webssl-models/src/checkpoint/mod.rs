@@ -340,22 +340,21 @@ pub fn named_parameters<M: Module>(module: &M) -> Vec<NamedTensor> {
     out
 }
 
-/// Replaces every float parameter of `module` by the tensor of the same dotted path in `store`
-/// (burn layout, as written from [`named_parameters`]); used for training checkpoints, where names and
-/// layouts are our own. Every missing tensor, shape mismatch and unused tensor is an error.
-pub fn assign_named_parameters<M: Module>(
+/// Replaces every float parameter of `module` by `read(dotted_path, shape)` (row-major values of
+/// that shape, or an error); the gradient requirement of each replaced parameter is kept. Every
+/// parameter is tried and the first error returned.
+pub fn replace_params<M: Module>(
     module: M,
-    store: &TensorStore,
     device: &Device,
+    read: impl FnMut(&str, &[usize]) -> Result<Vec<f32>>,
 ) -> Result<M> {
-    struct Assign<'a> {
-        store: &'a TensorStore,
+    struct Replace<F> {
+        read: F,
         path: PathStack,
-        used: BTreeSet<String>,
         errors: Vec<ModelError>,
         device: Device,
     }
-    impl ModuleMapper for Assign<'_> {
+    impl<F: FnMut(&str, &[usize]) -> Result<Vec<f32>>> ModuleMapper for Replace<F> {
         fn enter_module(&mut self, name: &str, container_type: &str) {
             self.path.enter(name, container_type);
         }
@@ -365,22 +364,8 @@ pub fn assign_named_parameters<M: Module>(
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
             let name = self.path.path();
             let (id, tensor, mapper) = param.consume();
-            let expected = tensor.dims().to_vec();
-            let result = self.store.read_f32(&name).and_then(|(shape, values)| {
-                if shape == expected {
-                    Ok(values)
-                } else {
-                    Err(ModelError::Shape {
-                        name: name.clone(),
-                        key: name.clone(),
-                        expected: expected.clone(),
-                        found: shape,
-                    })
-                }
-            });
-            match result {
+            match (self.read)(&name, &tensor.dims()) {
                 Ok(values) => {
-                    self.used.insert(name);
                     let t = Tensor::<D>::from_data(
                         TensorData::new(values, tensor.shape()),
                         &self.device,
@@ -400,20 +385,44 @@ pub fn assign_named_parameters<M: Module>(
             }
         }
     }
-    let mut a = Assign {
-        store,
+    let mut r = Replace {
+        read,
         path: PathStack::default(),
-        used: BTreeSet::new(),
         errors: Vec::new(),
         device: device.clone(),
     };
-    let module = module.map(&mut a);
-    if let Some(e) = a.errors.into_iter().next() {
-        return Err(e);
+    let module = module.map(&mut r);
+    match r.errors.into_iter().next() {
+        Some(e) => Err(e),
+        None => Ok(module),
     }
+}
+
+/// Replaces every float parameter of `module` by the tensor of the same dotted path in `store`
+/// (burn layout, as written from [`named_parameters`]); used for training checkpoints, where names and
+/// layouts are our own. Every missing tensor, shape mismatch and unused tensor is an error.
+pub fn assign_named_parameters<M: Module>(
+    module: M,
+    store: &TensorStore,
+    device: &Device,
+) -> Result<M> {
+    let mut used = BTreeSet::new();
+    let module = replace_params(module, device, |name, expected| {
+        let (shape, values) = store.read_f32(name)?;
+        if shape != expected {
+            return Err(ModelError::Shape {
+                name: name.to_owned(),
+                key: name.to_owned(),
+                expected: expected.to_vec(),
+                found: shape,
+            });
+        }
+        used.insert(name.to_owned());
+        Ok(values)
+    })?;
     let unexpected: Vec<String> = store
         .keys()
-        .filter(|k| !a.used.contains(*k))
+        .filter(|k| !used.contains(*k))
         .map(str::to_owned)
         .collect();
     if !unexpected.is_empty() {
