@@ -186,22 +186,19 @@ fn hf_config_and_weights_that_disagree_are_errors_naming_the_tensor() {
     let cfg_path = dir.path().join("config.json");
     let mut cfg: Value =
         serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let load_err = |cfg: &Value| {
+        std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+        let err = lm::load_lm(dir.path(), &Device::flex()).err().unwrap();
+        err.to_string()
+    };
     cfg["intermediate_size"] = 48.into();
-    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-    let err = lm::load_lm(dir.path(), &Device::flex())
-        .err()
-        .unwrap()
-        .to_string();
+    let err = load_err(&cfg);
     assert!(
         err.contains("mlp.gate_proj.weight") && err.contains("[48, 32]"),
         "{err}"
     );
     cfg["model_type"] = "gpt2".into();
-    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-    let err = lm::load_lm(dir.path(), &Device::flex())
-        .err()
-        .unwrap()
-        .to_string();
+    let err = load_err(&cfg);
     assert!(
         err.contains("model_type") && err.contains("config.json"),
         "{err}"
