@@ -189,6 +189,25 @@ fn bad_arguments_fail_with_a_clear_message() {
         "50",
     ]);
     assert!(err.contains("multiple of the patch size 14"), "{err}");
+    // The torchvision preprocessing reproduces transformers' processors: a checkpoint without
+    // preprocessor_config.json (and no --resolution) has none to reproduce.
+    let bare = tmp.path().join("bare");
+    std::fs::create_dir(&bare).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(model.join(f), bare.join(f)).unwrap();
+    }
+    let err = run(&[
+        "embed",
+        "--model",
+        bare.to_str().unwrap(),
+        "--input",
+        imgs.to_str().unwrap(),
+        "--output",
+        tmp.path().join("x.safetensors").to_str().unwrap(),
+        "--preprocess",
+        "torchvision",
+    ]);
+    assert!(err.contains("no preprocessor_config.json"), "{err}");
 }
 
 #[test]
