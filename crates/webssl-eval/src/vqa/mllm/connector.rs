@@ -16,7 +16,11 @@
 //! The encoder is frozen and its preprocessing deterministic (no augmentation), so the selected,
 //! resampled tokens of an image are the same at every step: caching them once per image gives
 //! exactly the features a per-step forward would (bit for bit at the same precision and thread
-//! count; the cache is f32).
+//! count; the cache is f32). The cache is a `webssl embed --features patch-tokens,cls` file
+//! ([`ImageTokenTable::from_embed`]): the one `features::Encoder` computes it, as for every probe.
+
+use std::collections::HashMap;
+use std::path::Path;
 
 use burn::module::{Module, Param};
 use burn::nn::Linear;
@@ -27,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use webssl_models::{kernels, precision};
 
 use crate::error::{EvalError, Result};
+use crate::features::FeatureFile;
 
 /// Which encoder tokens feed the connector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +88,106 @@ impl ImageTokens {
         }
         Ok(out)
     }
+}
+
+/// The image tokens of every image of an embed file, by sample key.
+#[derive(Debug, Clone)]
+pub struct ImageTokenTable {
+    /// Tokens per image.
+    pub len: usize,
+    /// Token width (the encoder's).
+    pub dim: usize,
+    rows: HashMap<String, usize>,
+    values: Vec<f32>,
+}
+
+impl ImageTokenTable {
+    /// Reads `patch_tokens` (and `cls` when `sel.cls`) of a `webssl embed` file and selects each
+    /// image's tokens. The patch grid comes from the recorded `image_size` (a `(h, w)` whose patch
+    /// side divides both), else the token count must be a square.
+    pub fn from_embed(path: &Path, sel: ImageTokens) -> Result<Self> {
+        let bad = |message: String| EvalError::Probe {
+            context: path.display().to_string(),
+            message,
+        };
+        let patches = FeatureFile::load_tensor(path, "patch_tokens")?;
+        let &[n, p, d] = patches.shape.as_slice() else {
+            return Err(bad(format!(
+                "patch_tokens has shape {:?}, expected [N, P, D]",
+                patches.shape
+            )));
+        };
+        let grid = grid_of(p, patches.image_size).ok_or_else(|| {
+            bad(format!(
+                "{p} patch tokens do not tile the image size {:?} (embed with a square resolution)",
+                patches.image_size
+            ))
+        })?;
+        let cls = if sel.cls {
+            let c = FeatureFile::load_tensor(path, "cls")?;
+            if c.shape != [n, d] {
+                return Err(bad(format!(
+                    "cls has shape {:?}, expected [{n}, {d}]",
+                    c.shape
+                )));
+            }
+            c.values
+        } else {
+            vec![0.0; n * d]
+        };
+        let len = sel.len(grid);
+        let mut values = Vec::with_capacity(n * len * d);
+        for i in 0..n {
+            values.extend(sel.select(
+                &patches.values[i * p * d..(i + 1) * p * d],
+                &cls[i * d..(i + 1) * d],
+                grid,
+                d,
+            )?);
+        }
+        let rows = patches
+            .keys
+            .into_iter()
+            .enumerate()
+            .map(|(i, k)| (k, i))
+            .collect();
+        Ok(Self {
+            len,
+            dim: d,
+            rows,
+            values,
+        })
+    }
+
+    /// The `[len, dim]` tokens of the image with sample key `key`.
+    pub fn get(&self, key: &str) -> Option<&[f32]> {
+        let per = self.len * self.dim;
+        self.rows
+            .get(key)
+            .map(|&i| &self.values[i * per..(i + 1) * per])
+    }
+}
+
+/// The `(h, w)` patch grid of `p` tokens for an image of `image_size` `(h, w)`, or of a square.
+fn grid_of(p: usize, image_size: Option<(usize, usize)>) -> Option<(usize, usize)> {
+    if p == 0 {
+        return None;
+    }
+    if let Some((h, w)) = image_size {
+        let side = ((h * w / p) as f64).sqrt().round() as usize;
+        if side > 0 && h % side == 0 && w % side == 0 && (h / side) * (w / side) == p {
+            return Some((h / side, w / side));
+        }
+        return None;
+    }
+    let s = (p as f64).sqrt().round() as usize;
+    (s * s == p).then_some((s, s))
+}
+
+/// The sample key of a record's `image` path: `webssl embed`'s key of that file in its folder
+/// (the relative path without its extension, `/`-separated), which is also a shard key as written.
+pub fn image_key(image: &str) -> String {
+    webssl_data::source::folder_key(Path::new(""), Path::new(image))
 }
 
 /// PyTorch's `area_pixel_compute_source_index` + `guard_index_and_lambda` for bilinear,
@@ -171,5 +276,56 @@ impl Connector {
     /// `[..., d_vis]` → `[..., d_lm]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         precision::linear(kernels::linear_gelu(x, &self.fc1), &self.fc2)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embed_file_tokens_are_selected_per_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.safetensors");
+        let (n, p, d) = (2usize, 16usize, 3usize);
+        let patches: Vec<f32> = (0..n * p * d).map(|x| (x as f32).sin()).collect();
+        let cls: Vec<f32> = (0..n * d).map(|x| x as f32).collect();
+        let meta = serde_json::json!({"keys": ["a/x", "b"], "image_size": [8, 8]});
+        webssl_models::checkpoint::export::write_safetensors_with_metadata(
+            &path,
+            &[
+                ("patch_tokens".into(), vec![n, p, d], patches.clone()),
+                ("cls".into(), vec![n, d], cls.clone()),
+            ],
+            &[("webssl", meta.to_string())],
+        )
+        .unwrap();
+        let sel = ImageTokens {
+            count: 4,
+            cls: true,
+        };
+        let t = ImageTokenTable::from_embed(&path, sel).unwrap();
+        assert_eq!((t.len, t.dim), (5, 3));
+        let b = t.get(&image_key("b.jpg")).unwrap();
+        assert_eq!(&b[..d], &cls[d..]);
+        assert_eq!(
+            &b[d..],
+            &resample_bilinear(&patches[p * d..], (4, 4), d, (2, 2))[..]
+        );
+        assert!(t.get(&image_key("a/x.png")).is_some() && t.get("x").is_none());
+        // No CLS asked: the file needs none; a grid that does not tile the image is an error.
+        assert!(
+            ImageTokenTable::from_embed(
+                &path,
+                ImageTokens {
+                    count: 0,
+                    cls: false
+                }
+            )
+            .is_ok()
+        );
+        assert_eq!(grid_of(16, Some((8, 12))), None);
+        assert_eq!(grid_of(6, Some((28, 42))), Some((2, 3)));
+        assert_eq!(grid_of(16, None), Some((4, 4)));
     }
 }

@@ -111,7 +111,7 @@ mod tests {
     use burn::tensor::Device;
 
     fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data().convert::<f32>().to_vec().unwrap()
+        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
     }
 
     #[test]
