@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod heads;
 pub mod kernels;
+pub mod lm;
 pub mod mae;
 pub mod params;
 pub mod pos_embed;

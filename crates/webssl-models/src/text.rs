@@ -247,12 +247,12 @@ pub struct TextTransformer {
     pub config: TextConfig,
 }
 
-fn uniform01(rng: &mut ChaCha8Rng) -> f64 {
+pub(crate) fn uniform01(rng: &mut ChaCha8Rng) -> f64 {
     (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 
 /// `n` draws of N(0, std²) (Box–Muller) as a `shape` tensor.
-fn normal<const D: usize>(
+pub(crate) fn normal<const D: usize>(
     rng: &mut ChaCha8Rng,
     shape: [usize; D],
     std: f64,
