@@ -6,7 +6,8 @@
 //!   batch with image slots.
 //! * [`connector`] — the image tokens (patch tokens after the final norm, optional CLS, bilinear
 //!   resampling to a fixed count) and the `mlp2x_gelu` connector.
-//! * [`model`] — the image embeddings spliced into the token embeddings, the answer-only loss.
+//! * [`model`] — [`model::Mllm`] = connector + language model (`webssl_models::lm`): image
+//!   embeddings spliced into the token embeddings, the answer-only loss, greedy answers.
 //! * [`answer`] — the question file, the resumable predictions file `vqa-score` reads, the loop.
 //!
 //! Unlike the rest of [`crate::vqa`], [`connector`] and [`model`] use burn; the text side stays tensor-free
