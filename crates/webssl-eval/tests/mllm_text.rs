@@ -1,8 +1,9 @@
-//! Golden parity of the MLLM probe's inputs with Cambrian-1 (`fixtures/mllm/make_mllm.py`
+//! The MLLM probe. Golden parity of its inputs with Cambrian-1 (`fixtures/mllm/make_mllm.py`
 //! transcribes its prompt, template and label code and runs torch for the connector; see its
 //! header): benchmark prompts and the llama_v3 answer prompt byte for byte, token ids and labels
 //! exactly, the spliced batch exactly, resampled tokens within 1e-6·max|y|, the connector and the
-//! loss within 1e-5.
+//! loss within 1e-5. Then a tiny random MLLM: masks, gradients, answers, and answer → resume →
+//! `vqa-score` end to end.
 
 use std::sync::OnceLock;
 
@@ -10,13 +11,19 @@ use burn::module::Param;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde_json::Value;
 use tokenizers::Tokenizer;
-use webssl_eval::vqa::Benchmark;
-use webssl_eval::vqa::mllm::connector::{Connector, ImageTokens, resample_bilinear};
-use webssl_eval::vqa::mllm::conversation::{
-    Batch, LLAMA_V3_SYSTEM, Record, llama_v3_prompt, preprocess_llama_v3,
+use webssl_eval::vqa::mllm::answer::{AnswerLog, answer_all, read_questions};
+use webssl_eval::vqa::mllm::connector::{
+    Connector, ImageTokenTable, ImageTokens, image_key, resample_bilinear,
 };
-use webssl_eval::vqa::mllm::model::answer_loss;
+use webssl_eval::vqa::mllm::conversation::{
+    Batch, IGNORE_INDEX, IMAGE_TOKEN_INDEX, LLAMA_V3_SYSTEM, Preprocessed, Record, llama_v3_prompt,
+    preprocess_llama_v3, tokenize_with_image,
+};
+use webssl_eval::vqa::mllm::model::{Mllm, answer_loss};
 use webssl_eval::vqa::mllm::prompt::{Question, user_message};
+use webssl_eval::vqa::{Benchmark, ScoreOptions, score_files};
+use webssl_models::lm::{CausalLm, LmConfig, LmFlavour};
+use webssl_models::params::to_host;
 
 fn fixture(name: &str) -> String {
     format!("{}/../../fixtures/mllm/{name}", env!("CARGO_MANIFEST_DIR"))
@@ -250,13 +257,6 @@ fn answer_loss_matches_torch_cross_entropy() {
 /// random MLLM's greedy answer → the resumable predictions file → `vqa-score`'s GQA rule.
 #[test]
 fn answer_resume_and_score_end_to_end() {
-    use webssl_eval::vqa::mllm::answer::{AnswerLog, answer_all, read_questions};
-    use webssl_eval::vqa::mllm::connector::{ImageTokenTable, image_key};
-    use webssl_eval::vqa::mllm::conversation::tokenize_with_image;
-    use webssl_eval::vqa::mllm::model::Mllm;
-    use webssl_eval::vqa::{ScoreOptions, score_files};
-    use webssl_models::lm::{CausalLm, LmConfig, LmFlavour};
-
     let dir = tempfile::tempdir().unwrap();
     let device = Device::default();
     // An embed file of 3 images: 16 patch tokens of width 6 on an 8x8 image (patch 2).
@@ -291,29 +291,7 @@ fn answer_resume_and_score_end_to_end() {
     .unwrap();
     let qs = read_questions(&questions).unwrap();
 
-    let vocab = tokenizer().get_vocab_size(true);
-    let cfg = LmConfig {
-        flavour: LmFlavour::Llama,
-        vocab_size: vocab,
-        hidden_size: 16,
-        intermediate_size: 32,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 4,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10000.0,
-        rope_scaling: None,
-        max_position_embeddings: 512,
-        tie_word_embeddings: false,
-        attention_bias: false,
-        bos_token_id: None,
-        eos_token_id: vec![],
-    };
-    let m = Mllm {
-        connector: Connector::new(d, 16, 1, &device),
-        lm: CausalLm::new(&cfg, 5, &device).unwrap(),
-    };
+    let m = tiny_mllm(tokenizer().get_vocab_size(true), d, &device);
     let eot = tokenizer().token_to_id("<|eot_id|>").unwrap();
     let mut asked = 0;
     let mut ask = |q: &Question, user: &str| {
@@ -358,4 +336,113 @@ fn answer_resume_and_score_end_to_end() {
         report.score,
         said(0)
     );
+}
+
+/// A tiny random MLLM: a Llama-flavour LM (GQA, 2 layers, width 16) of `vocab` tokens behind a
+/// connector from `d_vis`.
+fn tiny_mllm(vocab: usize, d_vis: usize, device: &Device) -> Mllm {
+    let cfg = LmConfig {
+        flavour: LmFlavour::Llama,
+        vocab_size: vocab,
+        hidden_size: 16,
+        intermediate_size: 32,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 4,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        rope_scaling: None,
+        max_position_embeddings: 512,
+        tie_word_embeddings: false,
+        attention_bias: false,
+        bos_token_id: None,
+        eos_token_id: vec![],
+    };
+    Mllm {
+        connector: Connector::new(d_vis, 16, 7, device),
+        lm: CausalLm::new(&cfg, 3, device).unwrap(),
+    }
+}
+
+fn sample(ids: &[i64], answer_from: usize) -> Preprocessed {
+    let labels = ids
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| {
+            if i >= answer_from && t >= 0 {
+                t
+            } else {
+                IGNORE_INDEX
+            }
+        })
+        .collect();
+    Preprocessed {
+        input_ids: ids.to_vec(),
+        labels,
+    }
+}
+
+fn images(n: usize, l: usize, seed: f32, device: &Device) -> Tensor<3> {
+    let v: Vec<f32> = (0..n * l * 6).map(|i| (i as f32 * seed).sin()).collect();
+    Tensor::from_data(TensorData::new(v, [n, l, 6]), device)
+}
+
+fn scalar(t: Tensor<1>) -> f32 {
+    to_host(t)[0]
+}
+
+#[test]
+fn padded_rows_do_not_change_real_rows_and_gradients_reach_the_connector() {
+    let device = Device::flex().autodiff();
+    let m = tiny_mllm(50, 6, &device);
+    let a = sample(&[1, 5, IMAGE_TOKEN_INDEX, 6, 7, 8, 9, 10, 2], 5);
+    let b = sample(&[1, 11, 12, 13, 2], 3);
+    let n_img = 4;
+    let both = Batch::collate(&[a.clone(), b.clone()], n_img, 64, 0).unwrap();
+    let imgs = images(1, n_img, 0.37, &device);
+    let loss_ab = m.loss(&both, Some(imgs.clone())).unwrap();
+    let loss_a = m
+        .loss(
+            &Batch::collate(&[a], n_img, 64, 0).unwrap(),
+            Some(imgs.clone()),
+        )
+        .unwrap();
+    let loss_b = m
+        .loss(&Batch::collate(&[b], n_img, 64, 0).unwrap(), None)
+        .unwrap();
+    // Labelled positions: a has 4 (8, 9, 10, 2 after the 4 image slots), b has 2 (13, 2).
+    let (ab, la, lb) = (scalar(loss_ab.clone()), scalar(loss_a), scalar(loss_b));
+    assert!(
+        (ab * 6.0 - (la * 4.0 + lb * 2.0)).abs() < 1e-4,
+        "{ab} vs {la}, {lb}"
+    );
+    // A random-init LM (weights N(0, 0.02²)) is near uniform over the 50 tokens.
+    assert!((ab - 50f32.ln()).abs() < 0.1, "{ab}");
+    let grads = loss_ab.backward();
+    let g = to_host(m.connector.fc1.weight.val().grad(&grads).unwrap());
+    assert!(
+        g.iter().any(|&x| x != 0.0),
+        "the image tokens reach the loss"
+    );
+    // Other image tokens, another loss.
+    let other = m
+        .loss(&both, Some(images(1, n_img, 1.91, &device)))
+        .unwrap();
+    assert_ne!(scalar(other), ab);
+    assert!(m.loss(&both, None).is_err());
+}
+
+#[test]
+fn answers_are_greedy_and_bounded() {
+    let device = Device::flex();
+    let m = tiny_mllm(50, 6, &device);
+    let prompt = [1, 5, IMAGE_TOKEN_INDEX, 6, 7];
+    let img = images(1, 3, 0.5, &device).reshape([3, 6]);
+    let a = m.answer(&prompt, Some(img.clone()), 6, &[2]).unwrap();
+    assert!(!a.is_empty() && a.len() <= 6);
+    assert_eq!(a, m.answer(&prompt, Some(img), 6, &[2]).unwrap());
+    let text_only = m.answer(&[1, 5, 6, 7], None, 4, &[]).unwrap();
+    assert_eq!(text_only.len(), 4);
+    assert!(m.answer(&prompt, None, 4, &[]).is_err());
 }
