@@ -7,6 +7,7 @@ pub mod experiment;
 pub mod launch;
 pub mod model;
 pub mod pretrain;
+pub mod probe;
 pub mod report;
 pub mod shards;
 pub mod synth;

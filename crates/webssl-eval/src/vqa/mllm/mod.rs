@@ -9,6 +9,7 @@
 //! * [`model`] — [`model::Mllm`] = connector + language model (`webssl_models::lm`): image
 //!   embeddings spliced into the token embeddings, the answer-only loss, greedy answers.
 //! * [`answer`] — the question file, the resumable predictions file `vqa-score` reads, the loop.
+//! * [`run`] — a trained probe's run directory ([`run::Probe`]) and answering a benchmark with it.
 //!
 //! Unlike the rest of [`crate::vqa`], [`connector`] and [`model`] use burn; the text side stays tensor-free
 //! (token ids and labels are plain vectors).
@@ -18,3 +19,4 @@ pub mod connector;
 pub mod conversation;
 pub mod model;
 pub mod prompt;
+pub mod run;
