@@ -85,19 +85,7 @@ fn answer_resumes_and_scores() {
     // 3 images of 16 patch tokens on an 8x8 grid of patch 2; question 3 names a missing image.
     let (n, pt) = (3usize, 16usize);
     let embed = tmp.path().join("features.safetensors");
-    let meta = serde_json::json!({"keys": ["img0", "img1", "img2"], "image_size": [8, 8]});
-    write_safetensors_with_metadata(
-        &embed,
-        &[(
-            "patch_tokens".into(),
-            vec![n, pt, D_VIS],
-            (0..n * pt * D_VIS)
-                .map(|x| (x as f32 * 0.61).sin())
-                .collect(),
-        )],
-        &[("webssl", meta.to_string())],
-    )
-    .unwrap();
+    write_embed(&embed, n, pt);
     let line = |i: usize, img: &str| {
         format!(
             "{{\"question_id\": {i}, \"image\": \"{img}\", \"question\": \"What is in the image?\"}}\n"
@@ -214,6 +202,154 @@ fn answer_resumes_and_scores() {
         p(&out),
     ]));
     assert!(e.contains("mllm.toml"), "{e}");
+}
+
+/// A `webssl embed` file of `n` images `img{i}` with `pt` patch tokens of width [`D_VIS`] each on an
+/// 8x8 image (patch 2).
+fn write_embed(path: &Path, n: usize, pt: usize) {
+    let keys: Vec<String> = (0..n).map(|i| format!("img{i}")).collect();
+    let meta = serde_json::json!({"keys": keys, "image_size": [8, 8]});
+    write_safetensors_with_metadata(
+        path,
+        &[(
+            "patch_tokens".into(),
+            vec![n, pt, D_VIS],
+            (0..n * pt * D_VIS)
+                .map(|x| (x as f32 * 0.61).sin())
+                .collect(),
+        )],
+        &[("webssl", meta.to_string())],
+    )
+    .unwrap();
+}
+
+/// Stage 1 (6 steps: 5 conversations, batch 2, 2 epochs) killed after its 2nd checkpoint and resumed
+/// ends byte-identical to the uninterrupted run (metrics, connector); stage 2 from it trains the LM
+/// too, and its run directory answers.
+#[test]
+fn two_stages_resume_exactly_after_kill_and_answer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let device = Device::default();
+    let cfg = lm_config(tokenizers_vocab());
+    let lm_dir = t.join("lm");
+    write_hf_dir(&lm_dir, &cfg, &CausalLm::new(&cfg, 3, &device).unwrap());
+    let embed = t.join("features.safetensors");
+    write_embed(&embed, 3, 16);
+    let words = ["red", "a cat", "two", "yes", "the sky"];
+    let data: Vec<_> = words
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let mut r = serde_json::json!({"id": i, "conversations": [
+                {"from": "human", "value": format!("<image>\nWhat is it {i}?")},
+                {"from": "gpt", "value": w}]});
+            if i < 4 {
+                r["image"] = format!("img{}.jpg", i % 3).into();
+            } else {
+                r["conversations"][0]["value"] = "Say something.".into();
+            }
+            r
+        })
+        .collect();
+    let data_path = t.join("data.json");
+    std::fs::write(&data_path, serde_json::to_string(&data).unwrap()).unwrap();
+    let config = t.join("probe.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "lm = {:?}\ndata = {:?}\nimage_tokens_file = {:?}\nlr = 0.05\nbatch_size = 2\nepochs = 2\n\
+             max_length = 400\nwarmup_ratio = 0.2\nweight_decay = 0.01\n\
+             [image_tokens]\ncount = 4\ncls = false\n",
+            p(&lm_dir),
+            p(&data_path),
+            p(&embed)
+        ),
+    )
+    .unwrap();
+    let train = |run: &Path, stage: &str, extra: &[&str]| {
+        let mut c = support::webssl();
+        c.args([
+            "probe",
+            "vqa",
+            "train",
+            "--config",
+            p(&config),
+            "--stage",
+            stage,
+            "--run",
+            p(run),
+        ]);
+        c.args(extra);
+        c
+    };
+    let (a, b) = (t.join("s1a"), t.join("s1b"));
+    let out = ok(&train(&a, "1", &[]).output().unwrap());
+    assert!(out.contains("6 steps (0 resumed) on 5 samples"), "{out}");
+    // Killed as soon as a checkpoint is complete (step 1 or later).
+    let ckpt = b.join("checkpoints");
+    let saved = || {
+        std::fs::read_dir(&ckpt).is_ok_and(|d| {
+            d.flatten().any(|e| {
+                e.file_name().to_string_lossy().starts_with("step-")
+                    && e.path().join("COMPLETE").is_file()
+            })
+        })
+    };
+    support::kill_when(
+        train(&b, "1", &[]),
+        saved,
+        std::time::Duration::from_secs(120),
+    );
+    let out = ok(&train(&b, "1", &[]).output().unwrap());
+    assert!(!out.contains("(0 resumed)"), "{out}");
+    assert_eq!(support::metrics(&a), support::metrics(&b));
+    assert_eq!(support::metrics(&a).lines().count(), 6);
+    let read = |d: &Path| std::fs::read(d.join("connector.safetensors")).unwrap();
+    assert_eq!(read(&a), read(&b));
+    // Warm-up (2 steps) then cosine decay.
+    let lr: Vec<f64> = support::metrics(&a)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["lr"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    assert!(lr[0] < lr[1] && lr[5] < lr[2] && lr[5] > 0.0, "{lr:?}");
+
+    // Stage 2 from stage 1's connector: the LM trains too.
+    let s2 = t.join("s2");
+    let init = format!("init={}", p(&a));
+    ok(&train(&s2, "2", &["--set", &init, "--set", "epochs=1"])
+        .output()
+        .unwrap());
+    assert!(s2.join("lm.safetensors").is_file());
+    let e = err(&train(&t.join("s2bad"), "2", &[]).output().unwrap());
+    assert!(e.contains("init"), "{e}");
+
+    let q = t.join("q.jsonl");
+    std::fs::write(
+        &q,
+        "{\"question_id\": 1, \"image\": \"img1.png\", \"question\": \"What?\"}\n",
+    )
+    .unwrap();
+    let answered = ok(&support::run(&[
+        "probe",
+        "vqa",
+        "answer",
+        "--run",
+        p(&s2),
+        "--benchmark",
+        "gqa",
+        "--questions",
+        p(&q),
+        "--image-tokens",
+        p(&embed),
+        "--output",
+        p(&t.join("p.jsonl")),
+    ]));
+    assert!(answered.contains("answered 1"), "{answered}");
 }
 
 /// One past the largest token id of the fixture tokenizer (vocabulary and added tokens).

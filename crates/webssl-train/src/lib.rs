@@ -9,6 +9,7 @@ pub mod objectives;
 pub mod clip_grad;
 pub mod dist;
 pub mod ema;
+pub mod mllm;
 pub mod optim;
 pub mod param_groups;
 pub mod schedule;

@@ -1,4 +1,5 @@
-//! `webssl probe vqa ...`: the MLLM probe (Web-SSL's VQA evaluation). `answer` asks a trained
+//! `webssl probe vqa ...`: the MLLM probe (Web-SSL's VQA evaluation). `train --stage 1|2` trains
+//! it on conversations over cached encoder tokens ([`webssl_train::mllm`]); `answer` asks a trained
 //! probe's run directory ([`webssl_eval::vqa::mllm::run`]) a benchmark's questions and appends the
 //! answers to a predictions file that `webssl eval vqa-score` reads; rerunning it skips the
 //! questions already answered.
@@ -9,6 +10,8 @@ use anyhow::Context;
 use webssl_eval::vqa::Benchmark;
 use webssl_eval::vqa::mllm::answer::{AnswerLog, read_questions};
 use webssl_eval::vqa::mllm::run::Probe;
+use webssl_train::mllm::{MllmTrainConfig, train};
+use webssl_train::run::load_config;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -19,8 +22,31 @@ pub enum Command {
 
 #[derive(clap::Subcommand)]
 pub enum VqaCommand {
+    /// Train the probe: stage 1 the connector, stage 2 connector + language model (resumable).
+    Train(TrainArgs),
     /// Answer a benchmark's questions with a trained probe (resumable).
     Answer(AnswerArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// Config file (TOML; fields of `webssl_train::mllm::MllmTrainConfig`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// A preset of --configs-dir instead of --config.
+    #[arg(long, conflicts_with = "config")]
+    pub preset: Option<String>,
+    #[arg(long, default_value = "configs")]
+    pub configs_dir: PathBuf,
+    /// The stage (overrides the config's `stage`).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub stage: Option<u8>,
+    /// Config overrides `key=value` (repeatable).
+    #[arg(long = "set")]
+    pub sets: Vec<String>,
+    /// The run directory (checkpoints, metrics.jsonl, and the probe files `answer` loads).
+    #[arg(long)]
+    pub run: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -45,8 +71,34 @@ pub struct AnswerArgs {
 
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Vqa(VqaCommand::Train(args)) => run_train(args),
         Command::Vqa(VqaCommand::Answer(args)) => run_answer(args),
     }
+}
+
+fn run_train(args: TrainArgs) -> anyhow::Result<()> {
+    let mut sets = args.sets;
+    if let Some(stage) = args.stage {
+        sets.push(format!("stage={stage}"));
+    }
+    let (cfg, resolved): (MllmTrainConfig, toml::Table) = load_config(
+        args.config.as_deref(),
+        &args.configs_dir,
+        args.preset.as_deref(),
+        &sets,
+    )?;
+    let device = crate::device::selected()?;
+    let s = train(&cfg, &resolved, &args.run, &device)?;
+    println!(
+        "stage {}: {} steps ({} resumed) on {} samples, last loss {:.4} → {}",
+        cfg.stage,
+        s.steps,
+        s.resumed_from,
+        s.samples,
+        s.last_loss,
+        args.run.display()
+    );
+    Ok(())
 }
 
 fn run_answer(args: AnswerArgs) -> anyhow::Result<()> {
