@@ -10,8 +10,8 @@
 //! resume from a checkpoint (step, connector, LM in stage 2, optimizer state) repeats the
 //! uninterrupted run exactly.
 //!
-//! Recipe (docs/reference/webssl-paper.md §3, Cambrian-1 / LLaVA-1.5): cosine decay after a 3 %
-//! linear warm-up, one epoch, `max_length` 2048, lr `base · sqrt(batch / 512)` (Web-SSL's scaling;
+//! Recipe (docs/reference/webssl-paper.md §6.1, Cambrian-1 / LLaVA-1.5): cosine decay after a 3 %
+//! linear warm-up, one epoch, `max_length` 2048, lr `base · sqrt(batch / 512)` (issue #18's scaling;
 //! at batch 512 the base itself). The run directory doubles as the probe run that
 //! `webssl probe vqa answer` loads (`webssl_eval::vqa::mllm::run`).
 
@@ -112,7 +112,8 @@ impl MllmTrainConfig {
                 "batch_size and epochs must be positive, max_length at least 2",
             ));
         }
-        if !(self.lr.is_finite() && self.lr > 0.0) || !(0.0..1.0).contains(&self.warmup_ratio) {
+        let lr_ok = self.lr.is_finite() && self.lr > 0.0;
+        if !lr_ok || !(0.0..1.0).contains(&self.warmup_ratio) {
             return Err(TrainError::config(
                 "lr",
                 "lr must be positive and warmup_ratio in [0, 1)",
