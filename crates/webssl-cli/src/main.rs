@@ -48,6 +48,9 @@ enum Command {
     /// Evaluate frozen encoders and score VQA predictions.
     #[command(subcommand)]
     Eval(cmd::eval::Command),
+    /// The MLLM probe: answer VQA benchmarks through a connector and a language model.
+    #[command(subcommand)]
+    Probe(cmd::probe::Command),
     /// Train and evaluate a grid of methods × model sizes × data on the same images, then report.
     Experiment(cmd::experiment::Args),
     /// Decoder language models: greedy generation (Llama family, Qwen2; HF directory or GGUF).
@@ -104,6 +107,7 @@ fn main() -> anyhow::Result<()> {
         Command::Shards(c) => cmd::shards::run(c),
         Command::Synth(args) => cmd::synth::run(args),
         Command::Eval(c) => cmd::eval::run(c),
+        Command::Probe(c) => cmd::probe::run(c),
         Command::Report(args) => cmd::report::run(args),
         Command::Experiment(args) => cmd::experiment::run(args),
         Command::Launch(args) => cmd::launch::run(args),

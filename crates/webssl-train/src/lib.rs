@@ -10,6 +10,7 @@ pub mod clip_grad;
 pub mod cuda_libs;
 pub mod dist;
 pub mod ema;
+pub mod mllm;
 pub mod optim;
 pub mod param_groups;
 pub mod schedule;

@@ -8,6 +8,7 @@ pub mod launch;
 pub mod lm;
 pub mod model;
 pub mod pretrain;
+pub mod probe;
 pub mod report;
 pub mod shards;
 pub mod synth;

@@ -117,11 +117,31 @@ pub struct FeatureFile {
     pub tensors: BTreeMap<String, Matrix>,
 }
 
-impl FeatureFile {
-    /// Reads an embed safetensors file (see the module docs for the layout). The file is
-    /// memory-mapped and only the 2-D tensors are read, so `patch_tokens` (N × P × D, often most of
-    /// the file) costs nothing.
-    pub fn load(path: &Path) -> Result<Self> {
+/// One tensor of a `webssl embed` file ([`FeatureFile::load_tensor`]).
+#[derive(Clone, Debug)]
+pub struct EmbedTensor {
+    /// Sample keys in row order.
+    pub keys: Vec<String>,
+    /// `[N, ...]`.
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+    /// The preprocessed image size `(h, w)`, when recorded.
+    pub image_size: Option<(usize, usize)>,
+}
+
+/// An open `webssl embed` safetensors file: its mapping, header and unique sample keys, checked.
+struct EmbedFile {
+    path: PathBuf,
+    bytes: memmap2::Mmap,
+    header_len: usize,
+    meta: safetensors::tensor::Metadata,
+    webssl: serde_json::Value,
+    keys: Vec<String>,
+    model: Option<String>,
+}
+
+impl EmbedFile {
+    fn open(path: &Path) -> Result<Self> {
         let io = |source| EvalError::Io {
             path: path.to_path_buf(),
             source,
@@ -161,41 +181,6 @@ impl FeatureFile {
             .get("model")
             .and_then(|m| m.as_str())
             .map(str::to_owned);
-        let data_start = 8 + header_len;
-        let mut tensors = BTreeMap::new();
-        for (name, info) in meta.tensors() {
-            let shape = &info.shape;
-            if shape.len() != 2 {
-                continue;
-            }
-            if info.dtype != Dtype::F32 {
-                return Err(parse(format!(
-                    "tensor `{name}` is {:?}, expected F32",
-                    info.dtype
-                )));
-            }
-            // read_metadata validated the offsets against the file length.
-            let raw = bytes
-                .get(data_start + info.data_offsets.0..data_start + info.data_offsets.1)
-                .ok_or_else(|| parse(format!("tensor `{name}` points past the end")))?;
-            let data: Vec<f32> = raw
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            let m = Matrix::new(shape[0], shape[1], data)
-                .map_err(|e| parse(format!("tensor `{name}`: {e}")))?;
-            if m.rows != keys.len() {
-                return Err(parse(format!(
-                    "tensor `{name}` has {} rows but the metadata lists {} keys",
-                    m.rows,
-                    keys.len()
-                )));
-            }
-            tensors.insert(name, m);
-        }
-        if tensors.is_empty() {
-            return Err(parse("no [N, D] feature tensors".into()));
-        }
         let mut seen = HashSet::with_capacity(keys.len());
         let dups: Vec<&str> = keys
             .iter()
@@ -209,11 +194,98 @@ impl FeatureFile {
                 &dups[..dups.len().min(5)]
             )));
         }
-        Ok(FeatureFile {
+        Ok(EmbedFile {
             path: path.to_path_buf(),
+            bytes,
+            header_len,
+            meta,
+            webssl,
             keys,
             model,
+        })
+    }
+
+    fn err(&self, message: String) -> EvalError {
+        EvalError::Parse {
+            path: self.path.clone(),
+            line: None,
+            message,
+        }
+    }
+
+    /// The f32 values of tensor `name`, whose first dimension must be the sample count.
+    fn read(&self, name: &str, info: &safetensors::tensor::TensorInfo) -> Result<Vec<f32>> {
+        if info.dtype != Dtype::F32 {
+            return Err(self.err(format!("tensor `{name}` is {:?}, expected F32", info.dtype)));
+        }
+        if info.shape.first() != Some(&self.keys.len()) {
+            return Err(self.err(format!(
+                "tensor `{name}` has shape {:?} but the metadata lists {} keys",
+                info.shape,
+                self.keys.len()
+            )));
+        }
+        let start = 8 + self.header_len;
+        // read_metadata validated the offsets against the file length.
+        let raw = self
+            .bytes
+            .get(start + info.data_offsets.0..start + info.data_offsets.1)
+            .ok_or_else(|| self.err(format!("tensor `{name}` points past the end")))?;
+        Ok(raw
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
+}
+
+impl FeatureFile {
+    /// Reads an embed safetensors file (see the module docs for the layout). The file is
+    /// memory-mapped and only the 2-D tensors are read, so `patch_tokens` (N × P × D, often most of
+    /// the file) costs nothing.
+    pub fn load(path: &Path) -> Result<Self> {
+        let embed = EmbedFile::open(path)?;
+        let mut tensors = BTreeMap::new();
+        for (name, info) in embed.meta.tensors() {
+            let shape = &info.shape;
+            if shape.len() != 2 {
+                continue;
+            }
+            let m = Matrix::new(shape[0], shape[1], embed.read(&name, info)?)
+                .map_err(|e| embed.err(format!("tensor `{name}`: {e}")))?;
+            tensors.insert(name, m);
+        }
+        if tensors.is_empty() {
+            return Err(embed.err("no [N, D] feature tensors".into()));
+        }
+        Ok(FeatureFile {
+            path: path.to_path_buf(),
+            keys: embed.keys,
+            model: embed.model,
             tensors,
+        })
+    }
+
+    /// Reads one tensor of any rank (`patch_tokens` `[N, P, D]`, `registers`) from an embed file:
+    /// the sample keys, the tensor's shape and values, and the preprocessed `image_size` `(h, w)`
+    /// that `webssl embed` records.
+    pub fn load_tensor(path: &Path, name: &str) -> Result<EmbedTensor> {
+        let embed = EmbedFile::open(path)?;
+        let tensors = embed.meta.tensors();
+        let info = tensors.get(name).ok_or_else(|| {
+            let mut have: Vec<&String> = tensors.keys().collect();
+            have.sort();
+            embed.err(format!("no tensor `{name}`; it has {have:?}"))
+        })?;
+        let values = embed.read(name, info)?;
+        let image_size = embed
+            .webssl
+            .get("image_size")
+            .and_then(|s| serde_json::from_value::<(usize, usize)>(s.clone()).ok());
+        Ok(EmbedTensor {
+            shape: info.shape.clone(),
+            values,
+            image_size,
+            keys: embed.keys,
         })
     }
 

@@ -211,7 +211,10 @@ impl Annotations {
     }
 }
 
-fn check_unique<'a>(ids: impl Iterator<Item = &'a QuestionId>, source: &Path) -> Result<()> {
+pub(crate) fn check_unique<'a>(
+    ids: impl Iterator<Item = &'a QuestionId>,
+    source: &Path,
+) -> Result<()> {
     let mut seen = HashSet::new();
     let mut dups: Vec<&QuestionId> = Vec::new();
     let mut dup_set = HashSet::new();
@@ -257,7 +260,7 @@ fn read_text(path: &Path) -> Result<String> {
     Ok(text)
 }
 
-fn parse_jsonl<T: for<'de> Deserialize<'de>>(text: &str, path: &Path) -> Result<Vec<T>> {
+pub(crate) fn parse_jsonl<T: for<'de> Deserialize<'de>>(text: &str, path: &Path) -> Result<Vec<T>> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -281,17 +284,22 @@ pub fn read_predictions(path: &Path) -> Result<Predictions> {
 
 /// Read an annotations file: a JSON array, or JSONL.
 pub fn read_annotations(path: &Path) -> Result<Annotations> {
+    Annotations::new(read_records(path)?, path)
+}
+
+/// Records of a JSON array file, or of JSONL (detected from the first non-blank character; a
+/// leading BOM is dropped).
+pub fn read_records<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
     let text = read_text(path)?;
-    let records = if text.trim_start().starts_with('[') {
+    if text.trim_start().starts_with('[') {
         serde_json::from_str(&text).map_err(|e| EvalError::Parse {
             path: path.to_path_buf(),
             line: None,
             message: e.to_string(),
-        })?
+        })
     } else {
-        parse_jsonl(&text, path)?
-    };
-    Annotations::new(records, path)
+        parse_jsonl(&text, path)
+    }
 }
 
 #[cfg(test)]

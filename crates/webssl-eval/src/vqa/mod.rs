@@ -36,6 +36,7 @@ pub mod io;
 pub mod levenshtein;
 pub mod mcq;
 pub mod metrics;
+pub mod mllm;
 pub mod normalize;
 pub mod py;
 
