@@ -46,12 +46,12 @@ for loader in webssl torch; do
     "$PY" python/examples/train_dino.py --shards "$SHARDS" --loader "$loader" --steps "$STEPS" \
         --batch-size "$B" --threads "$THREADS" --n-local "$N_LOCAL" ${DINOV2:+--dinov2 "$DINOV2"} \
         2>/dev/null
-done | "$PY" -c '
+done | "$PY" -c "
 import json, sys
 rows = [json.loads(l) for l in sys.stdin]
-print(f"{\"loader\":8} {\"threads\":>7} {\"batch\":>5} {\"steps\":>5} {\"img/s\":>7} {\"wait s\":>7} {\"wait %\":>7}")
+print('loader   threads batch steps   img/s  wait s  wait %')
 for r in rows:
-    print(f"{r[\"loader\"]:8} {r[\"threads\"]:>7} {r[\"batch_size\"]:>5} {r[\"steps\"]:>5} "
-          f"{r[\"images_per_s\"]:>7.1f} {r[\"wait_s\"]:>7.2f} {100 * r[\"wait_fraction\"]:>6.1f}%")
-'
+    print(f\"{r['loader']:8} {r['threads']:>7} {r['batch_size']:>5} {r['steps']:>5} \"
+          f\"{r['images_per_s']:>7.1f} {r['wait_s']:>7.2f} {100 * r['wait_fraction']:>6.1f}%\")
+"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
