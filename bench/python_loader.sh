@@ -14,7 +14,9 @@
 # Needs, in $PY's environment: the webssl package (`pip install ./python`), torch and torchvision
 # (fixtures/requirements.txt). Images: bench/make_data_images.py (N JPEGs 500x375, as bench/data.sh)
 # written as tar shards of 64 (no index.json: the loader reads the tars as they are).
-# Knobs: N (256), B (batch, 16), STEPS (10), THREADS (1), N_LOCAL (8), PY (python3), DINOV2.
+# Knobs: N (256), B (batch, 16), STEPS (10), THREADS (1), N_LOCAL (8), PY (python3), DINOV2, MODEL
+# (train_dino.py's model flags; the default ViT is slow enough on 2 cores that neither side waits
+# much; `MODEL="--dim 64 --depth 1 --heads 1 --prototypes 256"` shows the loaders' difference).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -23,6 +25,7 @@ B=${B:-16}
 STEPS=${STEPS:-10}
 THREADS=${THREADS:-1}
 N_LOCAL=${N_LOCAL:-8}
+MODEL=${MODEL:-}
 CACHE=bench/.cache/python
 SHARDS=$CACHE/shards-$N
 mkdir -p "$CACHE"
@@ -45,7 +48,7 @@ echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 for loader in webssl torch; do
     "$PY" python/examples/train_dino.py --shards "$SHARDS" --loader "$loader" --steps "$STEPS" \
         --batch-size "$B" --threads "$THREADS" --n-local "$N_LOCAL" ${DINOV2:+--dinov2 "$DINOV2"} \
-        2>/dev/null
+        $MODEL 2>/dev/null
 done | "$PY" -c "
 import json, sys
 rows = [json.loads(l) for l in sys.stdin]

@@ -70,7 +70,7 @@ pub fn embed<'py>(
     }
     let features = features
         .iter()
-        .map(|f| feature(f))
+        .map(|f| feature(f.as_str()))
         .collect::<PyResult<Vec<_>>>()?;
     let run = || -> PyResult<Embedded> {
         let device = Device::flex();

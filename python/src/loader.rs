@@ -56,6 +56,9 @@ impl Settings {
     }
 }
 
+/// A view group as Python sees it: `(name, count, (C, H, W))`.
+type ViewSpec = (String, usize, (usize, usize, usize));
+
 /// The state-dict format version.
 const STATE_VERSION: u64 = 1;
 
@@ -258,7 +261,7 @@ impl Loader {
 
     /// The view groups of a batch: `[(name, count, (C, H, W))]`.
     #[getter]
-    fn views(&self) -> PyResult<Vec<(String, usize, (usize, usize, usize))>> {
+    fn views(&self) -> PyResult<Vec<ViewSpec>> {
         let (t, _) = self
             .settings
             .recipe
