@@ -9,6 +9,7 @@ pub mod error;
 
 pub mod decode;
 pub mod import;
+pub mod npy;
 pub mod shards;
 pub mod source;
 
@@ -18,6 +19,7 @@ pub mod transform;
 
 pub mod loader;
 pub mod masks;
+pub mod recipe;
 pub mod sampler;
 
 pub mod synth;

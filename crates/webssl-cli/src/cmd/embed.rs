@@ -351,30 +351,8 @@ impl Features {
     }
 }
 
-/// NumPy `.npy` v1.0, little-endian f32, C order.
+/// NumPy `.npy` of little-endian f32 values.
 fn npy(shape: &[usize], values: &[f32]) -> Vec<u8> {
-    let dims = shape
-        .iter()
-        .map(|d| d.to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
-    let dims = if shape.len() == 1 {
-        format!("{dims},")
-    } else {
-        dims
-    };
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({dims}), }}");
-    // Pad so that magic (6) + version (2) + length (2) + header + '\n' is a multiple of 64.
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + values.len() * 4);
-    out.extend_from_slice(b"\x93NUMPY\x01\x00");
-    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    out.extend_from_slice(header.as_bytes());
-    for v in values {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    out
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    webssl_data::npy::encode("<f4", shape, &bytes)
 }

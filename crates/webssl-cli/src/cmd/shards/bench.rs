@@ -12,11 +12,12 @@
 //!   second (the per-thread cost of decode + augment alone), the consumer's wait fraction;
 //! - skipped samples (count and the first few `shard:key: reason`).
 //!
-//! Recipes: `dino` = dinov2 `DataAugmentationDINO` (2 × 224 + `--n-local` × 98) with iBOT block masks
-//! on the global crops (dinov2 defaults: ratio 0.1–0.5, probability 0.5); `mae` = MAE
-//! `RandomResizedCrop(224, (0.2, 1))` + flip with a 75 % random token mask; `clip` = MetaCLIP
-//! `RandomResizedCrop(224, (0.9, 1))`, no mask. The sampler cycles through epochs, so any number of
-//! batches works on a small shard set. `bench/data.sh` compares this against dinov2's PyTorch pipeline.
+//! Recipes (`webssl_data::recipe`, shared with the Python `webssl.Loader`): `dino` = dinov2
+//! `DataAugmentationDINO` (2 × 224 + `--n-local` × 98) with iBOT block masks on the global crops;
+//! `mae` = MAE `RandomResizedCrop(224, (0.2, 1))` + flip with a 75 % random token mask; `clip` =
+//! MetaCLIP `RandomResizedCrop(224, (0.9, 1))`, no mask; `eval` = resize + center crop. The sampler
+//! cycles through epochs, so any number of batches works on a small shard set. `bench/data.sh`
+//! compares this against dinov2's PyTorch pipeline.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,11 +25,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use webssl_data::augment::{DinoAugConfig, DinoAugment, SingleViewTransform};
-use webssl_data::loader::{
-    DinoViews, Loader, LoaderConfig, MaskSpec, SampleTransform, SingleView, TarShards,
-};
-use webssl_data::masks::{IbotMaskConfig, MaskingGenerator};
+use webssl_data::loader::{Batch, Loader, LoaderConfig, TarShards};
+use webssl_data::recipe::{LoaderRecipe, RecipeKind, batch_arrays};
 use webssl_data::sampler::SamplerConfig;
 
 /// How many skipped samples the report names.
@@ -42,6 +40,8 @@ pub enum Recipe {
     Mae,
     /// CLIP single crop, no mask.
     Clip,
+    /// dinov2's ImageNet eval transform (resize + center crop), no mask.
+    Eval,
 }
 
 #[derive(Args)]
@@ -84,6 +84,12 @@ pub struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Also write every batch (warm-up included) to DIR: `{batch:06}.{array}.npy` for the arrays of
+    /// `webssl_data::recipe::batch_arrays` (what the Python `webssl.Loader` yields) and
+    /// `{batch:06}.keys.txt`; for comparing other loaders with this one (the timings then include
+    /// the writing).
+    #[arg(long)]
+    pub dump: Option<PathBuf>,
 }
 
 /// Process CPU time (user + system) in seconds, from `/proc/self/stat` (`None` off Linux).
@@ -124,45 +130,22 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.threads == 0 || args.batches == 0 || args.batch_size == 0 {
         bail!("--threads, --batches and --batch-size must be at least 1");
     }
-    if args.patch == 0 || !(args.size as usize).is_multiple_of(args.patch) {
-        bail!(
-            "--size {} must be a multiple of --patch {}",
-            args.size,
-            args.patch
-        );
-    }
-    let grid = args.size as usize / args.patch;
-    let (recipe, transform, masks): (_, Arc<dyn SampleTransform>, _) = match args.recipe {
-        Recipe::Dino => {
-            let aug = DinoAugment::new(DinoAugConfig {
-                global_size: args.size,
-                local_size: args.local_size,
-                n_local: args.n_local,
-                ..DinoAugConfig::default()
-            })
-            .context("--recipe dino")?;
-            let masks = MaskSpec::Ibot {
-                generator: MaskingGenerator::new(grid, grid).context("iBOT mask grid")?,
-                config: IbotMaskConfig::default(),
-                group: 0,
-            };
-            ("dino", Arc::new(DinoViews::new(aug)), masks)
-        }
-        Recipe::Mae => {
-            let view =
-                SingleView::new(SingleViewTransform::mae(args.size)).context("--recipe mae")?;
-            let masks = MaskSpec::Mae {
-                n_tokens: grid * grid,
-                mask_ratio: 0.75,
-            };
-            ("mae", Arc::new(view), masks)
-        }
-        Recipe::Clip => {
-            let view =
-                SingleView::new(SingleViewTransform::clip(args.size)).context("--recipe clip")?;
-            ("clip", Arc::new(view), MaskSpec::None)
-        }
+    let kind = match args.recipe {
+        Recipe::Dino => RecipeKind::Dino,
+        Recipe::Mae => RecipeKind::Mae,
+        Recipe::Clip => RecipeKind::Clip,
+        Recipe::Eval => RecipeKind::Eval,
     };
+    let recipe = LoaderRecipe {
+        size: args.size,
+        local_size: args.local_size,
+        n_local: args.n_local,
+        patch: args.patch,
+        ..LoaderRecipe::new(kind)
+    };
+    let (transform, masks) = recipe
+        .build()
+        .with_context(|| format!("--recipe {}", kind.name()))?;
     let views = transform
         .groups()
         .iter()
@@ -182,10 +165,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut loader = Loader::new(Arc::new(source), scfg, transform, masks, lcfg, None)
         .with_context(|| format!("starting the loader over {}", args.dir.display()))?;
 
+    if let Some(dir) = &args.dump {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let dump = |batch: &Batch| match &args.dump {
+        Some(dir) => dump_batch(dir, batch.clone()),
+        None => Ok(()),
+    };
     for i in 0..args.warmup {
-        loader
+        let batch = loader
             .next_batch()
             .with_context(|| format!("warm-up batch {i}"))?;
+        dump(&batch)?;
     }
     let before = loader.stats();
     let cpu0 = process_cpu_secs();
@@ -195,6 +186,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let batch = loader
             .next_batch()
             .with_context(|| format!("timed batch {i}"))?;
+        dump(&batch)?;
         // Touch the output so the work cannot be skipped, and prove the views are finite.
         checksum += batch
             .views
@@ -217,7 +209,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let per_sec = images as f64 / wall;
     let report = Report {
         dir: args.dir.display().to_string(),
-        recipe,
+        recipe: kind.name(),
         views,
         threads: args.threads,
         batch_size: args.batch_size,
@@ -275,6 +267,23 @@ pub fn run(args: BenchArgs) -> Result<()> {
     println!("  skipped {}", report.skipped);
     for s in &report.skipped_first {
         println!("    {s}");
+    }
+    Ok(())
+}
+
+/// Writes `batch`'s arrays and keys into `dir` (see `--dump`).
+fn dump_batch(dir: &std::path::Path, batch: Batch) -> Result<()> {
+    let stem = format!("{:06}", batch.index);
+    let write = |name: String, bytes: &[u8]| {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))
+    };
+    write(
+        format!("{stem}.keys.txt"),
+        (batch.keys.join("\n") + "\n").as_bytes(),
+    )?;
+    for a in batch_arrays(batch) {
+        write(format!("{stem}.{}.npy", a.name), &a.to_npy())?;
     }
     Ok(())
 }
