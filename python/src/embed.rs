@@ -16,6 +16,7 @@ use pyo3::types::PyDict;
 use webssl_data::decode::{DEFAULT_MAX_PIXELS, decode_rgb};
 use webssl_data::recipe::ArrayData;
 use webssl_data::source::{iter_items, resolve_inputs};
+use webssl_data::transform::HfBackend;
 use webssl_eval::features::{Encoder, Feature};
 
 use crate::buffer::Buffer;
@@ -52,7 +53,8 @@ struct Embedded {
 #[pyfunction]
 #[pyo3(signature = (
     model, inputs, *, features = vec!["cls".to_string(), "patch_mean".to_string()], arch = None,
-    resolution = None, batch_size = 32, last_layers = 0, max_pixels = DEFAULT_MAX_PIXELS
+    resolution = None, preprocess = "pil", batch_size = 32, last_layers = 0,
+    max_pixels = DEFAULT_MAX_PIXELS
 ))]
 pub fn embed<'py>(
     py: Python<'py>,
@@ -61,6 +63,7 @@ pub fn embed<'py>(
     features: Vec<String>,
     arch: Option<String>,
     resolution: Option<u32>,
+    preprocess: &str,
     batch_size: usize,
     last_layers: usize,
     max_pixels: u64,
@@ -68,13 +71,17 @@ pub fn embed<'py>(
     if batch_size == 0 {
         return Err(PyValueError::new_err("batch_size must be at least 1"));
     }
+    // `pil` or `torchvision`: which of transformers' image processors to reproduce (`--preprocess`).
+    let hf: HfBackend = preprocess
+        .parse()
+        .map_err(|e: webssl_data::DataError| PyValueError::new_err(e.to_string()))?;
     let features = features
         .iter()
         .map(|f| feature(f.as_str()))
         .collect::<PyResult<Vec<_>>>()?;
     let run = || -> PyResult<Embedded> {
         let device = Device::flex();
-        let encoder = Encoder::load(&model, arch.as_deref(), resolution, &device)
+        let encoder = Encoder::load(&model, arch.as_deref(), resolution, hf, &device)
             .map_err(|e| eval_err(&format!("loading model {}", model.display()), e))?;
         let depth = encoder.model().config().depth;
         if last_layers > depth {

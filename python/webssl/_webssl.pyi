@@ -72,10 +72,12 @@ def embed(
     features: Sequence[str] = ("cls", "patch_mean"),
     arch: Optional[str] = None,
     resolution: Optional[int] = None,
+    preprocess: str = "pil",
     batch_size: int = 32,
     last_layers: int = 0,
     max_pixels: int = 178956970,
 ) -> Dict[str, Any]:
     """Frozen features of `model` for `inputs` (as `webssl embed`): `keys`, one array per feature
     (`cls` [N, D], `patch_mean` [N, D], `patch_tokens` [N, P, D], `registers` [N, R, D],
-    `layer-{k}.cls` ...) and `skipped` [(what, why)]."""
+    `layer-{k}.cls` ...) and `skipped` [(what, why)]. `preprocess`: "pil" or "torchvision", which of
+    transformers' image processors to reproduce (`webssl embed --preprocess`)."""
