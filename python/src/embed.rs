@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use burn::tensor::Device;
+use image::RgbImage;
+use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -36,6 +38,60 @@ fn feature(name: &str) -> PyResult<Feature> {
     })
 }
 
+/// A decoded image with its key, or (what, why) for an input that is skipped.
+type Decoded = std::result::Result<(String, RgbImage), (String, String)>;
+
+/// `embed`'s inputs: paths (the CLI's `--input` specs) or images already in memory.
+enum Inputs {
+    Paths(Vec<String>),
+    /// `uint8` arrays of shape `[H, W, 3]` (RGB, as `np.asarray(PIL.Image.open(p).convert("RGB"))`),
+    /// copied while the GIL is held; keyed `array-{i}`.
+    Arrays(Vec<RgbImage>),
+}
+
+impl Inputs {
+    fn read(inputs: &[Bound<'_, PyAny>]) -> PyResult<Self> {
+        let is_path = |x: &Bound<'_, PyAny>| x.extract::<PathBuf>().is_ok();
+        if inputs.iter().all(is_path) {
+            let paths = inputs.iter().map(|x| x.extract::<PathBuf>());
+            return Ok(Inputs::Paths(
+                paths
+                    .map(|p| p.map(|p| p.to_string_lossy().into_owned()))
+                    .collect::<PyResult<_>>()?,
+            ));
+        }
+        if inputs.iter().any(is_path) {
+            return Err(PyValueError::new_err(
+                "inputs: either paths or uint8 [H, W, 3] arrays, not both",
+            ));
+        }
+        let array = |(i, x): (usize, &Bound<'_, PyAny>)| -> PyResult<RgbImage> {
+            let bad = |why: &str| PyValueError::new_err(format!("inputs[{i}]: {why}"));
+            let buf = PyBuffer::<u8>::get(x)
+                .map_err(|_| bad("not a path and not a uint8 array (expected [H, W, 3] RGB)"))?;
+            let shape = buf.shape();
+            if shape.len() != 3 || shape[2] != 3 || shape[0] == 0 || shape[1] == 0 {
+                return Err(bad(&format!(
+                    "shape {shape:?}, expected [H, W, 3] with H, W ≥ 1"
+                )));
+            }
+            let (h, w) = (u32::try_from(shape[0]), u32::try_from(shape[1]));
+            let (Ok(h), Ok(w)) = (h, w) else {
+                return Err(bad("image too large"));
+            };
+            let bytes = buf.to_vec(x.py())?;
+            RgbImage::from_raw(w, h, bytes).ok_or_else(|| bad("buffer smaller than its shape"))
+        };
+        Ok(Inputs::Arrays(
+            inputs
+                .iter()
+                .enumerate()
+                .map(array)
+                .collect::<PyResult<_>>()?,
+        ))
+    }
+}
+
 /// What [`embed`] computes before it becomes Python objects.
 #[derive(Default)]
 struct Embedded {
@@ -59,7 +115,7 @@ struct Embedded {
 pub fn embed<'py>(
     py: Python<'py>,
     model: PathBuf,
-    inputs: Vec<String>,
+    inputs: Vec<Bound<'py, PyAny>>,
     features: Vec<String>,
     arch: Option<String>,
     resolution: Option<u32>,
@@ -79,6 +135,7 @@ pub fn embed<'py>(
         .iter()
         .map(|f| feature(f.as_str()))
         .collect::<PyResult<Vec<_>>>()?;
+    let inputs = Inputs::read(&inputs)?;
     let run = || -> PyResult<Embedded> {
         let device = Device::flex();
         let encoder = Encoder::load(&model, arch.as_deref(), resolution, hf, &device)
@@ -89,27 +146,39 @@ pub fn embed<'py>(
                 "last_layers {last_layers} exceeds the model depth {depth}"
             )));
         }
-        let specs = resolve_inputs(&inputs).map_err(|e| data_err("resolving inputs", e))?;
         let mut out = Embedded::default();
-        let mut items = iter_items(&specs);
+        // Images as (key, decoded image) or (what, why) to skip, in the CLI's order.
+        let mut images: Box<dyn Iterator<Item = Decoded>> = match inputs {
+            Inputs::Paths(paths) => {
+                let specs = resolve_inputs(&paths).map_err(|e| data_err("resolving inputs", e))?;
+                Box::new(iter_items(&specs).map(move |item| {
+                    let item = item.map_err(|e| ("input".to_string(), e.to_string()))?;
+                    let img = decode_rgb(&item.bytes, &item.source, max_pixels)
+                        .map_err(|e| (item.source.clone(), e.to_string()))?;
+                    Ok((item.key, img))
+                }))
+            }
+            Inputs::Arrays(images) => Box::new(
+                images
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, img)| Ok((format!("array-{i}"), img))),
+            ),
+        };
         loop {
-            let chunk: Vec<_> = items.by_ref().take(batch_size).collect();
+            let chunk: Vec<_> = images.by_ref().take(batch_size).collect();
             if chunk.is_empty() {
                 break;
             }
             let (mut keys, mut pixels) = (Vec::new(), Vec::new());
-            for item in chunk {
-                let prepared = item
-                    .map_err(|e| ("input".to_string(), e.to_string()))
-                    .and_then(|item| {
-                        let img = decode_rgb(&item.bytes, &item.source, max_pixels)
-                            .map_err(|e| (item.source.clone(), e.to_string()))?;
-                        let px = encoder
-                            .preprocess()
-                            .apply(&img)
-                            .map_err(|why| (item.source.clone(), why))?;
-                        Ok((item.key, px))
-                    });
+            for image in chunk {
+                let prepared = image.and_then(|(key, img)| {
+                    let px = encoder
+                        .preprocess()
+                        .apply(&img)
+                        .map_err(|why| (key.clone(), why))?;
+                    Ok((key, px))
+                });
                 match prepared {
                     Ok((key, px)) => {
                         keys.push(key);

@@ -3,6 +3,8 @@
 import filecmp
 import json
 import shutil
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -47,6 +49,33 @@ def test_embed_equals_the_cli(cli, fixtures, tmp_path):
         webssl.embed(model, [str(imgs)], features=["cls-token"])
     with pytest.raises(Exception, match="loading model"):
         webssl.embed(tmp_path / "no-model", [str(imgs)])
+
+
+def write_png(path, rgb):
+    """An 8-bit RGB PNG of `rgb` ([H, W, 3] uint8) with the standard library only (no Pillow in CI)."""
+    h, w, _ = rgb.shape
+    raw = b"".join(b"\x00" + rgb[y].tobytes() for y in range(h))
+    chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data
+                                + struct.pack(">I", zlib.crc32(kind + data)))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_embed_of_arrays_equals_embed_of_their_files(fixtures, tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8) for h, w in [(40, 56), (64, 48)]]
+    for i, a in enumerate(arrays):
+        write_png(tmp_path / f"array-{i}.png", a)
+    model = fixtures / "backbones" / "dinov2-reg4"
+    from_files = webssl.embed(model, [str(tmp_path)], features=["cls", "patch_tokens"])
+    from_arrays = webssl.embed(model, arrays, features=["cls", "patch_tokens"])
+    assert from_arrays["keys"] == from_files["keys"] == ["array-0", "array-1"]
+    for name in ["cls", "patch_tokens"]:
+        np.testing.assert_array_equal(from_arrays[name], from_files[name])
+    with pytest.raises(ValueError, match=r"inputs\[0\]: shape \[4, 4\]"):
+        webssl.embed(model, [np.zeros((4, 4), np.uint8)])
+    with pytest.raises(ValueError, match="not both"):
+        webssl.embed(model, [arrays[0], str(tmp_path)])
 
 
 TEXTVQA = [

@@ -67,7 +67,7 @@ def synth(
 
 def embed(
     model: Union[str, os.PathLike],
-    inputs: Sequence[str],
+    inputs: Sequence[Any],
     *,
     features: Sequence[str] = ("cls", "patch_mean"),
     arch: Optional[str] = None,
@@ -77,7 +77,8 @@ def embed(
     last_layers: int = 0,
     max_pixels: int = 178956970,
 ) -> Dict[str, Any]:
-    """Frozen features of `model` for `inputs` (as `webssl embed`): `keys`, one array per feature
+    """Frozen features of `model` for `inputs` — paths (as `webssl embed --input`: folders, image files,
+    shards, lists) or uint8 `[H, W, 3]` RGB arrays (keys `array-{i}`), not both: `keys`, one array per feature
     (`cls` [N, D], `patch_mean` [N, D], `patch_tokens` [N, P, D], `registers` [N, R, D],
     `layer-{k}.cls` ...) and `skipped` [(what, why)]. `preprocess`: "pil" or "torchvision", which of
     transformers' image processors to reproduce (`webssl embed --preprocess`)."""
