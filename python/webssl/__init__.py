@@ -31,7 +31,7 @@ except ImportError:  # pragma: no cover - exercised where torch is absent
     _torch = None
     _Base = object
 
-__all__ = ["Loader", "WebsslError", "embed", "synth", "vqa_score", "__version__"]
+__all__ = ["Loader", "WebsslError", "embed", "read_run", "synth", "vqa_score", "__version__"]
 
 # Arrays of a batch; everything else ("index", "keys", "captions") is plain Python.
 _NON_ARRAYS = ("index", "keys", "captions")
@@ -122,3 +122,46 @@ class Loader(_Base):
 
     def __repr__(self) -> str:
         return repr(self._native)
+
+
+def read_run(run_dir: Union[str, "os.PathLike[str]"]) -> Dict[str, Any]:
+    """The results of a `webssl pretrain` run directory: `config` (the text of
+    `config.resolved.toml`), `metrics` (the rows of `metrics.jsonl`, one dict per step; a torn last
+    line of a killed run is left out, as `--resume` does), `timing` (the rows of `timing.jsonl`) and
+    `eval` (each `eval/*.json` probe result by file stem, e.g. `eval["knn"]`). Missing files are
+    empty; a run directory that does not exist is a `FileNotFoundError`."""
+    import json
+
+    root = os.fspath(run_dir)
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"run directory {root} does not exist")
+
+    def rows(name: str) -> list:
+        path = os.path.join(root, name)
+        if not os.path.exists(path):
+            return []
+        out = []
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().split("\n")
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                if i == len(lines) - 1:  # torn last line (no newline written yet)
+                    break
+                raise ValueError(f"{path}: line {i + 1} is not JSON") from None
+        return out
+
+    config_path = os.path.join(root, "config.resolved.toml")
+    config = open(config_path, encoding="utf-8").read() if os.path.exists(config_path) else ""
+    eval_dir = os.path.join(root, "eval")
+    probes = {}
+    if os.path.isdir(eval_dir):
+        for name in sorted(os.listdir(eval_dir)):
+            if name.endswith(".json"):
+                with open(os.path.join(eval_dir, name), encoding="utf-8") as f:
+                    probes[name[: -len(".json")]] = json.load(f)
+    return {"config": config, "metrics": rows("metrics.jsonl"), "timing": rows("timing.jsonl"),
+            "eval": probes}
